@@ -1,0 +1,169 @@
+//! The command line, declared once with clap; every value a user types is checked here, so a
+//! bad one is refused before any work starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_memory::{DeviceChoice, parse_size};
+use clap::{Args, Parser, Subcommand};
+
+/// Run multi-model generative pipelines on GPUs that cannot hold every model at once.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole content pipeline for a topic, every stage in its own process.
+    Run(RunArgs),
+    /// Show every device's memory and the processes holding it, like nvidia-smi's memory part.
+    Stats(StatsArgs),
+    /// Watch every device's memory live (q or Ctrl-C quits).
+    Watch(WatchArgs),
+    /// Simulated GPUs, for building scenarios on machines without one.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// Benchmarks that print a table.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What the storyboard is about.
+    #[arg(long)]
+    pub topic: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceArg {
+    /// Which memory to read: nvml (NVIDIA GPUs), host (system RAM), sim (simulated GPUs), or
+    /// auto (NVML when a driver answers, else host).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Process rows shown per device in the table, largest first (0 shows all).
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Time between readings: seconds (0.5) or with a unit (500ms, 2s).
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Append one JSON snapshot per reading to this file.
+    #[arg(long, value_name = "FILE")]
+    pub jsonl: Option<PathBuf>,
+    /// Stop after this many readings (default: until q or Ctrl-C).
+    #[arg(long)]
+    pub ticks: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Hold simulated GPU memory under this process's PID until killed or --seconds pass.
+    Hold(HoldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    /// How much to hold: 4GiB, 512MiB, 2GB.
+    #[arg(value_parser = parse_size_arg)]
+    pub size: u64,
+    /// Which simulated GPU, from 0.
+    #[arg(long, default_value_t = 0)]
+    pub device: usize,
+    /// Let go after this many seconds (default: hold until killed).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Leave a detached child process holding the memory, and exit at once.
+    #[arg(long)]
+    pub orphan: bool,
+    /// Name of the allocation, shown in the state file.
+    #[arg(long, default_value = "sim hold")]
+    pub label: String,
+    /// Internal: this is the detached child of --orphan.
+    #[arg(long, hide = true)]
+    pub orphan_child: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The cost of one snapshot on every backend this machine has.
+    Snapshot {
+        /// Timed snapshots per backend.
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+    },
+}
+
+fn parse_device(text: &str) -> Result<DeviceChoice, String> {
+    text.parse().map_err(|e: baton_memory::MemoryError| e.to_string())
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+/// `1`, `0.5`, `500ms`, `2s`, `1m`; more than 0 and at most a day.
+pub fn parse_interval(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| "use seconds (0.5) or a number with ms, s or m (500ms)".to_string())?;
+    let seconds = value * scale;
+    if !(seconds > 0.0) {
+        return Err("it must be more than 0".to_string());
+    }
+    if seconds < 0.01 || seconds > 86_400.0 {
+        return Err("use 10ms to 24h".to_string());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals() {
+        assert_eq!(parse_interval("1").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_interval("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_interval("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_interval("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_interval("1m").unwrap(), Duration::from_secs(60));
+        for bad in ["0", "0s", "-1", "abc", "NaN", "1ms", "2d"] {
+            assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn declaration_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

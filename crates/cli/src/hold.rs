@@ -1,0 +1,129 @@
+//! `baton sim hold`: a process that holds simulated GPU memory, to build scenarios (a busy
+//! card, a leak, an orphan) from scripts and tests.
+//!
+//! `--orphan` starts a detached copy of itself in a new session, waits until that copy reports
+//! its allocation, and exits: the copy then holds the memory with no parent baton knows of,
+//! which is exactly what a stage's forgotten grandchild looks like to the runner.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use baton_memory::format_bytes;
+use baton_memory::sim::SimBackend;
+
+use crate::args::HoldArgs;
+
+pub fn hold(args: &HoldArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Some(seconds) = args.seconds
+        && !(seconds >= 0.0 && seconds <= 31_536_000.0)
+    {
+        return Err(crate::BadInput(format!(
+            "bad --seconds '{seconds}': use a number of seconds from 0 to 31536000"
+        ))
+        .into());
+    }
+    if args.orphan {
+        return spawn_orphan(args, out);
+    }
+    let allocated = SimBackend::from_env()
+        .and_then(|sim| Ok((sim.allocate(args.device, args.size, &args.label)?, sim)));
+    let (held, sim) = match allocated {
+        Ok(held) => held,
+        Err(err) => {
+            if args.orphan_child {
+                // The parent reads our stdout only; stderr goes nowhere.
+                writeln!(out, "{err}")?;
+            }
+            return Err(err.into());
+        }
+    };
+    let pid = std::process::id();
+    if args.orphan_child {
+        // Tell the parent we hold the memory, then let go of its pipe.
+        writeln!(out, "ready {pid}")?;
+        out.flush()?;
+        detach_stdout();
+    } else {
+        writeln!(
+            out,
+            "pid {pid} holds {} on sim{} ({}), {}",
+            format_bytes(held.bytes()),
+            args.device,
+            sim.dir().display(),
+            match args.seconds {
+                Some(s) => format!("for {s}s"),
+                None => "until killed".to_string(),
+            }
+        )?;
+        out.flush()?;
+    }
+    match args.seconds {
+        Some(seconds) => std::thread::sleep(Duration::from_secs_f64(seconds)),
+        None => loop {
+            std::thread::park();
+        },
+    }
+    drop(held);
+    Ok(())
+}
+
+fn spawn_orphan(args: &HoldArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find baton's own executable")?;
+    let mut command = Command::new(exe);
+    command
+        .args(["sim", "hold", &args.size.to_string(), "--orphan-child"])
+        .args(["--device", &args.device.to_string(), "--label", &args.label])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(seconds) = args.seconds {
+        command.args(["--seconds", &seconds.to_string()]);
+    }
+    // SAFETY: setsid is async-signal-safe; the child gets its own session, so neither a
+    // terminal hang-up nor a signal to our process group reaches it.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("cannot start the orphan holder")?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let Some(pid) = line.trim().strip_prefix("ready ") else {
+        let status = child.wait()?;
+        if status.code() == Some(2) {
+            return Err(crate::BadInput(line.trim().to_string()).into());
+        }
+        bail!(
+            "the orphan holder failed ({status}){}",
+            if line.trim().is_empty() { String::new() } else { format!(": {}", line.trim()) }
+        );
+    };
+    writeln!(
+        out,
+        "orphan pid {pid} holds {} on sim{}, {}; its parent (this process) has exited",
+        format_bytes(args.size),
+        args.device,
+        match args.seconds {
+            Some(s) => format!("for {s}s"),
+            None => format!("until killed (kill {pid})"),
+        }
+    )?;
+    Ok(())
+}
+
+/// Points stdout at /dev/null, so the parent that read our "ready" line can close its end.
+fn detach_stdout() {
+    if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto fd 1 replaces stdout atomically; `null` stays open until then.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The `baton` command: parses arguments, calls the library crates, and maps their errors to
+//! exit codes.
+//!
+//! Exit codes: 0 success; 1 the machine or the work failed; 2 the input was bad (an unknown
+//! device, a malformed size or spec, a bad interval, an unwritable path), always with a single
+//! line that names the bad value. A closed stdout (`baton stats | head`) is a clean exit.
+
+pub mod args;
+mod bench;
+mod hold;
+mod stats;
+mod watch;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{BenchCommand, Cli, Command, SimCommand};
+
+/// Bad input found outside clap: the message names the value and says what to do.
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadInput {}
+
+/// Runs baton with the process's arguments and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_exit(err),
+    };
+    init_logging();
+    let mut stdout = std::io::stdout().lock();
+    match dispatch(&cli.command, &mut stdout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            let _ = stdout.flush();
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
+    match command {
+        Command::Run(args) => Ok(baton_runner::run_pipeline(&args.topic)?),
+        Command::Stats(args) => stats::stats(args, out),
+        Command::Watch(args) => watch::watch(args),
+        Command::Sim(SimCommand::Hold(args)) => hold::hold(args, out),
+        Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
+    }
+}
+
+/// 2 for bad input, 1 for everything else.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.downcast_ref::<BadInput>().is_some()
+        || err
+            .downcast_ref::<baton_memory::MemoryError>()
+            .is_some_and(|e| e.is_bad_input())
+        || err
+            .downcast_ref::<baton_runner::RunnerError>()
+            .is_some_and(|e| e.is_bad_input());
+    if bad_input { 2 } else { 1 }
+}
+
+/// The error and its causes on one line, each cause once.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Help and version print as clap writes them; a usage error becomes one line and exit code 2.
+fn clap_exit(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+        let _ = err.print();
+        return ExitCode::from(if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand { 2 } else { 0 });
+    }
+    let rendered = err.render().to_string();
+    let line = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("{line}; see baton --help");
+    ExitCode::from(2)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,baton_memory=info,baton_runner=info,baton=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

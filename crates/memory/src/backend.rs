@@ -1,0 +1,115 @@
+//! The one line drawn between "a pool of memory baton can measure" and where the numbers come
+//! from.
+//!
+//! Everything above this layer (the seed's API, the runner, the stages, the CLI) sees only
+//! [`MemoryBackend`]. Each source implements it once: [`crate::nvml`] for NVIDIA GPUs,
+//! [`crate::host`] for system RAM, [`crate::sim`] for simulated GPUs in tests. Choosing one is
+//! [`open`]; `auto` asks NVML first and says why it fell back when it does.
+
+use std::sync::Arc;
+
+use crate::{BackendKind, DeviceSnapshot, MemoryError};
+
+/// A source of memory readings for one or more devices.
+pub trait MemoryBackend: Send + Sync {
+    /// Which source this is.
+    fn kind(&self) -> BackendKind;
+
+    /// Says what this source is, for headers and logs: `nvml (NVIDIA driver 580.159.04)`.
+    fn description(&self) -> String {
+        self.kind().name().to_string()
+    }
+
+    /// Reads every device, processes included.
+    fn snapshot(&self) -> Result<Vec<DeviceSnapshot>, MemoryError>;
+
+    /// Reads one device. The default reads all and picks one; backends that can read a single
+    /// device more cheaply override it.
+    fn device(&self, index: usize) -> Result<DeviceSnapshot, MemoryError> {
+        let mut all = self.snapshot()?;
+        check_index(self.kind(), index, all.len())?;
+        Ok(all.swap_remove(index))
+    }
+
+    /// Bytes the process `pid` holds on device `index`.
+    fn process_usage(&self, index: usize, pid: u32) -> Result<u64, MemoryError> {
+        Ok(self.device(index)?.held_by(pid))
+    }
+
+    /// Memory a process pays on this device before it allocates anything: a CUDA context on a
+    /// GPU (about 0.5 GiB on an H100/H200, see `shared/gpu/README.md`), nothing on the host.
+    fn context_overhead(&self) -> u64;
+
+    /// Gives memory this process has freed but still caches back to the device: `malloc_trim`
+    /// on the host, a pool trim inside a CUDA stage. Reading backends that hold no memory of
+    /// their own (NVML, sim) have nothing to trim.
+    fn trim(&self) -> Result<(), MemoryError> {
+        Ok(())
+    }
+}
+
+/// Fails with [`MemoryError::NoSuchDevice`] unless `index < count`.
+pub(crate) fn check_index(kind: BackendKind, index: usize, count: usize) -> Result<(), MemoryError> {
+    if index < count {
+        Ok(())
+    } else {
+        Err(MemoryError::NoSuchDevice {
+            backend: kind.name(),
+            index,
+            count,
+        })
+    }
+}
+
+/// Which backend to use, as `--device` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Nvml,
+    Host,
+    Sim,
+    /// NVML when a driver answers, otherwise host memory.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = MemoryError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "nvml" => Ok(DeviceChoice::Nvml),
+            "host" => Ok(DeviceChoice::Host),
+            "sim" => Ok(DeviceChoice::Sim),
+            "auto" => Ok(DeviceChoice::Auto),
+            _ => Err(MemoryError::UnknownBackend {
+                value: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// An opened backend, and why it was the one chosen.
+pub struct Opened {
+    pub backend: Arc<dyn MemoryBackend>,
+    /// Set when `auto` fell back from NVML: the reason NVML was not used.
+    pub fallback_reason: Option<String>,
+}
+
+/// Opens the backend `choice` names.
+pub fn open(choice: DeviceChoice) -> Result<Opened, MemoryError> {
+    let chosen = |backend: Arc<dyn MemoryBackend>| Opened {
+        backend,
+        fallback_reason: None,
+    };
+    match choice {
+        DeviceChoice::Nvml => Ok(chosen(Arc::new(crate::nvml::NvmlBackend::open()?))),
+        DeviceChoice::Host => Ok(chosen(Arc::new(crate::host::HostBackend::new()))),
+        DeviceChoice::Sim => Ok(chosen(Arc::new(crate::sim::SimBackend::from_env()?))),
+        DeviceChoice::Auto => match crate::nvml::NvmlBackend::open() {
+            Ok(nvml) => Ok(chosen(Arc::new(nvml))),
+            Err(err) => Ok(Opened {
+                backend: Arc::new(crate::host::HostBackend::new()),
+                fallback_reason: Some(err.to_string()),
+            }),
+        },
+    }
+}

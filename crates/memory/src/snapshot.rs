@@ -1,0 +1,148 @@
+//! One reading of a device: the seed's `get_vram_stats()`, as data every backend fills in.
+//!
+//! A snapshot is plain data (serde), so `baton stats --json`, `baton watch --jsonl` and the
+//! run manifest all write the same shape, whatever backend produced it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::size::format_bytes;
+
+/// Which source a reading came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// NVIDIA GPUs read through NVML.
+    Nvml,
+    /// System RAM read from `/proc`.
+    Host,
+    /// Simulated GPUs kept in a state file.
+    Sim,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Nvml => "nvml",
+            BackendKind::Host => "host",
+            BackendKind::Sim => "sim",
+        }
+    }
+
+    /// The short prefix of a device label: `gpu0`, `host0`, `sim0`.
+    pub fn device_prefix(self) -> &'static str {
+        match self {
+            BackendKind::Nvml => "gpu",
+            BackendKind::Host => "host",
+            BackendKind::Sim => "sim",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Memory one process holds on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    pub pid: u32,
+    /// The process's short name (`/proc/PID/comm`), or `?` when it cannot be read.
+    pub name: String,
+    /// Bytes the process holds on this device; `None` when the driver will not say (as NVML
+    /// does for other users' processes in some containers).
+    pub bytes: Option<u64>,
+}
+
+/// One reading of one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceSnapshot {
+    pub backend: BackendKind,
+    /// Index among the backend's devices, from 0.
+    pub index: usize,
+    pub name: String,
+    /// A stable identifier: the GPU's UUID, `host`, or `sim-N`.
+    pub uuid: String,
+    pub total: u64,
+    pub used: u64,
+    pub free: u64,
+    /// Memory the driver sets aside and no process can use (NVML's "reserved").
+    pub reserved: u64,
+    /// Percent of time the device was busy over the driver's last sample period, when known.
+    pub utilization: Option<u32>,
+    /// Processes holding memory on the device, largest first.
+    pub processes: Vec<ProcessMemory>,
+}
+
+impl DeviceSnapshot {
+    /// `gpu0`, `host0`, `sim1`: how messages name this device.
+    pub fn label(&self) -> String {
+        format!("{}{}", self.backend.device_prefix(), self.index)
+    }
+
+    /// Bytes held by `pid` on this device (0 when it holds none or the driver will not say).
+    pub fn held_by(&self, pid: u32) -> u64 {
+        self.processes
+            .iter()
+            .filter(|p| p.pid == pid)
+            .filter_map(|p| p.bytes)
+            .sum()
+    }
+
+    /// Used memory as a percentage of the total.
+    pub fn used_percent(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.used as f64 * 100.0 / self.total as f64
+        }
+    }
+
+    /// The largest holders, formatted for a message: `pid 4711 (python3) 2.0 GiB, …`.
+    pub fn describe_holders(&self, limit: usize) -> String {
+        self.processes
+            .iter()
+            .take(limit)
+            .map(|p| {
+                let bytes = p.bytes.map_or_else(|| "unknown".to_string(), format_bytes);
+                format!("pid {} ({}) {bytes}", p.pid, p.name)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// One line for logs: `gpu0 NVIDIA H100: used 2.5 GiB of 79.6 GiB, 77.1 GiB free`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {}: used {} of {}, {} free",
+            self.label(),
+            self.name,
+            format_bytes(self.used),
+            format_bytes(self.total),
+            format_bytes(self.free)
+        )
+    }
+}
+
+/// Sorts process rows largest first, unknown sizes last, then by PID so output is stable.
+pub(crate) fn sort_processes(processes: &mut [ProcessMemory]) {
+    processes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
+}
+
+/// The short name of a process, from `/proc/PID/comm`.
+pub(crate) fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().to_string())
+}
+
+/// Reads every device and logs one line per device under `label`. The seed's
+/// `log_vram_stats`; returns the readings so the caller can keep them.
+pub fn log_snapshot(backend: &dyn crate::MemoryBackend, label: &str) -> Result<Vec<DeviceSnapshot>, crate::MemoryError> {
+    let devices = backend.snapshot()?;
+    for device in &devices {
+        tracing::info!("[{label}] {}", device.summary());
+    }
+    Ok(devices)
+}

@@ -1,0 +1,118 @@
+//! Where a run's files go: `output/{YYYYMMDD_HHMMSS}_{slug}/`, as the seed lays it out.
+//!
+//! The slug is the one piece of user text that becomes a path, so it is reduced to ASCII
+//! letters, digits and `_`: safe on any filesystem, and no topic can climb out of the output
+//! folder. Times are UTC, so two machines name the same moment alike.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::RunnerError;
+
+const MAX_SLUG: usize = 48;
+
+/// `"Cyberpunk Tokyo"` → `cyberpunk_tokyo`. A topic with no ASCII letters or digits gets
+/// `topic_` and a hash of its text, so distinct topics stay distinct.
+pub fn slug(topic: &str) -> Result<String, RunnerError> {
+    if topic.trim().is_empty() {
+        return Err(RunnerError::BadTopic {
+            topic: topic.to_string(),
+            why: "it is empty; pass a subject such as --topic \"Cyberpunk Tokyo\"",
+        });
+    }
+    if topic.chars().count() > 500 {
+        return Err(RunnerError::BadTopic {
+            topic: topic.chars().take(40).collect::<String>() + "…",
+            why: "it is longer than 500 characters; shorten it",
+        });
+    }
+    let mut slug = String::new();
+    for c in topic.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('_') {
+            slug.push('_');
+        }
+    }
+    slug.truncate(MAX_SLUG);
+    let slug = slug.trim_end_matches('_').to_string();
+    if slug.is_empty() {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let hash = topic
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        return Ok(format!("topic_{:08x}", hash as u32));
+    }
+    Ok(slug)
+}
+
+/// The run folder's name for `topic` at `when`: `20261127_101500_cyberpunk_tokyo`.
+pub fn run_folder_name(topic: &str, when: SystemTime) -> Result<String, RunnerError> {
+    Ok(format!("{}_{}", timestamp(when), slug(topic)?))
+}
+
+/// `YYYYMMDD_HHMMSS` in UTC.
+pub fn timestamp(when: SystemTime) -> String {
+    let secs = when.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}{month:02}{day:02}_{:02}{:02}{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn slugs_are_safe_path_parts() {
+        assert_eq!(slug("Cyberpunk Tokyo").unwrap(), "cyberpunk_tokyo");
+        assert_eq!(slug("  ../../etc/passwd ").unwrap(), "etc_passwd");
+        assert_eq!(slug("Café -- Noir!").unwrap(), "caf_noir");
+        let long = slug(&"word ".repeat(40)).unwrap();
+        assert!(long.len() <= MAX_SLUG && !long.ends_with('_'), "{long}");
+        let a = slug("東京").unwrap();
+        let b = slug("大阪").unwrap();
+        assert!(a.starts_with("topic_") && a != b, "{a} {b}");
+        for s in [&a, &b, &long] {
+            assert!(s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        }
+    }
+
+    #[test]
+    fn empty_or_huge_topics_are_refused() {
+        assert!(slug("   ").unwrap_err().is_bad_input());
+        assert!(slug(&"x".repeat(501)).unwrap_err().to_string().contains("500"));
+    }
+
+    #[test]
+    fn folder_names_use_utc_timestamps() {
+        // 2026-11-27 10:15:00 UTC.
+        let when = UNIX_EPOCH + Duration::from_secs(1_795_774_500);
+        assert_eq!(
+            run_folder_name("Cyberpunk Tokyo", when).unwrap(),
+            "20261127_101500_cyberpunk_tokyo"
+        );
+        assert_eq!(timestamp(UNIX_EPOCH), "19700101_000000");
+        // A leap day.
+        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "20000229_000000");
+    }
+}
