@@ -112,7 +112,8 @@ pub enum BenchCommand {
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {
-    text.parse().map_err(|e: baton_memory::MemoryError| e.to_string())
+    text.parse()
+        .map_err(|e: baton_memory::MemoryError| e.to_string())
 }
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
@@ -136,10 +137,10 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| "use seconds (0.5) or a number with ms, s or m (500ms)".to_string())?;
     let seconds = value * scale;
-    if !(seconds > 0.0) {
+    if seconds.is_nan() || seconds <= 0.0 {
         return Err("it must be more than 0".to_string());
     }
-    if seconds < 0.01 || seconds > 86_400.0 {
+    if !(0.01..=86_400.0).contains(&seconds) {
         return Err("use 10ms to 24h".to_string());
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -18,7 +18,7 @@ use crate::args::HoldArgs;
 
 pub fn hold(args: &HoldArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(seconds) = args.seconds
-        && !(seconds >= 0.0 && seconds <= 31_536_000.0)
+        && !(0.0..=31_536_000.0).contains(&seconds)
     {
         return Err(crate::BadInput(format!(
             "bad --seconds '{seconds}': use a number of seconds from 0 to 31536000"
@@ -101,7 +101,11 @@ fn spawn_orphan(args: &HoldArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         bail!(
             "the orphan holder failed ({status}){}",
-            if line.trim().is_empty() { String::new() } else { format!(": {}", line.trim()) }
+            if line.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", line.trim())
+            }
         );
     };
     writeln!(

@@ -67,10 +67,17 @@ pub fn render(opened: &Opened, devices: &[DeviceSnapshot], top: usize) -> String
         ));
         s.push_str(&format!("        {}\n", d.uuid));
     }
-    s.push_str(&format!("\n{:<7} {:>8} {:<24} {:>11}\n", "DEVICE", "PID", "PROCESS", "MEMORY"));
+    s.push_str(&format!(
+        "\n{:<7} {:>8} {:<24} {:>11}\n",
+        "DEVICE", "PID", "PROCESS", "MEMORY"
+    ));
     let mut any = false;
     for d in devices {
-        let shown = if top == 0 { d.processes.len() } else { top.min(d.processes.len()) };
+        let shown = if top == 0 {
+            d.processes.len()
+        } else {
+            top.min(d.processes.len())
+        };
         for p in &d.processes[..shown] {
             any = true;
             s.push_str(&format!(

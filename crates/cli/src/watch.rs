@@ -149,7 +149,11 @@ fn run_plain(tick: &mut Ticker, args: &WatchArgs, out: &mut dyn Write) -> anyhow
     }
 }
 
-fn run_terminal(terminal: &mut ratatui::DefaultTerminal, tick: &mut Ticker, args: &WatchArgs) -> anyhow::Result<()> {
+fn run_terminal(
+    terminal: &mut ratatui::DefaultTerminal,
+    tick: &mut Ticker,
+    args: &WatchArgs,
+) -> anyhow::Result<()> {
     loop {
         let due = Instant::now() + args.interval;
         tick.read()?;
@@ -167,7 +171,8 @@ fn run_terminal(terminal: &mut ratatui::DefaultTerminal, tick: &mut Ticker, args
             }
             match event::read()? {
                 Event::Key(key) if key.kind == KeyEventKind::Press => {
-                    let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                    let ctrl_c = key.code == KeyCode::Char('c')
+                        && key.modifiers.contains(KeyModifiers::CONTROL);
                     if ctrl_c || matches!(key.code, KeyCode::Char('q') | KeyCode::Esc) {
                         return Ok(());
                     }
@@ -195,9 +200,10 @@ fn draw(frame: &mut Frame, tick: &Ticker, args: &WatchArgs) {
             " q quit · every {:?} · reading {}{}",
             args.interval,
             tick.count,
-            args.jsonl
-                .as_ref()
-                .map_or(String::new(), |p| format!(" · appending to {}", p.display()))
+            args.jsonl.as_ref().map_or(String::new(), |p| format!(
+                " · appending to {}",
+                p.display()
+            ))
         ))
         .dim(),
         footer,
@@ -221,12 +227,22 @@ fn draw(frame: &mut Frame, tick: &Ticker, args: &WatchArgs) {
     draw_processes(frame, devices, areas[areas.len() - 1]);
 }
 
-fn draw_device(frame: &mut Frame, d: &DeviceSnapshot, history: Option<&VecDeque<u64>>, interval: Duration, area: Rect) {
+fn draw_device(
+    frame: &mut Frame,
+    d: &DeviceSnapshot,
+    history: Option<&VecDeque<u64>>,
+    interval: Duration,
+    area: Rect,
+) {
     let block = Block::bordered().title(format!(" {} {} ", d.label(), d.name));
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [bar, graph] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);
-    let ratio = if d.total == 0 { 0.0 } else { (d.used as f64 / d.total as f64).clamp(0.0, 1.0) };
+    let ratio = if d.total == 0 {
+        0.0
+    } else {
+        (d.used as f64 / d.total as f64).clamp(0.0, 1.0)
+    };
     let color = match ratio {
         r if r >= 0.9 => Color::Red,
         r if r >= 0.7 => Color::Yellow,
@@ -242,22 +258,30 @@ fn draw_device(frame: &mut Frame, d: &DeviceSnapshot, history: Option<&VecDeque<
                 format_bytes(d.total),
                 ratio * 100.0,
                 format_bytes(d.free),
-                d.utilization.map_or(String::new(), |u| format!(" · util {u}%"))
+                d.utilization
+                    .map_or(String::new(), |u| format!(" · util {u}%"))
             )),
         bar,
     );
     let points: Vec<u64> = history.map_or_else(Vec::new, |h| {
         let width = graph.width.saturating_sub(14) as usize;
-        h.iter().skip(h.len().saturating_sub(width)).copied().collect()
+        h.iter()
+            .skip(h.len().saturating_sub(width))
+            .copied()
+            .collect()
     });
     let span = interval.mul_f64(points.len() as f64);
-    let [label, spark] = Layout::horizontal([Constraint::Length(14), Constraint::Min(1)]).areas(graph);
+    let [label, spark] =
+        Layout::horizontal([Constraint::Length(14), Constraint::Min(1)]).areas(graph);
     frame.render_widget(
         Paragraph::new(format!("used, last\n{}", human_span(span))).dim(),
         label,
     );
     frame.render_widget(
-        Sparkline::default().data(&points).max(1000).style(Style::new().fg(color)),
+        Sparkline::default()
+            .data(&points)
+            .max(1000)
+            .style(Style::new().fg(color)),
         spark,
     );
 }

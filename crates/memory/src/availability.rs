@@ -46,7 +46,12 @@ pub struct Availability {
 
 impl Availability {
     /// Judges a need against one reading of a device.
-    pub fn judge(snapshot: &DeviceSnapshot, needed: u64, context_overhead: u64, usable_fraction: f64) -> Self {
+    pub fn judge(
+        snapshot: &DeviceSnapshot,
+        needed: u64,
+        context_overhead: u64,
+        usable_fraction: f64,
+    ) -> Self {
         let required = needed.saturating_add(context_overhead) as f64;
         let verdict = if required <= snapshot.free as f64 * usable_fraction {
             Verdict::Fits
@@ -73,7 +78,9 @@ impl Availability {
     /// Bytes that must come free before the need fits (0 when it fits).
     pub fn short_by(&self) -> u64 {
         let required = self.needed.saturating_add(self.context_overhead) as f64;
-        (required / self.usable_fraction - self.free as f64).max(0.0).ceil() as u64
+        (required / self.usable_fraction - self.free as f64)
+            .max(0.0)
+            .ceil() as u64
     }
 }
 
@@ -99,7 +106,11 @@ impl std::fmt::Display for Availability {
 
 /// Checks whether `needed` bytes fit on device `index` now. The seed's
 /// `check_vram_availability`.
-pub fn check_available(backend: &dyn MemoryBackend, index: usize, needed: u64) -> Result<Availability, MemoryError> {
+pub fn check_available(
+    backend: &dyn MemoryBackend,
+    index: usize,
+    needed: u64,
+) -> Result<Availability, MemoryError> {
     let snapshot = backend.device(index)?;
     Ok(Availability::judge(
         &snapshot,
@@ -153,7 +164,11 @@ pub fn wait_available(
                 "{availability}; waiting up to {}s for {} more to come free (held by: {})",
                 timeout.as_secs(),
                 format_bytes(availability.short_by()),
-                if holders.is_empty() { "no process baton can see" } else { &holders }
+                if holders.is_empty() {
+                    "no process baton can see"
+                } else {
+                    &holders
+                }
             );
             last_log = Some(Instant::now());
         }
@@ -197,6 +212,9 @@ mod tests {
         let never = Availability::judge(&device(24 * GIB, 24 * GIB), 19 * GIB, GIB / 2, 0.8);
         assert_eq!(never.verdict, Verdict::Never);
         let text = never.to_string();
-        assert!(text.contains("sim1") && text.contains("19.0 GiB") && text.contains("19.5 GiB"), "{text}");
+        assert!(
+            text.contains("sim1") && text.contains("19.0 GiB") && text.contains("19.5 GiB"),
+            "{text}"
+        );
     }
 }

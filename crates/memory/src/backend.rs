@@ -49,7 +49,11 @@ pub trait MemoryBackend: Send + Sync {
 }
 
 /// Fails with [`MemoryError::NoSuchDevice`] unless `index < count`.
-pub(crate) fn check_index(kind: BackendKind, index: usize, count: usize) -> Result<(), MemoryError> {
+pub(crate) fn check_index(
+    kind: BackendKind,
+    index: usize,
+    count: usize,
+) -> Result<(), MemoryError> {
     if index < count {
         Ok(())
     } else {

@@ -10,7 +10,10 @@ use crate::{MemoryBackend, MemoryError};
 /// Timings of repeated snapshots of one backend.
 #[derive(Debug, Clone)]
 pub struct SnapshotCost {
-    pub backend: String,
+    /// `nvml`, `host` or `sim`.
+    pub backend: &'static str,
+    /// The backend's own description (driver version, device count).
+    pub description: String,
     pub devices: usize,
     pub processes: usize,
     pub iterations: usize,
@@ -28,7 +31,10 @@ impl SnapshotCost {
 }
 
 /// Takes `iterations` full snapshots (every device, with process rows) after a few warm-ups.
-pub fn measure_snapshot(backend: &dyn MemoryBackend, iterations: usize) -> Result<SnapshotCost, MemoryError> {
+pub fn measure_snapshot(
+    backend: &dyn MemoryBackend,
+    iterations: usize,
+) -> Result<SnapshotCost, MemoryError> {
     let iterations = iterations.max(1);
     let mut last = Vec::new();
     for _ in 0..3 {
@@ -43,7 +49,8 @@ pub fn measure_snapshot(backend: &dyn MemoryBackend, iterations: usize) -> Resul
     times.sort();
     let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
     Ok(SnapshotCost {
-        backend: backend.description(),
+        backend: backend.kind().name(),
+        description: backend.description(),
         devices: last.len(),
         processes: last.iter().map(|d| d.processes.len()).sum(),
         iterations,
@@ -58,7 +65,10 @@ pub fn measure_snapshot(backend: &dyn MemoryBackend, iterations: usize) -> Resul
 /// each (in a private folder, removed afterwards), and NVML when a driver answers. Returns the
 /// costs and, for each backend left out, why.
 pub fn measure_all(iterations: usize) -> Result<(Vec<SnapshotCost>, Vec<String>), MemoryError> {
-    let mut costs = vec![measure_snapshot(&crate::host::HostBackend::new(), iterations)?];
+    let mut costs = vec![measure_snapshot(
+        &crate::host::HostBackend::new(),
+        iterations,
+    )?];
     let mut skipped = Vec::new();
     let dir = std::env::temp_dir().join(format!("baton-bench-sim-{}", std::process::id()));
     let sim_cost = (|| {
@@ -80,12 +90,12 @@ pub fn measure_all(iterations: usize) -> Result<(Vec<SnapshotCost>, Vec<String>)
 /// Renders costs as a table, with the share of a core `baton watch` would spend at 10 Hz.
 pub fn render_table(costs: &[SnapshotCost]) -> String {
     let mut out = format!(
-        "{:<44} {:>7} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>11}\n",
+        "{:<8} {:>7} {:>9} {:>6} {:>10} {:>10} {:>10} {:>10} {:>11}\n",
         "backend", "devices", "processes", "iters", "min", "median", "p90", "max", "core@10Hz"
     );
     for c in costs {
         out.push_str(&format!(
-            "{:<44} {:>7} {:>9} {:>6} {:>10.3?} {:>10.3?} {:>10.3?} {:>10.3?} {:>10.2}%\n",
+            "{:<8} {:>7} {:>9} {:>6} {:>10.3?} {:>10.3?} {:>10.3?} {:>10.3?} {:>10.2}%\n",
             c.backend,
             c.devices,
             c.processes,
@@ -96,6 +106,9 @@ pub fn render_table(costs: &[SnapshotCost]) -> String {
             c.max,
             c.core_percent_at(10.0)
         ));
+    }
+    for c in costs {
+        out.push_str(&format!("{}: {}\n", c.backend, c.description));
     }
     out
 }

@@ -40,7 +40,9 @@ pub enum MemoryError {
     DriverNotFound { reason: String },
 
     /// This build has no support for a backend.
-    #[error("{backend} support is not compiled into this build of baton; rebuild with --features {feature}")]
+    #[error(
+        "{backend} support is not compiled into this build of baton; rebuild with --features {feature}"
+    )]
     NotCompiled {
         backend: &'static str,
         feature: &'static str,
@@ -116,7 +118,11 @@ impl MemoryError {
         )
     }
 
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         MemoryError::Io {
             action,
             path: path.into(),

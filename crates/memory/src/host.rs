@@ -6,8 +6,8 @@
 
 use std::fs;
 
-use crate::snapshot::sort_processes;
 use crate::backend::check_index;
+use crate::snapshot::sort_processes;
 use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError, ProcessMemory};
 
 /// Host memory, one device.
@@ -32,15 +32,20 @@ impl MemoryBackend for HostBackend {
     fn snapshot(&self) -> Result<Vec<DeviceSnapshot>, MemoryError> {
         let meminfo = fs::read_to_string("/proc/meminfo")
             .map_err(|e| MemoryError::io("cannot read", "/proc/meminfo", e))?;
-        let (total, available) = parse_meminfo(&meminfo).ok_or_else(|| MemoryError::CorruptState {
-            path: "/proc/meminfo".into(),
-            why: "MemTotal or MemAvailable is missing".into(),
-        })?;
+        let (total, available) =
+            parse_meminfo(&meminfo).ok_or_else(|| MemoryError::CorruptState {
+                path: "/proc/meminfo".into(),
+                why: "MemTotal or MemAvailable is missing".into(),
+            })?;
         let mut processes = Vec::new();
         let entries =
             fs::read_dir("/proc").map_err(|e| MemoryError::io("cannot list", "/proc", e))?;
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             // A process may exit between the listing and the read; skip it.
@@ -148,7 +153,11 @@ mod tests {
         let snap = host.device(0).unwrap();
         assert!(snap.total > 0 && snap.used <= snap.total);
         assert_eq!(snap.used + snap.free, snap.total);
-        let row = snap.processes.iter().find(|p| p.pid == me).expect("own pid listed");
+        let row = snap
+            .processes
+            .iter()
+            .find(|p| p.pid == me)
+            .expect("own pid listed");
         assert!(row.bytes.unwrap() > 0);
         assert!(host.process_usage(0, me).unwrap() > 0);
         assert!(host.process_usage(1, me).is_err());

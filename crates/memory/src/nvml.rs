@@ -59,7 +59,9 @@ impl NvmlBackend {
             .nvml
             .device_by_index(index as u32)
             .map_err(call("nvmlDeviceGetHandleByIndex"))?;
-        let memory = device.memory_info().map_err(call("nvmlDeviceGetMemoryInfo_v2"))?;
+        let memory = device
+            .memory_info()
+            .map_err(call("nvmlDeviceGetMemoryInfo_v2"))?;
         let mut processes: Vec<ProcessMemory> = Vec::new();
         // Some containers refuse the process lists; the device totals still stand.
         let compute = device.running_compute_processes().unwrap_or_default();

@@ -121,11 +121,19 @@ pub struct MemoryScope {
 
 impl MemoryScope {
     /// Opens a scope on device `index`, logging the device and taking this process's baseline.
-    pub fn new(backend: Arc<dyn MemoryBackend>, index: usize, label: &str) -> Result<Self, MemoryError> {
+    pub fn new(
+        backend: Arc<dyn MemoryBackend>,
+        index: usize,
+        label: &str,
+    ) -> Result<Self, MemoryError> {
         let pid = std::process::id();
         let snapshot = backend.device(index)?;
         let baseline = backend.process_usage(index, pid)?;
-        tracing::info!("[{label}] before: {}; this process holds {}", snapshot.summary(), format_bytes(baseline));
+        tracing::info!(
+            "[{label}] before: {}; this process holds {}",
+            snapshot.summary(),
+            format_bytes(baseline)
+        );
         Ok(MemoryScope {
             device: snapshot.label(),
             device_used_before: snapshot.used,
@@ -205,7 +213,11 @@ impl Drop for MemoryScope {
         if !self.finished
             && let Err(err) = self.verify()
         {
-            tracing::error!("[{}] could not verify memory on {}: {err}", self.label, self.device);
+            tracing::error!(
+                "[{}] could not verify memory on {}: {err}",
+                self.label,
+                self.device
+            );
         }
     }
 }
@@ -233,7 +245,11 @@ pub fn cleanup(backend: &dyn MemoryBackend, index: usize) -> Result<Freed, Memor
 
 /// Drops `model`, then cleans up; the report counts the model's memory. The seed's
 /// `cleanup_model`: in Rust, freeing a model means dropping the last owner of it.
-pub fn cleanup_model<T>(backend: &dyn MemoryBackend, index: usize, model: T) -> Result<Freed, MemoryError> {
+pub fn cleanup_model<T>(
+    backend: &dyn MemoryBackend,
+    index: usize,
+    model: T,
+) -> Result<Freed, MemoryError> {
     let pid = std::process::id();
     let before = backend.process_usage(index, pid)?;
     drop(model);

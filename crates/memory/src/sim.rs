@@ -52,12 +52,18 @@ pub fn parse_sim_spec(spec: &str) -> Result<Vec<u64>, MemoryError> {
         }
         let bytes = parse_size(size).map_err(|e| bad(e.to_string()))?;
         if bytes < (1 << 20) {
-            return Err(bad(format!("a device of {} is too small; use at least 1MiB", format_bytes(bytes))));
+            return Err(bad(format!(
+                "a device of {} is too small; use at least 1MiB",
+                format_bytes(bytes)
+            )));
         }
         devices.extend(std::iter::repeat_n(bytes, count));
     }
     if devices.len() > 64 {
-        return Err(bad(format!("{} devices in all; use at most 64", devices.len())));
+        return Err(bad(format!(
+            "{} devices in all; use at most 64",
+            devices.len()
+        )));
     }
     Ok(devices)
 }
@@ -144,7 +150,9 @@ impl SimBackend {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
             .unwrap_or_else(default_sim_dir);
-        let spec = std::env::var(SIM_GPUS_VAR).ok().filter(|s| !s.trim().is_empty());
+        let spec = std::env::var(SIM_GPUS_VAR)
+            .ok()
+            .filter(|s| !s.trim().is_empty());
         Self::open(&dir, spec.as_deref())
     }
 
@@ -187,7 +195,12 @@ impl SimBackend {
 
     /// Allocates `bytes` on `device` under this process's PID. The memory is freed when the
     /// returned handle drops, or when this process dies.
-    pub fn allocate(&self, device: usize, bytes: u64, label: &str) -> Result<SimAllocation, MemoryError> {
+    pub fn allocate(
+        &self,
+        device: usize,
+        bytes: u64,
+        label: &str,
+    ) -> Result<SimAllocation, MemoryError> {
         check_index(BackendKind::Sim, device, self.devices.len())?;
         let pid = std::process::id();
         let start = process_start(pid).ok_or_else(|| MemoryError::CorruptState {
@@ -232,7 +245,10 @@ impl SimBackend {
 
     /// Runs `f` on the state under the lock, after dropping dead processes' entries, and
     /// writes the state back (atomically) when it changed.
-    fn with_state<R>(&self, f: impl FnOnce(&mut SimState) -> Result<R, MemoryError>) -> Result<R, MemoryError> {
+    fn with_state<R>(
+        &self,
+        f: impl FnOnce(&mut SimState) -> Result<R, MemoryError>,
+    ) -> Result<R, MemoryError> {
         let lock_path = self.dir.join("state.lock");
         let lock = File::options()
             .create(true)
@@ -240,7 +256,8 @@ impl SimBackend {
             .write(true)
             .open(&lock_path)
             .map_err(|e| MemoryError::io("cannot open", &lock_path, e))?;
-        lock.lock().map_err(|e| MemoryError::io("cannot lock", &lock_path, e))?;
+        lock.lock()
+            .map_err(|e| MemoryError::io("cannot lock", &lock_path, e))?;
         let state_path = self.dir.join("state.json");
         let original = match fs::read(&state_path) {
             Ok(bytes) => bytes,
@@ -376,12 +393,23 @@ mod tests {
             parse_sim_spec("2x24GiB, 1x80GiB").unwrap(),
             vec![24 << 30, 24 << 30, 80 << 30]
         );
-        assert_eq!(describe_devices(&parse_sim_spec("2x24GiB,80GiB").unwrap()), "2x24.0 GiB,1x80.0 GiB");
+        assert_eq!(
+            describe_devices(&parse_sim_spec("2x24GiB,80GiB").unwrap()),
+            "2x24.0 GiB,1x80.0 GiB"
+        );
     }
 
     #[test]
     fn bad_specs_name_the_value() {
-        for bad in ["", "0x24GiB", "twox24GiB", "2x", "2xlots", "100x1GiB", "2x1KiB"] {
+        for bad in [
+            "",
+            "0x24GiB",
+            "twox24GiB",
+            "2x",
+            "2xlots",
+            "100x1GiB",
+            "2x1KiB",
+        ] {
             let err = parse_sim_spec(bad).unwrap_err();
             assert!(err.is_bad_input());
             let text = err.to_string();
@@ -433,8 +461,13 @@ mod tests {
         let again = SimBackend::open(dir.path(), None).unwrap();
         assert_eq!(again.snapshot().unwrap().len(), 2);
         let held = sim.allocate(0, 1 << 30, "held").unwrap();
-        let err = SimBackend::open(dir.path(), Some("4x24GiB")).unwrap_err().to_string();
-        assert!(err.contains("2x24.0 GiB") && err.contains("4x24.0 GiB"), "{err}");
+        let err = SimBackend::open(dir.path(), Some("4x24GiB"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("2x24.0 GiB") && err.contains("4x24.0 GiB"),
+            "{err}"
+        );
         drop(held);
         let four = SimBackend::open(dir.path(), Some("4x24GiB")).unwrap();
         assert_eq!(four.snapshot().unwrap().len(), 4);
@@ -444,8 +477,16 @@ mod tests {
     fn corrupt_state_is_reported_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("state.json"), b"{not json").unwrap();
-        let err = SimBackend::open(dir.path(), Some("1x24GiB")).unwrap_err().to_string();
-        assert!(err.contains("corrupt") && err.contains("state.json"), "{err}");
-        assert_eq!(fs::read(dir.path().join("state.json")).unwrap(), b"{not json");
+        let err = SimBackend::open(dir.path(), Some("1x24GiB"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("corrupt") && err.contains("state.json"),
+            "{err}"
+        );
+        assert_eq!(
+            fs::read(dir.path().join("state.json")).unwrap(),
+            b"{not json"
+        );
     }
 }

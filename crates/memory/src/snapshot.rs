@@ -139,7 +139,10 @@ pub(crate) fn process_name(pid: u32) -> Option<String> {
 
 /// Reads every device and logs one line per device under `label`. The seed's
 /// `log_vram_stats`; returns the readings so the caller can keep them.
-pub fn log_snapshot(backend: &dyn crate::MemoryBackend, label: &str) -> Result<Vec<DeviceSnapshot>, crate::MemoryError> {
+pub fn log_snapshot(
+    backend: &dyn crate::MemoryBackend,
+    label: &str,
+) -> Result<Vec<DeviceSnapshot>, crate::MemoryError> {
     let devices = backend.snapshot()?;
     for device in &devices {
         tracing::info!("[{label}] {}", device.summary());

@@ -18,7 +18,9 @@ pub enum RunnerError {
     BadTopic { topic: String, why: &'static str },
 
     /// A part of baton that later work completes.
-    #[error("{what} is not built yet; nothing was written. Until it is, `baton stats` and `baton watch` read memory, and `baton sim hold` builds scenarios")]
+    #[error(
+        "{what} is not built yet; nothing was written. Until it is, `baton stats` and `baton watch` read memory, and `baton sim hold` builds scenarios"
+    )]
     NotBuiltYet { what: String },
 }
 

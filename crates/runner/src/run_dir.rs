@@ -37,9 +37,9 @@ pub fn slug(topic: &str) -> Result<String, RunnerError> {
     let slug = slug.trim_end_matches('_').to_string();
     if slug.is_empty() {
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
-        let hash = topic
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let hash = topic.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         return Ok(format!("topic_{:08x}", hash as u32));
     }
     Ok(slug)
@@ -100,7 +100,12 @@ mod tests {
     #[test]
     fn empty_or_huge_topics_are_refused() {
         assert!(slug("   ").unwrap_err().is_bad_input());
-        assert!(slug(&"x".repeat(501)).unwrap_err().to_string().contains("500"));
+        assert!(
+            slug(&"x".repeat(501))
+                .unwrap_err()
+                .to_string()
+                .contains("500")
+        );
     }
 
     #[test]
@@ -113,6 +118,9 @@ mod tests {
         );
         assert_eq!(timestamp(UNIX_EPOCH), "19700101_000000");
         // A leap day.
-        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)), "20000229_000000");
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "20000229_000000"
+        );
     }
 }

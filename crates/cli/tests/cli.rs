@@ -1,0 +1,201 @@
+//! The `baton` command as a user meets it: outputs, exit codes and error lines.
+
+mod common;
+
+use std::process::Output;
+
+use common::baton;
+
+fn run(dir: &std::path::Path, gpus: &str, args: &[&str]) -> Output {
+    baton(dir, gpus).args(args).output().expect("run baton")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Bad input: exit code 2 and one line on stderr that quotes the value.
+fn assert_bad_input(out: &Output, value: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(
+        err.contains(&format!("'{value}'")),
+        "value {value:?} not named in: {err}"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_bad_input(&run(d, "1x24GiB", &["stats", "--device", "tpu"]), "tpu");
+    assert_bad_input(&run(d, "3x", &["stats", "--device", "sim"]), "3x");
+    assert_bad_input(&run(d, "1x24GiB", &["watch", "--interval", "0"]), "0");
+    assert_bad_input(&run(d, "1x24GiB", &["watch", "--interval", "soon"]), "soon");
+    let unwritable = d.join("no-such-folder").join("log.jsonl");
+    let out = run(
+        d,
+        "1x24GiB",
+        &[
+            "watch",
+            "--device",
+            "sim",
+            "--jsonl",
+            unwritable.to_str().unwrap(),
+        ],
+    );
+    assert_bad_input(&out, unwritable.to_str().unwrap());
+    assert_bad_input(&run(d, "1x24GiB", &["sim", "hold", "lots"]), "lots");
+    let out = run(d, "1x24GiB", &["sim", "hold", "1GiB", "--device", "3"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no device 3 on sim"),
+        "{}",
+        stderr(&out)
+    );
+    assert_bad_input(&run(d, "1x24GiB", &["run", "--topic", "  "]), "  ");
+}
+
+#[test]
+fn stats_names_its_backend_and_auto_explains_a_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), "1x24GiB", &["stats"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let first = text.lines().next().unwrap();
+    // With a driver, auto uses it; without one, it says so and shows host memory.
+    assert!(
+        first.starts_with("backend: nvml")
+            || (first.starts_with("no NVIDIA driver found") && text.contains("host0")),
+        "{text}"
+    );
+    let out = run(
+        dir.path(),
+        "1x24GiB",
+        &["stats", "--device", "host", "--json"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["backend"], "host");
+    assert!(json["devices"][0]["total"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn sim_stats_show_every_simulated_gpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), "2x24GiB", &["stats", "--device", "sim"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("sim0") && text.contains("sim1") && !text.contains("sim2"),
+        "{text}"
+    );
+    assert!(text.contains("0 B / 24.0 GiB"), "{text}");
+    assert!(text.contains("no process holds memory"), "{text}");
+}
+
+#[test]
+fn watch_without_a_terminal_prints_lines_and_appends_jsonl() {
+    let dir = tempfile::tempdir().unwrap();
+    let jsonl = dir.path().join("watch.jsonl");
+    std::fs::write(&jsonl, "{\"earlier\":true}\n").unwrap();
+    let _holder = common::hold(dir.path(), "2x24GiB", &["1GiB", "--device", "1"]);
+    let out = run(
+        dir.path(),
+        "2x24GiB",
+        &[
+            "watch",
+            "--device",
+            "sim",
+            "--interval",
+            "50ms",
+            "--ticks",
+            "3",
+            "--jsonl",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(" sim1 used 1.0 GiB"))
+            .count(),
+        3,
+        "{text}"
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&jsonl)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "the earlier line is kept and 3 are appended"
+    );
+    assert_eq!(lines[0], "{\"earlier\":true}");
+    for line in &lines[1..] {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["backend"], "sim");
+        assert_eq!(record["devices"][1]["used"], common::GIB);
+        assert!(record["unix_ms"].as_u64().unwrap() > 0);
+    }
+}
+
+#[test]
+fn run_says_not_built_yet_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = baton(dir.path(), "1x24GiB")
+        .current_dir(dir.path())
+        .args(["run", "--topic", "Cyberpunk Tokyo"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("not built yet") && err.contains("cyberpunk_tokyo"),
+        "{err}"
+    );
+    assert!(!dir.path().join("output").exists());
+}
+
+#[test]
+fn a_closed_pipe_is_a_clean_exit() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    // A reader that goes away while watch still has readings to print, as `| head -1` does.
+    let mut child = baton(dir.path(), "1x24GiB")
+        .args([
+            "watch",
+            "--device",
+            "sim",
+            "--interval",
+            "10ms",
+            "--ticks",
+            "1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.is_empty(), "{err}");
+}

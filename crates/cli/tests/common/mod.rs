@@ -1,0 +1,81 @@
+//! Helpers for tests that drive the real `baton` binary and real child processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `baton` with a private simulation in `dir`.
+pub fn baton(dir: &Path, gpus: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+    cmd.env("BATON_SIM_DIR", dir)
+        .env("BATON_SIM_GPUS", gpus)
+        .env_remove("BATON_LOG");
+    cmd
+}
+
+/// A child process killed (and reaped) when the test ends, pass or fail.
+pub struct Holder {
+    pub child: Child,
+    pub first_line: String,
+}
+
+impl Holder {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts `baton sim hold ARGS…` and waits for the line that says it holds the memory.
+pub fn hold(dir: &Path, gpus: &str, args: &[&str]) -> Holder {
+    let mut child = baton(dir, gpus)
+        .args(["sim", "hold"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start baton sim hold");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("holds"), "unexpected first line: {line:?}");
+    Holder {
+        child,
+        first_line: line,
+    }
+}
+
+/// Polls `condition` every 10 ms for up to 10 s.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Sends SIGKILL to a process that is not our child.
+pub fn kill_pid(pid: u32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+}
+
+pub const GIB: u64 = 1 << 30;
