@@ -77,6 +77,8 @@ pub struct WatchArgs {
 pub enum SimCommand {
     /// Hold simulated GPU memory under this process's PID until killed or --seconds pass.
     Hold(HoldArgs),
+    /// Free leaked simulated memory (see `sim hold --leak`), as a driver reset would.
+    Reset,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +95,10 @@ pub struct HoldArgs {
     /// Leave a detached child process holding the memory, and exit at once.
     #[arg(long)]
     pub orphan: bool,
+    /// Leak the memory instead: used on the device but owned by no process, until `baton sim
+    /// reset`. The command exits at once.
+    #[arg(long, conflicts_with_all = ["orphan", "seconds"])]
+    pub leak: bool,
     /// Name of the allocation, shown in the state file.
     #[arg(long, default_value = "sim hold")]
     pub label: String,

@@ -28,6 +28,17 @@ pub fn hold(args: &HoldArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.orphan {
         return spawn_orphan(args, out);
     }
+    if args.leak {
+        let sim = SimBackend::from_env()?;
+        sim.leak(args.device, args.size, &args.label)?;
+        writeln!(
+            out,
+            "leaked {} on sim{}: used, but owned by no process, until `baton sim reset`",
+            format_bytes(args.size),
+            args.device
+        )?;
+        return Ok(());
+    }
     let allocated = SimBackend::from_env()
         .and_then(|sim| Ok((sim.allocate(args.device, args.size, &args.label)?, sim)));
     let (held, sim) = match allocated {
@@ -130,4 +141,17 @@ fn detach_stdout() {
             libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
         }
     }
+}
+
+/// `baton sim reset`: frees leaked simulated memory.
+pub fn reset(out: &mut dyn Write) -> anyhow::Result<()> {
+    let sim = SimBackend::from_env()?;
+    let freed = sim.reset()?;
+    writeln!(
+        out,
+        "freed {} of leaked memory in {}",
+        format_bytes(freed),
+        sim.dir().display()
+    )?;
+    Ok(())
 }

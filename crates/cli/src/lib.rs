@@ -55,6 +55,7 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Stats(args) => stats::stats(args, out),
         Command::Watch(args) => watch::watch(args),
         Command::Sim(SimCommand::Hold(args)) => hold::hold(args, out),
+        Command::Sim(SimCommand::Reset) => hold::reset(out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
     }
 }

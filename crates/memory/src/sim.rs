@@ -101,6 +101,9 @@ pub fn default_sim_dir() -> PathBuf {
         })
 }
 
+/// The owner recorded for leaked memory: no process, as when a driver loses track of memory.
+const LEAKED_PID: u32 = 0;
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SimState {
     devices: Vec<u64>,
@@ -129,10 +132,11 @@ impl SimState {
             .sum()
     }
 
-    /// Drops the entries of processes that no longer run, as the driver does.
+    /// Drops the entries of processes that no longer run, as the driver does. Leaked entries
+    /// (PID 0) belong to no process and stay until a reset.
     fn prune_dead(&mut self) {
         self.allocations
-            .retain(|a| process_start(a.pid) == Some(a.start));
+            .retain(|a| a.pid == LEAKED_PID || process_start(a.pid) == Some(a.start));
     }
 }
 
@@ -168,13 +172,14 @@ impl SimBackend {
         sim.devices = sim.with_state(|state| {
             match requested {
                 Some(requested) if requested != state.devices => {
-                    if !state.allocations.is_empty() {
+                    if state.allocations.iter().any(|a| a.pid != LEAKED_PID) {
                         return Err(MemoryError::SimMismatch {
                             dir: dir.to_path_buf(),
                             existing: describe_devices(&state.devices),
                             requested: describe_devices(&requested),
                         });
                     }
+                    state.allocations.clear();
                     state.devices = requested;
                 }
                 Some(_) => {}
@@ -233,6 +238,49 @@ impl SimBackend {
             id,
             device,
             bytes,
+        })
+    }
+
+    /// Marks `bytes` on `device` as used by no process, the way a driver-level leak looks:
+    /// the device's used memory grows, but no process row explains it. It stays until
+    /// [`SimBackend::reset`].
+    pub fn leak(&self, device: usize, bytes: u64, label: &str) -> Result<(), MemoryError> {
+        check_index(BackendKind::Sim, device, self.devices.len())?;
+        self.with_state(|state| {
+            let free = state.devices[device].saturating_sub(state.used(device));
+            if bytes > free {
+                return Err(MemoryError::OutOfMemory {
+                    device: format!("sim{device}"),
+                    requested: bytes,
+                    free,
+                });
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            state.allocations.push(SimEntry {
+                id,
+                device,
+                pid: LEAKED_PID,
+                start: 0,
+                bytes,
+                label: label.to_string(),
+            });
+            Ok(())
+        })
+    }
+
+    /// Frees leaked memory, as a driver reset would; returns the bytes freed. Memory held by
+    /// live processes stays theirs.
+    pub fn reset(&self) -> Result<u64, MemoryError> {
+        self.with_state(|state| {
+            let leaked = state
+                .allocations
+                .iter()
+                .filter(|a| a.pid == LEAKED_PID)
+                .map(|a| a.bytes)
+                .sum();
+            state.allocations.retain(|a| a.pid != LEAKED_PID);
+            Ok(leaked)
         })
     }
 
@@ -305,7 +353,11 @@ impl MemoryBackend for SimBackend {
                 .enumerate()
                 .map(|(index, &total)| {
                     let mut processes: Vec<ProcessMemory> = Vec::new();
-                    for entry in state.allocations.iter().filter(|a| a.device == index) {
+                    let owned = state
+                        .allocations
+                        .iter()
+                        .filter(|a| a.device == index && a.pid != LEAKED_PID);
+                    for entry in owned {
                         match processes.iter_mut().find(|p| p.pid == entry.pid) {
                             Some(row) => row.bytes = Some(row.bytes.unwrap_or(0) + entry.bytes),
                             None => processes.push(ProcessMemory {
@@ -471,6 +523,22 @@ mod tests {
         drop(held);
         let four = SimBackend::open(dir.path(), Some("4x24GiB")).unwrap();
         assert_eq!(four.snapshot().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn leaked_memory_is_used_but_owned_by_no_process_until_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBackend::open(dir.path(), Some("1x24GiB")).unwrap();
+        let held = sim.allocate(0, 1 << 30, "held").unwrap();
+        sim.leak(0, 2 << 30, "lost").unwrap();
+        let snap = sim.device(0).unwrap();
+        assert_eq!(snap.used, 3 << 30);
+        assert_eq!(snap.processes.len(), 1);
+        assert_eq!(snap.processes[0].bytes, Some(1 << 30));
+        drop(held);
+        assert_eq!(sim.device(0).unwrap().used, 2 << 30);
+        assert_eq!(sim.reset().unwrap(), 2 << 30);
+        assert_eq!(sim.device(0).unwrap().used, 0);
     }
 
     #[test]
