@@ -17,8 +17,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole content pipeline for a topic, every stage in its own process.
+    /// Run a pipeline for a topic, every stage in its own process (default: the content pipeline).
     Run(RunArgs),
+    /// Finish a run that stopped: keep stages whose files verify, run the rest.
+    Resume(ResumeArgs),
+    /// Run many topics at once (one per line of FILE) across every device.
+    Batch(BatchArgs),
     /// Show every device's memory and the processes holding it, like nvidia-smi's memory part.
     Stats(StatsArgs),
     /// Watch every device's memory live (q or Ctrl-C quits).
@@ -36,6 +40,38 @@ pub struct RunArgs {
     /// What the storyboard is about.
     #[arg(long)]
     pub topic: String,
+    #[command(flatten)]
+    pub common: PipelineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// A pipeline file (TOML, see docs/pipeline.md); default: the built-in content pipeline.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// Where run folders are made.
+    #[arg(long, default_value = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Where GPU stages go: nvml, sim (simulated GPUs), host (CPU only), or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// The run folder, e.g. output/20261127_101500_cyberpunk_tokyo.
+    pub run_dir: PathBuf,
+    /// Where GPU stages go (default: the backend the run started on).
+    #[arg(long, value_parser = parse_device)]
+    pub device: Option<DeviceChoice>,
+}
+
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// A text file with one topic per line; blank lines and lines starting with # are skipped.
+    pub topics: PathBuf,
+    #[command(flatten)]
+    pub common: PipelineArgs,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +115,43 @@ pub enum SimCommand {
     Hold(HoldArgs),
     /// Free leaked simulated memory (see `sim hold --leak`), as a driver reset would.
     Reset,
+    /// A mock model for pipelines on simulated GPUs: hold memory, report progress, write files.
+    Work(WorkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkArgs {
+    /// Simulated memory to hold while working: 4GiB, 512MiB.
+    #[arg(value_parser = parse_size_arg)]
+    pub size: u64,
+    /// Which simulated GPU (inside a baton stage: the one it was placed on).
+    #[arg(long, env = "BATON_DEVICE_INDEX", default_value_t = 0)]
+    pub device: usize,
+    /// How long the work takes.
+    #[arg(long, default_value_t = 0.0)]
+    pub seconds: f64,
+    /// Print this many `baton:progress` lines over the work.
+    #[arg(long, default_value_t = 0)]
+    pub steps: u64,
+    /// Write a small JSON file here when done (repeatable; relative to the current folder).
+    #[arg(long, value_name = "FILE")]
+    pub write: Vec<PathBuf>,
+    /// Wait until this file exists before allocating.
+    #[arg(long, value_name = "FILE")]
+    pub wait_for: Option<PathBuf>,
+    /// Crash (exit 1, nothing written) unless this file exists; create it first, so the next
+    /// attempt succeeds.
+    #[arg(long, value_name = "FILE")]
+    pub fail_once: Option<PathBuf>,
+    /// Exit with this status after the work.
+    #[arg(long, default_value_t = 0)]
+    pub exit: u8,
+    /// Before exiting, leave a detached process holding this much on the same device.
+    #[arg(long, value_parser = parse_size_arg)]
+    pub orphan: Option<u64>,
+    /// Before exiting, leak this much on the same device (held by no process).
+    #[arg(long, value_parser = parse_size_arg)]
+    pub leak: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -86,8 +159,8 @@ pub struct HoldArgs {
     /// How much to hold: 4GiB, 512MiB, 2GB.
     #[arg(value_parser = parse_size_arg)]
     pub size: u64,
-    /// Which simulated GPU, from 0.
-    #[arg(long, default_value_t = 0)]
+    /// Which simulated GPU, from 0 (inside a baton stage: the one it was placed on).
+    #[arg(long, env = "BATON_DEVICE_INDEX", default_value_t = 0)]
     pub device: usize,
     /// Let go after this many seconds (default: hold until killed).
     #[arg(long)]

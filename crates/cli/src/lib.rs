@@ -7,7 +7,9 @@
 
 pub mod args;
 mod bench;
-mod hold;
+mod pipeline_cmd;
+mod progress;
+mod sim_cmd;
 mod stats;
 mod watch;
 
@@ -51,11 +53,14 @@ pub fn main() -> ExitCode {
 
 fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
     match command {
-        Command::Run(args) => Ok(baton_runner::run_pipeline(&args.topic)?),
+        Command::Run(args) => pipeline_cmd::run(args, out),
+        Command::Resume(args) => pipeline_cmd::resume(args, out),
+        Command::Batch(args) => pipeline_cmd::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
         Command::Watch(args) => watch::watch(args),
-        Command::Sim(SimCommand::Hold(args)) => hold::hold(args, out),
-        Command::Sim(SimCommand::Reset) => hold::reset(out),
+        Command::Sim(SimCommand::Hold(args)) => sim_cmd::hold(args, out),
+        Command::Sim(SimCommand::Reset) => sim_cmd::reset(out),
+        Command::Sim(SimCommand::Work(args)) => sim_cmd::work(args, out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
     }
 }

@@ -40,6 +40,13 @@ pub trait MemoryBackend: Send + Sync {
     /// GPU (about 0.5 GiB on an H100/H200, see `shared/gpu/README.md`), nothing on the host.
     fn context_overhead(&self) -> u64;
 
+    /// True when the device's used memory is the sum of its processes' memory plus a steady
+    /// remainder, so used memory that no process explains is a leak (true for a GPU). Host
+    /// RAM is not like that: the kernel's own use moves all the time.
+    fn attributes_all_memory(&self) -> bool {
+        true
+    }
+
     /// Gives memory this process has freed but still caches back to the device: `malloc_trim`
     /// on the host, a pool trim inside a CUDA stage. Reading backends that hold no memory of
     /// their own (NVML, sim) have nothing to trim.

@@ -83,6 +83,10 @@ impl MemoryBackend for HostBackend {
         0
     }
 
+    fn attributes_all_memory(&self) -> bool {
+        false
+    }
+
     fn trim(&self) -> Result<(), MemoryError> {
         trim_heap();
         Ok(())

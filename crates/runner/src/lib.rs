@@ -1,13 +1,36 @@
 //! baton's stage runner: every stage of a run in its own process, placed where it fits,
 //! watched, and verified to have handed its memory back.
 //!
-//! What is here so far is the run folder's naming ([`run_dir`]). Planning, placement, spawning,
-//! watching, reclaim and resume land with the runner issue; until then [`run_pipeline`] checks
-//! its input and says plainly that the pipeline is not built yet, writing nothing.
+//! A key design decision: the runner is a scheduler over manifests. [`plan`] turns a topic (or
+//! a run folder to resume) into a [`RunPlan`]; the [`Engine`] runs the plans' stages as their
+//! dependencies finish and devices have room ([`placement`]), one attempt thread per stage
+//! ([`attempt`]) that starts it through an [`Executor`], samples its memory and proves reclaim;
+//! every change is written to the run's `run.json` at once ([`manifest`]). One engine runs one
+//! run or a whole batch. It reads memory only through `baton_memory::MemoryBackend`, so CI
+//! drives all of it on simulated GPUs with real processes.
 
+pub mod attempt;
+pub mod engine;
+pub mod events;
+pub mod executor;
+pub mod group;
+pub mod learned;
+pub mod manifest;
+pub mod pipeline;
+pub mod placement;
+pub mod plan;
+pub mod report;
 pub mod run_dir;
 
-use baton_studio::Stage;
+use std::path::PathBuf;
+
+pub use engine::Engine;
+pub use events::{Event, Observer, Quiet};
+pub use executor::{Executor, LocalExecutor};
+pub use learned::LearnedNeeds;
+pub use manifest::{Manifest, RunState, StageState};
+pub use pipeline::Pipeline;
+pub use plan::{ResumeDecision, RunPlan, create_run, resume_run};
 
 /// An error from the runner.
 #[derive(Debug, thiserror::Error)]
@@ -17,28 +40,61 @@ pub enum RunnerError {
     #[error("bad topic '{topic}': {why}")]
     BadTopic { topic: String, why: &'static str },
 
+    /// A pipeline file that cannot be used.
+    #[error("bad pipeline {origin}: {why}")]
+    BadPipeline { origin: String, why: String },
+
+    /// An input no stage produces and that does not exist.
+    #[error("stage '{stage}' needs '{}', which does not exist and no stage makes; create it or fix the path", .path.display())]
+    MissingInput { stage: String, path: PathBuf },
+
+    /// A folder that baton did not make as a run folder.
+    #[error("'{}' is not a baton run folder: it has no run.json; pass a folder that `baton run` made, under output/", .path.display())]
+    NotARunFolder { path: PathBuf },
+
+    /// A `run.json` that cannot be trusted.
+    #[error("run manifest '{}' is corrupt ({why}); nothing was changed. Restore it, or start a new run", .path.display())]
+    CorruptManifest { path: PathBuf, why: String },
+
+    /// A stage program that could not be started.
+    #[error(
+        "stage '{stage}': cannot start '{program}': {source}; check the command in the pipeline file"
+    )]
+    Spawn {
+        stage: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A part of baton that later work completes.
     #[error(
-        "{what} is not built yet; nothing was written. Until it is, `baton stats` and `baton watch` read memory, and `baton sim hold` builds scenarios"
+        "{what} is not built yet; nothing was written. Until it is, pass --pipeline FILE with your own commands (see examples/), and use `baton stats`, `baton watch` and `baton sim hold`"
     )]
     NotBuiltYet { what: String },
+
+    #[error("{action} '{}': {source}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(transparent)]
+    Memory(#[from] baton_memory::MemoryError),
 }
 
 impl RunnerError {
     /// True when the error is about what the user wrote.
     pub fn is_bad_input(&self) -> bool {
-        matches!(self, RunnerError::BadTopic { .. })
+        match self {
+            RunnerError::BadTopic { .. }
+            | RunnerError::BadPipeline { .. }
+            | RunnerError::MissingInput { .. }
+            | RunnerError::NotARunFolder { .. } => true,
+            RunnerError::Memory(e) => e.is_bad_input(),
+            _ => false,
+        }
     }
-}
-
-/// Runs the content pipeline (scenes, voice, images) for `topic`, each stage its own process.
-pub fn run_pipeline(topic: &str) -> Result<(), RunnerError> {
-    let slug = run_dir::slug(topic)?;
-    let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
-    Err(RunnerError::NotBuiltYet {
-        what: format!(
-            "`baton run` (the stages {} for run '{slug}')",
-            stages.join(", ")
-        ),
-    })
 }

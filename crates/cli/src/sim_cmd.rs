@@ -1,5 +1,5 @@
-//! `baton sim hold`: a process that holds simulated GPU memory, to build scenarios (a busy
-//! card, a leak, an orphan) from scripts and tests.
+//! `baton sim hold` and `baton sim work`: processes that hold simulated GPU memory, to build
+//! scenarios (a busy card, a leak, an orphan, a mock model in a pipeline) from scripts and tests.
 //!
 //! `--orphan` starts a detached copy of itself in a new session, waits until that copy reports
 //! its allocation, and exits: the copy then holds the memory with no parent baton knows of,
@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use baton_memory::format_bytes;
 use baton_memory::sim::SimBackend;
 
-use crate::args::HoldArgs;
+use crate::args::{HoldArgs, WorkArgs};
 
 pub fn hold(args: &HoldArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if let Some(seconds) = args.seconds
@@ -153,5 +153,78 @@ pub fn reset(out: &mut dyn Write) -> anyhow::Result<()> {
         format_bytes(freed),
         sim.dir().display()
     )?;
+    Ok(())
+}
+
+/// `baton sim work`: the seed's mock model, as a stage program for pipelines on simulated GPUs.
+pub fn work(args: &WorkArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if let Some(marker) = &args.fail_once
+        && !marker.exists()
+    {
+        std::fs::write(marker, b"failed once\n")?;
+        bail!(
+            "crashing on purpose (--fail-once): '{}' did not exist; it does now",
+            marker.display()
+        );
+    }
+    if let Some(go) = &args.wait_for {
+        while !go.exists() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let sim = SimBackend::from_env()?;
+    let held = sim.allocate(args.device, args.size, "sim work")?;
+    writeln!(
+        out,
+        "holding {} on sim{}",
+        format_bytes(held.bytes()),
+        args.device
+    )?;
+    out.flush()?;
+    let steps = args.steps.max(1);
+    for step in 1..=steps {
+        std::thread::sleep(Duration::from_secs_f64(
+            args.seconds.max(0.0) / steps as f64,
+        ));
+        if args.steps > 0 {
+            writeln!(out, "baton:progress {step}/{steps} step {step}")?;
+            out.flush()?;
+        }
+    }
+    for path in &args.write {
+        let body = serde_json::json!({
+            "stage": std::env::var("BATON_STAGE").ok(),
+            "topic": std::env::var("BATON_TOPIC").ok(),
+            "device": format!("sim{}", args.device),
+            "bytes": args.size,
+        });
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        baton_memory::atomic_file::write_atomic(
+            path,
+            serde_json::to_string_pretty(&body)?.as_bytes(),
+        )?;
+    }
+    if let Some(bytes) = args.leak {
+        sim.leak(args.device, bytes, "sim work --leak")?;
+    }
+    if let Some(bytes) = args.orphan {
+        let hold = HoldArgs {
+            size: bytes,
+            device: args.device,
+            seconds: None,
+            orphan: true,
+            leak: false,
+            label: "sim work --orphan".into(),
+            orphan_child: false,
+        };
+        spawn_orphan(&hold, out)?;
+    }
+    drop(held);
+    if args.exit != 0 {
+        eprintln!("exiting with status {} on purpose (--exit)", args.exit);
+        std::process::exit(args.exit.into());
+    }
     Ok(())
 }

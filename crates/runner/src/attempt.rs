@@ -1,0 +1,451 @@
+//! One attempt at one stage: start it, watch its memory while it runs, and after it exits,
+//! prove its memory came back (reclaim).
+//!
+//! Watching samples the placed device at 10 Hz and sums what the stage's processes hold
+//! (group and token carriers, see [`crate::group`]), keeping the peak and a timeline. Reclaim
+//! stops whatever of the stage is still alive (naming the ones that held memory: orphans),
+//! then polls every 5 ms until the stage holds nothing and the device's unexplained use is
+//! back to where it was before the stage, or the timeout passes and the record says what is
+//! still held, by whom, or that it leaked.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_memory::{DeviceSnapshot, MemoryBackend, format_bytes};
+
+use crate::events::{Event, Observer};
+use crate::executor::{Executor, Launch};
+use crate::group::{Membership, terminate};
+use crate::manifest::{Attempt, Orphan, ReclaimRecord, Sample, unix_ms};
+
+/// How often a running stage's memory is sampled.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// How often the stage's exit is checked.
+const EXIT_POLL: Duration = Duration::from_millis(2);
+/// How often reclaim reads the device.
+const RECLAIM_POLL: Duration = Duration::from_millis(5);
+/// Memory on the device, owned by no process, above its level before the stage, that still
+/// counts as noise rather than a leak.
+pub const LEAK_TOLERANCE: u64 = 64 << 20;
+
+/// What an attempt needs to know.
+pub struct AttemptPlan {
+    pub run_id: String,
+    pub stage: String,
+    pub number: u32,
+    pub launch: Launch,
+    pub token: String,
+    pub backend: Arc<dyn MemoryBackend>,
+    pub device_index: usize,
+    pub device_label: String,
+    pub granted: u64,
+    pub timeout: Option<Duration>,
+    pub reclaim_timeout: Duration,
+}
+
+/// An attempt's outcome, for the scheduler.
+pub struct AttemptOutcome {
+    pub attempt: Attempt,
+    /// False when trying again cannot help (the program does not exist).
+    pub retriable: bool,
+}
+
+/// Lines that mean the stage ran out of device memory.
+pub fn is_oom_line(line: &str) -> bool {
+    let l = line.to_ascii_lowercase();
+    [
+        "out of memory",
+        "cuda_error_out_of_memory",
+        "cudaerrormemoryallocation",
+        "outofmemoryerror",
+    ]
+    .iter()
+    .any(|p| l.contains(p))
+}
+
+/// `baton:progress DONE/TOTAL [message]`: a stage's way to drive its progress bar.
+pub fn parse_progress(line: &str) -> Option<(u64, u64, &str)> {
+    let rest = line.trim().strip_prefix("baton:progress ")?;
+    let (fraction, message) = rest.split_once(' ').unwrap_or((rest, ""));
+    let (done, total) = fraction.split_once('/')?;
+    Some((done.parse().ok()?, total.parse().ok()?, message.trim()))
+}
+
+/// Runs one attempt to its end, reclaim included. `live` is kept at the bytes the stage holds
+/// now, for placement of other stages; `on_start` gets the PID once the process runs.
+pub fn run_attempt(
+    plan: &AttemptPlan,
+    executor: &dyn Executor,
+    observer: &dyn Observer,
+    live: &AtomicU64,
+    on_start: &dyn Fn(u32),
+) -> AttemptOutcome {
+    let mut attempt = Attempt {
+        number: plan.number,
+        device: plan.device_label.clone(),
+        device_index: plan.device_index,
+        granted_bytes: plan.granted,
+        pid: None,
+        started_unix_ms: unix_ms(),
+        ended_unix_ms: None,
+        exit_code: None,
+        signal: None,
+        peak_bytes: 0,
+        reclaim: None,
+        failure: None,
+        out_of_memory: false,
+        timeline: Vec::new(),
+    };
+    let before = plan.backend.device(plan.device_index).ok();
+    let unexplained_before = before.as_ref().map_or(0, unexplained);
+    write_header(&plan.launch.log, plan);
+
+    let oom = Arc::new(AtomicBool::new(false));
+    let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
+    let sink = {
+        let (oom, tail) = (oom.clone(), tail.clone());
+        let (run, stage) = (plan.run_id.clone(), plan.stage.clone());
+        let observer_events = ObserverLines::new(run, stage);
+        let observer_events = Arc::new(observer_events);
+        let forward = observer_events.clone();
+        (
+            Arc::new(move |line: &str| {
+                if is_oom_line(line) {
+                    oom.store(true, Ordering::Relaxed);
+                }
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == 3 {
+                        t.pop_front();
+                    }
+                    t.push_back(line.chars().take(300).collect());
+                }
+                forward.push(line);
+            }) as crate::executor::LineSink,
+            observer_events,
+        )
+    };
+    let (sink, lines) = sink;
+    let mut process = match executor.launch(&plan.launch, sink) {
+        Ok(p) => p,
+        Err(err) => {
+            attempt.ended_unix_ms = Some(unix_ms());
+            attempt.failure = Some(err.to_string());
+            return AttemptOutcome {
+                attempt,
+                retriable: false,
+            };
+        }
+    };
+    attempt.pid = Some(process.pid());
+    on_start(process.pid());
+    observer.event(&Event::Started {
+        run: &plan.run_id,
+        stage: &plan.stage,
+        device: &plan.device_label,
+        attempt: plan.number,
+    });
+
+    let mut membership = Membership::new(process.group(), &plan.token);
+    let started = Instant::now();
+    let mut next_sample = Instant::now();
+    let mut timed_out = false;
+    let exit = loop {
+        match process.try_wait() {
+            Ok(Some(exit)) => break Some(exit),
+            Ok(None) => {}
+            Err(err) => {
+                attempt.failure = Some(err.to_string());
+                break None;
+            }
+        }
+        lines.drain(observer);
+        if Instant::now() >= next_sample {
+            next_sample += SAMPLE_EVERY;
+            if let Ok(snapshot) = plan.backend.device(plan.device_index) {
+                let ours = held_by(&snapshot, &mut membership);
+                attempt.peak_bytes = attempt.peak_bytes.max(ours);
+                attempt.timeline.push((unix_ms(), snapshot.used, ours));
+                live.store(ours, Ordering::Relaxed);
+                observer.event(&Event::Memory {
+                    run: &plan.run_id,
+                    stage: &plan.stage,
+                    bytes: ours,
+                    peak: attempt.peak_bytes,
+                });
+            }
+        }
+        if let Some(limit) = plan.timeout
+            && started.elapsed() >= limit
+        {
+            timed_out = true;
+            terminate(&membership.live_members(), Duration::from_secs(2));
+        }
+        std::thread::sleep(EXIT_POLL);
+    };
+    attempt.ended_unix_ms = Some(unix_ms());
+    if let Some(exit) = exit {
+        attempt.exit_code = exit.code;
+        attempt.signal = exit.signal;
+    }
+
+    let reclaim = reclaim(
+        plan,
+        &mut membership,
+        unexplained_before,
+        &mut attempt.timeline,
+    );
+    process.finish_output(Duration::from_millis(500));
+    lines.drain(observer);
+    live.store(0, Ordering::Relaxed);
+    attempt.peak_bytes = attempt
+        .peak_bytes
+        .max(reclaim.orphans.iter().map(|o| o.bytes).sum());
+    report_reclaim(plan, &reclaim, observer);
+    attempt.reclaim = Some(reclaim);
+    attempt.out_of_memory = oom.load(Ordering::Relaxed);
+
+    let failed = match exit {
+        _ if timed_out => Some(format!(
+            "timed out after {:.0?}",
+            plan.timeout.unwrap_or_default()
+        )),
+        Some(exit) if exit.success() => None,
+        Some(exit) => Some(exit.to_string()),
+        None => attempt.failure.clone(),
+    };
+    if let Some(why) = failed {
+        let tail: Vec<String> = tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        attempt.failure = Some(if tail.is_empty() {
+            format!("{why} (log: {})", plan.launch.log.display())
+        } else {
+            format!(
+                "{why}; last output: {} (log: {})",
+                tail.join(" | "),
+                plan.launch.log.display()
+            )
+        });
+    }
+    AttemptOutcome {
+        attempt,
+        retriable: true,
+    }
+}
+
+/// Bytes the stage's processes hold on the device.
+fn held_by(snapshot: &DeviceSnapshot, membership: &mut Membership) -> u64 {
+    snapshot
+        .processes
+        .iter()
+        .filter(|p| membership.is_ours(p.pid))
+        .filter_map(|p| p.bytes)
+        .sum()
+}
+
+/// Used memory that no listed process explains.
+fn unexplained(snapshot: &DeviceSnapshot) -> u64 {
+    let listed: u64 = snapshot.processes.iter().filter_map(|p| p.bytes).sum();
+    snapshot.used.saturating_sub(listed)
+}
+
+fn reclaim(
+    plan: &AttemptPlan,
+    membership: &mut Membership,
+    unexplained_before: u64,
+    timeline: &mut Vec<Sample>,
+) -> ReclaimRecord {
+    let exited = Instant::now();
+    let backend = plan.backend.as_ref();
+    let mut orphans = Vec::new();
+    let members = membership.live_members();
+    if !members.is_empty() {
+        if let Ok(snapshot) = backend.device(plan.device_index) {
+            for p in &snapshot.processes {
+                if membership.is_ours(p.pid) && p.bytes.unwrap_or(0) > 0 {
+                    orphans.push(Orphan {
+                        pid: p.pid,
+                        name: p.name.clone(),
+                        bytes: p.bytes.unwrap_or(0),
+                    });
+                }
+            }
+        }
+        terminate(&members, Duration::from_secs(1));
+    }
+    let check_unowned = backend.attributes_all_memory();
+    loop {
+        let snapshot = match backend.device(plan.device_index) {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::warn!(
+                    "reclaim of '{}' cannot read {}: {err}",
+                    plan.stage,
+                    plan.device_label
+                );
+                std::thread::sleep(RECLAIM_POLL);
+                if exited.elapsed() >= plan.reclaim_timeout {
+                    return ReclaimRecord {
+                        verified: false,
+                        ms: ms(exited.elapsed()),
+                        orphans,
+                        leaked_bytes: 0,
+                        still_held_bytes: 0,
+                    };
+                }
+                continue;
+            }
+        };
+        let ours = held_by(&snapshot, membership);
+        let extra = unexplained(&snapshot).saturating_sub(unexplained_before);
+        timeline.push((unix_ms(), snapshot.used, ours));
+        let leaked = if check_unowned && extra > LEAK_TOLERANCE {
+            extra
+        } else {
+            0
+        };
+        let elapsed = exited.elapsed();
+        if (ours == 0 && leaked == 0) || elapsed >= plan.reclaim_timeout {
+            return ReclaimRecord {
+                verified: ours == 0 && leaked == 0,
+                ms: ms(elapsed),
+                orphans,
+                leaked_bytes: if ours == 0 { leaked } else { 0 },
+                still_held_bytes: ours,
+            };
+        }
+        std::thread::sleep(RECLAIM_POLL);
+    }
+}
+
+fn report_reclaim(plan: &AttemptPlan, r: &ReclaimRecord, observer: &dyn Observer) {
+    let say = |message: String| {
+        tracing::warn!("{message}");
+        observer.event(&Event::Notice {
+            run: &plan.run_id,
+            message: &message,
+        });
+    };
+    for o in &r.orphans {
+        say(format!(
+            "stage '{}' left orphan pid {} ({}) holding {} on {} after it exited; killed it",
+            plan.stage,
+            o.pid,
+            o.name,
+            format_bytes(o.bytes),
+            plan.device_label
+        ));
+    }
+    if r.still_held_bytes > 0 {
+        say(format!(
+            "stage '{}': its processes still hold {} on {} {:.0} ms after it exited",
+            plan.stage,
+            format_bytes(r.still_held_bytes),
+            plan.device_label,
+            r.ms
+        ));
+    }
+    if r.leaked_bytes > 0 {
+        say(format!(
+            "leak after stage '{}' on {}: {} is still used there, held by no process, {:.0} ms after the stage exited",
+            plan.stage,
+            plan.device_label,
+            format_bytes(r.leaked_bytes),
+            r.ms
+        ));
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn write_header(log: &Path, plan: &AttemptPlan) {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::File::options().create(true).append(true).open(log) {
+        let _ = writeln!(
+            f,
+            "=== baton: stage '{}' attempt {} on {} ({} granted): {}",
+            plan.stage,
+            plan.number,
+            plan.device_label,
+            format_bytes(plan.granted),
+            plan.launch.argv.join(" ")
+        );
+    }
+}
+
+/// Progress lines seen on the output threads, handed to the observer from the attempt's thread.
+struct ObserverLines {
+    run: String,
+    stage: String,
+    pending: Mutex<Vec<(u64, u64, String)>>,
+}
+
+impl ObserverLines {
+    fn new(run: String, stage: String) -> Self {
+        ObserverLines {
+            run,
+            stage,
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn push(&self, line: &str) {
+        if let Some((done, total, message)) = parse_progress(line)
+            && let Ok(mut p) = self.pending.lock()
+        {
+            p.push((done, total, message.to_string()));
+        }
+    }
+
+    fn drain(&self, observer: &dyn Observer) {
+        let pending = self
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        for (done, total, message) in pending {
+            observer.event(&Event::Progress {
+                run: &self.run,
+                stage: &self.stage,
+                done,
+                total,
+                message: &message,
+            });
+        }
+    }
+}
+
+/// The log file of a stage in a run folder.
+pub fn log_path(run_dir: &Path, stage: &str) -> PathBuf {
+    run_dir.join("logs").join(format!("{stage}.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_and_oom_lines_are_recognised() {
+        assert_eq!(
+            parse_progress("baton:progress 3/6 drawing scene 3"),
+            Some((3, 6, "drawing scene 3"))
+        );
+        assert_eq!(parse_progress("baton:progress 1/2"), Some((1, 2, "")));
+        assert_eq!(parse_progress("progress 1/2"), None);
+        assert_eq!(parse_progress("baton:progress x/2"), None);
+        assert!(is_oom_line(
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+        ));
+        assert!(is_oom_line(
+            "error: out of memory on sim0: asked for 8.0 GiB, 4.0 GiB free"
+        ));
+        assert!(is_oom_line("CUDA_ERROR_OUT_OF_MEMORY"));
+        assert!(!is_oom_line("memory freed"));
+    }
+}

@@ -1,0 +1,643 @@
+//! The scheduler: runs the stages of one or many runs, each as soon as its dependencies have
+//! succeeded and a device has room, and records everything in each run's manifest.
+//!
+//! One coordinator thread owns every manifest and is the only writer; each attempt runs on a
+//! thread of its own that lives exactly as long as the stage (the stage's parent-death signal
+//! is tied to that thread). Placement counts what running stages were granted, so stages
+//! started in the same instant never share memory that is only free on paper. Many runs
+//! (`baton batch`) share the one scheduler, which is what keeps every GPU busy.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use baton_memory::{DeviceSnapshot, MemoryBackend};
+
+use crate::RunnerError;
+use crate::attempt::{AttemptOutcome, AttemptPlan, log_path, run_attempt};
+use crate::events::{Event, Observer};
+use crate::executor::{Executor, Launch};
+use crate::group::TOKEN_VAR;
+use crate::learned::LearnedNeeds;
+use crate::manifest::{Attempt, RunState, StageState, collect_artifacts, unix_ms};
+use crate::pipeline::{DeviceKind, MemoryNeed, StageCommand, StageSpec, fill};
+use crate::placement::{DeviceLoad, Placement, place};
+use crate::plan::RunPlan;
+
+/// Environment variables a stage inherits from baton, besides its own `[env]` and `BATON_*`.
+const PASSED_VARS: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TZ",
+    "TMPDIR",
+    "SHELL",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "PYTHONUNBUFFERED",
+    "VIRTUAL_ENV",
+    "CONDA_PREFIX",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "XDG_CACHE_HOME",
+    "XDG_RUNTIME_DIR",
+    "BATON_STATE_DIR",
+    "BATON_LOG",
+];
+/// Prefixes of variables a stage inherits: the GPU stack's settings (NCCL's NVLink multicast
+/// switch among them) and the simulation's.
+const PASSED_PREFIXES: &[&str] = &["NCCL_", "NVSHMEM_", "TORCH_", "CUDA_", "BATON_SIM_"];
+
+/// What the scheduler runs stages with.
+pub struct Engine {
+    /// Where GPU stages go: NVML, simulated GPUs, or host RAM on a machine without a GPU.
+    pub gpu: Arc<dyn MemoryBackend>,
+    /// Where CPU stages go.
+    pub host: Arc<dyn MemoryBackend>,
+    pub executor: Arc<dyn Executor>,
+    pub observer: Arc<dyn Observer>,
+    pub learned: Option<LearnedNeeds>,
+}
+
+enum Message {
+    Started {
+        run: usize,
+        stage: String,
+        pid: u32,
+    },
+    Done {
+        run: usize,
+        stage: String,
+        outcome: Box<AttemptOutcome>,
+    },
+}
+
+struct Running {
+    run: usize,
+    stage: String,
+    pool: DeviceKind,
+    index: usize,
+    granted: u64,
+    live: Arc<AtomicU64>,
+}
+
+/// Per-stage bookkeeping that does not belong in the manifest.
+#[derive(Default)]
+struct Tries {
+    failures: u32,
+    ooms: u32,
+    excluded: Vec<usize>,
+    waiting_since: Option<Instant>,
+}
+
+impl Engine {
+    /// Runs every run to its end (success or failure). A failing run never stops the others.
+    pub fn execute(&self, runs: &mut [RunPlan]) -> Result<(), RunnerError> {
+        let (tx, rx) = mpsc::channel::<Message>();
+        let mut running: Vec<Running> = Vec::new();
+        let mut tries: HashMap<(usize, String), Tries> = HashMap::new();
+        let mut finished: Vec<bool> = runs
+            .iter()
+            .map(|r| r.manifest.state != RunState::Running)
+            .collect();
+        loop {
+            while let Ok(message) = rx.try_recv() {
+                self.handle(message, runs, &mut running, &mut tries)?;
+            }
+            self.skip_blocked(runs)?;
+            for (i, run) in runs.iter_mut().enumerate() {
+                if !finished[i] && run_is_over(run) && !running.iter().any(|r| r.run == i) {
+                    finished[i] = true;
+                    self.finish_run(run)?;
+                }
+            }
+            if finished.iter().all(|&f| f) {
+                return Ok(());
+            }
+            self.schedule(runs, &mut running, &mut tries, &tx)?;
+            if let Ok(message) = rx.recv_timeout(Duration::from_millis(20)) {
+                self.handle(message, runs, &mut running, &mut tries)?;
+            }
+        }
+    }
+
+    fn pool(&self, kind: DeviceKind) -> &Arc<dyn MemoryBackend> {
+        match kind {
+            DeviceKind::Gpu => &self.gpu,
+            DeviceKind::Cpu => &self.host,
+        }
+    }
+
+    /// The bytes a stage is placed with.
+    fn need_of(&self, spec: &StageSpec) -> u64 {
+        match spec.memory {
+            MemoryNeed::Declared(bytes) => bytes,
+            MemoryNeed::Learned { initial } => self
+                .learned
+                .as_ref()
+                .and_then(|l| l.need(&learned_key(spec)))
+                .unwrap_or(initial),
+        }
+    }
+
+    fn schedule(
+        &self,
+        runs: &mut [RunPlan],
+        running: &mut Vec<Running>,
+        tries: &mut HashMap<(usize, String), Tries>,
+        tx: &mpsc::Sender<Message>,
+    ) -> Result<(), RunnerError> {
+        let mut readings: HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>> = HashMap::new();
+        for (run_index, run) in runs.iter_mut().enumerate() {
+            if run.manifest.state != RunState::Running {
+                continue;
+            }
+            let ready: Vec<StageSpec> = run
+                .pipeline
+                .stages
+                .iter()
+                .filter(|spec| {
+                    let record = run.manifest.stage(&spec.name).expect("stage recorded");
+                    matches!(record.state, StageState::Pending | StageState::Waiting)
+                        && spec.after.iter().all(|dep| {
+                            run.manifest
+                                .stage(dep)
+                                .is_some_and(|d| d.state == StageState::Succeeded)
+                        })
+                })
+                .cloned()
+                .collect();
+            for spec in ready {
+                if let Some(missing) = spec
+                    .inputs
+                    .iter()
+                    .map(|i| run.dir.join(fill(i, &run.vars)))
+                    .find(|p| !p.exists())
+                {
+                    self.fail_stage(
+                        run,
+                        &spec.name,
+                        format!("its input '{}' is missing", missing.display()),
+                    )?;
+                    continue;
+                }
+                let pool = self.pool(spec.device).clone();
+                let devices = match readings
+                    .entry(spec.device)
+                    .or_insert_with(|| pool.snapshot().map_err(|e| e.to_string()))
+                {
+                    Ok(devices) => devices.clone(),
+                    Err(err) => {
+                        let message =
+                            format!("cannot read devices to place stage '{}': {err}", spec.name);
+                        self.fail_stage(run, &spec.name, message)?;
+                        continue;
+                    }
+                };
+                let loads: Vec<DeviceLoad> = devices
+                    .into_iter()
+                    .map(|snapshot| {
+                        let tracked = running
+                            .iter()
+                            .filter(|r| r.pool == spec.device && r.index == snapshot.index)
+                            .map(|r| r.granted.max(r.live.load(Ordering::Relaxed)))
+                            .sum();
+                        DeviceLoad { snapshot, tracked }
+                    })
+                    .collect();
+                let need = self.need_of(&spec);
+                let key = (run_index, spec.name.clone());
+                let entry = tries.entry(key).or_default();
+                if entry.excluded.len() >= loads.len() {
+                    entry.excluded.clear();
+                }
+                match place(
+                    &spec.name,
+                    need,
+                    pool.context_overhead(),
+                    &loads,
+                    &entry.excluded,
+                ) {
+                    Placement::Place { index } => {
+                        entry.waiting_since = None;
+                        let snapshot = &loads
+                            .iter()
+                            .find(|l| l.snapshot.index == index)
+                            .expect("placed on a listed device")
+                            .snapshot;
+                        let granted = need + pool.context_overhead();
+                        let live = Arc::new(AtomicU64::new(0));
+                        running.push(Running {
+                            run: run_index,
+                            stage: spec.name.clone(),
+                            pool: spec.device,
+                            index,
+                            granted,
+                            live: live.clone(),
+                        });
+                        self.start(
+                            run_index,
+                            run,
+                            &spec,
+                            pool,
+                            snapshot,
+                            granted,
+                            live,
+                            tx.clone(),
+                        )?;
+                    }
+                    Placement::Wait { reason } => {
+                        let since = *entry.waiting_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= run.pipeline.wait_timeout {
+                            let message = format!(
+                                "waited {}s for memory and gave up: {reason}",
+                                run.pipeline.wait_timeout.as_secs()
+                            );
+                            self.fail_stage(run, &spec.name, message)?;
+                            continue;
+                        }
+                        let record = run.manifest.stage_mut(&spec.name);
+                        if record.state != StageState::Waiting
+                            || record.note.as_deref() != Some(reason.as_str())
+                        {
+                            record.state = StageState::Waiting;
+                            record.note = Some(reason.clone());
+                            run.manifest.save(&run.dir)?;
+                            self.observer.event(&Event::Waiting {
+                                run: &run.manifest.run_id,
+                                stage: &spec.name,
+                                reason: &reason,
+                            });
+                        }
+                    }
+                    Placement::Never { reason } => self.fail_stage(run, &spec.name, reason)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        &self,
+        run_index: usize,
+        run: &mut RunPlan,
+        spec: &StageSpec,
+        pool: Arc<dyn MemoryBackend>,
+        device: &DeviceSnapshot,
+        granted: u64,
+        live: Arc<AtomicU64>,
+        tx: mpsc::Sender<Message>,
+    ) -> Result<(), RunnerError> {
+        let token_run = run.manifest.run_id.clone();
+        let record = run.manifest.stage_mut(&spec.name);
+        let number = record.attempts.len() as u32 + 1;
+        let token = attempt_token(&token_run, &spec.name, number);
+        record.state = StageState::Running;
+        record.note = None;
+        record.attempts.push(Attempt {
+            number,
+            device: device.label(),
+            device_index: device.index,
+            granted_bytes: granted,
+            pid: None,
+            started_unix_ms: unix_ms(),
+            ended_unix_ms: None,
+            exit_code: None,
+            signal: None,
+            peak_bytes: 0,
+            reclaim: None,
+            failure: None,
+            out_of_memory: false,
+            timeline: Vec::new(),
+        });
+        run.manifest.save(&run.dir)?;
+        std::fs::create_dir_all(run.dir.join("logs")).map_err(|e| RunnerError::Io {
+            action: "cannot create",
+            path: run.dir.join("logs"),
+            source: e,
+        })?;
+        for output in &spec.outputs {
+            if let Some(parent) = run.dir.join(fill(output, &run.vars)).parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+        }
+        let StageCommand::Argv(argv) = &spec.command else {
+            unreachable!("plans with builtin stages are refused before they run")
+        };
+        let plan = AttemptPlan {
+            run_id: run.manifest.run_id.clone(),
+            stage: spec.name.clone(),
+            number,
+            launch: Launch {
+                stage: spec.name.clone(),
+                argv: argv.iter().map(|a| fill(a, &run.vars)).collect(),
+                env: stage_env(run, spec, &*pool, device, granted, number, &token),
+                cwd: run.dir.clone(),
+                log: log_path(&run.dir, &spec.name),
+            },
+            token,
+            backend: pool,
+            device_index: device.index,
+            device_label: device.label(),
+            granted,
+            timeout: spec.timeout,
+            reclaim_timeout: run.pipeline.reclaim_timeout,
+        };
+        let executor = self.executor.clone();
+        let observer = self.observer.clone();
+        let stage = spec.name.clone();
+        std::thread::Builder::new()
+            .name(format!("stage-{stage}"))
+            .spawn(move || {
+                let started = tx.clone();
+                let on_start = |pid| {
+                    let _ = started.send(Message::Started {
+                        run: run_index,
+                        stage: stage.clone(),
+                        pid,
+                    });
+                };
+                let outcome = run_attempt(&plan, &*executor, &*observer, &live, &on_start);
+                let _ = tx.send(Message::Done {
+                    run: run_index,
+                    stage,
+                    outcome: Box::new(outcome),
+                });
+            })
+            .map_err(|e| RunnerError::Io {
+                action: "cannot start a thread for",
+                path: run.dir.clone(),
+                source: e,
+            })?;
+        Ok(())
+    }
+
+    fn handle(
+        &self,
+        message: Message,
+        runs: &mut [RunPlan],
+        running: &mut Vec<Running>,
+        tries: &mut HashMap<(usize, String), Tries>,
+    ) -> Result<(), RunnerError> {
+        match message {
+            Message::Started { run, stage, pid } => {
+                let run = &mut runs[run];
+                if let Some(attempt) = run.manifest.stage_mut(&stage).attempts.last_mut() {
+                    attempt.pid = Some(pid);
+                }
+                run.manifest.save(&run.dir)
+            }
+            Message::Done {
+                run: run_index,
+                stage,
+                outcome,
+            } => {
+                running.retain(|r| !(r.run == run_index && r.stage == stage));
+                let run = &mut runs[run_index];
+                let spec = run
+                    .pipeline
+                    .stage(&stage)
+                    .expect("stage of this pipeline")
+                    .clone();
+                let AttemptOutcome { attempt, retriable } = *outcome;
+                let entry = tries.entry((run_index, stage.clone())).or_default();
+                let mut artifacts = Ok(Vec::new());
+                if attempt.failure.is_none() {
+                    let outputs: Vec<String> =
+                        spec.outputs.iter().map(|o| fill(o, &run.vars)).collect();
+                    artifacts = collect_artifacts(&run.dir, &outputs);
+                }
+                let (state, note) = match (&attempt.failure, artifacts) {
+                    (None, Ok(artifacts)) => {
+                        let record = run.manifest.stage_mut(&stage);
+                        record.artifacts = artifacts;
+                        if let Some(learned) = &self.learned
+                            && matches!(spec.memory, MemoryNeed::Learned { .. })
+                            && attempt.peak_bytes > 0
+                            && let Err(err) =
+                                learned.record(&learned_key(&spec), attempt.peak_bytes)
+                        {
+                            tracing::warn!(
+                                "could not store the learned memory need of '{stage}': {err}"
+                            );
+                        }
+                        (StageState::Succeeded, None)
+                    }
+                    (failure, artifacts) => {
+                        let why = match (failure, artifacts) {
+                            (Some(why), _) => why.clone(),
+                            (None, Err(why)) => format!("exited 0, but {why}"),
+                            (None, Ok(_)) => unreachable!(),
+                        };
+                        if attempt.out_of_memory
+                            && retriable
+                            && entry.ooms < run.pipeline.oom_retries
+                        {
+                            entry.ooms += 1;
+                            entry.excluded.push(attempt.device_index);
+                            (
+                                StageState::Pending,
+                                Some(format!(
+                                    "ran out of memory on {}; retrying elsewhere or when memory frees: {why}",
+                                    attempt.device
+                                )),
+                            )
+                        } else if !attempt.out_of_memory
+                            && retriable
+                            && entry.failures < spec.retries
+                        {
+                            entry.failures += 1;
+                            (
+                                StageState::Pending,
+                                Some(format!(
+                                    "attempt {} failed, retrying: {why}",
+                                    attempt.number
+                                )),
+                            )
+                        } else {
+                            (
+                                StageState::Failed,
+                                Some(format!("failed after {} attempt(s): {why}", attempt.number)),
+                            )
+                        }
+                    }
+                };
+                let record = run.manifest.stage_mut(&stage);
+                record.state = state;
+                record.note = note.clone();
+                if let Some(last) = record.attempts.last_mut() {
+                    *last = attempt;
+                }
+                if state == StageState::Failed {
+                    run.manifest.error = Some(format!(
+                        "stage '{stage}' {}",
+                        note.clone().unwrap_or_default()
+                    ));
+                }
+                run.manifest.save(&run.dir)?;
+                if let Some(message) = note.as_deref() {
+                    self.observer.event(&Event::Notice {
+                        run: &run.manifest.run_id,
+                        message: &format!("stage '{stage}' {message}"),
+                    });
+                }
+                let record = run.manifest.stage(&stage).expect("recorded");
+                self.observer.event(&Event::Finished {
+                    run: &run.manifest.run_id,
+                    stage: &stage,
+                    attempt: record.attempts.last().expect("an attempt ran"),
+                    state,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn fail_stage(&self, run: &mut RunPlan, stage: &str, why: String) -> Result<(), RunnerError> {
+        let record = run.manifest.stage_mut(stage);
+        record.state = StageState::Failed;
+        record.note = Some(why.clone());
+        run.manifest.error = Some(format!("stage '{stage}': {why}"));
+        run.manifest.save(&run.dir)?;
+        self.observer.event(&Event::Notice {
+            run: &run.manifest.run_id,
+            message: &format!("stage '{stage}' failed: {why}"),
+        });
+        Ok(())
+    }
+
+    /// Stages whose dependency failed or was skipped are skipped, and say which.
+    fn skip_blocked(&self, runs: &mut [RunPlan]) -> Result<(), RunnerError> {
+        for run in runs.iter_mut() {
+            loop {
+                let blocked = run.pipeline.stages.iter().find_map(|spec| {
+                    let state = run.manifest.stage(&spec.name)?.state;
+                    if !matches!(state, StageState::Pending | StageState::Waiting) {
+                        return None;
+                    }
+                    spec.after
+                        .iter()
+                        .find(|dep| {
+                            run.manifest.stage(dep).is_some_and(|d| {
+                                matches!(d.state, StageState::Failed | StageState::Skipped)
+                            })
+                        })
+                        .map(|dep| (spec.name.clone(), dep.clone()))
+                });
+                let Some((stage, dep)) = blocked else { break };
+                let record = run.manifest.stage_mut(&stage);
+                record.state = StageState::Skipped;
+                record.note = Some(format!("not run: stage '{dep}' did not succeed"));
+                run.manifest.save(&run.dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_run(&self, run: &mut RunPlan) -> Result<(), RunnerError> {
+        let succeeded = run
+            .manifest
+            .stages
+            .iter()
+            .all(|s| s.state == StageState::Succeeded);
+        run.manifest.state = if succeeded {
+            RunState::Succeeded
+        } else {
+            RunState::Failed
+        };
+        if succeeded {
+            run.manifest.error = None;
+        }
+        run.manifest.save(&run.dir)?;
+        if let Err(err) = crate::report::write_run_report(&run.dir, &run.manifest) {
+            tracing::warn!(
+                "could not write the report of {}: {err}",
+                run.manifest.run_id
+            );
+        }
+        self.observer.event(&Event::RunFinished {
+            run: &run.manifest.run_id,
+            succeeded,
+        });
+        Ok(())
+    }
+}
+
+fn run_is_over(run: &RunPlan) -> bool {
+    run.manifest.stages.iter().all(|s| {
+        matches!(
+            s.state,
+            StageState::Succeeded | StageState::Failed | StageState::Skipped
+        )
+    })
+}
+
+/// The key a learned need is stored under: stage name and model (or program).
+pub fn learned_key(spec: &StageSpec) -> String {
+    let model = spec.model.clone().unwrap_or_else(|| match &spec.command {
+        StageCommand::Argv(argv) => Path::new(&argv[0])
+            .file_name()
+            .map_or_else(|| argv[0].clone(), |n| n.to_string_lossy().into_owned()),
+        StageCommand::Builtin(stage) => stage.name().to_string(),
+    });
+    format!("{}:{model}", spec.name)
+}
+
+/// Marks every process of one attempt (see [`crate::group`]).
+pub fn attempt_token(run_id: &str, stage: &str, number: u32) -> String {
+    format!("{run_id}/{stage}/{number}")
+}
+
+/// The complete environment of a stage: what it inherits, its `[env]`, then baton's.
+fn stage_env(
+    run: &RunPlan,
+    spec: &StageSpec,
+    pool: &dyn MemoryBackend,
+    device: &DeviceSnapshot,
+    granted: u64,
+    number: u32,
+    token: &str,
+) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = std::env::vars()
+        .filter(|(k, _)| {
+            PASSED_VARS.contains(&k.as_str()) || PASSED_PREFIXES.iter().any(|p| k.starts_with(p))
+        })
+        .filter(|(k, _)| k != "CUDA_VISIBLE_DEVICES")
+        .collect();
+    env.extend(
+        spec.env
+            .iter()
+            .map(|(k, v)| (k.clone(), fill(v, &run.vars))),
+    );
+    let visible = match (spec.device, pool.kind()) {
+        (DeviceKind::Cpu, _) | (_, baton_memory::BackendKind::Host) => String::new(),
+        (_, baton_memory::BackendKind::Nvml) => device.uuid.clone(),
+        (_, baton_memory::BackendKind::Sim) => device.index.to_string(),
+    };
+    let ours = [
+        ("CUDA_VISIBLE_DEVICES", visible),
+        ("BATON_RUN_DIR", run.dir.display().to_string()),
+        ("BATON_RUN_ID", run.manifest.run_id.clone()),
+        ("BATON_TOPIC", run.manifest.topic.clone()),
+        ("BATON_SLUG", run.manifest.slug.clone()),
+        ("BATON_STAGE", spec.name.clone()),
+        ("BATON_ATTEMPT", number.to_string()),
+        ("BATON_BACKEND", pool.kind().name().to_string()),
+        ("BATON_DEVICE", device.label()),
+        ("BATON_DEVICE_INDEX", device.index.to_string()),
+        ("BATON_DEVICE_UUID", device.uuid.clone()),
+        ("BATON_MEMORY_BUDGET", granted.to_string()),
+        (TOKEN_VAR, token.to_string()),
+    ];
+    env.retain(|(k, _)| !ours.iter().any(|(o, _)| o == k));
+    env.extend(ours.into_iter().map(|(k, v)| (k.to_string(), v)));
+    env
+}

@@ -1,0 +1,160 @@
+//! Which processes belong to a stage: its process group, and every descendant that carries the
+//! stage's token in its environment.
+//!
+//! The process group alone is not enough: a child that calls `setsid` (a daemon, a detached
+//! worker, `baton sim hold --orphan`) leaves the group but keeps the environment it inherited.
+//! So every stage process gets `BATON_STAGE_TOKEN`, and a process holding memory counts as the
+//! stage's if it is in the group or carries the token. That is how orphans are found and named.
+
+use std::collections::HashMap;
+use std::fs;
+
+/// The environment variable that marks a stage's processes.
+pub const TOKEN_VAR: &str = "BATON_STAGE_TOKEN";
+
+/// Decides, with a cache, whether a PID belongs to one stage attempt.
+#[derive(Debug)]
+pub struct Membership {
+    pgid: u32,
+    needle: Vec<u8>,
+    cache: HashMap<u32, bool>,
+}
+
+impl Membership {
+    pub fn new(pgid: u32, token: &str) -> Membership {
+        Membership {
+            pgid,
+            needle: format!("{TOKEN_VAR}={token}").into_bytes(),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// True when `pid` is in the stage's process group or carries its token.
+    pub fn is_ours(&mut self, pid: u32) -> bool {
+        if let Some(&known) = self.cache.get(&pid) {
+            return known;
+        }
+        let ours = process_group(pid) == Some(self.pgid) || carries(pid, &self.needle);
+        // A process that has exited reads as not ours; don't remember that, its PID may
+        // not have been read in full.
+        if process_group(pid).is_some() {
+            self.cache.insert(pid, ours);
+        }
+        ours
+    }
+
+    /// Every live process of the stage: the group and the token carriers.
+    pub fn live_members(&self) -> Vec<u32> {
+        all_pids()
+            .into_iter()
+            .filter(|&pid| pid != std::process::id())
+            .filter(|&pid| process_group(pid) == Some(self.pgid) || carries(pid, &self.needle))
+            .filter(|&pid| !is_zombie(pid))
+            .collect()
+    }
+}
+
+/// Every live process that carries `token` (used by resume to clear what a killed baton left).
+pub fn processes_with_token(token: &str) -> Vec<u32> {
+    let needle = format!("{TOKEN_VAR}={token}").into_bytes();
+    all_pids()
+        .into_iter()
+        .filter(|&pid| pid != std::process::id() && carries(pid, &needle) && !is_zombie(pid))
+        .collect()
+}
+
+fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fields of `/proc/PID/stat` after the command name: state, ppid, pgrp, …
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+pub fn process_group(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(2)?.parse().ok()
+}
+
+pub fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid).is_none_or(|f| f.first().is_some_and(|s| s == "Z" || s == "X"))
+}
+
+fn carries(pid: u32, needle: &[u8]) -> bool {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|&b| b == 0).any(|var| var == needle))
+        .unwrap_or(false)
+}
+
+/// Sends `signal` to each PID, then waits up to `grace` for them to go; returns those that
+/// were still alive after SIGKILL was needed.
+pub fn terminate(pids: &[u32], grace: std::time::Duration) -> Vec<u32> {
+    for &pid in pids {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    let start = std::time::Instant::now();
+    while start.elapsed() < grace && pids.iter().any(|&p| !is_zombie(p)) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let stubborn: Vec<u32> = pids.iter().copied().filter(|&p| !is_zombie(p)).collect();
+    for &pid in &stubborn {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+    stubborn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    #[test]
+    fn group_and_token_members_are_found_and_strangers_are_not() {
+        let token = format!("test-{}", std::process::id());
+        let mut leader = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = leader.id();
+        let mut carrier = Command::new("sleep")
+            .arg("30")
+            .env(TOKEN_VAR, &token)
+            .spawn()
+            .unwrap();
+        let mut stranger = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut m = Membership::new(pgid, &token);
+        assert!(m.is_ours(leader.id()));
+        assert!(m.is_ours(carrier.id()));
+        assert!(!m.is_ours(stranger.id()));
+        assert!(!m.is_ours(std::process::id()));
+        let mut members = m.live_members();
+        members.sort();
+        let mut expected = vec![leader.id(), carrier.id()];
+        expected.sort();
+        assert_eq!(members, expected);
+        assert_eq!(processes_with_token(&token), vec![carrier.id()]);
+        let stubborn = terminate(&members, std::time::Duration::from_secs(2));
+        assert!(stubborn.is_empty(), "sleep dies on SIGTERM");
+        for child in [&mut leader, &mut carrier, &mut stranger] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! `run.json`: the state of one run, rewritten whole (atomically) after every change, so that a
+//! crash of baton at any moment leaves a manifest that `baton resume` can trust.
+//!
+//! It records, per stage, the state, every attempt (device, exit status, peak memory, timings,
+//! reclaim, orphans, leaks, a memory timeline) and the artifacts with their sha256. The report
+//! is drawn from manifests alone.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use baton_memory::atomic_file::write_atomic;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::RunnerError;
+
+pub const MANIFEST_FILE: &str = "run.json";
+pub const PIPELINE_FILE: &str = "pipeline.toml";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    Pending,
+    /// Ready, but no device has room yet.
+    Waiting,
+    Running,
+    Succeeded,
+    Failed,
+    /// Not run, because a stage it depends on failed.
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A process killed because it still held memory after its stage ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphan {
+    pub pid: u32,
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// What happened after a stage's process exited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReclaimRecord {
+    /// True when the memory came back within the timeout.
+    pub verified: bool,
+    /// Milliseconds from the stage's exit until its memory was back (or the timeout).
+    pub ms: f64,
+    pub orphans: Vec<Orphan>,
+    /// Bytes still used on the device, held by no process, above the level before the stage.
+    pub leaked_bytes: u64,
+    /// Bytes the stage's processes still held at the timeout.
+    pub still_held_bytes: u64,
+}
+
+/// One memory sample: time (ms since the Unix epoch), device used bytes, the stage's bytes.
+pub type Sample = (u64, u64, u64);
+
+/// One try at running a stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    /// `gpu0`, `sim2`, `host0`.
+    pub device: String,
+    pub device_index: usize,
+    /// The bytes placement granted (need plus context overhead).
+    pub granted_bytes: u64,
+    pub pid: Option<u32>,
+    pub started_unix_ms: u64,
+    pub ended_unix_ms: Option<u64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Peak bytes the stage's processes held on the device.
+    pub peak_bytes: u64,
+    pub reclaim: Option<ReclaimRecord>,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// True when it failed for lack of memory.
+    pub out_of_memory: bool,
+    pub timeline: Vec<Sample>,
+}
+
+impl Attempt {
+    pub fn wall_ms(&self) -> Option<u64> {
+        self.ended_unix_ms
+            .map(|end| end.saturating_sub(self.started_unix_ms))
+    }
+}
+
+/// A file a stage wrote, as it was when the stage succeeded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// Relative to the run folder.
+    pub path: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageRecord {
+    pub name: String,
+    pub state: StageState,
+    pub attempts: Vec<Attempt>,
+    pub artifacts: Vec<Artifact>,
+    /// Why it is failed, skipped or waiting.
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub run_id: String,
+    pub topic: String,
+    pub slug: String,
+    pub pipeline: String,
+    /// `nvml`, `host` or `sim`: where the GPU stages were placed.
+    pub backend: String,
+    pub created_unix_ms: u64,
+    pub state: RunState,
+    pub error: Option<String>,
+    pub stages: Vec<StageRecord>,
+}
+
+impl Manifest {
+    pub fn new(
+        run_id: &str,
+        topic: &str,
+        slug: &str,
+        pipeline: &crate::Pipeline,
+        backend: &str,
+    ) -> Manifest {
+        Manifest {
+            version: VERSION,
+            run_id: run_id.to_string(),
+            topic: topic.to_string(),
+            slug: slug.to_string(),
+            pipeline: pipeline.name.clone(),
+            backend: backend.to_string(),
+            created_unix_ms: unix_ms(),
+            state: RunState::Running,
+            error: None,
+            stages: pipeline
+                .stages
+                .iter()
+                .map(|s| StageRecord {
+                    name: s.name.clone(),
+                    state: StageState::Pending,
+                    attempts: Vec::new(),
+                    artifacts: Vec::new(),
+                    note: None,
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads `run.json` from a run folder; a folder without one is not a run folder.
+    pub fn load(run_dir: &Path) -> Result<Manifest, RunnerError> {
+        let path = run_dir.join(MANIFEST_FILE);
+        if !run_dir.is_dir() || !path.is_file() {
+            return Err(RunnerError::NotARunFolder {
+                path: run_dir.to_path_buf(),
+            });
+        }
+        let bytes = std::fs::read(&path).map_err(|e| RunnerError::Io {
+            action: "cannot read",
+            path: path.clone(),
+            source: e,
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| RunnerError::CorruptManifest {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
+        if manifest.version != VERSION {
+            return Err(RunnerError::CorruptManifest {
+                path,
+                why: format!(
+                    "version {} is not the {VERSION} this baton reads",
+                    manifest.version
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Writes `run.json` whole, atomically.
+    pub fn save(&self, run_dir: &Path) -> Result<(), RunnerError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        write_atomic(&run_dir.join(MANIFEST_FILE), &bytes).map_err(RunnerError::Memory)
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageRecord> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    pub fn stage_mut(&mut self, name: &str) -> &mut StageRecord {
+        self.stages
+            .iter_mut()
+            .find(|s| s.name == name)
+            .expect("stage names come from the same pipeline")
+    }
+}
+
+/// Hashes a file with sha256, streaming.
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((total, format!("{:x}", hasher.finalize())))
+}
+
+/// Records the artifacts `outputs` (relative paths) of a run folder; a missing one is an error
+/// that names it.
+pub fn collect_artifacts(run_dir: &Path, outputs: &[String]) -> Result<Vec<Artifact>, String> {
+    outputs
+        .iter()
+        .map(|rel| {
+            let path: PathBuf = run_dir.join(rel);
+            let (bytes, sha256) = sha256_file(&path)
+                .map_err(|e| format!("its output '{rel}' cannot be read ({e})"))?;
+            Ok(Artifact {
+                path: rel.clone(),
+                bytes,
+                sha256,
+            })
+        })
+        .collect()
+}
+
+/// Checks that recorded artifacts are still present and unchanged; says which is not.
+pub fn verify_artifacts(run_dir: &Path, artifacts: &[Artifact]) -> Result<(), String> {
+    for a in artifacts {
+        match sha256_file(&run_dir.join(&a.path)) {
+            Ok((_, sha)) if sha == a.sha256 => {}
+            Ok(_) => return Err(format!("'{}' changed since the stage wrote it", a.path)),
+            Err(e) => return Err(format!("'{}' is gone ({e})", a.path)),
+        }
+    }
+    Ok(())
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_matches_a_known_vector() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        let (n, sha) = sha256_file(&path).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(
+            sha,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn artifacts_are_verified_by_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("1_scripts")).unwrap();
+        std::fs::write(dir.path().join("1_scripts/x.json"), b"{}").unwrap();
+        let outputs = vec!["1_scripts/x.json".to_string()];
+        let artifacts = collect_artifacts(dir.path(), &outputs).unwrap();
+        verify_artifacts(dir.path(), &artifacts).unwrap();
+        std::fs::write(dir.path().join("1_scripts/x.json"), b"{ }").unwrap();
+        assert!(
+            verify_artifacts(dir.path(), &artifacts)
+                .unwrap_err()
+                .contains("changed")
+        );
+        std::fs::remove_file(dir.path().join("1_scripts/x.json")).unwrap();
+        assert!(
+            verify_artifacts(dir.path(), &artifacts)
+                .unwrap_err()
+                .contains("gone")
+        );
+        assert!(
+            collect_artifacts(dir.path(), &outputs)
+                .unwrap_err()
+                .contains("1_scripts/x.json")
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! A pipeline definition: stages, their commands, files, dependencies and memory needs, read
+//! from TOML and checked whole before anything runs.
+//!
+//! Every check happens here, at load time: unknown keys, unknown or duplicate stages, cycles,
+//! unreadable sizes. A bad file is refused with the value named, before a run folder exists,
+//! so bad input can never damage a run. Paths and arguments may use `{topic}`, `{slug}`,
+//! `{run_dir}` and `{baton}` (baton's own executable), filled in per run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use baton_memory::parse_size;
+use serde::Deserialize;
+
+use crate::RunnerError;
+
+/// Where a stage runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A GPU (NVML), or a simulated one, or host RAM when the machine has no GPU.
+    Gpu,
+    /// Host RAM, measured through `/proc`.
+    Cpu,
+}
+
+/// How much memory a stage needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemoryNeed {
+    /// Declared in the pipeline file.
+    Declared(u64),
+    /// Learned from earlier runs' peaks; `initial` until there is one.
+    Learned { initial: u64 },
+}
+
+/// What a stage runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StageCommand {
+    /// One of baton's own stages (`scenes`, `voice`, `images`).
+    Builtin(baton_studio::Stage),
+    /// Any program and its arguments, placeholders not yet filled in.
+    Argv(Vec<String>),
+}
+
+/// One stage, checked.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    pub name: String,
+    pub command: StageCommand,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub after: Vec<String>,
+    pub memory: MemoryNeed,
+    /// Key under which a learned need is stored (default: the command's program).
+    pub model: Option<String>,
+    pub device: DeviceKind,
+    /// Further attempts after a failure that is not out-of-memory.
+    pub retries: u32,
+    pub timeout: Option<Duration>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// A whole pipeline, checked: every dependency exists and there is no cycle.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub stages: Vec<StageSpec>,
+    /// How long a stage may wait for memory before it fails.
+    pub wait_timeout: Duration,
+    /// How long reclaim may take before the run reports what still holds memory.
+    pub reclaim_timeout: Duration,
+    /// Further attempts allowed after out-of-memory failures, per stage.
+    pub oom_retries: u32,
+    /// The TOML text it was read from, kept in the run folder for `baton resume`.
+    pub source: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    name: Option<String>,
+    wait_timeout: Option<String>,
+    reclaim_timeout: Option<String>,
+    retries: Option<u32>,
+    oom_retries: Option<u32>,
+    #[serde(default, rename = "stage")]
+    stages: Vec<StageFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageFile {
+    name: String,
+    command: Option<Vec<String>>,
+    builtin: Option<String>,
+    #[serde(default)]
+    inputs: Vec<String>,
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    memory: Option<String>,
+    memory_initial: Option<String>,
+    model: Option<String>,
+    device: Option<DeviceKind>,
+    retries: Option<u32>,
+    timeout: Option<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// The seed's content pipeline: scenes (LLM storyboard), voice (narration), images (diffusion),
+/// each baton's own stage. This is what `baton run` runs without `--pipeline`.
+pub const CONTENT_PIPELINE: &str = r#"name = "content"
+
+[[stage]]
+name = "scenes"
+builtin = "scenes"
+outputs = ["1_scripts/{slug}_scenes.json"]
+memory = "learn"
+memory_initial = "1GiB"
+
+[[stage]]
+name = "voice"
+builtin = "voice"
+after = ["scenes"]
+inputs = ["1_scripts/{slug}_scenes.json"]
+memory = "learn"
+memory_initial = "1GiB"
+
+[[stage]]
+name = "images"
+builtin = "images"
+after = ["scenes"]
+inputs = ["1_scripts/{slug}_scenes.json"]
+memory = "learn"
+memory_initial = "12GiB"
+"#;
+
+impl Pipeline {
+    /// The built-in content pipeline.
+    pub fn content() -> Pipeline {
+        Self::parse(CONTENT_PIPELINE, "(built-in content pipeline)")
+            .expect("the built-in pipeline is valid")
+    }
+
+    /// Reads and checks a pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, RunnerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| RunnerError::Io {
+            action: "cannot read pipeline file",
+            path: path.to_path_buf(),
+            source: e,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks pipeline TOML; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Pipeline, RunnerError> {
+        let bad = |why: String| RunnerError::BadPipeline {
+            origin: origin.to_string(),
+            why,
+        };
+        let file: PipelineFile = toml::from_str(text)
+            .map_err(|e| bad(e.message().to_string() + &location(text, e.span())))?;
+        if file.stages.is_empty() {
+            return Err(bad("it has no [[stage]]; add at least one".into()));
+        }
+        let default_retries = file.retries.unwrap_or(1);
+        let mut stages = Vec::new();
+        for s in file.stages {
+            stages.push(check_stage(s, default_retries).map_err(&bad)?);
+        }
+        check_graph(&stages).map_err(&bad)?;
+        Ok(Pipeline {
+            name: file.name.unwrap_or_else(|| "pipeline".into()),
+            stages,
+            wait_timeout: duration_field(
+                "wait_timeout",
+                file.wait_timeout.as_deref(),
+                Duration::from_secs(600),
+            )
+            .map_err(&bad)?,
+            reclaim_timeout: duration_field(
+                "reclaim_timeout",
+                file.reclaim_timeout.as_deref(),
+                Duration::from_secs(5),
+            )
+            .map_err(&bad)?,
+            oom_retries: file.oom_retries.unwrap_or(3),
+            source: text.to_string(),
+        })
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&StageSpec> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// Outputs of all stages, as written (placeholders unfilled).
+    pub fn produced(&self) -> impl Iterator<Item = &str> {
+        self.stages
+            .iter()
+            .flat_map(|s| s.outputs.iter().map(String::as_str))
+    }
+}
+
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        }
+        None => String::new(),
+    }
+}
+
+fn check_stage(s: StageFile, default_retries: u32) -> Result<StageSpec, String> {
+    let name = s.name.trim().to_string();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "stage name '{}' must be letters, digits, '_' or '-' (it names the stage's log file)",
+            s.name
+        ));
+    }
+    let command = match (s.command, s.builtin) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "stage '{name}' has both command and builtin; keep one"
+            ));
+        }
+        (None, None) => {
+            return Err(format!(
+                "stage '{name}' has neither command nor builtin; add command = [\"program\", \"arg\"]"
+            ));
+        }
+        (Some(argv), None) => {
+            if argv.is_empty() || argv[0].trim().is_empty() {
+                return Err(format!("stage '{name}' has an empty command"));
+            }
+            StageCommand::Argv(argv)
+        }
+        (None, Some(builtin)) => {
+            let stage = baton_studio::Stage::ALL
+                .into_iter()
+                .find(|b| b.name() == builtin)
+                .ok_or_else(|| format!("stage '{name}': unknown builtin '{builtin}'; use one of scenes, voice, images"))?;
+            StageCommand::Builtin(stage)
+        }
+    };
+    let size = |field: &str, value: &str| {
+        parse_size(value).map_err(|e| format!("stage '{name}': {field} = \"{value}\": {e}"))
+    };
+    let memory = match s.memory.as_deref().map(str::trim) {
+        None | Some("learn") => MemoryNeed::Learned {
+            initial: s
+                .memory_initial
+                .as_deref()
+                .map(|v| size("memory_initial", v))
+                .transpose()?
+                .unwrap_or(0),
+        },
+        Some(value) => {
+            if s.memory_initial.is_some() {
+                return Err(format!(
+                    "stage '{name}': memory_initial only applies to memory = \"learn\""
+                ));
+            }
+            MemoryNeed::Declared(size("memory", value)?)
+        }
+    };
+    for path in s.inputs.iter().chain(&s.outputs) {
+        if path.trim().is_empty() {
+            return Err(format!("stage '{name}' lists an empty file path"));
+        }
+        if !path.starts_with('/')
+            && !path.starts_with("{run_dir}")
+            && path.split('/').any(|part| part == "..")
+        {
+            return Err(format!(
+                "stage '{name}': file '{path}' climbs out of the run folder; use a path inside it or an absolute one"
+            ));
+        }
+    }
+    for output in &s.outputs {
+        if output.starts_with('/') {
+            return Err(format!(
+                "stage '{name}': output '{output}' must be inside the run folder (a relative path)"
+            ));
+        }
+    }
+    Ok(StageSpec {
+        timeout: s
+            .timeout
+            .as_deref()
+            .map(|t| {
+                parse_duration(t).map_err(|why| format!("stage '{name}': timeout = \"{t}\": {why}"))
+            })
+            .transpose()?,
+        name,
+        command,
+        inputs: s.inputs,
+        outputs: s.outputs,
+        after: s.after,
+        memory,
+        model: s.model,
+        device: s.device.unwrap_or(DeviceKind::Gpu),
+        retries: s.retries.unwrap_or(default_retries),
+        env: s.env,
+    })
+}
+
+/// Unknown and duplicate stages, then cycles (named along the loop).
+fn check_graph(stages: &[StageSpec]) -> Result<(), String> {
+    let mut index = HashMap::new();
+    for (i, s) in stages.iter().enumerate() {
+        if index.insert(s.name.as_str(), i).is_some() {
+            return Err(format!(
+                "two stages are named '{}'; names must be unique",
+                s.name
+            ));
+        }
+    }
+    let names = || {
+        stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for s in stages {
+        for dep in &s.after {
+            if !index.contains_key(dep.as_str()) {
+                return Err(format!(
+                    "stage '{}' runs after '{dep}', which is not a stage of this pipeline (stages: {})",
+                    s.name,
+                    names()
+                ));
+            }
+            if dep == &s.name {
+                return Err(format!("stage '{}' runs after itself", s.name));
+            }
+        }
+    }
+    // Depth-first search; a node met again while on the stack closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnStack,
+        Done,
+    }
+    fn visit(
+        i: usize,
+        stages: &[StageSpec],
+        index: &HashMap<&str, usize>,
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Result<(), String> {
+        marks[i] = Mark::OnStack;
+        stack.push(i);
+        for dep in &stages[i].after {
+            let j = index[dep.as_str()];
+            match marks[j] {
+                Mark::OnStack => {
+                    let from = stack.iter().position(|&k| k == j).unwrap_or(0);
+                    let mut path: Vec<&str> = stack[from..]
+                        .iter()
+                        .map(|&k| stages[k].name.as_str())
+                        .collect();
+                    path.push(stages[j].name.as_str());
+                    return Err(format!(
+                        "dependency cycle: {}; break it by removing one 'after'",
+                        path.join(" → ")
+                    ));
+                }
+                Mark::New => visit(j, stages, index, marks, stack)?,
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        marks[i] = Mark::Done;
+        Ok(())
+    }
+    let mut marks = vec![Mark::New; stages.len()];
+    for i in 0..stages.len() {
+        if marks[i] == Mark::New {
+            visit(i, stages, &index, &mut marks, &mut Vec::new())?;
+        }
+    }
+    Ok(())
+}
+
+fn duration_field(field: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => parse_duration(v).map_err(|why| format!("{field} = \"{v}\": {why}")),
+    }
+}
+
+/// `500ms`, `5s`, `10m`, `2h`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .iter()
+        .find_map(|(unit, scale)| t.strip_suffix(unit).map(|n| (n, *scale)))
+        .unwrap_or((t, 1.0));
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| "write a duration such as 500ms, 5s, 10m or 2h".to_string())?;
+    if !value.is_finite() || value < 0.0 || value * scale > 30.0 * 86_400.0 {
+        return Err("use a duration from 0 to 30 days".into());
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+/// Fills `{topic}`, `{slug}`, `{run_dir}` and `{baton}` in one argument or path.
+pub fn fill(text: &str, vars: &Placeholders) -> String {
+    text.replace("{topic}", &vars.topic)
+        .replace("{slug}", &vars.slug)
+        .replace("{run_dir}", &vars.run_dir)
+        .replace("{baton}", &vars.baton)
+}
+
+/// The values placeholders take in one run.
+#[derive(Debug, Clone)]
+pub struct Placeholders {
+    pub topic: String,
+    pub slug: String,
+    pub run_dir: String,
+    pub baton: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "mock"
+reclaim_timeout = "500ms"
+[[stage]]
+name = "llm"
+command = ["{baton}", "sim", "hold", "4GiB", "--seconds", "0.1"]
+outputs = ["1_scripts/{slug}.json"]
+memory = "12 GB"
+[[stage]]
+name = "images"
+command = ["python3", "draw.py"]
+after = ["llm"]
+inputs = ["1_scripts/{slug}.json"]
+memory = "learn"
+memory_initial = "2GiB"
+device = "gpu"
+retries = 3
+"#;
+
+    #[test]
+    fn the_content_pipeline_is_valid() {
+        let p = Pipeline::content();
+        assert_eq!(
+            p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["scenes", "voice", "images"]
+        );
+    }
+
+    #[test]
+    fn a_good_pipeline_loads() {
+        let p = Pipeline::parse(GOOD, "test").unwrap();
+        assert_eq!(p.name, "mock");
+        assert_eq!(p.reclaim_timeout, Duration::from_millis(500));
+        assert_eq!(p.wait_timeout, Duration::from_secs(600));
+        assert_eq!(p.stages[0].memory, MemoryNeed::Declared(12_000_000_000));
+        assert_eq!(p.stages[0].retries, 1);
+        assert_eq!(p.stages[1].memory, MemoryNeed::Learned { initial: 2 << 30 });
+        assert_eq!(p.stages[1].retries, 3);
+        assert_eq!(p.produced().collect::<Vec<_>>(), ["1_scripts/{slug}.json"]);
+    }
+
+    fn error(text: &str) -> String {
+        let err = Pipeline::parse(text, "p.toml").unwrap_err();
+        assert!(err.is_bad_input());
+        err.to_string()
+    }
+
+    #[test]
+    fn sizes_in_both_units_are_accepted_and_words_are_not() {
+        let with =
+            |m: &str| format!("[[stage]]\nname = \"a\"\ncommand = [\"true\"]\nmemory = \"{m}\"\n");
+        assert!(Pipeline::parse(&with("12 GB"), "p").is_ok());
+        assert!(Pipeline::parse(&with("12GiB"), "p").is_ok());
+        let err = error(&with("twelve"));
+        assert!(
+            err.contains("'twelve'") && err.contains("stage 'a'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cycles_are_named_along_the_loop() {
+        let text = "[[stage]]\nname='a'\ncommand=['true']\nafter=['c']\n[[stage]]\nname='b'\ncommand=['true']\nafter=['a']\n[[stage]]\nname='c'\ncommand=['true']\nafter=['b']\n";
+        let err = error(text);
+        assert!(err.contains("dependency cycle: a → c → b → a"), "{err}");
+    }
+
+    #[test]
+    fn unknown_stages_keys_and_builtins_are_refused() {
+        let err = error("[[stage]]\nname='a'\ncommand=['true']\nafter=['scenez']\n");
+        assert!(
+            err.contains("'scenez'") && err.contains("stages: a"),
+            "{err}"
+        );
+        let err = error("[[stage]]\nname='a'\nbuiltin='paint'\n");
+        assert!(err.contains("unknown builtin 'paint'"), "{err}");
+        let err = error("[[stage]]\nname='a'\ncommand=['true']\nmemroy='1GiB'\n");
+        assert!(err.contains("memroy") && err.contains("line 4"), "{err}");
+        let err =
+            error("[[stage]]\nname='a'\ncommand=['true']\n[[stage]]\nname='a'\ncommand=['true']\n");
+        assert!(err.contains("two stages are named 'a'"), "{err}");
+        assert!(error("name='x'\n").contains("no [[stage]]"));
+        assert!(error("[[stage]]\nname='a/b'\ncommand=['true']\n").contains("'a/b'"));
+        assert!(
+            error("[[stage]]\nname='a'\ncommand=['true']\noutputs=['../x']\n")
+                .contains("climbs out")
+        );
+    }
+
+    #[test]
+    fn durations_and_placeholders() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+        let vars = Placeholders {
+            topic: "Cyberpunk Tokyo".into(),
+            slug: "cyberpunk_tokyo".into(),
+            run_dir: "/out/r".into(),
+            baton: "/bin/baton".into(),
+        };
+        assert_eq!(
+            fill("{run_dir}/1_scripts/{slug}_scenes.json", &vars),
+            "/out/r/1_scripts/cyberpunk_tokyo_scenes.json"
+        );
+        assert_eq!(
+            fill("{baton} --topic {topic}", &vars),
+            "/bin/baton --topic Cyberpunk Tokyo"
+        );
+    }
+}

@@ -1,0 +1,255 @@
+//! Making a run ready to execute: a new run folder for a topic, or an existing one to resume.
+//!
+//! Everything that can be refused is checked before the first byte is written: a new run folder
+//! is only created once the pipeline and its inputs pass, and resume reads and checks the
+//! manifest and pipeline before it changes anything, so bad input never damages a run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use baton_memory::atomic_file::write_atomic;
+
+use crate::RunnerError;
+use crate::engine::attempt_token;
+use crate::group::{processes_with_token, terminate};
+use crate::manifest::{
+    MANIFEST_FILE, Manifest, PIPELINE_FILE, RunState, StageState, verify_artifacts,
+};
+use crate::pipeline::{Pipeline, Placeholders, StageCommand, fill};
+use crate::run_dir::{run_folder_name, slug};
+
+/// A run ready for the engine.
+#[derive(Debug)]
+pub struct RunPlan {
+    pub dir: PathBuf,
+    pub pipeline: Pipeline,
+    pub manifest: Manifest,
+    pub vars: Placeholders,
+}
+
+fn baton_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "baton".into())
+}
+
+/// Refuses a pipeline this build cannot run.
+pub fn check_runnable(pipeline: &Pipeline) -> Result<(), RunnerError> {
+    if let Some(spec) = pipeline
+        .stages
+        .iter()
+        .find(|s| matches!(s.command, StageCommand::Builtin(_)))
+    {
+        let StageCommand::Builtin(stage) = spec.command else {
+            unreachable!()
+        };
+        return Err(RunnerError::NotBuiltYet {
+            what: format!(
+                "the built-in '{}' stage (used by stage '{}')",
+                stage.name(),
+                spec.name
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a new run of `pipeline` for `topic` and creates its folder under `output`.
+pub fn create_run(
+    output: &Path,
+    topic: &str,
+    pipeline: &Pipeline,
+    backend: &str,
+) -> Result<RunPlan, RunnerError> {
+    check_runnable(pipeline)?;
+    let slug = slug(topic)?;
+    // Stages run in the run folder, so `{run_dir}` must be absolute.
+    let output = &std::path::absolute(output).map_err(|e| RunnerError::Io {
+        action: "cannot resolve output folder",
+        path: output.to_path_buf(),
+        source: e,
+    })?;
+    let name = run_folder_name(topic, std::time::SystemTime::now())?;
+    // Inputs no stage produces must exist before the run starts.
+    let produced: Vec<&str> = pipeline.produced().collect();
+    let probe_vars = Placeholders {
+        topic: topic.to_string(),
+        slug: slug.clone(),
+        run_dir: output.join(&name).display().to_string(),
+        baton: baton_exe(),
+    };
+    for spec in &pipeline.stages {
+        for input in spec
+            .inputs
+            .iter()
+            .filter(|i| !produced.contains(&i.as_str()))
+        {
+            let path = output.join(&name).join(fill(input, &probe_vars));
+            if !path.exists() {
+                return Err(RunnerError::MissingInput {
+                    stage: spec.name.clone(),
+                    path,
+                });
+            }
+        }
+    }
+    fs::create_dir_all(output).map_err(|e| RunnerError::Io {
+        action: "cannot create output folder",
+        path: output.to_path_buf(),
+        source: e,
+    })?;
+    // Two runs of one topic in the same second get distinct folders; none is reused.
+    let mut n = 1;
+    let (run_id, dir) = loop {
+        let run_id = if n == 1 {
+            name.clone()
+        } else {
+            format!("{name}_{n}")
+        };
+        let dir = output.join(&run_id);
+        match fs::create_dir(&dir) {
+            Ok(()) => break (run_id, dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(e) => {
+                return Err(RunnerError::Io {
+                    action: "cannot create run folder",
+                    path: dir,
+                    source: e,
+                });
+            }
+        }
+    };
+    write_atomic(&dir.join(PIPELINE_FILE), pipeline.source.as_bytes())
+        .map_err(RunnerError::Memory)?;
+    let manifest = Manifest::new(&run_id, topic, &slug, pipeline, backend);
+    manifest.save(&dir)?;
+    Ok(RunPlan {
+        vars: Placeholders {
+            topic: topic.to_string(),
+            slug,
+            run_dir: dir.display().to_string(),
+            baton: baton_exe(),
+        },
+        dir,
+        pipeline: pipeline.clone(),
+        manifest,
+    })
+}
+
+/// What resuming decided for each stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeDecision {
+    pub stage: String,
+    /// True when the stage's artifacts were verified and it will not run again.
+    pub kept: bool,
+    pub why: String,
+}
+
+/// Opens a run folder to finish it: stages whose artifacts are present and match their hashes
+/// are kept, the rest (and everything downstream of them) run again. Processes a killed baton
+/// left behind are stopped first.
+pub fn resume_run(dir: &Path) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerError> {
+    let mut manifest = Manifest::load(dir)?;
+    let dir = &dir.canonicalize().map_err(|e| RunnerError::Io {
+        action: "cannot resolve",
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let pipeline_path = dir.join(PIPELINE_FILE);
+    let text = fs::read_to_string(&pipeline_path).map_err(|e| RunnerError::Io {
+        action: "cannot read",
+        path: pipeline_path.clone(),
+        source: e,
+    })?;
+    let pipeline = Pipeline::parse(&text, &pipeline_path.display().to_string())?;
+    check_runnable(&pipeline)?;
+    let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+    let recorded: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
+    if names != recorded {
+        return Err(RunnerError::CorruptManifest {
+            path: dir.join(MANIFEST_FILE),
+            why: format!(
+                "its stages ({}) are not the pipeline's ({})",
+                recorded.join(", "),
+                names.join(", ")
+            ),
+        });
+    }
+    // Stop what an interrupted attempt left: its processes carry the attempt's token.
+    for record in &manifest.stages {
+        if matches!(record.state, StageState::Running)
+            && let Some(attempt) = record.attempts.last()
+        {
+            let token = attempt_token(&manifest.run_id, &record.name, attempt.number);
+            let leftovers = processes_with_token(&token);
+            if !leftovers.is_empty() {
+                tracing::warn!(
+                    "stage '{}' of {} left {} process(es) running when baton stopped; stopping them",
+                    record.name,
+                    manifest.run_id,
+                    leftovers.len()
+                );
+                terminate(&leftovers, std::time::Duration::from_secs(2));
+            }
+        }
+    }
+    let mut decisions = Vec::new();
+    let mut rerun: Vec<String> = Vec::new();
+    for spec in &pipeline.stages {
+        let record = manifest.stage_mut(&spec.name);
+        let upstream = spec.after.iter().find(|d| rerun.contains(d));
+        let (kept, why) = match (record.state, upstream) {
+            (StageState::Succeeded, None) => match verify_artifacts(dir, &record.artifacts) {
+                Ok(()) => (
+                    true,
+                    format!(
+                        "kept: {} artifact(s) verified by sha256",
+                        record.artifacts.len()
+                    ),
+                ),
+                Err(why) => (false, format!("runs again: {why}")),
+            },
+            (StageState::Succeeded, Some(dep)) => (
+                false,
+                format!("runs again: stage '{dep}' before it runs again"),
+            ),
+            (state, _) => (
+                false,
+                format!("runs again: it was {}", format!("{state:?}").to_lowercase()),
+            ),
+        };
+        if !kept {
+            if let Some(last) = record.attempts.last_mut()
+                && last.ended_unix_ms.is_none()
+            {
+                last.failure = Some("interrupted: baton stopped while it ran".into());
+            }
+            record.state = StageState::Pending;
+            record.note = Some(why.clone());
+            rerun.push(spec.name.clone());
+        }
+        decisions.push(ResumeDecision {
+            stage: spec.name.clone(),
+            kept,
+            why,
+        });
+    }
+    manifest.state = RunState::Running;
+    manifest.error = None;
+    manifest.save(dir)?;
+    let vars = Placeholders {
+        topic: manifest.topic.clone(),
+        slug: manifest.slug.clone(),
+        run_dir: dir.display().to_string(),
+        baton: baton_exe(),
+    };
+    Ok((
+        RunPlan {
+            dir: dir.to_path_buf(),
+            pipeline,
+            manifest,
+            vars,
+        },
+        decisions,
+    ))
+}
