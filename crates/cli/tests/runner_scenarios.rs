@@ -94,16 +94,16 @@ const WORK: &str = "\"{baton}\", \"sim\", \"work\"";
 #[test]
 fn a_stage_that_fits_runs_with_an_owned_environment_and_its_files_hashed() {
     let s = Scenario::new("2x24GiB");
-    let p = s.pipeline(&format!(
+    let p = s.pipeline(
         r#"
 [[stage]]
 name = "probe"
-command = ["sh", "-c", "env > env.txt && exec {{baton}} sim work 3GiB --seconds 0.3 --write out/{{slug}}.json"]
-outputs = ["env.txt", "out/{{slug}}.json"]
+command = ["sh", "-c", "env > env.txt && exec {baton} sim work 3GiB --seconds 0.3 --write out/{slug}.json"]
+outputs = ["env.txt", "out/{slug}.json"]
 memory = "3GiB"
-env = {{ EXTRA = "for {{topic}}" }}
-"#
-    ));
+env = { EXTRA = "for {topic}" }
+"#,
+    );
     let out = s
         .baton()
         .env("NOT_FOR_STAGES", "secret")
@@ -350,7 +350,7 @@ fn an_out_of_memory_stage_is_retried_on_another_device() {
         "retries = 0\n[[stage]]\nname = \"greedy\"\ncommand = [{WORK}, \"8GiB\", \"--wait-for\", \"{}\"]\nmemory = \"1GiB\"\n",
         go.display()
     ));
-    let mut child = s
+    let child = s
         .baton()
         .args([
             "run",
@@ -475,9 +475,9 @@ fn a_batch_spreads_over_four_gpus_and_one_failing_topic_stops_no_other() {
         "# topics\nalpha\nbeta\ngamma\nbad topic\n\ndelta\nepsilon\nzeta\neta\n",
     )
     .unwrap();
-    let p = s.pipeline(&format!(
-        "retries = 0\n[[stage]]\nname = \"draw\"\ncommand = [\"sh\", \"-c\", \"test \\\"$BATON_TOPIC\\\" != 'bad topic' && exec {{baton}} sim work 16GiB --seconds 0.5 --write out.json\"]\noutputs = [\"out.json\"]\nmemory = \"16GiB\"\n"
-    ));
+    let p = s.pipeline(
+        "retries = 0\n[[stage]]\nname = \"draw\"\ncommand = [\"sh\", \"-c\", \"test \\\"$BATON_TOPIC\\\" != 'bad topic' && exec {baton} sim work 16GiB --seconds 0.5 --write out.json\"]\noutputs = [\"out.json\"]\nmemory = \"16GiB\"\n"
+    );
     let out = s
         .baton()
         .args([
