@@ -182,6 +182,19 @@ pub struct HoldArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The runner's own cost per stage, and a batch of topics over four simulated GPUs
+    /// against the ideal time.
+    Runner {
+        /// Chained no-op stages timed for the per-stage cost.
+        #[arg(long, default_value_t = 30)]
+        stages: usize,
+        /// Topics in the batch.
+        #[arg(long, default_value_t = 100)]
+        topics: usize,
+        /// How long each batch stage works, in seconds.
+        #[arg(long, default_value_t = 0.2)]
+        stage_seconds: f64,
+    },
     /// The cost of one snapshot on every backend this machine has.
     Snapshot {
         /// Timed snapshots per backend.

@@ -62,6 +62,11 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Sim(SimCommand::Reset) => sim_cmd::reset(out),
         Command::Sim(SimCommand::Work(args)) => sim_cmd::work(args, out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
+        Command::Bench(BenchCommand::Runner {
+            stages,
+            topics,
+            stage_seconds,
+        }) => bench::runner(*stages, *topics, *stage_seconds, out),
     }
 }
 

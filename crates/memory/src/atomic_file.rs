@@ -10,8 +10,19 @@ use std::path::Path;
 
 use crate::MemoryError;
 
-/// Replaces `path` with `bytes`, atomically.
+/// Replaces `path` with `bytes`, atomically and durably.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MemoryError> {
+    write_replacing(path, bytes, true)
+}
+
+/// Replaces `path` with `bytes`, atomically for every reader, but without waiting for the disk:
+/// for state that means nothing after a reboot (the simulation's allocations belong to
+/// processes, which a reboot ends anyway).
+pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<(), MemoryError> {
+    write_replacing(path, bytes, false)
+}
+
+fn write_replacing(path: &Path, bytes: &[u8], durable: bool) -> Result<(), MemoryError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -24,9 +35,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MemoryError> {
     let result = (|| {
         let mut file = File::create(&tmp)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file::write_atomic;
+use crate::atomic_file::replace_atomic;
 use crate::backend::check_index;
 use crate::size::{format_bytes, parse_size};
 use crate::snapshot::{process_name, sort_processes};
@@ -324,7 +324,7 @@ impl SimBackend {
         let result = f(&mut state)?;
         let updated = serde_json::to_vec_pretty(&state).expect("sim state serializes");
         if updated != original {
-            write_atomic(&state_path, &updated)?;
+            replace_atomic(&state_path, &updated)?;
         }
         drop(lock);
         Ok(result)

@@ -23,8 +23,6 @@ use crate::manifest::{Attempt, Orphan, ReclaimRecord, Sample, unix_ms};
 
 /// How often a running stage's memory is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// How often the stage's exit is checked.
-const EXIT_POLL: Duration = Duration::from_millis(2);
 /// How often reclaim reads the device.
 const RECLAIM_POLL: Duration = Duration::from_millis(5);
 /// Memory on the device, owned by no process, above its level before the stage, that still
@@ -153,7 +151,11 @@ pub fn run_attempt(
     let mut next_sample = Instant::now();
     let mut timed_out = false;
     let exit = loop {
-        match process.try_wait() {
+        // Wake at the next sample, or at once when the process exits.
+        let wait = next_sample
+            .saturating_duration_since(Instant::now())
+            .min(SAMPLE_EVERY);
+        match process.wait_timeout(wait) {
             Ok(Some(exit)) => break Some(exit),
             Ok(None) => {}
             Err(err) => {
@@ -183,7 +185,6 @@ pub fn run_attempt(
             timed_out = true;
             terminate(&membership.live_members(), Duration::from_secs(2));
         }
-        std::thread::sleep(EXIT_POLL);
     };
     attempt.ended_unix_ms = Some(unix_ms());
     if let Some(exit) = exit {
@@ -191,13 +192,23 @@ pub fn run_attempt(
         attempt.signal = exit.signal;
     }
 
+    let exited = Instant::now();
     let reclaim = reclaim(
         plan,
         &mut membership,
         unexplained_before,
         &mut attempt.timeline,
     );
+    let reclaimed = exited.elapsed();
     process.finish_output(Duration::from_millis(500));
+    tracing::debug!(
+        "stage '{}' attempt {}: ran {:.1?}, reclaim took {:.1?}, output closed {:.1?} after exit",
+        plan.stage,
+        plan.number,
+        exited - started,
+        reclaimed,
+        exited.elapsed()
+    );
     lines.drain(observer);
     live.store(0, Ordering::Relaxed);
     attempt.peak_bytes = attempt

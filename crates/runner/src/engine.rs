@@ -95,6 +95,8 @@ struct Tries {
     ooms: u32,
     excluded: Vec<usize>,
     waiting_since: Option<Instant>,
+    /// When the wait was last reported.
+    last_said: Option<Instant>,
 }
 
 impl Engine {
@@ -112,6 +114,9 @@ impl Engine {
                 self.handle(message, runs, &mut running, &mut tries)?;
             }
             self.skip_blocked(runs)?;
+            // Start what can start before writing reports: a free GPU should not wait for
+            // another run's paperwork.
+            self.schedule(runs, &mut running, &mut tries, &tx)?;
             for (i, run) in runs.iter_mut().enumerate() {
                 if !finished[i] && run_is_over(run) && !running.iter().any(|r| r.run == i) {
                     finished[i] = true;
@@ -121,7 +126,6 @@ impl Engine {
             if finished.iter().all(|&f| f) {
                 return Ok(());
             }
-            self.schedule(runs, &mut running, &mut tries, &tx)?;
             if let Ok(message) = rx.recv_timeout(Duration::from_millis(20)) {
                 self.handle(message, runs, &mut running, &mut tries)?;
             }
@@ -227,6 +231,7 @@ impl Engine {
                 ) {
                     Placement::Place { index } => {
                         entry.waiting_since = None;
+                        entry.last_said = None;
                         let snapshot = &loads
                             .iter()
                             .find(|l| l.snapshot.index == index)
@@ -242,6 +247,7 @@ impl Engine {
                             granted,
                             live: live.clone(),
                         });
+                        let starting = Instant::now();
                         self.start(
                             run_index,
                             run,
@@ -252,6 +258,12 @@ impl Engine {
                             live,
                             tx.clone(),
                         )?;
+                        tracing::debug!(
+                            "stage '{}' of {}: start took {:.1?}",
+                            spec.name,
+                            run.manifest.run_id,
+                            starting.elapsed()
+                        );
                     }
                     Placement::Wait { reason } => {
                         let since = *entry.waiting_since.get_or_insert_with(Instant::now);
@@ -263,10 +275,15 @@ impl Engine {
                             self.fail_stage(run, &spec.name, message)?;
                             continue;
                         }
+                        // Say so when the wait begins, then every 10 s: the numbers change
+                        // with every stage that comes and goes, and rewriting manifests for
+                        // each change would cost more than the waiting saves.
                         let record = run.manifest.stage_mut(&spec.name);
-                        if record.state != StageState::Waiting
-                            || record.note.as_deref() != Some(reason.as_str())
-                        {
+                        let due = entry
+                            .last_said
+                            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+                        if record.state != StageState::Waiting || due {
+                            entry.last_said = Some(Instant::now());
                             record.state = StageState::Waiting;
                             record.note = Some(reason.clone());
                             run.manifest.save(&run.dir)?;
@@ -389,17 +406,20 @@ impl Engine {
     ) -> Result<(), RunnerError> {
         match message {
             Message::Started { run, stage, pid } => {
+                // Kept in memory until the attempt ends: resume finds an interrupted attempt's
+                // processes by its token, so this costs no manifest write.
                 let run = &mut runs[run];
                 if let Some(attempt) = run.manifest.stage_mut(&stage).attempts.last_mut() {
                     attempt.pid = Some(pid);
                 }
-                run.manifest.save(&run.dir)
+                Ok(())
             }
             Message::Done {
                 run: run_index,
                 stage,
                 outcome,
             } => {
+                let handled = Instant::now();
                 running.retain(|r| !(r.run == run_index && r.stage == stage));
                 let run = &mut runs[run_index];
                 let spec = run
@@ -489,6 +509,11 @@ impl Engine {
                         message: &format!("stage '{stage}' {message}"),
                     });
                 }
+                tracing::debug!(
+                    "stage '{stage}' of {}: bookkeeping took {:.1?}",
+                    run.manifest.run_id,
+                    handled.elapsed()
+                );
                 let record = run.manifest.stage(&stage).expect("recorded");
                 self.observer.event(&Event::Finished {
                     run: &run.manifest.run_id,

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -61,8 +62,9 @@ pub trait StageProcess: Send {
     fn pid(&self) -> u32;
     /// The process group every process of the stage starts in.
     fn group(&self) -> u32;
-    /// The exit, once the stage's main process has ended.
-    fn try_wait(&mut self) -> Result<Option<Exit>, RunnerError>;
+    /// Waits up to `timeout` for the stage's main process to end; its exit, or `None` while
+    /// it still runs.
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Exit>, RunnerError>;
     /// Waits (up to `timeout`) until the stage's output has been written to its log. A
     /// process that kept the output open (an orphan) is not waited for beyond that.
     fn finish_output(&mut self, timeout: Duration);
@@ -139,7 +141,12 @@ impl Executor for LocalExecutor {
             ),
             pump(child.stderr.take().expect("piped"), log, on_line),
         ];
-        Ok(Box::new(LocalProcess { child, readers }))
+        let pidfd = pidfd_open(child.id());
+        Ok(Box::new(LocalProcess {
+            child,
+            readers,
+            pidfd,
+        }))
     }
 }
 
@@ -170,6 +177,29 @@ fn pump(
 struct LocalProcess {
     child: Child,
     readers: Vec<JoinHandle<()>>,
+    /// A pidfd for the child, where the kernel has them (Linux 5.3+).
+    pidfd: Option<OwnedFd>,
+}
+
+impl LocalProcess {
+    fn try_wait(&mut self) -> Result<Option<Exit>, RunnerError> {
+        let status = self.child.try_wait().map_err(|e| RunnerError::Io {
+            action: "cannot wait for stage process",
+            path: PathBuf::from(format!("/proc/{}", self.child.id())),
+            source: e,
+        })?;
+        Ok(status.map(|s| Exit {
+            code: s.code(),
+            signal: s.signal(),
+        }))
+    }
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a descriptor that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 impl StageProcess for LocalProcess {
@@ -182,16 +212,27 @@ impl StageProcess for LocalProcess {
         self.child.id()
     }
 
-    fn try_wait(&mut self) -> Result<Option<Exit>, RunnerError> {
-        let status = self.child.try_wait().map_err(|e| RunnerError::Io {
-            action: "cannot wait for stage process",
-            path: PathBuf::from(format!("/proc/{}", self.child.id())),
-            source: e,
-        })?;
-        Ok(status.map(|s| Exit {
-            code: s.code(),
-            signal: s.signal(),
-        }))
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<Exit>, RunnerError> {
+        if let Some(exit) = self.try_wait()? {
+            return Ok(Some(exit));
+        }
+        match &self.pidfd {
+            // A pidfd turns readable the moment the process exits: no polling delay.
+            Some(fd) => {
+                let mut poll = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+                // SAFETY: one valid pollfd, whose descriptor self owns during the call.
+                unsafe {
+                    libc::poll(&mut poll, 1, ms);
+                }
+            }
+            None => std::thread::sleep(timeout.min(Duration::from_millis(2))),
+        }
+        self.try_wait()
     }
 
     fn finish_output(&mut self, timeout: Duration) {

@@ -18,6 +18,9 @@ pub struct Membership {
     pgid: u32,
     needle: Vec<u8>,
     cache: HashMap<u32, bool>,
+    /// Start time (clock ticks since boot) of the group's leader: no process that started
+    /// before it can be the stage's, which spares reading most processes' environments.
+    since: u64,
 }
 
 impl Membership {
@@ -26,7 +29,22 @@ impl Membership {
             pgid,
             needle: format!("{TOKEN_VAR}={token}").into_bytes(),
             cache: HashMap::new(),
+            since: start_ticks(pgid).unwrap_or(0),
         }
+    }
+
+    fn matches(&self, pid: u32) -> bool {
+        let Some(fields) = stat_fields(pid) else {
+            return false;
+        };
+        if fields.get(2).and_then(|g| g.parse().ok()) == Some(self.pgid) {
+            return true;
+        }
+        let started = fields
+            .get(19)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0);
+        started >= self.since && carries(pid, &self.needle)
     }
 
     /// True when `pid` is in the stage's process group or carries its token.
@@ -34,7 +52,7 @@ impl Membership {
         if let Some(&known) = self.cache.get(&pid) {
             return known;
         }
-        let ours = process_group(pid) == Some(self.pgid) || carries(pid, &self.needle);
+        let ours = self.matches(pid);
         // A process that has exited reads as not ours; don't remember that, its PID may
         // not have been read in full.
         if process_group(pid).is_some() {
@@ -48,7 +66,7 @@ impl Membership {
         all_pids()
             .into_iter()
             .filter(|&pid| pid != std::process::id())
-            .filter(|&pid| process_group(pid) == Some(self.pgid) || carries(pid, &self.needle))
+            .filter(|&pid| self.matches(pid))
             .filter(|&pid| !is_zombie(pid))
             .collect()
     }
@@ -79,6 +97,11 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     Some(rest.split_whitespace().map(String::from).collect())
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
+fn start_ticks(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
 }
 
 pub fn process_group(pid: u32) -> Option<u32> {
