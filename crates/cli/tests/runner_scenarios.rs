@@ -376,7 +376,7 @@ fn an_out_of_memory_stage_is_retried_on_another_device() {
         for d in dirs.flatten() {
             if let Ok(m) = Manifest::load(&d.path())
                 && let Some(a) = stage(&m, "greedy").attempts.first()
-                && a.pid.is_some()
+                && stage(&m, "greedy").state == StageState::Running
             {
                 first = Some(a.device_index);
                 return true;
