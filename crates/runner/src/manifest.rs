@@ -121,6 +121,9 @@ pub struct Manifest {
     pub topic: String,
     pub slug: String,
     pub pipeline: String,
+    /// The folder of the pipeline file the run started from (`{pipeline_dir}`).
+    #[serde(default)]
+    pub pipeline_dir: String,
     /// `nvml`, `host` or `sim`: where the GPU stages were placed.
     pub backend: String,
     pub created_unix_ms: u64,
@@ -143,6 +146,7 @@ impl Manifest {
             topic: topic.to_string(),
             slug: slug.to_string(),
             pipeline: pipeline.name.clone(),
+            pipeline_dir: pipeline.dir.clone(),
             backend: backend.to_string(),
             created_unix_ms: unix_ms(),
             state: RunState::Running,

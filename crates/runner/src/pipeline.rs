@@ -74,6 +74,8 @@ pub struct Pipeline {
     pub oom_retries: u32,
     /// The TOML text it was read from, kept in the run folder for `baton resume`.
     pub source: String,
+    /// The absolute folder of the pipeline file, for `{pipeline_dir}` (empty when built in).
+    pub dir: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,7 +154,15 @@ impl Pipeline {
             path: path.to_path_buf(),
             source: e,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut pipeline = Self::parse(&text, &path.display().to_string())?;
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        pipeline.dir = std::path::absolute(folder)
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        Ok(pipeline)
     }
 
     /// Parses and checks pipeline TOML; `origin` names it in errors.
@@ -189,6 +199,7 @@ impl Pipeline {
             .map_err(&bad)?,
             oom_retries: file.oom_retries.unwrap_or(3),
             source: text.to_string(),
+            dir: String::new(),
         })
     }
 
@@ -417,11 +428,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(value * scale))
 }
 
-/// Fills `{topic}`, `{slug}`, `{run_dir}` and `{baton}` in one argument or path.
+/// Fills `{topic}`, `{slug}`, `{run_dir}`, `{pipeline_dir}` and `{baton}` in one argument or
+/// path.
 pub fn fill(text: &str, vars: &Placeholders) -> String {
     text.replace("{topic}", &vars.topic)
         .replace("{slug}", &vars.slug)
         .replace("{run_dir}", &vars.run_dir)
+        .replace("{pipeline_dir}", &vars.pipeline_dir)
         .replace("{baton}", &vars.baton)
 }
 
@@ -431,6 +444,8 @@ pub struct Placeholders {
     pub topic: String,
     pub slug: String,
     pub run_dir: String,
+    /// The folder the pipeline file was in, so stages can name scripts beside it.
+    pub pipeline_dir: String,
     pub baton: String,
 }
 
@@ -537,8 +552,10 @@ retries = 3
             topic: "Cyberpunk Tokyo".into(),
             slug: "cyberpunk_tokyo".into(),
             run_dir: "/out/r".into(),
+            pipeline_dir: "/p".into(),
             baton: "/bin/baton".into(),
         };
+        assert_eq!(fill("{pipeline_dir}/x.py", &vars), "/p/x.py");
         assert_eq!(
             fill("{run_dir}/1_scripts/{slug}_scenes.json", &vars),
             "/out/r/1_scripts/cyberpunk_tokyo_scenes.json"

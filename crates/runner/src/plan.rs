@@ -76,6 +76,7 @@ pub fn create_run(
         topic: topic.to_string(),
         slug: slug.clone(),
         run_dir: output.join(&name).display().to_string(),
+        pipeline_dir: pipeline.dir.clone(),
         baton: baton_exe(),
     };
     for spec in &pipeline.stages {
@@ -128,6 +129,7 @@ pub fn create_run(
             topic: topic.to_string(),
             slug,
             run_dir: dir.display().to_string(),
+            pipeline_dir: pipeline.dir.clone(),
             baton: baton_exe(),
         },
         dir,
@@ -241,6 +243,7 @@ pub fn resume_run(dir: &Path) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerEr
         topic: manifest.topic.clone(),
         slug: manifest.slug.clone(),
         run_dir: dir.display().to_string(),
+        pipeline_dir: manifest.pipeline_dir.clone(),
         baton: baton_exe(),
     };
     Ok((

@@ -135,6 +135,14 @@ pub fn vram_svg(manifests: &[&Manifest]) -> String {
         let y = |bytes: u64| bottom - bytes as f64 / max as f64 * (panel - 20.0);
         let _ = writeln!(
             svg,
+            "<text x=\"{left}\" y=\"{:.1}\" fill=\"#666\">0 s</text><text x=\"{:.1}\" y=\"{:.1}\" fill=\"#666\" text-anchor=\"end\">{:.1} s</text>",
+            bottom + 13.0,
+            left + plot,
+            bottom + 13.0,
+            (t1 - t0) as f64 / 1000.0
+        );
+        let _ = writeln!(
+            svg,
             "<text x=\"4\" y=\"{}\" font-weight=\"bold\">{device}</text>\n<text x=\"4\" y=\"{}\">{}</text>\n\
              <line x1=\"{left}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"#888\"/>",
             top + 14.0,
