@@ -610,3 +610,37 @@ fn bad_pipelines_and_run_folders_are_refused_without_writing() {
         b"{\"version\": 1, \"truncat"
     );
 }
+
+#[test]
+fn a_learned_memory_need_is_the_last_peak_with_headroom() {
+    let s = Scenario::new("1x24GiB");
+    let p = s.pipeline(&format!(
+        "[[stage]]\nname = \"grow\"\ncommand = [{WORK}, \"6GiB\", \"--seconds\", \"0.4\"]\nmemory = \"learn\"\nmemory_initial = \"1GiB\"\n"
+    ));
+    let context = 512u64 << 20;
+    let mut granted = Vec::new();
+    for topic in ["first", "second"] {
+        let out = s.run(&p, topic);
+        assert!(out.status.success(), "{}", text(&out));
+        let dir = std::fs::read_dir(s.path("output"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(topic))
+            .unwrap();
+        let m = Manifest::load(&dir).unwrap();
+        let a = &stage(&m, "grow").attempts[0];
+        assert_eq!(a.peak_bytes, 6 * GIB);
+        granted.push(a.granted_bytes);
+    }
+    assert_eq!(
+        granted[0],
+        GIB + context,
+        "the first run has only the initial guess"
+    );
+    assert_eq!(
+        granted[1],
+        ((6 * GIB) as f64 * 1.1) as u64 + context,
+        "the second uses the peak"
+    );
+}

@@ -335,7 +335,7 @@ fn reclaim(
 
 fn report_reclaim(plan: &AttemptPlan, r: &ReclaimRecord, observer: &dyn Observer) {
     let say = |message: String| {
-        tracing::warn!("{message}");
+        tracing::debug!("{message}");
         observer.event(&Event::Notice {
             run: &plan.run_id,
             message: &message,

@@ -63,6 +63,7 @@ pub fn stage_table(manifest: &Manifest) -> String {
 /// One attempt drawn on the chart.
 struct Span<'a> {
     run: &'a str,
+    slug: &'a str,
     stage: &'a str,
     device: &'a str,
     start: u64,
@@ -79,6 +80,7 @@ fn spans<'a>(manifests: &[&'a Manifest]) -> Vec<Span<'a>> {
                 let last = i + 1 == s.attempts.len();
                 out.push(Span {
                     run: &m.run_id,
+                    slug: &m.slug,
                     stage: &s.name,
                     device: &a.device,
                     start: a.started_unix_ms,
@@ -152,7 +154,13 @@ pub fn vram_svg(manifests: &[&Manifest]) -> String {
         );
         for (i, s) in spans.iter().enumerate() {
             let n = colors.len();
-            let color = *colors.entry(s.stage).or_insert(palette[n % palette.len()]);
+            // One run: a color per stage. A batch: a color per run, labelled with its topic.
+            let (key, label) = if manifests.len() > 1 {
+                (s.run, format!("{}/{}", s.slug, s.stage))
+            } else {
+                (s.stage, s.stage.to_string())
+            };
+            let color = *colors.entry(key).or_insert(palette[n % palette.len()]);
             let (x0, x1) = (x(s.start), x(s.end).max(x(s.start) + 1.0));
             let row = (i % 3) as f64 * 12.0;
             let stroke = if s.state == StageState::Failed {
@@ -170,7 +178,7 @@ pub fn vram_svg(manifests: &[&Manifest]) -> String {
                 (s.end - s.start) as f64 / 1000.0,
                 x0 + 2.0,
                 top + 12.0 + row,
-                escape(s.stage)
+                escape(&label)
             );
             if !s.samples.is_empty() {
                 let points: Vec<String> = s
