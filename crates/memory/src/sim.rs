@@ -206,13 +206,39 @@ impl SimBackend {
         bytes: u64,
         label: &str,
     ) -> Result<SimAllocation, MemoryError> {
-        check_index(BackendKind::Sim, device, self.devices.len())?;
         let pid = std::process::id();
         let start = process_start(pid).ok_or_else(|| MemoryError::CorruptState {
             path: format!("/proc/{pid}/stat").into(),
             why: "this process's start time cannot be read".into(),
         })?;
-        let id = self.with_state(|state| {
+        let id = self.add_entry(device, bytes, label, pid, start)?;
+        Ok(SimAllocation {
+            sim: self.clone(),
+            id,
+            device,
+            bytes,
+        })
+    }
+
+    /// Marks `bytes` on `device` as used by no process, the way a driver-level leak looks:
+    /// the device's used memory grows, but no process row explains it. It stays until
+    /// [`SimBackend::reset`].
+    pub fn leak(&self, device: usize, bytes: u64, label: &str) -> Result<(), MemoryError> {
+        self.add_entry(device, bytes, label, LEAKED_PID, 0).map(|_| ())
+    }
+
+    /// Records an allocation, refusing one larger than the device's free memory as CUDA
+    /// would; returns its id.
+    fn add_entry(
+        &self,
+        device: usize,
+        bytes: u64,
+        label: &str,
+        pid: u32,
+        start: u64,
+    ) -> Result<u64, MemoryError> {
+        check_index(BackendKind::Sim, device, self.devices.len())?;
+        self.with_state(|state| {
             let free = state.devices[device].saturating_sub(state.used(device));
             if bytes > free {
                 return Err(MemoryError::OutOfMemory {
@@ -232,40 +258,6 @@ impl SimBackend {
                 label: label.to_string(),
             });
             Ok(id)
-        })?;
-        Ok(SimAllocation {
-            sim: self.clone(),
-            id,
-            device,
-            bytes,
-        })
-    }
-
-    /// Marks `bytes` on `device` as used by no process, the way a driver-level leak looks:
-    /// the device's used memory grows, but no process row explains it. It stays until
-    /// [`SimBackend::reset`].
-    pub fn leak(&self, device: usize, bytes: u64, label: &str) -> Result<(), MemoryError> {
-        check_index(BackendKind::Sim, device, self.devices.len())?;
-        self.with_state(|state| {
-            let free = state.devices[device].saturating_sub(state.used(device));
-            if bytes > free {
-                return Err(MemoryError::OutOfMemory {
-                    device: format!("sim{device}"),
-                    requested: bytes,
-                    free,
-                });
-            }
-            let id = state.next_id;
-            state.next_id += 1;
-            state.allocations.push(SimEntry {
-                id,
-                device,
-                pid: LEAKED_PID,
-                start: 0,
-                bytes,
-                label: label.to_string(),
-            });
-            Ok(())
         })
     }
 
