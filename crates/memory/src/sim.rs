@@ -224,7 +224,8 @@ impl SimBackend {
     /// the device's used memory grows, but no process row explains it. It stays until
     /// [`SimBackend::reset`].
     pub fn leak(&self, device: usize, bytes: u64, label: &str) -> Result<(), MemoryError> {
-        self.add_entry(device, bytes, label, LEAKED_PID, 0).map(|_| ())
+        self.add_entry(device, bytes, label, LEAKED_PID, 0)
+            .map(|_| ())
     }
 
     /// Records an allocation, refusing one larger than the device's free memory as CUDA

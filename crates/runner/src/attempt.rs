@@ -10,16 +10,18 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_memory::{DeviceSnapshot, MemoryBackend, format_bytes};
 
 use crate::events::{Event, Observer};
-use crate::executor::{Executor, Launch};
+use crate::executor::{Executor, Launch, LineSink};
 use crate::group::{Membership, terminate};
-use crate::manifest::{Attempt, Orphan, ReclaimRecord, Sample, unix_ms};
+use crate::manifest::{
+    Artifact, Attempt, Orphan, ReclaimRecord, Sample, collect_artifacts, unix_ms,
+};
 
 /// How often a running stage's memory is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -42,6 +44,8 @@ pub struct AttemptPlan {
     pub granted: u64,
     pub timeout: Option<Duration>,
     pub reclaim_timeout: Duration,
+    /// The stage's outputs, relative to the run folder, placeholders filled in.
+    pub outputs: Vec<String>,
 }
 
 /// An attempt's outcome, for the scheduler.
@@ -49,6 +53,8 @@ pub struct AttemptOutcome {
     pub attempt: Attempt,
     /// False when trying again cannot help (the program does not exist).
     pub retriable: bool,
+    /// The outputs, hashed, when the attempt succeeded.
+    pub artifacts: Vec<Artifact>,
 }
 
 /// Lines that mean the stage ran out of device memory.
@@ -81,51 +87,25 @@ pub fn run_attempt(
     live: &AtomicU64,
     on_start: &dyn Fn(u32),
 ) -> AttemptOutcome {
-    let mut attempt = Attempt {
-        number: plan.number,
-        device: plan.device_label.clone(),
-        device_index: plan.device_index,
-        granted_bytes: plan.granted,
-        pid: None,
-        started_unix_ms: unix_ms(),
-        ended_unix_ms: None,
-        exit_code: None,
-        signal: None,
-        peak_bytes: 0,
-        reclaim: None,
-        failure: None,
-        out_of_memory: false,
-        timeline: Vec::new(),
-    };
+    let mut attempt = Attempt::begin(
+        plan.number,
+        &plan.device_label,
+        plan.device_index,
+        plan.granted,
+    );
     let before = plan.backend.device(plan.device_index).ok();
     let unexplained_before = before.as_ref().map_or(0, unexplained);
     write_header(&plan.launch.log, plan);
 
-    let oom = Arc::new(AtomicBool::new(false));
-    let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
-    let sink = {
-        let (oom, tail) = (oom.clone(), tail.clone());
-        let (run, stage) = (plan.run_id.clone(), plan.stage.clone());
-        let observer_events = ObserverLines::new(run, stage);
-        let observer_events = Arc::new(observer_events);
-        let forward = observer_events.clone();
-        (
-            Arc::new(move |line: &str| {
-                if is_oom_line(line) {
-                    oom.store(true, Ordering::Relaxed);
-                }
-                if let Ok(mut t) = tail.lock() {
-                    if t.len() == 3 {
-                        t.pop_front();
-                    }
-                    t.push_back(line.chars().take(300).collect());
-                }
-                forward.push(line);
-            }) as crate::executor::LineSink,
-            observer_events,
-        )
+    let heard: Arc<Mutex<Heard>> = Arc::default();
+    let sink: LineSink = {
+        let heard = heard.clone();
+        Arc::new(move |line: &str| {
+            if let Ok(mut h) = heard.lock() {
+                h.note(line);
+            }
+        })
     };
-    let (sink, lines) = sink;
     let mut process = match executor.launch(&plan.launch, sink) {
         Ok(p) => p,
         Err(err) => {
@@ -134,6 +114,7 @@ pub fn run_attempt(
             return AttemptOutcome {
                 attempt,
                 retriable: false,
+                artifacts: Vec::new(),
             };
         }
     };
@@ -163,7 +144,7 @@ pub fn run_attempt(
                 break None;
             }
         }
-        lines.drain(observer);
+        forward_progress(&heard, plan, observer);
         if Instant::now() >= next_sample {
             next_sample += SAMPLE_EVERY;
             if let Ok(snapshot) = plan.backend.device(plan.device_index) {
@@ -209,29 +190,38 @@ pub fn run_attempt(
         reclaimed,
         exited.elapsed()
     );
-    lines.drain(observer);
+    forward_progress(&heard, plan, observer);
     live.store(0, Ordering::Relaxed);
     attempt.peak_bytes = attempt
         .peak_bytes
         .max(reclaim.orphans.iter().map(|o| o.bytes).sum());
     report_reclaim(plan, &reclaim, observer);
     attempt.reclaim = Some(reclaim);
-    attempt.out_of_memory = oom.load(Ordering::Relaxed);
+    let (out_of_memory, tail) = heard
+        .lock()
+        .map(|h| (h.oom, h.tail.iter().cloned().collect::<Vec<_>>()))
+        .unwrap_or_default();
+    attempt.out_of_memory = out_of_memory;
 
+    // Hashing runs here, not on the scheduler's thread: large outputs must not hold up the
+    // placement of other stages.
+    let mut artifacts = Vec::new();
     let failed = match exit {
         _ if timed_out => Some(format!(
             "timed out after {:.0?}",
             plan.timeout.unwrap_or_default()
         )),
-        Some(exit) if exit.success() => None,
+        Some(exit) if exit.success() => match collect_artifacts(&plan.launch.cwd, &plan.outputs) {
+            Ok(hashed) => {
+                artifacts = hashed;
+                None
+            }
+            Err(why) => Some(format!("exited 0, but {why}")),
+        },
         Some(exit) => Some(exit.to_string()),
         None => attempt.failure.clone(),
     };
     if let Some(why) = failed {
-        let tail: Vec<String> = tail
-            .lock()
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default();
         attempt.failure = Some(if tail.is_empty() {
             format!("{why} (log: {})", plan.launch.log.display())
         } else {
@@ -245,6 +235,7 @@ pub fn run_attempt(
     AttemptOutcome {
         attempt,
         retriable: true,
+        artifacts,
     }
 }
 
@@ -390,45 +381,44 @@ fn write_header(log: &Path, plan: &AttemptPlan) {
     }
 }
 
-/// Progress lines seen on the output threads, handed to the observer from the attempt's thread.
-struct ObserverLines {
-    run: String,
-    stage: String,
-    pending: Mutex<Vec<(u64, u64, String)>>,
+/// What a stage's output has said so far, gathered on its output threads.
+#[derive(Default)]
+struct Heard {
+    /// A line said it ran out of device memory.
+    oom: bool,
+    /// The last lines, for the failure message.
+    tail: VecDeque<String>,
+    /// Progress not yet handed to the observer.
+    progress: Vec<(u64, u64, String)>,
 }
 
-impl ObserverLines {
-    fn new(run: String, stage: String) -> Self {
-        ObserverLines {
-            run,
-            stage,
-            pending: Mutex::new(Vec::new()),
+impl Heard {
+    fn note(&mut self, line: &str) {
+        self.oom |= is_oom_line(line);
+        if self.tail.len() == 3 {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.chars().take(300).collect());
+        if let Some((done, total, message)) = parse_progress(line) {
+            self.progress.push((done, total, message.to_string()));
         }
     }
+}
 
-    fn push(&self, line: &str) {
-        if let Some((done, total, message)) = parse_progress(line)
-            && let Ok(mut p) = self.pending.lock()
-        {
-            p.push((done, total, message.to_string()));
-        }
-    }
-
-    fn drain(&self, observer: &dyn Observer) {
-        let pending = self
-            .pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default();
-        for (done, total, message) in pending {
-            observer.event(&Event::Progress {
-                run: &self.run,
-                stage: &self.stage,
-                done,
-                total,
-                message: &message,
-            });
-        }
+/// Hands progress heard on the output threads to the observer, from the attempt's thread.
+fn forward_progress(heard: &Mutex<Heard>, plan: &AttemptPlan, observer: &dyn Observer) {
+    let pending = heard
+        .lock()
+        .map(|mut h| std::mem::take(&mut h.progress))
+        .unwrap_or_default();
+    for (done, total, message) in pending {
+        observer.event(&Event::Progress {
+            run: &plan.run_id,
+            stage: &plan.stage,
+            done,
+            total,
+            message: &message,
+        });
     }
 }
 

@@ -21,7 +21,7 @@ use crate::events::{Event, Observer};
 use crate::executor::{Executor, Launch};
 use crate::group::TOKEN_VAR;
 use crate::learned::LearnedNeeds;
-use crate::manifest::{Attempt, RunState, StageState, collect_artifacts, unix_ms};
+use crate::manifest::{Attempt, RunState, StageState};
 use crate::pipeline::{DeviceKind, MemoryNeed, StageCommand, StageSpec, fill};
 use crate::placement::{DeviceLoad, Placement, place};
 use crate::plan::RunPlan;
@@ -319,22 +319,12 @@ impl Engine {
         let token = attempt_token(&token_run, &spec.name, number);
         record.state = StageState::Running;
         record.note = None;
-        record.attempts.push(Attempt {
+        record.attempts.push(Attempt::begin(
             number,
-            device: device.label(),
-            device_index: device.index,
-            granted_bytes: granted,
-            pid: None,
-            started_unix_ms: unix_ms(),
-            ended_unix_ms: None,
-            exit_code: None,
-            signal: None,
-            peak_bytes: 0,
-            reclaim: None,
-            failure: None,
-            out_of_memory: false,
-            timeline: Vec::new(),
-        });
+            &device.label(),
+            device.index,
+            granted,
+        ));
         run.manifest.save(&run.dir)?;
         std::fs::create_dir_all(run.dir.join("logs")).map_err(|e| RunnerError::Io {
             action: "cannot create",
@@ -367,6 +357,7 @@ impl Engine {
             granted,
             timeout: spec.timeout,
             reclaim_timeout: run.pipeline.reclaim_timeout,
+            outputs: spec.outputs.iter().map(|o| fill(o, &run.vars)).collect(),
         };
         let executor = self.executor.clone();
         let observer = self.observer.clone();
@@ -427,16 +418,14 @@ impl Engine {
                     .stage(&stage)
                     .expect("stage of this pipeline")
                     .clone();
-                let AttemptOutcome { attempt, retriable } = *outcome;
+                let AttemptOutcome {
+                    attempt,
+                    retriable,
+                    artifacts,
+                } = *outcome;
                 let entry = tries.entry((run_index, stage.clone())).or_default();
-                let mut artifacts = Ok(Vec::new());
-                if attempt.failure.is_none() {
-                    let outputs: Vec<String> =
-                        spec.outputs.iter().map(|o| fill(o, &run.vars)).collect();
-                    artifacts = collect_artifacts(&run.dir, &outputs);
-                }
-                let (state, note) = match (&attempt.failure, artifacts) {
-                    (None, Ok(artifacts)) => {
+                let (state, note) = match &attempt.failure {
+                    None => {
                         let record = run.manifest.stage_mut(&stage);
                         record.artifacts = artifacts;
                         if let Some(learned) = &self.learned
@@ -451,12 +440,7 @@ impl Engine {
                         }
                         (StageState::Succeeded, None)
                     }
-                    (failure, artifacts) => {
-                        let why = match (failure, artifacts) {
-                            (Some(why), _) => why.clone(),
-                            (None, Err(why)) => format!("exited 0, but {why}"),
-                            (None, Ok(_)) => unreachable!(),
-                        };
+                    Some(why) => {
                         if attempt.out_of_memory
                             && retriable
                             && entry.ooms < run.pipeline.oom_retries

@@ -89,6 +89,26 @@ pub struct Attempt {
 }
 
 impl Attempt {
+    /// An attempt starting now.
+    pub fn begin(number: u32, device: &str, device_index: usize, granted_bytes: u64) -> Attempt {
+        Attempt {
+            number,
+            device: device.to_string(),
+            device_index,
+            granted_bytes,
+            pid: None,
+            started_unix_ms: unix_ms(),
+            ended_unix_ms: None,
+            exit_code: None,
+            signal: None,
+            peak_bytes: 0,
+            reclaim: None,
+            failure: None,
+            out_of_memory: false,
+            timeline: Vec::new(),
+        }
+    }
+
     pub fn wall_ms(&self) -> Option<u64> {
         self.ended_unix_ms
             .map(|end| end.saturating_sub(self.started_unix_ms))
