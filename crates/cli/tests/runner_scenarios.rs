@@ -43,21 +43,25 @@ impl Scenario {
         cmd
     }
 
+    /// `baton run` of `pipeline` for `topic` on the simulated GPUs, not yet started.
+    fn run_command(&self, pipeline: &Path, topic: &str) -> Command {
+        let mut cmd = self.baton();
+        cmd.args([
+            "run",
+            "--device",
+            "sim",
+            "--output",
+            "output",
+            "--topic",
+            topic,
+            "--pipeline",
+        ])
+        .arg(pipeline);
+        cmd
+    }
+
     fn run(&self, pipeline: &Path, topic: &str) -> Output {
-        self.baton()
-            .args([
-                "run",
-                "--device",
-                "sim",
-                "--output",
-                "output",
-                "--topic",
-                topic,
-                "--pipeline",
-            ])
-            .arg(pipeline)
-            .output()
-            .unwrap()
+        self.run_command(pipeline, topic).output().unwrap()
     }
 
     fn sim(&self) -> SimBackend {
@@ -351,18 +355,7 @@ fn an_out_of_memory_stage_is_retried_on_another_device() {
         go.display()
     ));
     let child = s
-        .baton()
-        .args([
-            "run",
-            "--device",
-            "sim",
-            "--output",
-            "output",
-            "--topic",
-            "oom",
-            "--pipeline",
-        ])
-        .arg(&p)
+        .run_command(&p, "oom")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -414,18 +407,7 @@ fn sigkill_of_baton_loses_only_the_running_stage_and_resume_finishes() {
          [[stage]]\nname = \"second\"\nafter = [\"first\"]\ncommand = [{WORK}, \"4GiB\", \"--seconds\", \"1.5\", \"--write\", \"b.json\"]\noutputs = [\"b.json\"]\nmemory = \"4GiB\"\n"
     ));
     let mut child = s
-        .baton()
-        .args([
-            "run",
-            "--device",
-            "sim",
-            "--output",
-            "output",
-            "--topic",
-            "killed",
-            "--pipeline",
-        ])
-        .arg(&p)
+        .run_command(&p, "killed")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
