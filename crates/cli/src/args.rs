@@ -30,9 +30,48 @@ pub enum Command {
     /// Simulated GPUs, for building scenarios on machines without one.
     #[command(subcommand)]
     Sim(SimCommand),
+    /// Demonstrations that prove memory handling on this machine.
+    #[command(subcommand)]
+    Demo(DemoCommand),
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// The seed's switch demo: a mock LLM, cleanup, a mock image model, memory proved free in
+    /// between; in one process, in two, or both side by side.
+    Switch(SwitchArgs),
+    /// Internal: one mock model in this process, for `demo switch --mode processes`.
+    #[command(hide = true)]
+    Mock {
+        #[arg(long, value_enum)]
+        target: crate::switch::Target,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        label: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// Size of each mock model: 4GiB, 512MiB.
+    #[arg(long, default_value = "4GiB", value_parser = parse_model_size)]
+    pub size: u64,
+    /// in-process, processes, or both side by side.
+    #[arg(long, value_enum, default_value = "both")]
+    pub mode: crate::switch::Mode,
+    /// Where the mocks live: nvml (the GPU, needs a cuda build), host, sim, or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: DeviceChoice,
+    /// Slack allowed between a baseline and the memory back after a release.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
+    pub tolerance: u64,
+    /// Never free the first mock (in-process mode), to see the verdict fail.
+    #[arg(long)]
+    pub inject_leak: bool,
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +221,21 @@ pub struct HoldArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The switch demo repeated: switch latency, memory left after release and peak, per mode.
+    Switch {
+        /// Repetitions of each mode.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Size of each mock model.
+        #[arg(long, default_value = "4GiB", value_parser = parse_model_size)]
+        size: u64,
+        /// Where the mocks live: nvml, host, sim, or auto.
+        #[arg(long, default_value = "auto", value_parser = parse_device)]
+        device: DeviceChoice,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The runner's own cost per stage, and a batch of topics over four simulated GPUs
     /// against the ideal time.
     Runner {
@@ -210,6 +264,13 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| e.to_string())
+}
+
+fn parse_model_size(text: &str) -> Result<u64, String> {
+    match parse_size(text).map_err(|e| e.to_string())? {
+        0 => Err("a model of 0 bytes proves nothing; use e.g. 4GiB".to_string()),
+        bytes => Ok(bytes),
+    }
 }
 
 /// `1`, `0.5`, `500ms`, `2s`, `1m`; more than 0 and at most a day.

@@ -147,3 +147,132 @@ pub fn runner(
     let _ = std::fs::remove_dir_all(&tmp);
     result
 }
+
+/// `baton demo switch`: the tables of the chosen mode(s) and a verdict.
+pub fn demo_switch(args: &crate::args::SwitchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use crate::switch::{Mode, in_process, processes, render};
+    let (target, why) = crate::switch::choose_target(args.device)?;
+    writeln!(
+        out,
+        "baton demo switch: two mock models of {} {why}",
+        baton_memory::format_bytes(args.size)
+    )?;
+    out.flush()?;
+    let mut results = Vec::new();
+    // Processes first: the in-process mode gives this process a CUDA context for good, and the
+    // parent of the processes mode must hold none.
+    if matches!(args.mode, Mode::Processes | Mode::Both) {
+        results.push(processes(target, args.size, args.tolerance)?);
+    }
+    if matches!(args.mode, Mode::InProcess | Mode::Both) {
+        results.push(in_process(
+            target,
+            args.size,
+            args.tolerance,
+            args.inject_leak,
+        )?);
+    }
+    for r in &results {
+        writeln!(out)?;
+        out.write_all(render(r).as_bytes())?;
+    }
+    if let [p, i] = results.as_slice() {
+        writeln!(
+            out,
+            "\nside by side: switch {:.1} ms in-process vs {:.1} ms with processes; left after release {} vs {}",
+            i.switch_seconds * 1000.0,
+            p.switch_seconds * 1000.0,
+            baton_memory::format_bytes(i.left_after_release),
+            baton_memory::format_bytes(p.left_after_release)
+        )?;
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.verified)
+        .map(|r| r.mode)
+        .collect();
+    if !failed.is_empty() {
+        anyhow::bail!(
+            "memory did not come back in mode {}: see the verdict above",
+            failed.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// `baton bench switch`: each mode `repeat` times; median and spread of the switch latency,
+/// the memory left after release, and the peak.
+pub fn switch(
+    repeat: usize,
+    size: u64,
+    device: baton_memory::DeviceChoice,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use crate::switch::{ModeResult, in_process, processes};
+    let (target, why) = crate::switch::choose_target(device)?;
+    let repeat = repeat.max(1);
+    let mut modes: Vec<(&str, Vec<ModeResult>)> =
+        vec![("processes", Vec::new()), ("in-process", Vec::new())];
+    for _ in 0..repeat {
+        modes[0].1.push(processes(target, size, 64 << 20)?);
+    }
+    for _ in 0..repeat {
+        modes[1].1.push(in_process(target, size, 64 << 20, false)?);
+    }
+    let column = |runs: &[ModeResult], f: fn(&ModeResult) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    if json {
+        let body: serde_json::Map<String, serde_json::Value> = modes
+            .iter()
+            .map(|(name, runs)| {
+                (
+                    name.to_string(),
+                    serde_json::json!({
+                        "switch_seconds": column(runs, |r| r.switch_seconds),
+                        "left_after_release": column(runs, |r| r.left_after_release as f64),
+                        "peak": column(runs, |r| r.peak as f64),
+                        "baseline": column(runs, |r| r.baseline as f64),
+                        "verified": runs.iter().all(|r| r.verified),
+                    }),
+                )
+            })
+            .collect();
+        let doc = serde_json::json!({"tool": "baton", "target": target, "size": size, "repeat": repeat, "modes": body});
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "baton bench switch: {} mock models {why}, {repeat} run(s) per mode",
+        baton_memory::format_bytes(size)
+    )?;
+    writeln!(
+        out,
+        "{:<11} {:>24} {:>30} {:>22}",
+        "MODE", "SWITCH ms median (range)", "LEFT AFTER RELEASE median", "PEAK median"
+    )?;
+    for (name, runs) in &modes {
+        let switch = column(runs, |r| r.switch_seconds * 1000.0);
+        let left = column(runs, |r| r.left_after_release as f64);
+        let peak = column(runs, |r| r.peak as f64);
+        let mid = |v: &[f64]| v[v.len() / 2];
+        writeln!(
+            out,
+            "{:<11} {:>24} {:>30} {:>22}",
+            name,
+            format!(
+                "{:.1} ({:.1}–{:.1})",
+                mid(&switch),
+                switch[0],
+                switch[switch.len() - 1]
+            ),
+            baton_memory::format_bytes(mid(&left) as u64),
+            baton_memory::format_bytes(mid(&peak) as u64)
+        )?;
+    }
+    Ok(())
+}

@@ -11,6 +11,7 @@ mod pipeline_cmd;
 mod progress;
 mod sim_cmd;
 mod stats;
+pub mod switch;
 mod watch;
 
 use std::io::Write;
@@ -18,7 +19,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{BenchCommand, Cli, Command, SimCommand};
+use crate::args::{BenchCommand, Cli, Command, DemoCommand, SimCommand};
 
 /// Bad input found outside clap: the message names the value and says what to do.
 #[derive(Debug)]
@@ -61,6 +62,18 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Sim(SimCommand::Hold(args)) => sim_cmd::hold(args, out),
         Command::Sim(SimCommand::Reset) => sim_cmd::reset(out),
         Command::Sim(SimCommand::Work(args)) => sim_cmd::work(args, out),
+        Command::Demo(DemoCommand::Switch(args)) => bench::demo_switch(args, out),
+        Command::Demo(DemoCommand::Mock {
+            target,
+            size,
+            label,
+        }) => switch::mock(*target, *size, label, out),
+        Command::Bench(BenchCommand::Switch {
+            repeat,
+            size,
+            device,
+            json,
+        }) => bench::switch(*repeat, *size, *device, *json, out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
         Command::Bench(BenchCommand::Runner {
             stages,

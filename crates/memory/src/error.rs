@@ -48,6 +48,10 @@ pub enum MemoryError {
         feature: &'static str,
     },
 
+    /// A CUDA driver call failed.
+    #[error("CUDA call {call} failed: {message}")]
+    Cuda { call: &'static str, message: String },
+
     /// NVML answered with an error.
     #[error("NVML call {call} failed: {message}")]
     Nvml { call: &'static str, message: String },

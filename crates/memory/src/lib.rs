@@ -22,6 +22,11 @@ pub mod atomic_file;
 mod availability;
 mod backend;
 pub mod bench;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_disabled.rs"]
+pub mod cuda;
 mod error;
 pub mod host;
 #[cfg(feature = "nvml")]

@@ -17,6 +17,8 @@ pub enum BackendKind {
     Host,
     /// Simulated GPUs kept in a state file.
     Sim,
+    /// The GPU this process holds a CUDA context on, read with `cuMemGetInfo` (`cuda` feature).
+    Cuda,
 }
 
 impl BackendKind {
@@ -25,6 +27,7 @@ impl BackendKind {
             BackendKind::Nvml => "nvml",
             BackendKind::Host => "host",
             BackendKind::Sim => "sim",
+            BackendKind::Cuda => "cuda",
         }
     }
 
@@ -34,6 +37,7 @@ impl BackendKind {
             BackendKind::Nvml => "gpu",
             BackendKind::Host => "host",
             BackendKind::Sim => "sim",
+            BackendKind::Cuda => "cuda",
         }
     }
 }

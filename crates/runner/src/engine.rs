@@ -628,7 +628,9 @@ fn stage_env(
     );
     let visible = match (spec.device, pool.kind()) {
         (DeviceKind::Cpu, _) | (_, baton_memory::BackendKind::Host) => String::new(),
-        (_, baton_memory::BackendKind::Nvml) => device.uuid.clone(),
+        (_, baton_memory::BackendKind::Nvml | baton_memory::BackendKind::Cuda) => {
+            device.uuid.clone()
+        }
         (_, baton_memory::BackendKind::Sim) => device.index.to_string(),
     };
     let ours = [

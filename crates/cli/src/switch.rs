@@ -1,0 +1,484 @@
+//! `baton demo switch`: the seed's `vram_switch_demo.py`, for real: a "mock LLM" and then a
+//! "mock image model" of `--size` each, with proof that the memory came back in between.
+//!
+//! Two ways, side by side. In-process: both mocks in this process, each inside a
+//! `MemoryScope` (the seed's Approach A, with `cleanup()` doing what Rust needs: drop, sync the
+//! stream, trim the pool). Processes: each mock in its own child process while this process
+//! only reads (NVML on a GPU; it never creates a CUDA context), so the operating system frees
+//! everything when the child exits (the seed's Approach B). The mocks live on the GPU (a `cuda`
+//! build), in host RAM (no GPU, or a build without CUDA; the first line says which and why), or
+//! on simulated GPUs (`--device sim`, for CI).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use baton_memory::cuda::{CudaBackend, CudaBlock};
+use baton_memory::host::HostBackend;
+use baton_memory::sim::{SimAllocation, SimBackend};
+use baton_memory::{DeviceChoice, MemoryBackend, MemoryScope, format_bytes};
+use serde::Serialize;
+
+use crate::BadInput;
+
+/// Where the mock models live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Cuda,
+    Host,
+    Sim,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Cuda => "cuda",
+            Target::Host => "host",
+            Target::Sim => "sim",
+        }
+    }
+}
+
+/// Which way(s) to switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    InProcess,
+    Processes,
+    Both,
+}
+
+/// Picks where the mocks live, and says why in one line.
+pub fn choose_target(choice: DeviceChoice) -> anyhow::Result<(Target, String)> {
+    let gpu = || baton_memory::nvml::NvmlBackend::open().map(|n| n.description());
+    Ok(match choice {
+        DeviceChoice::Sim => (Target::Sim, "on simulated GPUs (--device sim)".to_string()),
+        DeviceChoice::Host => (Target::Host, "on host memory (--device host)".to_string()),
+        DeviceChoice::Nvml => {
+            let found = gpu()?;
+            if !baton_memory::cuda::COMPILED {
+                bail!(
+                    "--device nvml needs CUDA to allocate the mock models, and this baton was built without CUDA; rebuild with --features cuda, or use --device host"
+                );
+            }
+            (Target::Cuda, format!("on the GPU ({found})"))
+        }
+        DeviceChoice::Auto => match gpu() {
+            Ok(found) if baton_memory::cuda::COMPILED => {
+                (Target::Cuda, format!("on the GPU ({found})"))
+            }
+            Ok(found) => (
+                Target::Host,
+                format!(
+                    "on host memory: this baton was built without CUDA, though a GPU is here ({found}); rebuild with --features cuda"
+                ),
+            ),
+            Err(why) => (Target::Host, format!("on host memory: {why}")),
+        },
+    })
+}
+
+/// A mock model's memory, wherever it lives. Dropping it frees it.
+pub enum Mock {
+    Host(Vec<u8>),
+    Sim(SimAllocation),
+    Cuda(CudaBlock),
+}
+
+/// Fills `bytes` of host memory with pseudo-random data, touching every page.
+fn random_host(bytes: u64) -> Vec<u8> {
+    let mut data = vec![0u8; bytes as usize];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ bytes;
+    for chunk in data.chunks_mut(8) {
+        // xorshift64: cheap, and not zeros, so the kernel cannot share pages.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let n = chunk.len();
+        chunk.copy_from_slice(&x.to_le_bytes()[..n]);
+    }
+    data
+}
+
+/// The memory a demo reads and allocates in.
+struct Place {
+    target: Target,
+    /// What in-process scopes and the table read.
+    backend: Arc<dyn MemoryBackend>,
+    cuda: Option<Arc<CudaBackend>>,
+    sim: Option<SimBackend>,
+}
+
+impl Place {
+    /// For the in-process mode: on a GPU, this creates this process's CUDA context.
+    fn in_process(target: Target) -> anyhow::Result<Place> {
+        Ok(match target {
+            Target::Cuda => {
+                let cuda = Arc::new(CudaBackend::open(0)?);
+                Place {
+                    target,
+                    backend: cuda.clone(),
+                    cuda: Some(cuda),
+                    sim: None,
+                }
+            }
+            Target::Host => Place {
+                target,
+                backend: Arc::new(HostBackend::new()),
+                cuda: None,
+                sim: None,
+            },
+            Target::Sim => {
+                let sim = SimBackend::from_env()?;
+                Place {
+                    target,
+                    backend: Arc::new(sim.clone()),
+                    cuda: None,
+                    sim: Some(sim),
+                }
+            }
+        })
+    }
+
+    /// For the parent of the processes mode: reading only (NVML on a GPU, no CUDA context).
+    fn reader(target: Target) -> anyhow::Result<Place> {
+        Ok(Place {
+            target,
+            backend: match target {
+                Target::Cuda => Arc::new(baton_memory::nvml::NvmlBackend::open()?),
+                Target::Host => Arc::new(HostBackend::new()),
+                Target::Sim => Arc::new(SimBackend::from_env()?),
+            },
+            cuda: None,
+            sim: None,
+        })
+    }
+
+    fn allocate(&self, bytes: u64, label: &str) -> anyhow::Result<Mock> {
+        Ok(match self.target {
+            Target::Host => Mock::Host(random_host(bytes)),
+            Target::Sim => Mock::Sim(
+                self.sim
+                    .as_ref()
+                    .expect("sim place")
+                    .allocate(0, bytes, label)?,
+            ),
+            Target::Cuda => Mock::Cuda(self.cuda.as_ref().expect("cuda place").fill_random(bytes)?),
+        })
+    }
+
+    /// Device used bytes, where the device's use is all explained by processes; otherwise
+    /// (host RAM) the bytes `pids` hold.
+    fn used(&self, pids: &[u32]) -> anyhow::Result<u64> {
+        let device = self.backend.device(0)?;
+        Ok(if self.backend.attributes_all_memory() {
+            device.used
+        } else {
+            pids.iter().map(|&p| device.held_by(p)).sum()
+        })
+    }
+
+    /// Refuses a size that cannot fit before anything is allocated.
+    fn check_fits(&self, size: u64) -> anyhow::Result<()> {
+        let device = self.backend.device(0)?;
+        if size > device.free {
+            return Err(BadInput(format!(
+                "--size {} is more than the {} free on {} ({}); choose a smaller --size",
+                format_bytes(size),
+                format_bytes(device.free),
+                device.label(),
+                device.name
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub step: String,
+    pub used_before: u64,
+    pub used_after: u64,
+    pub seconds: f64,
+}
+
+/// What one mode found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeResult {
+    pub mode: &'static str,
+    pub target: Target,
+    pub size: u64,
+    pub steps: Vec<Step>,
+    /// From the first model's release to the second model resident.
+    pub switch_seconds: f64,
+    /// Bytes still used after the last release, above the baseline (for in-process mode: the
+    /// process's use with its CUDA context, before the first model).
+    pub left_after_release: u64,
+    /// The baseline the leftovers are measured from.
+    pub baseline: u64,
+    pub peak: u64,
+    pub verified: bool,
+    pub verdict: String,
+}
+
+const LABELS: [&str; 2] = ["mock LLM", "mock image model"];
+
+/// Both mocks in this process, each inside a scope guard.
+pub fn in_process(
+    target: Target,
+    size: u64,
+    tolerance: u64,
+    inject_leak: bool,
+) -> anyhow::Result<ModeResult> {
+    let place = Place::in_process(target)?;
+    place.check_fits(size)?;
+    let me = [std::process::id()];
+    let baseline = place.used(&me)?;
+    let mut steps = Vec::new();
+    let mut peak = baseline;
+    let mut released_at = None;
+    let mut switch_seconds = 0.0;
+    let mut verified = true;
+    let mut problems = Vec::new();
+    for label in LABELS {
+        let scope = MemoryScope::new(place.backend.clone(), 0, label)?
+            .with_tolerance(tolerance)
+            .with_settle(Duration::from_secs(2));
+        let before = place.used(&me)?;
+        let start = Instant::now();
+        let mock = place.allocate(size, label)?;
+        let resident = Instant::now();
+        if let Some(released) = released_at {
+            switch_seconds = resident.duration_since(released).as_secs_f64();
+        }
+        let after = place.used(&me)?;
+        peak = peak.max(after);
+        baton_memory::log_snapshot(
+            place.backend.as_ref(),
+            &format!("after allocating the {label}"),
+        )?;
+        steps.push(Step {
+            step: format!("allocate {label}"),
+            used_before: before,
+            used_after: after,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        let start = Instant::now();
+        released_at = Some(start);
+        if inject_leak && label == LABELS[0] {
+            // The bug the scope guard exists to catch: a model that is never freed.
+            std::mem::forget(mock);
+        } else {
+            drop(mock);
+        }
+        let report = scope.finish()?;
+        steps.push(Step {
+            step: format!("release {label}"),
+            used_before: after,
+            used_after: report.after,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        if report.is_leak() {
+            verified = false;
+            problems.push(report.to_string());
+        }
+    }
+    let last = steps.last().map_or(baseline, |s| s.used_after);
+    let left = last.saturating_sub(baseline);
+    if left > tolerance && verified {
+        verified = false;
+        problems.push(format!(
+            "{} still used above the baseline",
+            format_bytes(left)
+        ));
+    }
+    Ok(ModeResult {
+        mode: "in-process",
+        target,
+        size,
+        verdict: verdict(&steps, verified, &problems),
+        steps,
+        switch_seconds,
+        left_after_release: left,
+        baseline,
+        peak,
+        verified,
+    })
+}
+
+/// Each mock in its own child process; this process only reads.
+pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<ModeResult> {
+    let place = Place::reader(target)?;
+    place.check_fits(size)?;
+    let baseline = place.used(&[])?;
+    let mut steps = Vec::new();
+    let mut peak = baseline;
+    let mut released_at: Option<Instant> = None;
+    let mut switch_seconds = 0.0;
+    let mut verified = true;
+    let mut problems = Vec::new();
+    for label in LABELS {
+        let before = place.used(&[])?;
+        let start = Instant::now();
+        let mut child = spawn_mock(target, size, label)?;
+        let resident = Instant::now();
+        if let Some(released) = released_at {
+            switch_seconds = resident.duration_since(released).as_secs_f64();
+        }
+        let pid = child.id();
+        let after = place.used(&[pid])?;
+        peak = peak.max(after);
+        steps.push(Step {
+            step: format!("start {label} process"),
+            used_before: before,
+            used_after: after,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        let start = Instant::now();
+        released_at = Some(start);
+        drop(child.stdin.take());
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("the {label} process failed ({status})");
+        }
+        // Back means: the child holds nothing, and the device is at its level before the demo.
+        let settled = loop {
+            let device = place.backend.device(0)?;
+            let held = device.held_by(pid);
+            let used = place.used(&[pid])?;
+            let back = held == 0
+                && (!place.backend.attributes_all_memory() || used <= baseline + tolerance);
+            if back || start.elapsed() >= Duration::from_secs(5) {
+                break (back, used);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        steps.push(Step {
+            step: format!("{label} process exits"),
+            used_before: after,
+            used_after: settled.1,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        if !settled.0 {
+            verified = false;
+            problems.push(format!(
+                "after the {label} process exited, {} was still used ({} before the demo)",
+                format_bytes(settled.1),
+                format_bytes(baseline)
+            ));
+        }
+    }
+    let last = steps.last().map_or(baseline, |s| s.used_after);
+    Ok(ModeResult {
+        mode: "processes",
+        target,
+        size,
+        verdict: verdict(&steps, verified, &problems),
+        steps,
+        switch_seconds,
+        left_after_release: last.saturating_sub(baseline),
+        baseline,
+        peak,
+        verified,
+    })
+}
+
+fn verdict(steps: &[Step], verified: bool, problems: &[String]) -> String {
+    let freed: u64 = steps
+        .iter()
+        .filter(|s| !s.step.starts_with("allocate") && !s.step.starts_with("start"))
+        .map(|s| s.used_before.saturating_sub(s.used_after))
+        .max()
+        .unwrap_or(0);
+    if verified {
+        format!(
+            "PASS: {} freed between the models; memory back to its baseline after each",
+            format_bytes(freed)
+        )
+    } else {
+        format!("FAIL: {}", problems.join("; "))
+    }
+}
+
+/// Starts `baton demo mock` and waits until its model is resident.
+fn spawn_mock(target: Target, size: u64, label: &str) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find baton's own executable")?;
+    let mut child = Command::new(exe)
+        .args([
+            "demo",
+            "mock",
+            "--target",
+            target.name(),
+            "--size",
+            &size.to_string(),
+            "--label",
+            label,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("cannot start a mock model process")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    if line.trim() != "resident" {
+        let status = child.wait()?;
+        bail!("the {label} process did not get its memory ({status})");
+    }
+    Ok(child)
+}
+
+/// `baton demo mock`: one mock model in this process; says `resident` once it is, and exits
+/// when its standard input closes.
+pub fn mock(target: Target, size: u64, label: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let place = Place::in_process(target)?;
+    let model = place.allocate(size, label)?;
+    writeln!(out, "resident")?;
+    out.flush()?;
+    let mut rest = String::new();
+    let _ = std::io::stdin().read_line(&mut rest);
+    drop(model);
+    Ok(())
+}
+
+/// The table of one mode.
+pub fn render(result: &ModeResult) -> String {
+    let mut s = format!(
+        "mode {}: two mock models of {} each\n{:<30} {:>12} {:>12} {:>11} {:>10}\n",
+        result.mode,
+        format_bytes(result.size),
+        "STEP",
+        "USED BEFORE",
+        "USED AFTER",
+        "CHANGE",
+        "TIME"
+    );
+    for step in &result.steps {
+        let change = if step.used_after >= step.used_before {
+            format!("+{}", format_bytes(step.used_after - step.used_before))
+        } else {
+            format!("-{}", format_bytes(step.used_before - step.used_after))
+        };
+        s.push_str(&format!(
+            "{:<30} {:>12} {:>12} {:>11} {:>8.1}ms\n",
+            step.step,
+            format_bytes(step.used_before),
+            format_bytes(step.used_after),
+            change,
+            step.seconds * 1000.0
+        ));
+    }
+    s.push_str(&format!(
+        "switch {:.1} ms (first model released → second resident); peak {}; left after release {} above the baseline of {}\n",
+        result.switch_seconds * 1000.0,
+        format_bytes(result.peak),
+        format_bytes(result.left_after_release),
+        format_bytes(result.baseline)
+    ));
+    s.push_str(&format!("verdict: {}\n", result.verdict));
+    s
+}
