@@ -236,6 +236,7 @@ pub fn switch(
                         "left_after_release": column(runs, |r| r.left_after_release as f64),
                         "peak": column(runs, |r| r.peak as f64),
                         "baseline": column(runs, |r| r.baseline as f64),
+                        "context": column(runs, |r| r.context.unwrap_or(0) as f64),
                         "verified": runs.iter().all(|r| r.verified),
                     }),
                 )

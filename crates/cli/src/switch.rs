@@ -221,6 +221,8 @@ pub struct ModeResult {
     /// The baseline the leftovers are measured from.
     pub baseline: u64,
     pub peak: u64,
+    /// What this process's CUDA context costs (in-process mode on a GPU).
+    pub context: Option<u64>,
     pub verified: bool,
     pub verdict: String,
 }
@@ -234,7 +236,14 @@ pub fn in_process(
     tolerance: u64,
     inject_leak: bool,
 ) -> anyhow::Result<ModeResult> {
+    // What the CUDA context itself costs, read through NVML around its creation.
+    let gpu_used = || -> Option<u64> {
+        let nvml = baton_memory::nvml::NvmlBackend::open().ok()?;
+        Some(nvml.device(0).ok()?.used)
+    };
+    let before_context = (target == Target::Cuda).then(gpu_used).flatten();
     let place = Place::in_process(target)?;
+    let context = before_context.and_then(|before| Some(gpu_used()?.saturating_sub(before)));
     place.check_fits(size)?;
     let me = [std::process::id()];
     let baseline = place.used(&me)?;
@@ -306,6 +315,7 @@ pub fn in_process(
         left_after_release: left,
         baseline,
         peak,
+        context,
         verified,
     })
 }
@@ -383,6 +393,7 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
         left_after_release: last.saturating_sub(baseline),
         baseline,
         peak,
+        context: None,
         verified,
     })
 }
@@ -479,6 +490,12 @@ pub fn render(result: &ModeResult) -> String {
         format_bytes(result.left_after_release),
         format_bytes(result.baseline)
     ));
+    if let Some(context) = result.context {
+        s.push_str(&format!(
+            "this process's CUDA context: {}\n",
+            format_bytes(context)
+        ));
+    }
     s.push_str(&format!("verdict: {}\n", result.verdict));
     s
 }
