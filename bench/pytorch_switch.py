@@ -7,9 +7,9 @@ measured against.
 - processes: each mock in its own `python3` subprocess; this parent never imports torch and
   reads the GPU through NVML (libnvidia-ml via ctypes), as baton's parent does.
 
-It prints the same table as `baton bench switch`, or with --json the same JSON shape.
+It prints the same table as `baton bench switch`, and with --json FILE writes the same JSON shape.
 
-    python3 bench/pytorch_switch.py --repeat 5 --size-gib 4 [--json]
+    python3 bench/pytorch_switch.py --repeat 5 --size-gib 4 [--json FILE]
 """
 import argparse
 import ctypes
@@ -80,10 +80,11 @@ def processes(nvml, size, tolerance):
     return {"switch_seconds": switch, "left_after_release": max(used - baseline, 0), "peak": peak, "baseline": baseline}
 
 
-def in_process(nvml, size, tolerance):
+def in_process(nvml, size, tolerance, before_torch):
+    """`before_torch`: the device's use before this interpreter touched CUDA, so what is left
+    counts PyTorch's context and caches, as nvidia-smi would show them."""
     import torch
 
-    before_torch = nvml.used()
     torch.cuda.init()
     torch.zeros(1, device="cuda")
     torch.cuda.synchronize()
@@ -109,7 +110,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--size-gib", type=float, default=4.0)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", metavar="FILE", help="also write every run's numbers to FILE")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -117,11 +118,12 @@ def main():
     size, tolerance, nvml = int(a.size_gib * GIB), 64 * 2**20, Nvml()
     runs = {"processes": [processes(nvml, size, tolerance) for _ in range(a.repeat)]}
     # In-process last and in one interpreter, as the seed's Approach A would run it.
-    runs["in-process"] = [in_process(nvml, size, tolerance) for _ in range(a.repeat)]
+    before_torch = nvml.used()
+    runs["in-process"] = [in_process(nvml, size, tolerance, before_torch) for _ in range(a.repeat)]
     modes = {m: {k: sorted(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
     if a.json:
-        print(json.dumps({"tool": "pytorch", "size": size, "repeat": a.repeat, "modes": modes}, indent=2))
-        return
+        with open(a.json, "w") as f:
+            json.dump({"tool": "pytorch", "size": size, "repeat": a.repeat, "modes": modes}, f, indent=2)
     print(f"pytorch switch: two mock models of {a.size_gib:.1f} GiB, {a.repeat} run(s) per mode")
     print(f"{'MODE':<11} {'SWITCH ms median (range)':>24} {'LEFT AFTER RELEASE median':>30} {'PEAK median':>22}")
     for m, v in modes.items():

@@ -21,12 +21,10 @@ section "bad sizes"
 $B demo switch --size 0; $B demo switch --size 100000GiB
 
 section "baton bench switch (repeat $REPEAT)"
-$B bench switch --repeat "$REPEAT"
-$B bench switch --repeat "$REPEAT" --json > "$OUT/switch-baton.json"
+$B bench switch --repeat "$REPEAT" --json "$OUT/switch-baton.json"
 
 section "PyTorch baseline (repeat $REPEAT)"
-python3 bench/pytorch_switch.py --repeat "$REPEAT"
-python3 bench/pytorch_switch.py --repeat "$REPEAT" --json > "$OUT/switch-pytorch.json"
+python3 bench/pytorch_switch.py --repeat "$REPEAT" --json "$OUT/switch-pytorch.json"
 
 section "comparison"
 python3 - "$OUT/switch-baton.json" "$OUT/switch-pytorch.json" <<'PY'

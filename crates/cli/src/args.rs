@@ -232,9 +232,9 @@ pub enum BenchCommand {
         /// Where the mocks live: nvml, host, sim, or auto.
         #[arg(long, default_value = "auto", value_parser = parse_device)]
         device: DeviceChoice,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        /// Also write every run's numbers to this file as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// The runner's own cost per stage, and a batch of topics over four simulated GPUs
     /// against the ideal time.

@@ -206,7 +206,7 @@ pub fn switch(
     repeat: usize,
     size: u64,
     device: baton_memory::DeviceChoice,
-    json: bool,
+    json: Option<&std::path::Path>,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     use crate::switch::{ModeResult, in_process, processes};
@@ -225,7 +225,7 @@ pub fn switch(
         v.sort_by(f64::total_cmp);
         v
     };
-    if json {
+    if let Some(path) = json {
         let body: serde_json::Map<String, serde_json::Value> = modes
             .iter()
             .map(|(name, runs)| {
@@ -243,8 +243,10 @@ pub fn switch(
             })
             .collect();
         let doc = serde_json::json!({"tool": "baton", "target": target, "size": size, "repeat": repeat, "modes": body});
-        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
-        return Ok(());
+        baton_memory::atomic_file::write_atomic(
+            path,
+            serde_json::to_string_pretty(&doc)?.as_bytes(),
+        )?;
     }
     writeln!(
         out,

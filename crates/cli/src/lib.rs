@@ -39,7 +39,7 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return clap_exit(err),
     };
-    init_logging();
+    init_logging(&cli.command);
     let mut stdout = std::io::stdout().lock();
     match dispatch(&cli.command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,7 +73,7 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
             size,
             device,
             json,
-        }) => bench::switch(*repeat, *size, *device, *json, out),
+        }) => bench::switch(*repeat, *size, *device, json.as_deref(), out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
         Command::Bench(BenchCommand::Runner {
             stages,
@@ -149,10 +149,14 @@ fn clap_exit(err: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("warn,baton_memory=info,baton_runner=info,baton=info")
-    });
+fn init_logging(command: &Command) {
+    // Benchmarks repeat the seed's log points hundreds of times; they print tables instead.
+    let default = match command {
+        Command::Bench(_) => "warn",
+        _ => "warn,baton_memory=info,baton_runner=info,baton=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -143,15 +143,26 @@ fn bad_sizes_are_refused_before_anything_is_allocated() {
 
 #[test]
 fn the_switch_benchmark_reports_every_mode() {
-    let (_dir, out) = demo(
-        "1x24GiB",
-        &[
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("switch.json");
+    let out = common::baton(dir.path(), "1x24GiB")
+        .args([
             "bench", "switch", "--device", "sim", "--size", "4GiB", "--repeat", "3", "--json",
-        ],
-    );
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
-    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        stdout.contains("processes") && stdout.contains("in-process"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.is_empty(),
+        "benchmarks print tables, not logs: {stderr}"
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(doc["repeat"], 3);
     for mode in ["processes", "in-process"] {
         let m = &doc["modes"][mode];
