@@ -109,19 +109,8 @@ env = { EXTRA = "for {topic}" }
 "#,
     );
     let out = s
-        .baton()
+        .run_command(&p, "Cyberpunk Tokyo")
         .env("NOT_FOR_STAGES", "secret")
-        .args([
-            "run",
-            "--device",
-            "sim",
-            "--output",
-            "output",
-            "--topic",
-            "Cyberpunk Tokyo",
-            "--pipeline",
-        ])
-        .arg(&p)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
