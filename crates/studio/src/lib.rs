@@ -1,7 +1,10 @@
 //! The stages of baton's content pipeline, each a library function and a process entry point.
 //!
-//! What is here so far is the list of stages and what each one makes; the stages themselves
-//! (an LLM storyboard, narration, diffusion images) land with their own issues.
+//! What is here so far: the list of stages and what each one makes, and the storyboard that
+//! connects them ([`storyboard`]). The stages themselves (an LLM storyboard, narration,
+//! diffusion images) land with their own issues.
+
+pub mod storyboard;
 
 /// A stage of the built-in content pipeline, in the order a run executes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
