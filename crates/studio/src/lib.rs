@@ -4,6 +4,7 @@
 //! connects them ([`storyboard`]). The stages themselves (an LLM storyboard, narration,
 //! diffusion images) land with their own issues.
 
+pub mod llm;
 pub mod storyboard;
 
 /// A stage of the built-in content pipeline, in the order a run executes them.

@@ -1,0 +1,334 @@
+//! A quantized LLM from a GGUF file (candle), and generation whose output is valid by
+//! construction: at every step, llguidance masks every token the JSON Schema forbids.
+//!
+//! The key design decision: the constraint is applied to the logits, not checked afterwards, so
+//! even a model with random weights writes JSON that parses and validates; a real model only
+//! makes it sensible. Architectures: `llama` (SmolLM2, Llama 3.x) and `qwen2`. The tokenizer and
+//! chat template come from the GGUF metadata, or from a `tokenizer.json` beside it.
+
+pub mod gguf_tokenizer;
+pub mod tiny;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file::Content;
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
+use tokenizers::Tokenizer;
+
+/// Errors from loading or running an LLM; messages name the file and say what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LlmError {
+    #[error("model file '{}' does not exist; pass a GGUF file with --model, or fetch the default with `baton models fetch smollm2`", .0.display())]
+    MissingModel(PathBuf),
+    #[error("'{}' is not a readable GGUF file ({why}); it may be truncated or of another format: fetch it again", .path.display())]
+    Unreadable { path: PathBuf, why: String },
+    #[error("'{}' is a '{arch}' model, which baton cannot run; use a llama (SmolLM2, Llama 3.x) or qwen2 GGUF", .path.display())]
+    Unsupported { path: PathBuf, arch: String },
+    #[error("the model cannot be used: {0}")]
+    BadModel(String),
+    #[error("generation failed: {0}")]
+    Generation(String),
+}
+
+impl From<candle_core::Error> for LlmError {
+    fn from(e: candle_core::Error) -> Self {
+        LlmError::Generation(e.to_string())
+    }
+}
+
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+}
+
+/// A loaded model, its tokenizer and chat template.
+pub struct Llm {
+    weights: Weights,
+    pub tokenizer: Tokenizer,
+    pub eos: u32,
+    bos_text: String,
+    eos_text: String,
+    chat_template: Option<String>,
+    pub arch: String,
+    pub n_vocab: usize,
+    pub device: Device,
+    pub file_bytes: u64,
+}
+
+impl Llm {
+    /// Loads a GGUF model onto `device`; `tokenizer_json` overrides the tokenizer in the file.
+    pub fn load(
+        path: &Path,
+        device: &Device,
+        tokenizer_json: Option<&Path>,
+    ) -> Result<Llm, LlmError> {
+        let mut file = File::open(path).map_err(|_| LlmError::MissingModel(path.to_path_buf()))?;
+        let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let unreadable = |why: String| LlmError::Unreadable {
+            path: path.to_path_buf(),
+            why,
+        };
+        let content = Content::read(&mut file).map_err(|e| unreadable(e.to_string()))?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        // Every tensor must lie inside the file: a truncated download fails here, not halfway.
+        let data_end = content
+            .tensor_infos
+            .values()
+            .map(|t| {
+                let bytes =
+                    t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+                content.tensor_data_offset + t.offset + bytes as u64
+            })
+            .max()
+            .unwrap_or(0);
+        if data_end > file_bytes {
+            return Err(unreadable(format!(
+                "its tensors need {data_end} bytes but the file has {file_bytes}"
+            )));
+        }
+        let text = gguf_tokenizer::from_gguf(&content);
+        let text = match (text, tokenizer_json) {
+            (Ok(text), None) => text,
+            (text, Some(json)) => {
+                let tokenizer = Tokenizer::from_file(json).map_err(|e| {
+                    LlmError::BadModel(format!("tokenizer '{}': {e}", json.display()))
+                })?;
+                let gguf = text.ok();
+                gguf_tokenizer::GgufText {
+                    eos: gguf
+                        .as_ref()
+                        .map(|t| t.eos)
+                        .or_else(|| tokenizer.token_to_id("<|endoftext|>"))
+                        .ok_or_else(|| {
+                            LlmError::BadModel(
+                                "no end-of-text token in the GGUF or the tokenizer".into(),
+                            )
+                        })?,
+                    bos: gguf.as_ref().and_then(|t| t.bos),
+                    chat_template: gguf.as_ref().and_then(|t| t.chat_template.clone()),
+                    tokens: gguf.map(|t| t.tokens).unwrap_or_default(),
+                    tokenizer,
+                }
+            }
+            (Err(e), None) => return Err(e),
+        };
+        let n_vocab = content
+            .metadata
+            .get(&format!("{arch}.vocab_size"))
+            .and_then(|v| v.to_u32().ok())
+            .map_or(text.tokens.len(), |n| n as usize)
+            .max(text.tokenizer.get_vocab_size(true));
+        let weights = match arch.as_str() {
+            "llama" => Weights::Llama(
+                quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(|e| unreadable(e.to_string()))?,
+            ),
+            "qwen2" => Weights::Qwen2(
+                quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
+                    .map_err(|e| unreadable(e.to_string()))?,
+            ),
+            _ => {
+                return Err(LlmError::Unsupported {
+                    path: path.to_path_buf(),
+                    arch,
+                });
+            }
+        };
+        let token_text = |id: Option<u32>| {
+            id.and_then(|i| text.tokens.get(i as usize))
+                .cloned()
+                .unwrap_or_default()
+        };
+        Ok(Llm {
+            weights,
+            bos_text: token_text(text.bos),
+            eos_text: token_text(Some(text.eos)),
+            tokenizer: text.tokenizer,
+            eos: text.eos,
+            chat_template: text.chat_template,
+            arch,
+            n_vocab,
+            device: device.clone(),
+            file_bytes,
+        })
+    }
+
+    fn forward(&mut self, input: &[u32], pos: usize) -> Result<Tensor, LlmError> {
+        let x = Tensor::new(input, &self.device)?.unsqueeze(0)?;
+        let logits = match &mut self.weights {
+            Weights::Llama(m) => m.forward(&x, pos)?,
+            Weights::Qwen2(m) => m.forward(&x, pos)?,
+        };
+        Ok(logits.squeeze(0)?)
+    }
+
+    /// The prompt for a system and a user message, through the model's chat template (ChatML
+    /// when the model has none).
+    pub fn chat_prompt(&self, system: &str, user: &str) -> Result<String, LlmError> {
+        let template = self.chat_template.clone().unwrap_or_else(|| {
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into()
+        });
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", &template)
+            .map_err(|e| LlmError::BadModel(format!("its chat template does not parse: {e}")))?;
+        let messages = [
+            minijinja::context! { role => "system", content => system },
+            minijinja::context! { role => "user", content => user },
+        ];
+        env.get_template("chat")
+            .and_then(|t| {
+                t.render(minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => true,
+                    bos_token => self.bos_text,
+                    eos_token => self.eos_text,
+                })
+            })
+            .map_err(|e| LlmError::BadModel(format!("its chat template fails: {e}")))
+    }
+
+    /// Generates text for `prompt` that matches `schema`, token by token.
+    pub fn generate_json(
+        &mut self,
+        prompt: &str,
+        schema: serde_json::Value,
+        options: &Sampler,
+        on_token: &mut dyn FnMut(usize),
+    ) -> Result<Generation, LlmError> {
+        let tok_env = toktrie_hf_tokenizers::ByteTokenizer::from_tokenizer(self.tokenizer.clone())
+            .and_then(|mut b| {
+                b.set_eos_token(self.eos);
+                b.into_tok_env(Some(self.n_vocab))
+            })
+            .map_err(|e| {
+                LlmError::BadModel(format!(
+                    "its tokenizer cannot drive the JSON constraint: {e}"
+                ))
+            })?;
+        let factory =
+            ParserFactory::new_simple(&tok_env).map_err(|e| LlmError::Generation(e.to_string()))?;
+        let mut matcher =
+            Matcher::new(factory.create_parser(TopLevelGrammar::from_json_schema(schema)));
+        if let Some(err) = matcher.get_error() {
+            return Err(LlmError::Generation(format!(
+                "the JSON constraint cannot be built: {err}"
+            )));
+        }
+        let prompt_tokens = self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| LlmError::Generation(e.to_string()))?
+            .get_ids()
+            .to_vec();
+        let mut sampler = LogitsProcessor::from_sampling(
+            options.seed,
+            if options.temperature <= 0.0 {
+                Sampling::ArgMax
+            } else {
+                Sampling::TopP {
+                    p: options.top_p,
+                    temperature: options.temperature,
+                }
+            },
+        );
+        let start = Instant::now();
+        let mut logits = self.forward(&prompt_tokens, 0)?;
+        let prompt_time = start.elapsed();
+        let mut out: Vec<u32> = Vec::new();
+        let decode_start = Instant::now();
+        loop {
+            if matcher.is_stopped() {
+                break;
+            }
+            if out.len() >= options.max_tokens {
+                return Err(LlmError::Generation(format!(
+                    "the JSON was not finished after {} tokens; raise the limit or ask for fewer scenes",
+                    options.max_tokens
+                )));
+            }
+            let mask = matcher
+                .compute_mask()
+                .map_err(|e| LlmError::Generation(e.to_string()))?;
+            let mut values: Vec<f32> = logits.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+            values.resize(self.n_vocab.max(values.len()), f32::NEG_INFINITY);
+            for (id, v) in values.iter_mut().enumerate() {
+                if !mask.is_allowed(id as u32) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+            let masked = Tensor::new(values.as_slice(), &Device::Cpu)?;
+            let next = sampler.sample(&masked)?;
+            if next == self.eos {
+                break;
+            }
+            matcher.consume_token(next).map_err(|e| {
+                LlmError::Generation(format!("the constraint refused token {next}: {e}"))
+            })?;
+            out.push(next);
+            on_token(out.len());
+            if matcher.is_stopped() {
+                break;
+            }
+            logits = self.forward(&[next], prompt_tokens.len() + out.len() - 1)?;
+        }
+        let text = self
+            .tokenizer
+            .decode(&out, true)
+            .map_err(|e| LlmError::Generation(e.to_string()))?;
+        Ok(Generation {
+            text,
+            prompt_tokens: prompt_tokens.len(),
+            tokens: out.len(),
+            prompt_time,
+            decode_time: decode_start.elapsed(),
+        })
+    }
+}
+
+/// How tokens are chosen.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    /// 0 picks the most likely allowed token every time.
+    pub temperature: f64,
+    pub top_p: f64,
+    /// The same seed, model and prompt give the same text.
+    pub seed: u64,
+    pub max_tokens: usize,
+}
+
+/// What a generation produced, and how fast.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub tokens: usize,
+    pub prompt_time: Duration,
+    pub decode_time: Duration,
+}
+
+impl Generation {
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}

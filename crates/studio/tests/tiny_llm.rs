@@ -1,0 +1,119 @@
+//! The LLM path end to end on a tiny random-weight llama that the test writes itself: GGUF
+//! loading, the tokenizer and chat template from its metadata, sampling, and the JSON
+//! constraint, which must hold even though the weights are noise.
+
+use baton_studio::llm::tiny::write_tiny_llama;
+use baton_studio::llm::{Llm, LlmError, Sampler};
+use baton_studio::storyboard::{Storyboard, schema};
+use candle_core::Device;
+
+fn sampler(seed: u64) -> Sampler {
+    Sampler {
+        temperature: 0.8,
+        top_p: 0.95,
+        seed,
+        max_tokens: 20_000,
+    }
+}
+
+#[test]
+fn random_weights_still_write_a_valid_storyboard() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(&path, 7).unwrap();
+    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    assert_eq!(llm.arch, "llama");
+    let prompt = llm
+        .chat_prompt("You write storyboards.", "Cyberpunk Tokyo")
+        .unwrap();
+    assert!(
+        prompt.starts_with("<|im_start|>system\nYou write storyboards.<|im_end|>"),
+        "{prompt}"
+    );
+    assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
+    let ids = llm.tokenizer.encode(prompt.as_str(), false).unwrap();
+    assert_eq!(
+        ids.get_ids()[0],
+        llm.tokenizer.token_to_id("<|im_start|>").unwrap(),
+        "special tokens stay whole"
+    );
+
+    for seed in [1, 2] {
+        let mut count = 0;
+        let out = llm
+            .generate_json(&prompt, schema(Some(2)), &sampler(seed), &mut |n| count = n)
+            .unwrap();
+        assert_eq!(count, out.tokens);
+        assert!(out.tokens > 20 && out.tokens_per_second() > 0.0);
+        let value: serde_json::Value =
+            serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {}", out.text));
+        let board: Storyboard =
+            serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}: {}", out.text));
+        assert_eq!(board.scenes.len(), 2, "{}", out.text);
+        for s in &board.scenes {
+            assert!(
+                (1..=2).contains(&s.index) && (1.0..=60.0).contains(&s.duration_seconds),
+                "{}",
+                out.text
+            );
+            assert!(!s.narration.is_empty() && s.narration.chars().count() <= 600);
+        }
+    }
+    // The same seed writes the same text.
+    let a = llm
+        .generate_json(&prompt, schema(Some(1)), &sampler(9), &mut |_| {})
+        .unwrap();
+    let b = llm
+        .generate_json(&prompt, schema(Some(1)), &sampler(9), &mut |_| {})
+        .unwrap();
+    assert_eq!(a.text, b.text);
+}
+
+#[test]
+fn missing_truncated_and_foreign_models_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.gguf");
+    assert!(matches!(
+        Llm::load(&missing, &Device::Cpu, None),
+        Err(LlmError::MissingModel(_))
+    ));
+
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(&path, 1).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = Llm::load(&cut, &Device::Cpu, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated"),
+        "{err}"
+    );
+    std::fs::write(&cut, &bytes[..100]).unwrap();
+    let err = Llm::load(&cut, &Device::Cpu, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("not a readable GGUF"), "{err}");
+
+    // The same file, relabelled as another architecture.
+    let needle = b"llama";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap();
+    let mut foreign = bytes.clone();
+    foreign[at..at + 5].copy_from_slice(b"gemma");
+    let other = dir.path().join("other.gguf");
+    std::fs::write(&other, &foreign).unwrap();
+    let err = Llm::load(&other, &Device::Cpu, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("'gemma' model") && err.contains("llama"),
+        "{err}"
+    );
+}
