@@ -87,7 +87,7 @@ fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    baton_runner::run_dir::slug(&args.topic)?;
+    baton_runner::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
     let pipeline = load_pipeline(&args.common)?;
     baton_runner::plan::check_runnable(&pipeline)?;
     let engine = engine(args.common.device, false)?;

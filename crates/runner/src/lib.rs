@@ -20,7 +20,7 @@ pub mod pipeline;
 pub mod placement;
 pub mod plan;
 pub mod report;
-pub mod run_dir;
+pub use baton_studio::run_dir;
 
 use std::path::PathBuf;
 
@@ -83,6 +83,15 @@ pub enum RunnerError {
 
     #[error(transparent)]
     Memory(#[from] baton_memory::MemoryError),
+}
+
+impl From<baton_studio::run_dir::TopicError> for RunnerError {
+    fn from(e: baton_studio::run_dir::TopicError) -> Self {
+        RunnerError::BadTopic {
+            topic: e.topic,
+            why: e.why,
+        }
+    }
 }
 
 impl RunnerError {

@@ -5,6 +5,7 @@
 //! diffusion images) land with their own issues.
 
 pub mod llm;
+pub mod run_dir;
 pub mod storyboard;
 
 /// A stage of the built-in content pipeline, in the order a run executes them.

@@ -6,21 +6,27 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::RunnerError;
+/// A topic that cannot name a run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("bad topic '{topic}': {why}")]
+pub struct TopicError {
+    pub topic: String,
+    pub why: &'static str,
+}
 
 const MAX_SLUG: usize = 48;
 
 /// `"Cyberpunk Tokyo"` → `cyberpunk_tokyo`. A topic with no ASCII letters or digits gets
 /// `topic_` and a hash of its text, so distinct topics stay distinct.
-pub fn slug(topic: &str) -> Result<String, RunnerError> {
+pub fn slug(topic: &str) -> Result<String, TopicError> {
     if topic.trim().is_empty() {
-        return Err(RunnerError::BadTopic {
+        return Err(TopicError {
             topic: topic.to_string(),
             why: "it is empty; pass a subject such as --topic \"Cyberpunk Tokyo\"",
         });
     }
     if topic.chars().count() > 500 {
-        return Err(RunnerError::BadTopic {
+        return Err(TopicError {
             topic: topic.chars().take(40).collect::<String>() + "…",
             why: "it is longer than 500 characters; shorten it",
         });
@@ -46,7 +52,7 @@ pub fn slug(topic: &str) -> Result<String, RunnerError> {
 }
 
 /// The run folder's name for `topic` at `when`: `20261127_101500_cyberpunk_tokyo`.
-pub fn run_folder_name(topic: &str, when: SystemTime) -> Result<String, RunnerError> {
+pub fn run_folder_name(topic: &str, when: SystemTime) -> Result<String, TopicError> {
     Ok(format!("{}_{}", timestamp(when), slug(topic)?))
 }
 
@@ -99,7 +105,7 @@ mod tests {
 
     #[test]
     fn empty_or_huge_topics_are_refused() {
-        assert!(slug("   ").unwrap_err().is_bad_input());
+        assert!(slug("   ").unwrap_err().to_string().contains("empty"));
         assert!(
             slug(&"x".repeat(501))
                 .unwrap_err()
