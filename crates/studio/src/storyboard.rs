@@ -15,8 +15,8 @@ pub const MAX_SCENES: usize = 50;
 const MAX_TOPIC: usize = 500;
 const MAX_TITLE: usize = 120;
 const MAX_SCENE_TITLE: usize = 80;
-const MAX_NARRATION: usize = 600;
-const MAX_IMAGE_PROMPT: usize = 400;
+const MAX_NARRATION: usize = 400;
+const MAX_IMAGE_PROMPT: usize = 300;
 const MAX_DURATION: f64 = 60.0;
 
 /// One scene: what is said over it and what is drawn for it.
@@ -136,7 +136,8 @@ impl Storyboard {
 /// The JSON Schema of a storyboard: with `scenes`, exactly that many; without, 1 to 50.
 pub fn schema(scenes: Option<usize>) -> Value {
     let (min, max) = scenes.map_or((1, MAX_SCENES), |n| (n, n));
-    let string = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max});
+    // Text that starts and ends with a visible character: never blank.
+    let string = |max: usize| json!({"type": "string", "minLength": 1, "maxLength": max, "pattern": "^\\S(.*\\S)?$"});
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "baton storyboard",

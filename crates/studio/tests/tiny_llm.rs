@@ -13,6 +13,7 @@ fn sampler(seed: u64) -> Sampler {
         top_p: 0.95,
         seed,
         max_tokens: 20_000,
+        repeat_penalty: 1.1,
     }
 }
 
@@ -56,7 +57,7 @@ fn random_weights_still_write_a_valid_storyboard() {
                 "{}",
                 out.text
             );
-            assert!(!s.narration.is_empty() && s.narration.chars().count() <= 600);
+            assert!(!s.narration.is_empty() && s.narration.chars().count() <= 400);
         }
     }
     // The same seed writes the same text.

@@ -257,24 +257,49 @@ impl Llm {
         let prompt_time = start.elapsed();
         let mut out: Vec<u32> = Vec::new();
         let decode_start = Instant::now();
+        let (mut in_mask, mut in_forward) = (Duration::ZERO, Duration::ZERO);
         loop {
             if matcher.is_stopped() {
                 break;
             }
+            if prompt_tokens.len() + out.len() + 1 >= MAX_CONTEXT {
+                return Err(LlmError::Generation(format!(
+                    "the JSON was not finished within the model's {MAX_CONTEXT}-token context; ask for fewer scenes"
+                )));
+            }
             if out.len() >= options.max_tokens {
+                tracing::debug!(
+                    "{} tokens: {in_mask:.2?} computing masks, {in_forward:.2?} in the model",
+                    out.len()
+                );
                 return Err(LlmError::Generation(format!(
                     "the JSON was not finished after {} tokens; raise the limit or ask for fewer scenes",
                     options.max_tokens
                 )));
             }
+            let t = Instant::now();
             let mask = matcher
                 .compute_mask()
                 .map_err(|e| LlmError::Generation(e.to_string()))?;
+            in_mask += t.elapsed();
             let mut values: Vec<f32> = logits.to_dtype(candle_core::DType::F32)?.to_vec1()?;
             values.resize(self.n_vocab.max(values.len()), f32::NEG_INFINITY);
             for (id, v) in values.iter_mut().enumerate() {
                 if !mask.is_allowed(id as u32) {
                     *v = f32::NEG_INFINITY;
+                }
+            }
+            // Small models loop; make the recent tokens less likely (llama.cpp's penalty).
+            let recent = &out[out.len().saturating_sub(REPEAT_WINDOW)..];
+            for &id in recent {
+                if let Some(v) = values.get_mut(id as usize)
+                    && v.is_finite()
+                {
+                    *v = if *v > 0.0 {
+                        *v / options.repeat_penalty
+                    } else {
+                        *v * options.repeat_penalty
+                    };
                 }
             }
             let masked = Tensor::new(values.as_slice(), &Device::Cpu)?;
@@ -290,8 +315,14 @@ impl Llm {
             if matcher.is_stopped() {
                 break;
             }
+            let t = Instant::now();
             logits = self.forward(&[next], prompt_tokens.len() + out.len() - 1)?;
+            in_forward += t.elapsed();
         }
+        tracing::debug!(
+            "{} tokens: {in_mask:.2?} computing masks, {in_forward:.2?} in the model",
+            out.len()
+        );
         let text = self
             .tokenizer
             .decode(&out, true)
@@ -306,6 +337,12 @@ impl Llm {
     }
 }
 
+/// The longest sequence candle's quantized llama and qwen2 keep rotary tables for.
+const MAX_CONTEXT: usize = 4096;
+
+/// How many recent tokens the repeat penalty looks at.
+const REPEAT_WINDOW: usize = 64;
+
 /// How tokens are chosen.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -315,6 +352,8 @@ pub struct Sampler {
     /// The same seed, model and prompt give the same text.
     pub seed: u64,
     pub max_tokens: usize,
+    /// Divides the logits of tokens among the last 64 (1.0: off).
+    pub repeat_penalty: f32,
 }
 
 /// What a generation produced, and how fast.

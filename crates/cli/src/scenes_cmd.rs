@@ -1,0 +1,131 @@
+//! `baton scenes` and `baton models`: the storyboard writer, and the model store behind it.
+
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+
+use baton_memory::format_bytes;
+use baton_studio::llm::Sampler;
+use baton_studio::model_store::ModelStore;
+use baton_studio::scenes::{Compute, Destination, ScenesRequest, write_scenes};
+
+use crate::args::{ComputeChoice, ScenesArgs};
+
+fn compute(choice: ComputeChoice) -> anyhow::Result<(Compute, String)> {
+    let cuda = || baton_memory::cuda::CudaBackend::open(0).map(|c| Compute::Cuda(Arc::new(c)));
+    Ok(match choice {
+        ComputeChoice::Cpu => (Compute::Cpu, "on the CPU (--compute cpu)".into()),
+        ComputeChoice::Cuda => (cuda()?, "on GPU 0".into()),
+        ComputeChoice::Auto => match baton_memory::nvml::NvmlBackend::open() {
+            Ok(_) if baton_memory::cuda::COMPILED => (cuda()?, "on GPU 0".into()),
+            Ok(_) => (
+                Compute::Cpu,
+                "on the CPU: this baton was built without CUDA (rebuild with --features cuda)"
+                    .into(),
+            ),
+            Err(why) => (Compute::Cpu, format!("on the CPU: {why}")),
+        },
+    })
+}
+
+pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    // Refuse a bad topic before fetching a model or loading anything.
+    baton_studio::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
+    let store = ModelStore::from_env();
+    let model = store.resolve(&args.model, true)?;
+    let (compute, where_) = compute(args.compute)?;
+    writeln!(
+        out,
+        "writing {} scenes about '{}' with {} {where_}",
+        args.scenes,
+        args.topic,
+        model.display()
+    )?;
+    out.flush()?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos} tokens {per_sec} {elapsed}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    let mut on_token = |n: usize| {
+        if let Some(bar) = &bar {
+            bar.set_position(n as u64);
+        }
+    };
+    let outcome = write_scenes(
+        ScenesRequest {
+            topic: &args.topic,
+            scenes: args.scenes,
+            model: &model,
+            tokenizer: args.tokenizer.as_deref(),
+            sampler: Sampler {
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+                max_tokens: args.max_tokens,
+                repeat_penalty: args.repeat_penalty,
+            },
+            compute,
+            destination: match &args.run_dir {
+                Some(dir) => Destination::RunDir(dir.clone()),
+                None => Destination::NewRun(args.output.clone()),
+            },
+        },
+        &mut on_token,
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let o = outcome?;
+    let g = &o.generation;
+    writeln!(
+        out,
+        "storyboard: \"{}\", {} scenes",
+        o.storyboard.title,
+        o.storyboard.scenes.len()
+    )?;
+    for s in &o.storyboard.scenes {
+        writeln!(
+            out,
+            "  {}. {} ({:.0}s): {}",
+            s.index, s.title, s.duration_seconds, s.narration
+        )?;
+    }
+    writeln!(
+        out,
+        "tokens: {} prompt + {} generated in {:.2}s: {:.1} tokens/s (model loaded in {:.2}s on {})",
+        g.prompt_tokens,
+        g.tokens,
+        g.decode_time.as_secs_f64(),
+        g.tokens_per_second(),
+        o.load_seconds,
+        o.device
+    )?;
+    writeln!(out, "memory after loading: {}", o.after_load)?;
+    writeln!(out, "memory after generation: {}", o.after_generation)?;
+    writeln!(out, "{}", o.reclaim)?;
+    writeln!(out, "file: {}", o.file.display())?;
+    Ok(())
+}
+
+pub fn models_list(out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = ModelStore::from_env();
+    writeln!(out, "model store: {}", store.dir().display())?;
+    for (name, about, bytes) in store.list() {
+        let state = bytes.map_or("not fetched".to_string(), |b| {
+            format!("fetched, {}", format_bytes(b))
+        });
+        writeln!(out, "{name:<10} {state:<22} {about}")?;
+    }
+    Ok(())
+}
+
+pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = ModelStore::from_env();
+    let path = store.resolve(name, true)?;
+    writeln!(out, "{name}: {} (checksum verified)", path.display())?;
+    Ok(())
+}

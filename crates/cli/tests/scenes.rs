@@ -1,0 +1,96 @@
+//! `baton scenes` end to end with a tiny random llama the test writes itself, and every bad
+//! input refused before anything is written.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use baton_studio::llm::tiny::write_tiny_llama;
+use baton_studio::storyboard::Storyboard;
+
+fn scenes(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir)
+        .env("BATON_MODELS_DIR", dir.join("store"))
+        .args(["scenes", "--compute", "cpu", "--output", "out"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_tiny_model_writes_a_valid_storyboard_where_the_seed_puts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_llama(&dir.path().join("tiny.gguf"), 3).unwrap();
+    let out = scenes(
+        dir.path(),
+        &[
+            "--topic",
+            "Cyberpunk Tokyo",
+            "--model",
+            "tiny.gguf",
+            "--scenes",
+            "2",
+            "--max-tokens",
+            "20000",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tokens/s") && stdout.contains("memory back after 'scenes model'"),
+        "{stdout}"
+    );
+    let runs: Vec<_> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(runs.len(), 1);
+    let name = runs[0].file_name().to_string_lossy().into_owned();
+    assert!(
+        name.ends_with("_cyberpunk_tokyo") && name.len() == "20261127_101500_cyberpunk_tokyo".len(),
+        "{name}"
+    );
+    let board =
+        Storyboard::load(&runs[0].path().join("1_scripts/cyberpunk_tokyo_scenes.json")).unwrap();
+    assert_eq!(board.topic, "Cyberpunk Tokyo");
+    assert_eq!(
+        board.scenes.iter().map(|s| s.index).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+#[test]
+fn bad_topics_and_models_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tiny_llama(&d.join("tiny.gguf"), 1).unwrap();
+    let bytes = std::fs::read(d.join("tiny.gguf")).unwrap();
+    std::fs::write(d.join("cut.gguf"), &bytes[..bytes.len() / 2]).unwrap();
+    let at = bytes.windows(5).position(|w| w == b"llama").unwrap();
+    let mut gemma = bytes.clone();
+    gemma[at..at + 5].copy_from_slice(b"gemma");
+    std::fs::write(d.join("gemma.gguf"), &gemma).unwrap();
+    let long = "x".repeat(10_000);
+    for (topic, model, needle) in [
+        ("", "tiny.gguf", "it is empty"),
+        (long.as_str(), "tiny.gguf", "longer than 500"),
+        ("../../etc", "tiny.gguf", "'../'"),
+        ("Tokyo; rm -rf /", "tiny.gguf", "shell metacharacter"),
+        ("Tokyo", "missing.gguf", "'missing.gguf' does not exist"),
+        ("Tokyo", "gemma.gguf", "'gemma' model"),
+        ("Tokyo", "cut.gguf", "truncated"),
+    ] {
+        let out = scenes(d, &["--topic", topic, "--model", model]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{topic:.20} {model}: {err}");
+        assert!(err.contains(needle), "{needle}: {err}");
+        assert!(
+            !d.join("out").exists(),
+            "nothing may be written for {topic:.20} {model}"
+        );
+    }
+}
