@@ -22,6 +22,7 @@ pub mod atomic_file;
 mod availability;
 mod backend;
 pub mod bench;
+pub mod cache_dir;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 #[cfg(not(feature = "cuda"))]

@@ -24,18 +24,12 @@ impl LearnedNeeds {
         LearnedNeeds { dir }
     }
 
-    /// The folder from `BATON_STATE_DIR`, else `$XDG_CACHE_HOME/baton`, else `~/.cache/baton`.
+    /// The folder from `BATON_STATE_DIR`, else baton's cache (`~/.cache/baton`).
     pub fn from_env() -> Self {
-        let var = |name: &str| {
-            std::env::var_os(name)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = var("BATON_STATE_DIR")
-            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("baton")))
-            .or_else(|| var("HOME").map(|d| d.join(".cache/baton")))
-            .unwrap_or_else(|| std::env::temp_dir().join("baton"));
-        Self::new(dir)
+        Self::new(baton_memory::cache_dir::baton_cache_dir(
+            "BATON_STATE_DIR",
+            "",
+        ))
     }
 
     fn path(&self) -> PathBuf {

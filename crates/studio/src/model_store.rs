@@ -122,17 +122,12 @@ impl ModelStore {
         ModelStore { dir }
     }
 
+    /// The store from `BATON_MODELS_DIR`, else `models` in baton's cache.
     pub fn from_env() -> Self {
-        let var = |n: &str| {
-            std::env::var_os(n)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = var("BATON_MODELS_DIR")
-            .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("baton/models")))
-            .or_else(|| var("HOME").map(|d| d.join(".cache/baton/models")))
-            .unwrap_or_else(|| std::env::temp_dir().join("baton-models"));
-        Self::new(dir)
+        Self::new(baton_memory::cache_dir::baton_cache_dir(
+            "BATON_MODELS_DIR",
+            "models",
+        ))
     }
 
     pub fn dir(&self) -> &Path {
