@@ -336,9 +336,10 @@ impl Engine {
                 let _ = std::fs::create_dir_all(parent);
             }
         }
-        let StageCommand::Argv(argv) = &spec.command else {
-            unreachable!("plans with builtin stages are refused before they run")
-        };
+        let argv = spec
+            .command
+            .argv()
+            .expect("plans with stages not built yet are refused before they run");
         let plan = AttemptPlan {
             run_id: run.manifest.run_id.clone(),
             stage: spec.name.clone(),

@@ -43,6 +43,29 @@ pub enum StageCommand {
     Argv(Vec<String>),
 }
 
+impl StageCommand {
+    /// The program and arguments to run, placeholders not yet filled in; `None` for a built-in
+    /// stage this build does not have yet.
+    pub fn argv(&self) -> Option<Vec<String>> {
+        match self {
+            StageCommand::Argv(argv) => Some(argv.clone()),
+            StageCommand::Builtin(baton_studio::Stage::Scenes) => Some(
+                [
+                    "{baton}",
+                    "scenes",
+                    "--topic",
+                    "{topic}",
+                    "--run-dir",
+                    "{run_dir}",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            StageCommand::Builtin(_) => None,
+        }
+    }
+}
+
 /// One stage, checked.
 #[derive(Debug, Clone)]
 pub struct StageSpec {

@@ -15,7 +15,7 @@ use crate::group::{processes_with_token, terminate};
 use crate::manifest::{
     MANIFEST_FILE, Manifest, PIPELINE_FILE, RunState, StageState, verify_artifacts,
 };
-use crate::pipeline::{Pipeline, Placeholders, StageCommand, fill};
+use crate::pipeline::{Pipeline, Placeholders, fill};
 use crate::run_dir::{run_folder_name, slug};
 
 /// A run ready for the engine.
@@ -33,23 +33,14 @@ fn baton_exe() -> String {
         .unwrap_or_else(|_| "baton".into())
 }
 
-/// Refuses a pipeline this build cannot run.
+/// Refuses a pipeline this build cannot run: one using a built-in stage that is not built yet.
 pub fn check_runnable(pipeline: &Pipeline) -> Result<(), RunnerError> {
-    if let Some(spec) = pipeline
-        .stages
-        .iter()
-        .find(|s| matches!(s.command, StageCommand::Builtin(_)))
-    {
-        let StageCommand::Builtin(stage) = spec.command else {
-            unreachable!()
-        };
-        return Err(RunnerError::NotBuiltYet {
-            what: format!(
-                "the built-in '{}' stage (used by stage '{}')",
-                stage.name(),
-                spec.name
-            ),
-        });
+    for spec in &pipeline.stages {
+        if spec.command.argv().is_none() {
+            return Err(RunnerError::NotBuiltYet {
+                what: format!("the built-in stage of stage '{}'", spec.name),
+            });
+        }
     }
     Ok(())
 }
