@@ -33,18 +33,17 @@ impl Membership {
         }
     }
 
-    fn matches(&self, pid: u32) -> bool {
-        let Some(fields) = stat_fields(pid) else {
-            return false;
-        };
+    /// Whether `pid` is the stage's, or `None` when it has exited (so nothing can be said).
+    fn matches(&self, pid: u32) -> Option<bool> {
+        let fields = stat_fields(pid)?;
         if fields.get(2).and_then(|g| g.parse().ok()) == Some(self.pgid) {
-            return true;
+            return Some(true);
         }
         let started = fields
             .get(19)
             .and_then(|t| t.parse::<u64>().ok())
             .unwrap_or(0);
-        started >= self.since && carries(pid, &self.needle)
+        Some(started >= self.since && carries(pid, &self.needle))
     }
 
     /// True when `pid` is in the stage's process group or carries its token.
@@ -52,13 +51,15 @@ impl Membership {
         if let Some(&known) = self.cache.get(&pid) {
             return known;
         }
-        let ours = self.matches(pid);
         // A process that has exited reads as not ours; don't remember that, its PID may
         // not have been read in full.
-        if process_group(pid).is_some() {
-            self.cache.insert(pid, ours);
+        match self.matches(pid) {
+            Some(ours) => {
+                self.cache.insert(pid, ours);
+                ours
+            }
+            None => false,
         }
-        ours
     }
 
     /// Every live process of the stage: the group and the token carriers.
@@ -66,7 +67,7 @@ impl Membership {
         all_pids()
             .into_iter()
             .filter(|&pid| pid != std::process::id())
-            .filter(|&pid| self.matches(pid))
+            .filter(|&pid| self.matches(pid) == Some(true))
             .filter(|&pid| !is_zombie(pid))
             .collect()
     }
