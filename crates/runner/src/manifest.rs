@@ -5,12 +5,11 @@
 //! reclaim, orphans, leaks, a memory timeline) and the artifacts with their sha256. The report
 //! is drawn from manifests alone.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use baton_memory::atomic_file::write_atomic;
+pub use baton_studio::checksum::sha256_file;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::RunnerError;
 
@@ -231,23 +230,6 @@ impl Manifest {
             .find(|s| s.name == name)
             .expect("stage names come from the same pipeline")
     }
-}
-
-/// Hashes a file with sha256, streaming.
-pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        hasher.update(&buf[..n]);
-    }
-    Ok((total, format!("{:x}", hasher.finalize())))
 }
 
 /// Records the artifacts `outputs` (relative paths) of a run folder; a missing one is an error

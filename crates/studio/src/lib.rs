@@ -4,6 +4,7 @@
 //! connects them ([`storyboard`]). The stages themselves (an LLM storyboard, narration,
 //! diffusion images) land with their own issues.
 
+pub mod checksum;
 pub mod llm;
 pub mod model_store;
 pub mod run_dir;

@@ -171,7 +171,7 @@ impl ModelStore {
         let sidecar = sidecar(path);
         let recorded = fs::read_to_string(&sidecar).map_err(|e| io("cannot read", &sidecar, e))?;
         let expected = known.unwrap_or(recorded.trim()).to_string();
-        let found = sha256_file(path)?;
+        let found = stored_sha256(path)?;
         if found != expected || recorded.trim() != expected {
             return Err(StoreError::Checksum {
                 path: path.to_path_buf(),
@@ -269,18 +269,11 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
-pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
-    let mut f = File::open(path).map_err(|e| io("cannot open", path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| io("cannot read", path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("{:x}", h.finalize()))
+/// The sha256 of a stored file.
+fn stored_sha256(path: &Path) -> Result<String, StoreError> {
+    crate::checksum::sha256_file(path)
+        .map(|(_, sha)| sha)
+        .map_err(|e| io("cannot read", path, e))
 }
 
 /// Extracts `file` from a wheel into `dest`, checking it against the wheel's RECORD.
