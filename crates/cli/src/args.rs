@@ -157,6 +157,12 @@ pub enum ModelsCommand {
         /// A name from `baton models list`, or pip:PACKAGE/FILE.
         name: String,
     },
+    /// Read a model (or any weights file) into the page cache, so that the stage that loads it
+    /// next finds it in memory instead of on the disk.
+    Warm {
+        /// A name from `baton models list`, a file, or pip:PACKAGE/FILE.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -312,12 +318,92 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 0.2)]
         stage_seconds: f64,
     },
+    /// Tokens per second of an LLM: free text the way candle's quantized example makes it, and
+    /// the constrained storyboard JSON of `baton scenes`.
+    Llm(BenchLlmArgs),
+    /// Weight loading: pinned host-to-device bandwidth, then baton's loader (page cache warm and
+    /// cold), candle's default loader and PyTorch's load_file on files it writes itself.
+    Load(BenchLoadArgs),
     /// The cost of one snapshot on every backend this machine has.
     Snapshot {
         /// Timed snapshots per backend.
         #[arg(long, default_value_t = 200)]
         iterations: usize,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLlmArgs {
+    /// A GGUF file, a name from `baton models list`, or pip:PACKAGE/FILE.
+    #[arg(long, default_value = "smollm2")]
+    pub model: String,
+    /// A tokenizer.json to use instead of the one in the GGUF file.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// The free-text prompt, given as is (no chat template), as candle's example does.
+    #[arg(
+        long,
+        default_value = "Write a long story about a night market in Tokyo."
+    )]
+    pub prompt: String,
+    /// Tokens of free text per run (fewer if the model ends its text).
+    #[arg(long, default_value_t = 256)]
+    pub tokens: usize,
+    /// Runs of each kind; the table shows the median.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Seed of the free text (candle's example uses 299792458).
+    #[arg(long, default_value_t = 299_792_458)]
+    pub seed: u64,
+    /// Temperature of the free text (candle's example: 0.8).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// candle's repeat penalty over the last 64 tokens (its example: 1.1).
+    #[arg(long, default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+    /// Scenes in the constrained storyboard; 0 skips it.
+    #[arg(long, default_value_t = 6)]
+    pub scenes: usize,
+    /// Where the LLM runs: cpu, cuda (a cuda build), or auto.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub compute: ComputeChoice,
+    /// Write the model's tokenizer as tokenizer.json here (for candle's example, which needs one).
+    #[arg(long, value_name = "FILE")]
+    pub save_tokenizer: Option<PathBuf>,
+    /// Print the first run's free text, to compare with another program's.
+    #[arg(long)]
+    pub print_text: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchLoadArgs {
+    /// Sizes of the bf16 safetensors files to write and load, comma-separated.
+    #[arg(long, default_value = "4GiB,16GiB", value_delimiter = ',', value_parser = parse_model_size)]
+    pub sizes: Vec<u64>,
+    /// Where the files are written (they are removed afterwards unless --keep).
+    #[arg(long, value_name = "DIR", default_value = "target/bench-load")]
+    pub dir: PathBuf,
+    /// Keep the written files.
+    #[arg(long)]
+    pub keep: bool,
+    /// Loads of each kind per file; the table shows the best and the median.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Lanes (reading threads) to try, comma-separated; the first is the one reported as baton's.
+    #[arg(long, value_delimiter = ',')]
+    pub lanes: Vec<usize>,
+    /// Chunk sizes to try, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_model_size)]
+    pub chunk: Vec<u64>,
+    /// The Python that runs PyTorch's load_file (skipped when it has no torch or safetensors).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Where the loads go: cpu, cuda (a cuda build), or auto.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub compute: ComputeChoice,
+    /// Also write every measurement to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 fn parse_device(text: &str) -> Result<DeviceChoice, String> {

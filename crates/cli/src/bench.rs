@@ -279,3 +279,397 @@ pub fn switch(
     }
     Ok(())
 }
+
+/// `baton bench llm`: tokens per second of a GGUF model, free text by the loop of candle's own
+/// quantized example (same sampler, seed and repeat penalty, so the two can be run side by
+/// side on one file: `bench/candle_quantized.sh`), then the constrained storyboard JSON that
+/// `baton scenes` writes. The median of `repeat` runs of each.
+pub fn llm(args: &crate::args::BenchLlmArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use baton_studio::llm::{Generation, Llm, Sampler};
+    use baton_studio::model_store::ModelStore;
+    use baton_studio::scenes::storyboard_request;
+
+    if args.repeat == 0 || args.tokens < 2 {
+        return Err(crate::BadInput(format!(
+            "--repeat {} --tokens {}: need at least 1 run of at least 2 tokens",
+            args.repeat, args.tokens
+        ))
+        .into());
+    }
+    let path = ModelStore::from_env().resolve(&args.model, true)?;
+    let (compute, where_) = crate::scenes_cmd::compute(args.compute)?;
+    let (_, device) = compute.open()?;
+    baton_studio::llm::warm_up(&device)?;
+    let started = std::time::Instant::now();
+    let mut llm = Llm::load(&path, &device, args.tokenizer.as_deref())?;
+    writeln!(
+        out,
+        "model {} ({}, {:.1} MB) loaded in {:.2}s, {where_}; {} CPU threads",
+        path.display(),
+        llm.arch,
+        llm.file_bytes as f64 / 1e6,
+        started.elapsed().as_secs_f64(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    )?;
+    if let Some(file) = &args.save_tokenizer {
+        let json = llm
+            .tokenizer
+            .to_string(true)
+            .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?;
+        baton_memory::atomic_file::write_atomic(file, json.as_bytes())?;
+        writeln!(out, "tokenizer written to {}", file.display())?;
+    }
+
+    let median = |mut runs: Vec<Generation>| -> Generation {
+        runs.sort_by(|a, b| a.tokens_per_second().total_cmp(&b.tokens_per_second()));
+        runs.swap_remove(runs.len() / 2)
+    };
+    let free = Sampler {
+        temperature: args.temperature,
+        top_p: 1.0,
+        seed: args.seed,
+        max_tokens: args.tokens,
+        repeat_penalty: args.repeat_penalty,
+    };
+    let mut runs = Vec::new();
+    for _ in 0..args.repeat {
+        runs.push(llm.generate_text(&args.prompt, &free, 64)?);
+    }
+    if args.print_text {
+        writeln!(out, "free text of run 1:\n{}\n", runs[0].text)?;
+    }
+    let text_median = median(runs);
+    let mut rows = vec![("free text (candle example's loop)", text_median)];
+    if args.scenes > 0 {
+        let (prompt, schema) = storyboard_request(&llm, "Cyberpunk Tokyo", args.scenes)?;
+        let constrained = Sampler {
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: 42,
+            max_tokens: 3000,
+            repeat_penalty: 1.0,
+        };
+        let mut runs = Vec::new();
+        for _ in 0..args.repeat {
+            runs.push(llm.generate_json(&prompt, schema.clone(), &constrained, &mut |_| {})?);
+        }
+        rows.push(("storyboard JSON (baton scenes)", median(runs)));
+    }
+    writeln!(
+        out,
+        "{:<36} {:>8} {:>10} {:>12} {:>12}",
+        "GENERATION", "PROMPT", "GENERATED", "PROMPT tok/s", "tokens/s"
+    )?;
+    for (name, g) in &rows {
+        writeln!(
+            out,
+            "{:<36} {:>8} {:>10} {:>12.1} {:>12.2}",
+            name,
+            g.prompt_tokens,
+            g.tokens,
+            g.prompt_tokens as f64 / g.prompt_time.as_secs_f64().max(1e-9),
+            g.tokens_per_second()
+        )?;
+    }
+    writeln!(out, "(median of {} runs each)", args.repeat)?;
+    Ok(())
+}
+
+/// One line of `baton bench load`'s table.
+#[derive(Debug, serde::Serialize)]
+struct LoadRow {
+    file_bytes: u64,
+    method: String,
+    runs: Vec<f64>,
+    gb_per_second: f64,
+    note: String,
+}
+
+/// `baton bench load`: the pinned host-to-device ceiling, then each file loaded by baton (page
+/// cache warm, every lanes x chunk setting; then cold), by candle's default loader and by
+/// PyTorch, in one process on one device, so the ratios in the table are like for like.
+pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use baton_weights::{LoadOptions, bench as wb, h2d_bandwidth, load_safetensors, page_cache};
+
+    if args.repeat == 0 {
+        return Err(crate::BadInput("--repeat 0: need at least 1 load of each kind".into()).into());
+    }
+    let (compute, where_) = crate::scenes_cmd::compute(args.compute)?;
+    let (backend, device) = compute.open()?;
+    let defaults = LoadOptions::default();
+    let lanes = if args.lanes.is_empty() {
+        vec![defaults.lanes]
+    } else {
+        args.lanes.clone()
+    };
+    let chunks = if args.chunk.is_empty() {
+        vec![defaults.chunk_bytes]
+    } else {
+        args.chunk.iter().map(|&c| c as usize).collect()
+    };
+    writeln!(out, "loading {where_} ({})", backend.description())?;
+    let mut rows: Vec<LoadRow> = Vec::new();
+    let median = |runs: &[f64]| {
+        let mut s = runs.to_vec();
+        s.sort_by(f64::total_cmp);
+        s[s.len() / 2]
+    };
+    let best = |runs: &[f64]| runs.iter().copied().fold(f64::INFINITY, f64::min);
+
+    let probe = 1usize << 30;
+    let pinned = h2d_bandwidth(&device, probe, true, 4)?;
+    let pageable = h2d_bandwidth(&device, probe, false, 2)?;
+    for (name, rate) in [
+        ("pinned H2D copy (1 GiB)", pinned),
+        ("pageable H2D copy (1 GiB)", pageable),
+    ] {
+        if let Some(rate) = rate {
+            writeln!(out, "{name}: {:.1} GB/s", rate / 1e9)?;
+            rows.push(LoadRow {
+                file_bytes: probe as u64,
+                method: name.into(),
+                runs: vec![probe as f64 / rate],
+                gb_per_second: rate / 1e9,
+                note: String::new(),
+            });
+        }
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    check_loader(&args.dir, &backend, &device, out)?;
+    for &size in &args.sizes {
+        let path = args.dir.join(format!(
+            "bench-{}.safetensors",
+            baton_memory::format_bytes(size).replace(' ', "")
+        ));
+        let started = std::time::Instant::now();
+        let bytes = wb::write_llama_like(&path, size)?;
+        writeln!(
+            out,
+            "\n{}: {:.2} GB of bf16 tensors written in {:.1}s",
+            path.display(),
+            bytes as f64 / 1e9,
+            started.elapsed().as_secs_f64()
+        )?;
+        let warm = page_cache::warm(&path, 8)?;
+        writeln!(out, "page cache: {warm}")?;
+        let gbps = |seconds: f64| bytes as f64 / seconds / 1e9;
+        let push = |rows: &mut Vec<LoadRow>,
+                    out: &mut dyn Write,
+                    method: String,
+                    runs: Vec<f64>,
+                    note: String|
+         -> anyhow::Result<()> {
+            let b = best(&runs);
+            writeln!(
+                out,
+                "  {method}: best {:.3}s ({:.1} GB/s), median {:.3}s{}",
+                b,
+                gbps(b),
+                median(&runs),
+                if note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{note}]")
+                }
+            )?;
+            rows.push(LoadRow {
+                file_bytes: bytes,
+                method,
+                runs,
+                gb_per_second: gbps(b),
+                note,
+            });
+            Ok(())
+        };
+        for &l in &lanes {
+            for &c in &chunks {
+                let options = LoadOptions {
+                    lanes: l,
+                    chunk_bytes: c,
+                    ..defaults
+                };
+                let mut runs = Vec::new();
+                let mut cached = None;
+                for _ in 0..args.repeat {
+                    let loaded = load_safetensors(&path, &device, &options)?;
+                    runs.push(loaded.report.seconds);
+                    cached = loaded.report.cached_before;
+                    drop(loaded);
+                    backend.trim()?;
+                }
+                push(
+                    &mut rows,
+                    out,
+                    format!(
+                        "baton, warm, {l} lanes x {}",
+                        baton_memory::format_bytes(c as u64)
+                    ),
+                    runs,
+                    format!("{:.0}% cached", cached.unwrap_or(0.0) * 100.0),
+                )?;
+            }
+        }
+        let options = LoadOptions {
+            lanes: lanes[0],
+            chunk_bytes: chunks[0],
+            ..defaults
+        };
+        if device.is_cuda() {
+            let convert = LoadOptions {
+                dtype: Some(candle_core::DType::F16),
+                ..options
+            };
+            let loaded = load_safetensors(&path, &device, &convert)?;
+            let seconds = loaded.report.seconds;
+            drop(loaded);
+            backend.trim()?;
+            push(
+                &mut rows,
+                out,
+                "baton, warm, bf16 -> f16 on the GPU".into(),
+                vec![seconds],
+                String::new(),
+            )?;
+        }
+        let still = page_cache::evict(&path)?;
+        let cold = load_safetensors(&path, &device, &options)?;
+        let cold_seconds = cold.report.seconds;
+        drop(cold);
+        backend.trim()?;
+        push(
+            &mut rows,
+            out,
+            "baton, cold".into(),
+            vec![cold_seconds],
+            format!("{:.0}% cached after eviction", still * 100.0),
+        )?;
+        page_cache::warm(&path, 8)?;
+        let mut runs = Vec::new();
+        for _ in 0..args.repeat.min(2) {
+            runs.push(wb::candle_default_load(&path, &device)?);
+            backend.trim()?;
+        }
+        push(
+            &mut rows,
+            out,
+            "candle safetensors::load, warm".into(),
+            runs,
+            String::new(),
+        )?;
+        if device.is_cuda() {
+            match wb::torch_load(&args.python, &path) {
+                Ok(seconds) => push(
+                    &mut rows,
+                    out,
+                    "PyTorch load_file(device=cuda), warm".into(),
+                    vec![seconds],
+                    String::new(),
+                )?,
+                Err(why) => writeln!(out, "  PyTorch: not measured: {why}")?,
+            }
+        }
+        if !args.keep {
+            std::fs::remove_file(&path)?;
+        }
+    }
+
+    writeln!(
+        out,
+        "\n{:<46} {:>9} {:>9} {:>8} {:>10} {:>9}",
+        "METHOD", "FILE GB", "BEST s", "GB/s", "% PINNED", "x TORCH"
+    )?;
+    for row in &rows {
+        let torch = rows
+            .iter()
+            .find(|r| r.file_bytes == row.file_bytes && r.method.starts_with("PyTorch"));
+        writeln!(
+            out,
+            "{:<46} {:>9.2} {:>9.3} {:>8.1} {:>10} {:>9}",
+            row.method,
+            row.file_bytes as f64 / 1e9,
+            best(&row.runs),
+            row.gb_per_second,
+            pinned.map_or("-".into(), |p| format!(
+                "{:.0}%",
+                row.gb_per_second * 1e9 / p * 100.0
+            )),
+            torch.map_or("-".into(), |t| format!(
+                "{:.1}x",
+                best(&t.runs) / best(&row.runs)
+            )),
+        )?;
+    }
+    if let Some(file) = &args.json {
+        baton_memory::atomic_file::write_atomic(file, &serde_json::to_vec_pretty(&rows)?)?;
+    }
+    Ok(())
+}
+
+/// Before timing anything: the loader is bit-exact with candle's on this device (every dtype,
+/// two chunkings), and broken files are refused with device memory verified back where it was.
+fn check_loader(
+    dir: &std::path::Path,
+    backend: &std::sync::Arc<dyn baton_memory::MemoryBackend>,
+    device: &candle_core::Device,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use baton_weights::{LoadOptions, bench as wb, load_safetensors};
+
+    let mixed = dir.join("mixed.safetensors");
+    wb::write_mixed(&mixed, 11)?;
+    for options in [
+        LoadOptions::default(),
+        LoadOptions {
+            lanes: 3,
+            chunk_bytes: 4099,
+            slots: 2,
+            dtype: None,
+        },
+    ] {
+        let n = wb::verify_against_candle(&mixed, device, &options)?;
+        writeln!(
+            out,
+            "bit-exact with candle's loader on this device: {n} tensors (9 dtypes), {} lanes x {} byte chunks",
+            options.lanes, options.chunk_bytes
+        )?;
+        backend.trim()?;
+    }
+    let bytes = std::fs::read(&mixed)?;
+    let truncated = dir.join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 1000])?;
+    let header = |text: &str, data: usize| {
+        let mut b = (text.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(text.as_bytes());
+        b.extend(std::iter::repeat_n(0u8, data));
+        b
+    };
+    let lying = dir.join("lying.safetensors");
+    std::fs::write(
+        &lying,
+        header(
+            r#"{"w":{"dtype":"F32","shape":[1024,1024],"data_offsets":[0,4096]}}"#,
+            4096,
+        ),
+    )?;
+    let f8 = dir.join("f8.safetensors");
+    std::fs::write(
+        &f8,
+        header(
+            r#"{"w":{"dtype":"F8_E5M2","shape":[16],"data_offsets":[0,16]}}"#,
+            16,
+        ),
+    )?;
+    for path in [&truncated, &lying, &f8] {
+        let scope = baton_memory::MemoryScope::new(backend.clone(), 0, "bad file")?;
+        let outcome = load_safetensors(path, device, &LoadOptions::default());
+        backend.trim()?;
+        let report = scope.finish()?;
+        match outcome {
+            Ok(_) => anyhow::bail!("{} loaded, but it is broken", path.display()),
+            Err(e) => writeln!(out, "refused: {e}\n  memory: {report}")?,
+        }
+        std::fs::remove_file(path)?;
+    }
+    std::fs::remove_file(&mixed)?;
+    Ok(())
+}

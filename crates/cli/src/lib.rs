@@ -60,6 +60,7 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Scenes(args) => scenes_cmd::scenes(args, out),
         Command::Models(ModelsCommand::List) => scenes_cmd::models_list(out),
         Command::Models(ModelsCommand::Fetch { name }) => scenes_cmd::models_fetch(name, out),
+        Command::Models(ModelsCommand::Warm { name }) => scenes_cmd::models_warm(name, out),
         Command::Batch(args) => pipeline_cmd::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
         Command::Watch(args) => watch::watch(args),
@@ -78,6 +79,8 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
             device,
             json,
         }) => bench::switch(*repeat, *size, *device, json.as_deref(), out),
+        Command::Bench(BenchCommand::Llm(args)) => bench::llm(args, out),
+        Command::Bench(BenchCommand::Load(args)) => bench::load(args, out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
         Command::Bench(BenchCommand::Runner {
             stages,

@@ -10,7 +10,7 @@ use baton_studio::scenes::{Compute, Destination, ScenesRequest, write_scenes};
 
 use crate::args::{ComputeChoice, ScenesArgs};
 
-fn compute(choice: ComputeChoice) -> anyhow::Result<(Compute, String)> {
+pub(crate) fn compute(choice: ComputeChoice) -> anyhow::Result<(Compute, String)> {
     let cuda = || baton_memory::cuda::CudaBackend::open(0).map(|c| Compute::Cuda(Arc::new(c)));
     Ok(match choice {
         ComputeChoice::Cpu => (Compute::Cpu, "on the CPU (--compute cpu)".into()),
@@ -127,5 +127,13 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = ModelStore::from_env();
     let path = store.resolve(name, true)?;
     writeln!(out, "{name}: {} (checksum verified)", path.display())?;
+    Ok(())
+}
+
+pub fn models_warm(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    // Warming never downloads: a model that is not here yet has nothing to warm.
+    let path = ModelStore::from_env().resolve(name, false)?;
+    let report = baton_weights::page_cache::warm(&path, 8)?;
+    writeln!(out, "{}: {report}", path.display())?;
     Ok(())
 }

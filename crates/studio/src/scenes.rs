@@ -24,6 +24,20 @@ pub enum Compute {
     Cuda(Arc<baton_memory::cuda::CudaBackend>),
 }
 
+impl Compute {
+    /// The memory backend that measures this compute, and candle's device for it.
+    pub fn open(&self) -> Result<(Arc<dyn MemoryBackend>, candle_core::Device), LlmError> {
+        Ok(match self {
+            Compute::Cpu => (
+                Arc::new(baton_memory::host::HostBackend::new()),
+                candle_core::Device::Cpu,
+            ),
+            // candle's CUDA device joins the primary context the backend already holds.
+            Compute::Cuda(cuda) => (cuda.clone(), candle_core::Device::new_cuda(0)?),
+        })
+    }
+}
+
 /// Where the scenes file goes.
 pub enum Destination {
     /// A new run folder under this output folder.
@@ -103,6 +117,24 @@ fn user_prompt(topic: &str, scenes: usize) -> String {
     )
 }
 
+/// The chat prompt that asks `llm` for a storyboard of `scenes` scenes about `topic`, and the
+/// JSON Schema its output is constrained to.
+pub fn storyboard_request(
+    llm: &Llm,
+    topic: &str,
+    scenes: usize,
+) -> Result<(String, serde_json::Value), LlmError> {
+    let prompt = llm.chat_prompt(SYSTEM, &user_prompt(topic, scenes))?;
+    // Compact JSON: with whitespace left free, a small model can spend its whole budget on it.
+    let mut constraint = schema(Some(scenes));
+    constraint["x-guidance"] = serde_json::json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": "
+    });
+    Ok((prompt, constraint))
+}
+
 /// Generates, validates and writes a storyboard for `req.topic`.
 pub fn write_scenes(
     req: ScenesRequest,
@@ -112,17 +144,7 @@ pub fn write_scenes(
     if req.scenes == 0 || req.scenes > crate::storyboard::MAX_SCENES {
         return Err(ScenesError::SceneCount(req.scenes));
     }
-    let (backend, device): (Arc<dyn MemoryBackend>, candle_core::Device) = match &req.compute {
-        Compute::Cpu => (
-            Arc::new(baton_memory::host::HostBackend::new()),
-            candle_core::Device::Cpu,
-        ),
-        // candle's CUDA device joins the primary context the backend already holds.
-        Compute::Cuda(cuda) => (
-            cuda.clone(),
-            candle_core::Device::new_cuda(0).map_err(LlmError::from)?,
-        ),
-    };
+    let (backend, device) = req.compute.open()?;
     crate::llm::warm_up(&device)?;
     backend.trim()?;
     // 64 MiB of slack: allocator arenas on the host, and on a GPU a kernel module the warm-up
@@ -135,14 +157,7 @@ pub fn write_scenes(
         .first()
         .map(|d| d.summary())
         .unwrap_or_default();
-    let prompt = llm.chat_prompt(SYSTEM, &user_prompt(req.topic, req.scenes))?;
-    // Compact JSON: with whitespace left free, a small model can spend its whole budget on it.
-    let mut constraint = schema(Some(req.scenes));
-    constraint["x-guidance"] = serde_json::json!({
-        "whitespace_flexible": false,
-        "item_separator": ", ",
-        "key_separator": ": "
-    });
+    let (prompt, constraint) = storyboard_request(&llm, req.topic, req.scenes)?;
     let generation = llm.generate_json(&prompt, constraint, &req.sampler, on_token)?;
     let after_generation = baton_memory::log_snapshot(backend.as_ref(), "after scene generation")?
         .first()

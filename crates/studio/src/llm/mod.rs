@@ -337,6 +337,84 @@ impl Llm {
     }
 }
 
+impl Llm {
+    /// Free text for `prompt`, without a constraint: the loop of candle's own quantized example
+    /// (the prompt in one forward pass, then one token at a time, candle's repeat penalty over
+    /// the last `repeat_last_n` tokens, stop at end-of-text or after `max_tokens`). The benchmark
+    /// runs it beside that example, so the two can be compared token for token.
+    pub fn generate_text(
+        &mut self,
+        prompt: &str,
+        options: &Sampler,
+        repeat_last_n: usize,
+    ) -> Result<Generation, LlmError> {
+        let prompt_tokens = self
+            .tokenizer
+            .encode(prompt, true)
+            .map_err(|e| LlmError::Generation(e.to_string()))?
+            .get_ids()
+            .to_vec();
+        if prompt_tokens.is_empty() {
+            return Err(LlmError::Generation("the prompt has no tokens".into()));
+        }
+        if prompt_tokens.len() + options.max_tokens >= MAX_CONTEXT {
+            return Err(LlmError::Generation(format!(
+                "{} prompt tokens + {} to generate do not fit the {MAX_CONTEXT}-token context",
+                prompt_tokens.len(),
+                options.max_tokens
+            )));
+        }
+        let mut sampler = LogitsProcessor::from_sampling(
+            options.seed,
+            if options.temperature <= 0.0 {
+                Sampling::ArgMax
+            } else {
+                Sampling::All {
+                    temperature: options.temperature,
+                }
+            },
+        );
+        let start = Instant::now();
+        let logits = self.forward(&prompt_tokens, 0)?;
+        let mut next = sampler.sample(&logits)?;
+        let prompt_time = start.elapsed();
+        let mut out = vec![next];
+        let decode_start = Instant::now();
+        let mut sampled = 0;
+        for index in 0..options.max_tokens.saturating_sub(1) {
+            let logits = self.forward(&[next], prompt_tokens.len() + index)?;
+            let logits = if options.repeat_penalty == 1.0 {
+                logits
+            } else {
+                let from = out.len().saturating_sub(repeat_last_n);
+                candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    options.repeat_penalty,
+                    &out[from..],
+                )?
+            };
+            next = sampler.sample(&logits)?;
+            out.push(next);
+            sampled += 1;
+            if next == self.eos {
+                break;
+            }
+        }
+        let decode_time = decode_start.elapsed();
+        let text = self
+            .tokenizer
+            .decode(&out, true)
+            .map_err(|e| LlmError::Generation(e.to_string()))?;
+        Ok(Generation {
+            text,
+            prompt_tokens: prompt_tokens.len(),
+            tokens: sampled,
+            prompt_time,
+            decode_time,
+        })
+    }
+}
+
 /// Runs each kind of kernel a forward pass uses once on `device` (a GPU), so the CUDA modules and
 /// the cuBLAS workspace they load are part of the process's baseline, not charged to the model:
 /// they stay with the CUDA context until the process exits, whatever the model does.

@@ -1,0 +1,239 @@
+//! What `baton bench load` measures against: a safetensors file of bf16 tensors shaped like a
+//! Llama-3-8B checkpoint (embedding, then layers of attention and MLP weights), candle's default
+//! loader, and PyTorch's `safetensors.torch.load_file(device="cuda")` in a child process.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::Device;
+
+use crate::WeightsError;
+
+/// Hidden size, KV width, MLP width and vocabulary of the shapes written (Llama 3 8B's).
+const HIDDEN: usize = 4096;
+const KV: usize = 1024;
+const MLP: usize = 14336;
+const VOCAB: usize = 128_256;
+
+/// Writes a bf16 safetensors file of about `target_bytes` (at least one layer) at `path`, in
+/// whole: to a temporary name, synced, then renamed. Returns its tensor data size.
+pub fn write_llama_like(path: &Path, target_bytes: u64) -> Result<u64, WeightsError> {
+    let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut total = 0u64;
+    let mut push = |name: String, shape: Vec<usize>, total: &mut u64| {
+        *total += shape.iter().product::<usize>() as u64 * 2;
+        shapes.push((name, shape));
+    };
+    if target_bytes >= (VOCAB * HIDDEN * 2) as u64 * 3 {
+        push(
+            "model.embed_tokens.weight".into(),
+            vec![VOCAB, HIDDEN],
+            &mut total,
+        );
+    }
+    let mut layer = 0;
+    while total < target_bytes || layer == 0 {
+        let p = format!("model.layers.{layer}");
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![HIDDEN]),
+            ("self_attn.q_proj.weight", vec![HIDDEN, HIDDEN]),
+            ("self_attn.k_proj.weight", vec![KV, HIDDEN]),
+            ("self_attn.v_proj.weight", vec![KV, HIDDEN]),
+            ("self_attn.o_proj.weight", vec![HIDDEN, HIDDEN]),
+            ("post_attention_layernorm.weight", vec![HIDDEN]),
+            ("mlp.gate_proj.weight", vec![MLP, HIDDEN]),
+            ("mlp.up_proj.weight", vec![MLP, HIDDEN]),
+            ("mlp.down_proj.weight", vec![HIDDEN, MLP]),
+        ] {
+            push(format!("{p}.{name}"), shape, &mut total);
+        }
+        layer += 1;
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in &shapes {
+        let bytes = shape.iter().product::<usize>() as u64 * 2;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let mut text = serde_json::to_vec(&header).expect("a map serializes");
+    // The data region starts 8-byte aligned, as the reference writer does.
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let io = |source| WeightsError::Read {
+        path: path.to_path_buf(),
+        offset: 0,
+        source,
+    };
+    let tmp = PathBuf::from(format!("{}.part", path.display()));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp)?);
+        file.write_all(&(text.len() as u64).to_le_bytes())?;
+        file.write_all(&text)?;
+        // Plausible bf16 values (small magnitudes), one random block repeated.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let block: Vec<u8> = (0..(4 << 20) / 2)
+            .flat_map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let v = half::bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1);
+                v.to_bits().to_le_bytes()
+            })
+            .collect();
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            file.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)?;
+    Ok(total)
+}
+
+/// Seconds candle's own loader (`candle_core::safetensors::load`: mmap, then a copy per
+/// tensor) takes for `path`, with the device synchronised.
+pub fn candle_default_load(path: &Path, device: &Device) -> Result<f64, WeightsError> {
+    let started = Instant::now();
+    let tensors = candle_core::safetensors::load(path, device)?;
+    device.synchronize()?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(tensors);
+    Ok(seconds)
+}
+
+/// The PyTorch side, run by `python`: CUDA initialised before the clock starts.
+const TORCH_LOAD: &str = r#"
+import sys, time
+import torch
+from safetensors.torch import load_file
+torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+t = time.perf_counter()
+d = load_file(sys.argv[1], device="cuda")
+torch.cuda.synchronize()
+print(time.perf_counter() - t)
+"#;
+
+/// Seconds PyTorch's `load_file(device="cuda")` takes for `path`, in a child process, or why it
+/// could not be measured.
+pub fn torch_load(python: &str, path: &Path) -> Result<f64, String> {
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(TORCH_LOAD)
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "{python} failed: {}",
+            err.lines().last().unwrap_or("no output")
+        ));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|e| format!("{python} printed no time: {e}"))
+}
+
+/// Every dtype the loader reads, in shapes that fill no chunk evenly and one empty tensor, with
+/// random bits (NaN payloads included): the file the bit-exactness checks load.
+pub fn write_mixed(path: &Path, seed: u64) -> Result<(), WeightsError> {
+    use candle_core::{DType, Tensor};
+    let shapes: [&[usize]; 6] = [&[1], &[7, 13], &[3, 5, 17], &[1031], &[0], &[64, 129]];
+    let mut x = seed | 1;
+    let mut tensors = std::collections::HashMap::new();
+    for dtype in [
+        DType::U8,
+        DType::U32,
+        DType::I16,
+        DType::I32,
+        DType::I64,
+        DType::BF16,
+        DType::F16,
+        DType::F32,
+        DType::F64,
+    ] {
+        for shape in shapes {
+            let n = shape.iter().product::<usize>() * dtype.size_in_bytes();
+            let bytes: Vec<u8> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            let t = Tensor::from_raw_buffer(&bytes, dtype, shape, &Device::Cpu)?;
+            tensors.insert(format!("{dtype:?}.{shape:?}"), t);
+        }
+    }
+    candle_core::safetensors::save(&tensors, path)?;
+    Ok(())
+}
+
+/// A tensor's raw little-endian bytes, read back to the host.
+pub fn raw_bytes(t: &candle_core::Tensor) -> Result<Vec<u8>, WeightsError> {
+    use candle_core::DType;
+    let t = t.flatten_all()?.to_device(&Device::Cpu)?;
+    fn le<T: candle_core::WithDType, const N: usize>(
+        t: &candle_core::Tensor,
+        bytes: impl Fn(T) -> [u8; N],
+    ) -> Result<Vec<u8>, WeightsError> {
+        Ok(t.to_vec1::<T>()?.into_iter().flat_map(bytes).collect())
+    }
+    match t.dtype() {
+        DType::U8 => Ok(t.to_vec1::<u8>()?),
+        DType::U32 => le(&t, u32::to_le_bytes),
+        DType::I16 => le(&t, i16::to_le_bytes),
+        DType::I32 => le(&t, i32::to_le_bytes),
+        DType::I64 => le(&t, i64::to_le_bytes),
+        DType::BF16 => le(&t, |v: half::bf16| v.to_bits().to_le_bytes()),
+        DType::F16 => le(&t, |v: half::f16| v.to_bits().to_le_bytes()),
+        DType::F32 => le(&t, |v: f32| v.to_bits().to_le_bytes()),
+        DType::F64 => le(&t, |v: f64| v.to_bits().to_le_bytes()),
+        other => Err(WeightsError::Device(format!("no raw view of {other:?}"))),
+    }
+}
+
+/// Loads `path` with baton's loader and with candle's onto `device` and compares every tensor
+/// bit for bit. Returns how many tensors matched; a mismatch is an error naming the tensor.
+pub fn verify_against_candle(
+    path: &Path,
+    device: &Device,
+    options: &crate::LoadOptions,
+) -> Result<usize, WeightsError> {
+    let reference = candle_core::safetensors::load(path, device)?;
+    let loaded = crate::load_safetensors(path, device, options)?;
+    if loaded.tensors.len() != reference.len() {
+        return Err(WeightsError::Device(format!(
+            "{} tensors loaded, candle loads {}",
+            loaded.tensors.len(),
+            reference.len()
+        )));
+    }
+    for (name, want) in &reference {
+        let got = &loaded.tensors[name];
+        if got.dtype() != want.dtype()
+            || got.dims() != want.dims()
+            || raw_bytes(got)? != raw_bytes(want)?
+        {
+            return Err(WeightsError::Device(format!(
+                "tensor '{name}' differs from candle's load with {options:?}"
+            )));
+        }
+    }
+    Ok(reference.len())
+}

@@ -1,0 +1,263 @@
+//! The GPU side of a load: each lane owns a CUDA stream and pinned staging buffers; a chunk read
+//! into one buffer is copied to its tensors with `cuMemcpyHtoDAsync` (DMA at PCIe speed, because
+//! the source is page-locked) while the lane reads the next chunk into its other buffer.
+//!
+//! Device memory is allocated uninitialised through candle's device (its stream-ordered pool)
+//! and wrapped as candle storage, so the tensors are ordinary candle tensors. The lanes' streams
+//! are synchronised before any tensor is handed out; on an error every buffer is dropped, so the
+//! device memory returns to the pool and a scope guard's trim gives it back.
+
+use std::sync::Arc;
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr, result, sys,
+};
+use candle_core::cuda_backend::{CudaDType, CudaStorage};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, DType, Storage, Tensor};
+
+use crate::WeightsError;
+use crate::header::Header;
+use crate::pump::{self, Chunk, PumpOptions, Sink};
+
+fn cuda_err(call: &'static str) -> impl Fn(result::DriverError) -> WeightsError {
+    move |e| WeightsError::Cuda {
+        call,
+        message: format!("{e:?}"),
+    }
+}
+
+/// Page-locked host memory from `cuMemHostAlloc`, freed on drop.
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: a plain allocation owned by one lane at a time.
+unsafe impl Send for Pinned {}
+
+impl Pinned {
+    fn new(len: usize) -> Result<Pinned, WeightsError> {
+        // SAFETY: the context is current on this thread; flags 0 is ordinary pinned memory
+        // (cached, so a `pread` into it runs at memory speed).
+        let ptr =
+            unsafe { result::malloc_host(len.max(1), 0) }.map_err(cuda_err("cuMemHostAlloc"))?;
+        Ok(Pinned {
+            ptr: ptr as *mut u8,
+            len,
+        })
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        // SAFETY: allocated by cuMemHostAlloc above and no copy reads it any more (lanes drain
+        // before they drop their buffers).
+        unsafe {
+            let _ = result::free_host(self.ptr as _);
+        }
+    }
+}
+
+/// One lane: a stream, its staging buffers, and the event after each buffer's last copies.
+pub(crate) struct Lane {
+    stream: Arc<CudaStream>,
+    buffers: Vec<Pinned>,
+    done: Vec<Option<CudaEvent>>,
+}
+
+struct DeviceSink {
+    device: CudaDevice,
+    targets: Vec<sys::CUdeviceptr>,
+}
+
+impl Sink for DeviceSink {
+    type Lane = Lane;
+
+    fn lane(&self, slots: usize, bytes: usize) -> Result<Lane, WeightsError> {
+        let context = self.device.cuda_stream().context().clone();
+        context
+            .bind_to_thread()
+            .map_err(cuda_err("cuCtxSetCurrent"))?;
+        let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
+        let buffers = (0..slots)
+            .map(|_| Pinned::new(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Lane {
+            stream,
+            done: (0..slots).map(|_| None).collect(),
+            buffers,
+        })
+    }
+
+    fn staging<'a>(&self, lane: &'a mut Lane, slot: usize) -> Result<&'a mut [u8], WeightsError> {
+        if let Some(event) = &lane.done[slot] {
+            event
+                .synchronize()
+                .map_err(cuda_err("cuEventSynchronize"))?;
+        }
+        let buffer = &mut lane.buffers[slot];
+        // SAFETY: the buffer's last copies have finished (above); this lane alone uses it.
+        Ok(unsafe { std::slice::from_raw_parts_mut(buffer.ptr, buffer.len) })
+    }
+
+    fn scatter(&self, lane: &mut Lane, slot: usize, chunk: &Chunk) -> Result<(), WeightsError> {
+        let buffer = &lane.buffers[slot];
+        // SAFETY: the chunk was just read into this buffer, which stays untouched until the
+        // event recorded below has fired.
+        let staged = unsafe { std::slice::from_raw_parts(buffer.ptr, chunk.len) };
+        let stream = lane.stream.cu_stream();
+        for p in &chunk.pieces {
+            let src = &staged[p.chunk_offset..p.chunk_offset + p.len];
+            // SAFETY: the destination holds the whole tensor and this piece lies inside it; no
+            // other piece writes these bytes; the source is pinned and outlives the copy.
+            unsafe {
+                result::memcpy_htod_async(self.targets[p.tensor] + p.tensor_offset, src, stream)
+            }
+            .map_err(cuda_err("cuMemcpyHtoDAsync"))?;
+        }
+        let event = match lane.done[slot].take() {
+            Some(event) => event,
+            None => lane
+                .stream
+                .context()
+                .new_event(None)
+                .map_err(cuda_err("cuEventCreate"))?,
+        };
+        event
+            .record(&lane.stream)
+            .map_err(cuda_err("cuEventRecord"))?;
+        lane.done[slot] = Some(event);
+        Ok(())
+    }
+
+    fn drain(&self, lane: Lane) -> Result<(), WeightsError> {
+        lane.stream
+            .synchronize()
+            .map_err(cuda_err("cuStreamSynchronize"))
+    }
+}
+
+/// Allocates an uninitialised device buffer of `count` elements as candle storage, and its
+/// address.
+fn alloc<T: CudaDType + DeviceRepr>(
+    device: &CudaDevice,
+    count: usize,
+) -> Result<(CudaStorage, sys::CUdeviceptr), WeightsError> {
+    // SAFETY: every byte is written by the load before the tensor is handed out.
+    let mut slice: CudaSlice<T> = unsafe { device.alloc::<T>(count) }?;
+    let stream = device.cuda_stream();
+    let (ptr, record) = slice.device_ptr_mut(&stream);
+    drop(record);
+    Ok((CudaStorage::wrap_cuda_slice(slice, device.clone()), ptr))
+}
+
+fn alloc_dtype(
+    device: &CudaDevice,
+    dtype: DType,
+    count: usize,
+) -> Result<(CudaStorage, sys::CUdeviceptr), WeightsError> {
+    match dtype {
+        DType::U8 => alloc::<u8>(device, count),
+        DType::U32 => alloc::<u32>(device, count),
+        DType::I16 => alloc::<i16>(device, count),
+        DType::I32 => alloc::<i32>(device, count),
+        DType::I64 => alloc::<i64>(device, count),
+        DType::BF16 => alloc::<half::bf16>(device, count),
+        DType::F16 => alloc::<half::f16>(device, count),
+        DType::F32 => alloc::<f32>(device, count),
+        DType::F64 => alloc::<f64>(device, count),
+        other => Err(WeightsError::Device(format!(
+            "a {other:?} tensor (the header check should have refused it)"
+        ))),
+    }
+}
+
+/// Loads every tensor of `header` onto `device` through pinned lanes.
+pub(crate) fn load(
+    header: &Header,
+    file: &std::fs::File,
+    chunks: &[Chunk],
+    options: PumpOptions,
+    device: &CudaDevice,
+) -> Result<Vec<Tensor>, WeightsError> {
+    let mut storages = Vec::with_capacity(header.tensors.len());
+    let mut targets = Vec::with_capacity(header.tensors.len());
+    for t in &header.tensors {
+        let count = t.shape.iter().product::<usize>();
+        let (storage, ptr) = alloc_dtype(device, t.dtype, count)?;
+        storages.push(storage);
+        targets.push(ptr);
+    }
+    // The allocations are ordered on candle's stream; the lanes copy on their own.
+    device
+        .cuda_stream()
+        .synchronize()
+        .map_err(cuda_err("cuStreamSynchronize"))?;
+    let sink = DeviceSink {
+        device: device.clone(),
+        targets,
+    };
+    pump::run(header, file, chunks, &sink, options)?;
+    Ok(header
+        .tensors
+        .iter()
+        .zip(storages)
+        .map(|(t, storage)| {
+            Tensor::from_storage(
+                Storage::Cuda(storage),
+                t.shape.clone(),
+                BackpropOp::none(),
+                false,
+            )
+        })
+        .collect())
+}
+
+/// Host-to-device copy bandwidth in bytes per second: `bytes` copied `repeat` times from pinned
+/// (or ordinary, pageable) host memory, after one untimed copy.
+pub(crate) fn h2d_bandwidth(
+    device: &CudaDevice,
+    bytes: usize,
+    pinned: bool,
+    repeat: usize,
+) -> Result<f64, WeightsError> {
+    let stream = device.cuda_stream();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(cuda_err("cuCtxSetCurrent"))?;
+    // Kept alive (not `_`) until the copies are done.
+    let (_target, ptr) = alloc::<u8>(device, bytes)?;
+    stream
+        .synchronize()
+        .map_err(cuda_err("cuStreamSynchronize"))?;
+    let pinned_buf;
+    let pageable;
+    let src: &[u8] = if pinned {
+        pinned_buf = Pinned::new(bytes)?;
+        // SAFETY: freshly allocated, `bytes` long; written once before use.
+        let s = unsafe { std::slice::from_raw_parts_mut(pinned_buf.ptr, bytes) };
+        s.fill(1);
+        s
+    } else {
+        pageable = vec![1u8; bytes];
+        &pageable
+    };
+    let copy = || -> Result<(), WeightsError> {
+        // SAFETY: `ptr` is a live allocation of `bytes` bytes; `src` outlives the copy, which is
+        // synchronised before returning.
+        unsafe { result::memcpy_htod_async(ptr, src, stream.cu_stream()) }
+            .map_err(cuda_err("cuMemcpyHtoDAsync"))?;
+        stream
+            .synchronize()
+            .map_err(cuda_err("cuStreamSynchronize"))
+    };
+    copy()?;
+    let started = std::time::Instant::now();
+    for _ in 0..repeat.max(1) {
+        copy()?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((bytes * repeat.max(1)) as f64 / seconds)
+}

@@ -1,0 +1,245 @@
+//! Weights at line rate: a safetensors file streamed into candle tensors through a few lanes of
+//! staging buffers, on the GPU through pinned memory and CUDA streams, at close to what PCIe
+//! carries, instead of candle's default page-by-page pageable copy.
+//!
+//! In a pipeline where every model runs in its own process, every stage loads its weights
+//! again; this is what makes that cheap. The tensors are candle's own, handed to models through
+//! a [`candle_nn::VarBuilder`], so every candle model in baton loads through here. A dtype the
+//! model wants instead (bf16 weights for an f16 model) is converted on the device, after the
+//! copy. Every load reports bytes, seconds and GB/s ([`LoadReport`]).
+
+pub mod bench;
+pub mod header;
+pub mod page_cache;
+pub mod pump;
+
+#[cfg(feature = "cuda")]
+mod cuda;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use header::{Header, TensorEntry};
+
+/// Errors of a load; each names the file, and the tensor where one is to blame.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WeightsError {
+    #[error("cannot open '{}': {source}", .path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("'{}' is not a usable safetensors file: {why}", .path.display())]
+    BadHeader { path: PathBuf, why: String },
+    #[error("'{}': tensor '{tensor}': {why}; fetch or convert the file again", .path.display())]
+    BadOffsets {
+        path: PathBuf,
+        tensor: String,
+        why: String,
+    },
+    #[error("'{}': tensor '{tensor}' has dtype {dtype}, which baton cannot load; convert the file to one of U8 U32 I16 I32 I64 BF16 F16 F32 F64", .path.display())]
+    UnsupportedDtype {
+        path: PathBuf,
+        tensor: String,
+        dtype: String,
+    },
+    #[error("reading '{}' at byte {offset} failed: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        offset: u64,
+        source: std::io::Error,
+    },
+    #[error("CUDA call {call} failed: {message}")]
+    Cuda { call: &'static str, message: String },
+    #[error("the load cannot target {0}; use the CPU or, in a cuda build, a CUDA device")]
+    Device(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// How a load is cut up; the defaults suit a PCIe Gen4/Gen5 GPU and a file in the page cache.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Threads reading the file in parallel, each with its own staging buffers (and stream).
+    pub lanes: usize,
+    /// Bytes read by one `pread` and copied as one batch.
+    pub chunk_bytes: usize,
+    /// Staging buffers per lane.
+    pub slots: usize,
+    /// Float tensors of another float dtype are converted to this one, on the device.
+    pub dtype: Option<DType>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        LoadOptions {
+            lanes: cores.clamp(2, 8),
+            chunk_bytes: 16 << 20,
+            slots: 2,
+            dtype: None,
+        }
+    }
+}
+
+/// What a load moved and how fast.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadReport {
+    pub path: PathBuf,
+    pub tensors: usize,
+    pub bytes: u64,
+    /// From opening the file to the last tensor ready on the device (allocation included).
+    pub seconds: f64,
+    /// Share of the file in the page cache when the load began (0..=1), if it could be seen.
+    pub cached_before: Option<f64>,
+    pub lanes: usize,
+    pub chunk_bytes: usize,
+}
+
+impl LoadReport {
+    pub fn gb_per_second(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9) / 1e9
+    }
+}
+
+impl std::fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "loaded {} tensors, {:.2} GB from {} in {:.3}s: {:.1} GB/s",
+            self.tensors,
+            self.bytes as f64 / 1e9,
+            self.path.display(),
+            self.seconds,
+            self.gb_per_second()
+        )?;
+        if let Some(c) = self.cached_before {
+            write!(f, " ({:.0}% in the page cache before)", c * 100.0)?;
+        }
+        Ok(())
+    }
+}
+
+/// The tensors of a file, by name, and the report of their load.
+pub struct Loaded {
+    pub tensors: HashMap<String, Tensor>,
+    pub report: LoadReport,
+}
+
+impl Loaded {
+    /// A `VarBuilder` over the loaded tensors, for candle's model constructors.
+    pub fn var_builder(self, dtype: DType, device: &Device) -> candle_nn::VarBuilder<'static> {
+        candle_nn::VarBuilder::from_tensors(self.tensors, dtype, device)
+    }
+}
+
+/// Loads every tensor of the safetensors file at `path` onto `device`.
+pub fn load_safetensors(
+    path: &Path,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<Loaded, WeightsError> {
+    let started = Instant::now();
+    let header = Header::read(path)?;
+    let file = File::open(path).map_err(|source| WeightsError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let cached_before = page_cache::resident_share(&file).ok();
+    page_cache::advise_sequential(&file);
+    let chunks = pump::chunks(&header, options.chunk_bytes);
+    let pump_options = pump::PumpOptions {
+        lanes: options.lanes,
+        chunk_bytes: options.chunk_bytes,
+        slots: options.slots,
+    };
+    let tensors = match device {
+        Device::Cpu => load_host(&header, &file, &chunks, pump_options)?,
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => cuda::load(&header, &file, &chunks, pump_options, cuda)?,
+        #[allow(unreachable_patterns)]
+        other => return Err(WeightsError::Device(format!("{:?}", other.location()))),
+    };
+    let mut named = HashMap::with_capacity(tensors.len());
+    for (entry, tensor) in header.tensors.iter().zip(tensors) {
+        let tensor = match options.dtype {
+            Some(want) if want.is_float() && entry.dtype.is_float() && entry.dtype != want => {
+                tensor.to_dtype(want)?
+            }
+            _ => tensor,
+        };
+        named.insert(entry.name.clone(), tensor);
+    }
+    device.synchronize()?;
+    let report = LoadReport {
+        path: path.to_path_buf(),
+        tensors: header.tensors.len(),
+        bytes: header.data_bytes(),
+        seconds: started.elapsed().as_secs_f64(),
+        cached_before,
+        lanes: options.lanes,
+        chunk_bytes: options.chunk_bytes,
+    };
+    tracing::info!("{report}");
+    Ok(Loaded {
+        tensors: named,
+        report,
+    })
+}
+
+/// Host-to-device bandwidth in bytes per second from pinned (or pageable) host memory, `bytes`
+/// at a time; `None` when `device` is not a GPU.
+pub fn h2d_bandwidth(
+    device: &Device,
+    bytes: usize,
+    pinned: bool,
+    repeat: usize,
+) -> Result<Option<f64>, WeightsError> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => cuda::h2d_bandwidth(cuda, bytes, pinned, repeat).map(Some),
+        _ => {
+            let _ = (bytes, pinned, repeat);
+            Ok(None)
+        }
+    }
+}
+
+/// The host path: one buffer per tensor, filled by the pump, then handed to candle.
+fn load_host(
+    header: &Header,
+    file: &File,
+    chunks: &[pump::Chunk],
+    options: pump::PumpOptions,
+) -> Result<Vec<Tensor>, WeightsError> {
+    let mut buffers: Vec<Vec<u8>> = header
+        .tensors
+        .iter()
+        .map(|t| vec![0u8; t.bytes() as usize])
+        .collect();
+    let sink = pump::HostSink {
+        targets: buffers
+            .iter_mut()
+            .map(|b| pump::SharedPtr(b.as_mut_ptr()))
+            .collect(),
+    };
+    pump::run(header, file, chunks, &sink, options)?;
+    header
+        .tensors
+        .iter()
+        .zip(&buffers)
+        .map(|(t, bytes)| {
+            Ok(Tensor::from_raw_buffer(
+                bytes,
+                t.dtype,
+                &t.shape,
+                &Device::Cpu,
+            )?)
+        })
+        .collect()
+}
