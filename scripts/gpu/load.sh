@@ -2,7 +2,7 @@
 # Weights at line rate on a real GPU: `baton bench load` writes 4 GiB and 16 GiB bf16 safetensors
 # files, checks the loader bit for bit against candle's on the GPU, refuses broken files with
 # device memory verified, then times pinned H2D, baton (warm, each lanes x chunk setting, bf16 ->
-# f16, cold), candle's default loader and PyTorch's load_file, in one run.
+# f16, cold; the direct path too), candle's default loader and PyTorch's load_file, in one run.
 # Needs a build with --features cuda in target/release. From the repository root:
 #   bash scripts/gpu/load.sh [OUTPUT_DIR]
 set -u
@@ -14,5 +14,5 @@ nvidia-smi --query-gpu=name,driver_version,pcie.link.gen.max,pcie.link.width.max
 python3 -c "import torch, safetensors; print('torch', torch.__version__, 'safetensors', safetensors.__version__)"
 nproc
 $B bench load --sizes "${SIZES:-4GiB,16GiB}" --repeat "${REPEAT:-3}" \
-    --lanes "${LANES:-8,4,12}" --chunk "${CHUNKS:-16MiB,4MiB,64MiB}" \
+    --lanes "${LANES:-12,8}" --chunk "${CHUNKS:-2MiB,4MiB,16MiB}" --direct \
     --dir "${DIR:-/tmp/baton-bench-load}" --json "$OUT/load.json" 2>&1 | tee "$OUT/load.txt"

@@ -395,6 +395,12 @@ pub struct BenchLoadArgs {
     /// Chunk sizes to try, comma-separated.
     #[arg(long, value_delimiter = ',', value_parser = parse_model_size)]
     pub chunk: Vec<u64>,
+    /// Staging buffers per lane.
+    #[arg(long, default_value_t = 2)]
+    pub slots: usize,
+    /// Also time the direct path (page-cache pages pinned in place, no staging copy).
+    #[arg(long)]
+    pub direct: bool,
     /// The Python that runs PyTorch's load_file (skipped when it has no torch or safetensors).
     #[arg(long, default_value = "python3")]
     pub python: String,

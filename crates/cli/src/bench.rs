@@ -396,7 +396,10 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
     }
     let (compute, where_) = crate::scenes_cmd::compute(args.compute)?;
     let (backend, device) = compute.open()?;
-    let defaults = LoadOptions::default();
+    let defaults = LoadOptions {
+        slots: args.slots,
+        ..LoadOptions::default()
+    };
     let lanes = if args.lanes.is_empty() {
         vec![defaults.lanes]
     } else {
@@ -481,31 +484,48 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
             });
             Ok(())
         };
+        let modes: &[bool] = if args.direct && device.is_cuda() {
+            &[false, true]
+        } else {
+            &[false]
+        };
         for &l in &lanes {
-            for &c in &chunks {
+            for (&c, &direct) in chunks
+                .iter()
+                .flat_map(|c| modes.iter().map(move |d| (c, d)))
+            {
                 let options = LoadOptions {
                     lanes: l,
                     chunk_bytes: c,
+                    direct,
                     ..defaults
                 };
                 let mut runs = Vec::new();
-                let mut cached = None;
+                let mut last = None;
                 for _ in 0..args.repeat {
                     let loaded = load_safetensors(&path, &device, &options)?;
                     runs.push(loaded.report.seconds);
-                    cached = loaded.report.cached_before;
+                    last = Some(loaded.report.clone());
                     drop(loaded);
                     backend.trim()?;
                 }
+                let last = last.expect("at least one run");
                 push(
                     &mut rows,
                     out,
                     format!(
-                        "baton, warm, {l} lanes x {}",
-                        baton_memory::format_bytes(c as u64)
+                        "baton{}, warm, {l} lanes x {} x {}",
+                        if direct { " direct" } else { "" },
+                        baton_memory::format_bytes(c as u64),
+                        options.slots
                     ),
                     runs,
-                    format!("{:.0}% cached", cached.unwrap_or(0.0) * 100.0),
+                    format!(
+                        "{:.0}% cached; last run: alloc {:.3}s, staging {:.3}s",
+                        last.cached_before.unwrap_or(0.0) * 100.0,
+                        last.alloc_seconds,
+                        last.staging_seconds
+                    ),
                 )?;
             }
         }
@@ -617,20 +637,33 @@ fn check_loader(
 
     let mixed = dir.join("mixed.safetensors");
     wb::write_mixed(&mixed, 11)?;
-    for options in [
-        LoadOptions::default(),
-        LoadOptions {
-            lanes: 3,
-            chunk_bytes: 4099,
-            slots: 2,
-            dtype: None,
-        },
-    ] {
+    let odd = LoadOptions {
+        lanes: 3,
+        chunk_bytes: 4099,
+        slots: 2,
+        ..LoadOptions::default()
+    };
+    let mut settings = vec![LoadOptions::default(), odd];
+    if device.is_cuda() {
+        settings.extend([
+            LoadOptions {
+                direct: true,
+                ..LoadOptions::default()
+            },
+            LoadOptions {
+                direct: true,
+                ..odd
+            },
+        ]);
+    }
+    for options in settings {
         let n = wb::verify_against_candle(&mixed, device, &options)?;
         writeln!(
             out,
-            "bit-exact with candle's loader on this device: {n} tensors (9 dtypes), {} lanes x {} byte chunks",
-            options.lanes, options.chunk_bytes
+            "bit-exact with candle's loader on this device: {n} tensors (9 dtypes), {} lanes x {} byte chunks{}",
+            options.lanes,
+            options.chunk_bytes,
+            if options.direct { ", direct" } else { "" }
         )?;
         backend.trim()?;
     }

@@ -94,16 +94,27 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             s.index, s.title, s.duration_seconds, s.narration
         )?;
     }
+    let model_bytes = std::fs::metadata(&model).map_or(0, |m| m.len());
     writeln!(
         out,
-        "tokens: {} prompt + {} generated in {:.2}s: {:.1} tokens/s (model loaded in {:.2}s on {})",
+        "tokens: {} prompt + {} generated in {:.2}s: {:.1} tokens/s (model, {}, loaded in {:.2}s on {}: {:.2} GB/s)",
         g.prompt_tokens,
         g.tokens,
         g.decode_time.as_secs_f64(),
         g.tokens_per_second(),
+        format_bytes(model_bytes),
         o.load_seconds,
-        o.device
+        o.device,
+        model_bytes as f64 / o.load_seconds.max(1e-9) / 1e9
     )?;
+    if args.run_dir.is_some() {
+        // As a stage: the runner keeps this load in run.json.
+        writeln!(
+            out,
+            "{}",
+            baton_weights::stage_line(&model.display().to_string(), model_bytes, o.load_seconds)
+        )?;
+    }
     writeln!(out, "memory after loading: {}", o.after_load)?;
     writeln!(out, "memory after generation: {}", o.after_generation)?;
     writeln!(out, "{}", o.reclaim)?;

@@ -94,3 +94,61 @@ fn bad_topics_and_models_are_refused_and_nothing_is_written() {
         );
     }
 }
+
+#[test]
+fn as_a_stage_its_model_load_goes_into_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_llama(&model, 3).unwrap();
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[[stage]]
+name = "scenes"
+command = ["{{baton}}", "scenes", "--topic", "{{topic}}", "--model", "{}", "--compute", "cpu", "--scenes", "2", "--max-tokens", "20000", "--run-dir", "{{run_dir}}"]
+outputs = ["1_scripts/{{slug}}_scenes.json"]
+memory = "0"
+device = "cpu"
+"#,
+            model.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir.path())
+        .env("BATON_STATE_DIR", dir.path().join("state"))
+        .args([
+            "run",
+            "--device",
+            "host",
+            "--output",
+            "out",
+            "--topic",
+            "Cyberpunk Tokyo",
+            "--pipeline",
+        ])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let loads = &manifest["stages"][0]["attempts"][0]["loads"];
+    assert_eq!(loads.as_array().map(Vec::len), Some(1), "{manifest}");
+    assert_eq!(loads[0]["name"], model.display().to_string());
+    assert_eq!(loads[0]["bytes"], std::fs::metadata(&model).unwrap().len());
+    assert!(loads[0]["seconds"].as_f64().unwrap() > 0.0);
+    assert!(loads[0]["gb_per_second"].as_f64().unwrap() > 0.0);
+}

@@ -20,7 +20,7 @@ use crate::events::{Event, Observer};
 use crate::executor::{Executor, Launch, LineSink};
 use crate::group::{Membership, terminate};
 use crate::manifest::{
-    Artifact, Attempt, Orphan, ReclaimRecord, Sample, collect_artifacts, unix_ms,
+    Artifact, Attempt, LoadRecord, Orphan, ReclaimRecord, Sample, collect_artifacts, unix_ms,
 };
 
 /// How often a running stage's memory is sampled.
@@ -76,6 +76,20 @@ pub fn parse_progress(line: &str) -> Option<(u64, u64, &str)> {
     let (fraction, message) = rest.split_once(' ').unwrap_or((rest, ""));
     let (done, total) = fraction.split_once('/')?;
     Some((done.parse().ok()?, total.parse().ok()?, message.trim()))
+}
+
+/// `baton:load BYTES SECONDS NAME`: a stage reporting a weights load, for the manifest.
+pub fn parse_load(line: &str) -> Option<LoadRecord> {
+    let mut parts = line.trim().strip_prefix("baton:load ")?.splitn(3, ' ');
+    let bytes: u64 = parts.next()?.parse().ok()?;
+    let seconds: f64 = parts.next()?.parse().ok()?;
+    let name = parts.next()?.trim();
+    (seconds.is_finite() && seconds > 0.0 && !name.is_empty()).then(|| LoadRecord {
+        name: name.to_string(),
+        bytes,
+        seconds,
+        gb_per_second: bytes as f64 / seconds / 1e9,
+    })
 }
 
 /// Runs one attempt to its end, reclaim included. `live` is kept at the bytes the stage holds
@@ -202,6 +216,10 @@ pub fn run_attempt(
         .map(|h| (h.oom, h.tail.iter().cloned().collect::<Vec<_>>()))
         .unwrap_or_default();
     attempt.out_of_memory = out_of_memory;
+    attempt.loads = heard
+        .lock()
+        .map(|mut h| std::mem::take(&mut h.loads))
+        .unwrap_or_default();
 
     // Hashing runs here, not on the scheduler's thread: large outputs must not hold up the
     // placement of other stages.
@@ -390,6 +408,8 @@ struct Heard {
     tail: VecDeque<String>,
     /// Progress not yet handed to the observer.
     progress: Vec<(u64, u64, String)>,
+    /// Weights loads the stage reported.
+    loads: Vec<LoadRecord>,
 }
 
 impl Heard {
@@ -401,6 +421,9 @@ impl Heard {
         self.tail.push_back(line.chars().take(300).collect());
         if let Some((done, total, message)) = parse_progress(line) {
             self.progress.push((done, total, message.to_string()));
+        }
+        if let Some(load) = parse_load(line) {
+            self.loads.push(load);
         }
     }
 }
@@ -440,6 +463,12 @@ mod tests {
         assert_eq!(parse_progress("baton:progress 1/2"), Some((1, 2, "")));
         assert_eq!(parse_progress("progress 1/2"), None);
         assert_eq!(parse_progress("baton:progress x/2"), None);
+        let load = parse_load("baton:load 4000000000 0.5 /models/flux dev.safetensors").unwrap();
+        assert_eq!(load.name, "/models/flux dev.safetensors");
+        assert_eq!(load.bytes, 4_000_000_000);
+        assert!((load.gb_per_second - 8.0).abs() < 1e-9);
+        assert_eq!(parse_load("baton:load 12 0 x"), None);
+        assert_eq!(parse_load("baton:load 12 fast x"), None);
         assert!(is_oom_line(
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
         ));

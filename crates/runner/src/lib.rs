@@ -28,7 +28,7 @@ pub use engine::Engine;
 pub use events::{Event, Observer, Quiet};
 pub use executor::{Executor, LocalExecutor};
 pub use learned::LearnedNeeds;
-pub use manifest::{Manifest, RunState, StageState};
+pub use manifest::{LoadRecord, Manifest, RunState, StageState};
 pub use pipeline::Pipeline;
 pub use plan::{ResumeDecision, RunPlan, create_run, resume_run};
 

@@ -85,6 +85,18 @@ pub struct Attempt {
     /// True when it failed for lack of memory.
     pub out_of_memory: bool,
     pub timeline: Vec<Sample>,
+    /// Weights the stage loaded, as it reported them (`baton:load` lines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loads: Vec<LoadRecord>,
+}
+
+/// One weights file a stage loaded: what, how much, how fast.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadRecord {
+    pub name: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub gb_per_second: f64,
 }
 
 impl Attempt {
@@ -105,6 +117,7 @@ impl Attempt {
             failure: None,
             out_of_memory: false,
             timeline: Vec::new(),
+            loads: Vec::new(),
         }
     }
 

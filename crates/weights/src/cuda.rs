@@ -18,7 +18,7 @@ use candle_core::{CudaDevice, DType, Storage, Tensor};
 
 use crate::WeightsError;
 use crate::header::Header;
-use crate::pump::{self, Chunk, PumpOptions, Sink};
+use crate::pump::{self, Chunk, PumpOptions, Sink, Source};
 
 fn cuda_err(call: &'static str) -> impl Fn(result::DriverError) -> WeightsError {
     move |e| WeightsError::Cuda {
@@ -90,7 +90,13 @@ impl Sink for DeviceSink {
         })
     }
 
-    fn staging<'a>(&self, lane: &'a mut Lane, slot: usize) -> Result<&'a mut [u8], WeightsError> {
+    fn fill(
+        &self,
+        lane: &mut Lane,
+        slot: usize,
+        chunk: &Chunk,
+        source: &Source,
+    ) -> Result<(), WeightsError> {
         if let Some(event) = &lane.done[slot] {
             event
                 .synchronize()
@@ -98,7 +104,8 @@ impl Sink for DeviceSink {
         }
         let buffer = &mut lane.buffers[slot];
         // SAFETY: the buffer's last copies have finished (above); this lane alone uses it.
-        Ok(unsafe { std::slice::from_raw_parts_mut(buffer.ptr, buffer.len) })
+        let buf = unsafe { std::slice::from_raw_parts_mut(buffer.ptr, buffer.len) };
+        source.read(chunk, buf)
     }
 
     fn scatter(&self, lane: &mut Lane, slot: usize, chunk: &Chunk) -> Result<(), WeightsError> {
@@ -135,6 +142,172 @@ impl Sink for DeviceSink {
         lane.stream
             .synchronize()
             .map_err(cuda_err("cuStreamSynchronize"))
+    }
+}
+
+/// The whole file mapped read-only, unmapped on drop (after every lane has drained).
+struct Mapping {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(file: &std::fs::File, header: &Header) -> Result<Mapping, WeightsError> {
+        use std::os::fd::AsRawFd;
+        let len = header.file_len as usize;
+        // SAFETY: a read-only shared mapping of an open file; it is only read (by DMA) and is
+        // unmapped on drop, after the copies from it have finished.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(WeightsError::Read {
+                path: header.path.clone(),
+                offset: 0,
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(Mapping {
+            ptr: ptr as *const u8,
+            len: len.max(1),
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr as *mut _, self.len) };
+    }
+}
+
+/// One direct lane: a stream, and per slot the pinned page range and the event after its copies.
+pub(crate) struct DirectLane {
+    stream: Arc<CudaStream>,
+    pinned: Vec<Option<(*mut std::ffi::c_void, CudaEvent)>>,
+}
+
+// SAFETY: the raw pointers name pinned ranges of a mapping the load owns; one lane uses them.
+unsafe impl Send for DirectLane {}
+
+/// The direct path: no staging copy. Each chunk's pages are pinned where they lie in the page
+/// cache (`cuMemHostRegister`, read-only) and DMA'd from there; unpinned once copied.
+struct MappedSink {
+    device: CudaDevice,
+    targets: Vec<sys::CUdeviceptr>,
+    base: *const u8,
+    data_offset: u64,
+    page: u64,
+}
+
+// SAFETY: `base` is a read-only mapping that outlives the lanes; lanes pin disjoint pages.
+unsafe impl Sync for MappedSink {}
+
+impl MappedSink {
+    fn unpin(entry: Option<(*mut std::ffi::c_void, CudaEvent)>) -> Result<(), WeightsError> {
+        if let Some((ptr, event)) = entry {
+            event
+                .synchronize()
+                .map_err(cuda_err("cuEventSynchronize"))?;
+            // SAFETY: registered by `fill` and no copy from it is pending (event above).
+            unsafe { sys::cuMemHostUnregister(ptr) }
+                .result()
+                .map_err(cuda_err("cuMemHostUnregister"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Sink for MappedSink {
+    type Lane = DirectLane;
+
+    fn lane(&self, slots: usize, _bytes: usize) -> Result<DirectLane, WeightsError> {
+        let context = self.device.cuda_stream().context().clone();
+        context
+            .bind_to_thread()
+            .map_err(cuda_err("cuCtxSetCurrent"))?;
+        let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
+        Ok(DirectLane {
+            stream,
+            pinned: (0..slots).map(|_| None).collect(),
+        })
+    }
+
+    fn fill(
+        &self,
+        lane: &mut DirectLane,
+        slot: usize,
+        chunk: &Chunk,
+        _source: &Source,
+    ) -> Result<(), WeightsError> {
+        Self::unpin(lane.pinned[slot].take())?;
+        let start = self.data_offset + chunk.start;
+        let first = start / self.page * self.page;
+        let end = (start + chunk.len as u64).div_ceil(self.page) * self.page;
+        // SAFETY: the range lies in the mapping (whole pages of it; the mapping's last page is
+        // whole too); chunks never share a page, so no range is registered twice.
+        let ptr = unsafe { self.base.add(first as usize) } as *mut std::ffi::c_void;
+        unsafe {
+            sys::cuMemHostRegister_v2(
+                ptr,
+                (end - first) as usize,
+                sys::CU_MEMHOSTREGISTER_READ_ONLY,
+            )
+        }
+        .result()
+        .map_err(cuda_err("cuMemHostRegister"))?;
+        let event = lane
+            .stream
+            .context()
+            .new_event(None)
+            .map_err(cuda_err("cuEventCreate"))?;
+        lane.pinned[slot] = Some((ptr, event));
+        Ok(())
+    }
+
+    fn scatter(
+        &self,
+        lane: &mut DirectLane,
+        slot: usize,
+        chunk: &Chunk,
+    ) -> Result<(), WeightsError> {
+        let start = (self.data_offset + chunk.start) as usize;
+        // SAFETY: the chunk lies inside the mapping and its pages are pinned (fill).
+        let mapped = unsafe { std::slice::from_raw_parts(self.base.add(start), chunk.len) };
+        let stream = lane.stream.cu_stream();
+        for p in &chunk.pieces {
+            let src = &mapped[p.chunk_offset..p.chunk_offset + p.len];
+            // SAFETY: as in the staged path; the source pages stay pinned until the event fires.
+            unsafe {
+                result::memcpy_htod_async(self.targets[p.tensor] + p.tensor_offset, src, stream)
+            }
+            .map_err(cuda_err("cuMemcpyHtoDAsync"))?;
+        }
+        if let Some((_, event)) = &lane.pinned[slot] {
+            event
+                .record(&lane.stream)
+                .map_err(cuda_err("cuEventRecord"))?;
+        }
+        Ok(())
+    }
+
+    fn drain(&self, mut lane: DirectLane) -> Result<(), WeightsError> {
+        let synced = lane
+            .stream
+            .synchronize()
+            .map_err(cuda_err("cuStreamSynchronize"));
+        let mut unpinned = Ok(());
+        for entry in lane.pinned.iter_mut() {
+            unpinned = unpinned.and(Self::unpin(entry.take()));
+        }
+        synced.and(unpinned)
     }
 }
 
@@ -180,7 +353,9 @@ pub(crate) fn load(
     chunks: &[Chunk],
     options: PumpOptions,
     device: &CudaDevice,
-) -> Result<Vec<Tensor>, WeightsError> {
+    direct: bool,
+) -> Result<(Vec<Tensor>, crate::PathTimes), WeightsError> {
+    let allocating = std::time::Instant::now();
     let mut storages = Vec::with_capacity(header.tensors.len());
     let mut targets = Vec::with_capacity(header.tensors.len());
     for t in &header.tensors {
@@ -194,12 +369,25 @@ pub(crate) fn load(
         .cuda_stream()
         .synchronize()
         .map_err(cuda_err("cuStreamSynchronize"))?;
-    let sink = DeviceSink {
-        device: device.clone(),
-        targets,
+    let alloc_seconds = allocating.elapsed().as_secs_f64();
+    let staging_seconds = if direct {
+        let map = Mapping::new(file, header)?;
+        let sink = MappedSink {
+            device: device.clone(),
+            targets,
+            base: map.ptr,
+            data_offset: header.data_offset,
+            page: crate::page_cache::page_size() as u64,
+        };
+        pump::run(header, file, chunks, &sink, options)?
+    } else {
+        let sink = DeviceSink {
+            device: device.clone(),
+            targets,
+        };
+        pump::run(header, file, chunks, &sink, options)?
     };
-    pump::run(header, file, chunks, &sink, options)?;
-    Ok(header
+    let tensors = header
         .tensors
         .iter()
         .zip(storages)
@@ -211,7 +399,14 @@ pub(crate) fn load(
                 false,
             )
         })
-        .collect())
+        .collect();
+    Ok((
+        tensors,
+        crate::PathTimes {
+            alloc_seconds,
+            staging_seconds,
+        },
+    ))
 }
 
 /// Host-to-device copy bandwidth in bytes per second: `bytes` copied `repeat` times from pinned

@@ -62,7 +62,7 @@ pub enum WeightsError {
     Candle(#[from] candle_core::Error),
 }
 
-/// How a load is cut up; the defaults suit a PCIe Gen4/Gen5 GPU and a file in the page cache.
+/// How a load is cut up; the defaults suit a PCIe Gen5 GPU and a file in the page cache.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {
     /// Threads reading the file in parallel, each with its own staging buffers (and stream).
@@ -73,16 +73,22 @@ pub struct LoadOptions {
     pub slots: usize,
     /// Float tensors of another float dtype are converted to this one, on the device.
     pub dtype: Option<DType>,
+    /// On a GPU: pin the file's pages where they lie in the page cache and copy from there,
+    /// instead of reading them into pinned staging buffers first.
+    pub direct: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
+        // Measured on an H200 host (docs/gpu/load-h200.md): 8 to 12 lanes of 2 MiB chunks
+        // read the page cache fastest; larger chunks lose more to pinning than they gain.
         LoadOptions {
-            lanes: cores.clamp(2, 8),
-            chunk_bytes: 16 << 20,
+            lanes: cores.clamp(2, 12),
+            chunk_bytes: 2 << 20,
             slots: 2,
             dtype: None,
+            direct: false,
         }
     }
 }
@@ -95,6 +101,12 @@ pub struct LoadReport {
     pub bytes: u64,
     /// From opening the file to the last tensor ready on the device (allocation included).
     pub seconds: f64,
+    /// Of which: allocating the tensors' memory.
+    pub alloc_seconds: f64,
+    /// Of which: the slowest lane setting up its staging buffers (pinning them, on a GPU).
+    pub staging_seconds: f64,
+    /// Of which: converting dtypes on the device.
+    pub convert_seconds: f64,
     /// Share of the file in the page cache when the load began (0..=1), if it could be seen.
     pub cached_before: Option<f64>,
     pub lanes: usize,
@@ -105,6 +117,17 @@ impl LoadReport {
     pub fn gb_per_second(&self) -> f64 {
         self.bytes as f64 / self.seconds.max(1e-9) / 1e9
     }
+
+    /// The line a stage prints so the runner records this load in the run's manifest.
+    pub fn stage_line(&self) -> String {
+        stage_line(&self.path.display().to_string(), self.bytes, self.seconds)
+    }
+}
+
+/// `baton:load BYTES SECONDS NAME`: how a stage tells the runner what it loaded and how fast;
+/// the runner keeps it in run.json under the attempt's `loads`.
+pub fn stage_line(name: &str, bytes: u64, seconds: f64) -> String {
+    format!("baton:load {bytes} {seconds:.6} {name}")
 }
 
 impl std::fmt::Display for LoadReport {
@@ -152,19 +175,31 @@ pub fn load_safetensors(
     })?;
     let cached_before = page_cache::resident_share(&file).ok();
     page_cache::advise_sequential(&file);
-    let chunks = pump::chunks(&header, options.chunk_bytes);
+    // The direct path pins whole pages per chunk: chunks must be whole pages.
+    let chunk_bytes = if options.direct {
+        options
+            .chunk_bytes
+            .max(1)
+            .next_multiple_of(page_cache::page_size())
+    } else {
+        options.chunk_bytes
+    };
+    let chunks = pump::chunks(&header, chunk_bytes);
     let pump_options = pump::PumpOptions {
         lanes: options.lanes,
-        chunk_bytes: options.chunk_bytes,
+        chunk_bytes,
         slots: options.slots,
     };
-    let tensors = match device {
+    let (tensors, times) = match device {
         Device::Cpu => load_host(&header, &file, &chunks, pump_options)?,
         #[cfg(feature = "cuda")]
-        Device::Cuda(cuda) => cuda::load(&header, &file, &chunks, pump_options, cuda)?,
+        Device::Cuda(cuda) => {
+            cuda::load(&header, &file, &chunks, pump_options, cuda, options.direct)?
+        }
         #[allow(unreachable_patterns)]
         other => return Err(WeightsError::Device(format!("{:?}", other.location()))),
     };
+    let converting = Instant::now();
     let mut named = HashMap::with_capacity(tensors.len());
     for (entry, tensor) in header.tensors.iter().zip(tensors) {
         let tensor = match options.dtype {
@@ -181,6 +216,9 @@ pub fn load_safetensors(
         tensors: header.tensors.len(),
         bytes: header.data_bytes(),
         seconds: started.elapsed().as_secs_f64(),
+        alloc_seconds: times.alloc_seconds,
+        staging_seconds: times.staging_seconds,
+        convert_seconds: converting.elapsed().as_secs_f64(),
         cached_before,
         lanes: options.lanes,
         chunk_bytes: options.chunk_bytes,
@@ -210,13 +248,21 @@ pub fn h2d_bandwidth(
     }
 }
 
+/// Where a device path's time went.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PathTimes {
+    pub alloc_seconds: f64,
+    pub staging_seconds: f64,
+}
+
 /// The host path: one buffer per tensor, filled by the pump, then handed to candle.
 fn load_host(
     header: &Header,
     file: &File,
     chunks: &[pump::Chunk],
     options: pump::PumpOptions,
-) -> Result<Vec<Tensor>, WeightsError> {
+) -> Result<(Vec<Tensor>, PathTimes), WeightsError> {
+    let allocating = Instant::now();
     let mut buffers: Vec<Vec<u8>> = header
         .tensors
         .iter()
@@ -228,8 +274,9 @@ fn load_host(
             .map(|b| pump::SharedPtr(b.as_mut_ptr()))
             .collect(),
     };
-    pump::run(header, file, chunks, &sink, options)?;
-    header
+    let alloc_seconds = allocating.elapsed().as_secs_f64();
+    let staging_seconds = pump::run(header, file, chunks, &sink, options)?;
+    let tensors = header
         .tensors
         .iter()
         .zip(&buffers)
@@ -241,5 +288,12 @@ fn load_host(
                 &Device::Cpu,
             )?)
         })
-        .collect()
+        .collect::<Result<_, WeightsError>>()?;
+    Ok((
+        tensors,
+        PathTimes {
+            alloc_seconds,
+            staging_seconds,
+        },
+    ))
 }

@@ -60,7 +60,7 @@ pub fn resident_share(file: &File) -> std::io::Result<f64> {
     Ok(resident as f64 / flags.len() as f64)
 }
 
-fn page_size() -> usize {
+pub fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if size > 0 { size as usize } else { 4096 }

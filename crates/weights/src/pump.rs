@@ -37,41 +37,64 @@ pub struct Chunk {
     pub pieces: Vec<Piece>,
 }
 
-/// Cuts the bytes the tensors occupy into chunks of at most `chunk_bytes`; gaps between tensors
-/// are never read.
+/// Cuts the file into cells of `chunk_bytes` at fixed offsets (multiples of `chunk_bytes` from
+/// the start of the file, not of the data region), and makes one chunk of the tensor bytes in
+/// each cell. Cells never share a byte, so with `chunk_bytes` a multiple of the page size no two
+/// chunks share a page either: the direct path pins each chunk's pages on its own. Cells with no
+/// tensor bytes are skipped; a small gap between tensors inside a cell is read with them.
 pub fn chunks(header: &Header, chunk_bytes: usize) -> Vec<Chunk> {
-    let chunk_bytes = chunk_bytes.max(1) as u64;
+    let cell = chunk_bytes.max(1) as u64;
+    let base = header.data_offset;
     let mut out: Vec<Chunk> = Vec::new();
     for (index, t) in header.tensors.iter().enumerate() {
         let mut at = t.start;
         while at < t.end {
-            // Extend the last chunk when this tensor continues right where it stopped.
-            let open = out
-                .last_mut()
-                .filter(|c| c.start + c.len as u64 == at && (c.len as u64) < chunk_bytes);
-            let chunk = match open {
-                Some(chunk) => chunk,
-                None => {
-                    out.push(Chunk {
-                        start: at,
-                        len: 0,
-                        pieces: Vec::new(),
-                    });
-                    out.last_mut().expect("just pushed")
-                }
-            };
-            let take = (t.end - at).min(chunk_bytes - chunk.len as u64) as usize;
+            let cell_index = (base + at) / cell;
+            let cell_end = (cell_index + 1) * cell - base;
+            let take = (t.end.min(cell_end) - at) as usize;
+            let same_cell = out
+                .last()
+                .is_some_and(|c| (base + c.start) / cell == cell_index);
+            if !same_cell {
+                out.push(Chunk {
+                    start: at,
+                    len: 0,
+                    pieces: Vec::new(),
+                });
+            }
+            let chunk = out.last_mut().expect("a chunk for this cell");
+            let chunk_offset = (at - chunk.start) as usize;
             chunk.pieces.push(Piece {
                 tensor: index,
                 tensor_offset: at - t.start,
-                chunk_offset: chunk.len,
+                chunk_offset,
                 len: take,
             });
-            chunk.len += take;
+            chunk.len = chunk_offset + take;
             at += take as u64;
         }
     }
     out
+}
+
+/// The file a load reads.
+pub struct Source<'a> {
+    pub file: &'a File,
+    pub header: &'a Header,
+}
+
+impl Source<'_> {
+    /// Reads `chunk` into `buf` with one `pread`.
+    pub fn read(&self, chunk: &Chunk, buf: &mut [u8]) -> Result<(), WeightsError> {
+        let offset = self.header.data_offset + chunk.start;
+        self.file
+            .read_exact_at(&mut buf[..chunk.len], offset)
+            .map_err(|source| WeightsError::Read {
+                path: self.header.path.clone(),
+                offset,
+                source,
+            })
+    }
 }
 
 /// Where a lane's staged bytes go.
@@ -82,14 +105,17 @@ pub trait Sink: Sync {
     /// Makes a lane with `slots` staging buffers of `bytes` each.
     fn lane(&self, slots: usize, bytes: usize) -> Result<Self::Lane, WeightsError>;
 
-    /// Staging buffer `slot`, once whatever was copied out of it last has left.
-    fn staging<'a>(
+    /// Brings `chunk` into staging buffer `slot` (by reading it, or, on the direct path, by
+    /// pinning its pages where they are), once whatever was copied out of that slot has left.
+    fn fill(
         &self,
-        lane: &'a mut Self::Lane,
+        lane: &mut Self::Lane,
         slot: usize,
-    ) -> Result<&'a mut [u8], WeightsError>;
+        chunk: &Chunk,
+        source: &Source,
+    ) -> Result<(), WeightsError>;
 
-    /// Copies the pieces of `chunk`, now in staging buffer `slot`, to their tensors (it may only
+    /// Copies the pieces of `chunk`, now in slot `slot`, to their tensors (it may only
     /// start the copies).
     fn scatter(
         &self,
@@ -112,19 +138,20 @@ pub struct PumpOptions {
 }
 
 /// Moves every chunk through `sink` on `options.lanes` threads. The first error stops all lanes
-/// and is returned; nothing is left running.
+/// and is returned; nothing is left running. Returns the longest time a lane took to set up its
+/// staging buffers (pinning host memory is not free).
 pub fn run<S: Sink>(
     header: &Header,
     file: &File,
     chunks: &[Chunk],
     sink: &S,
     options: PumpOptions,
-) -> Result<(), WeightsError> {
+) -> Result<f64, WeightsError> {
     let lanes = options.lanes.clamp(1, chunks.len().max(1));
     let largest = chunks.iter().map(|c| c.len).max().unwrap_or(0);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Vec<Result<(), WeightsError>> = std::thread::scope(|scope| {
+    let results: Vec<Result<f64, WeightsError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..lanes)
             .map(|_| {
                 scope.spawn(|| {
@@ -150,7 +177,8 @@ pub fn run<S: Sink>(
             .map(|h| h.join().expect("a load lane panicked"))
             .collect()
     });
-    results.into_iter().collect()
+    let setups: Vec<f64> = results.into_iter().collect::<Result<_, _>>()?;
+    Ok(setups.into_iter().fold(0.0, f64::max))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -163,8 +191,10 @@ fn lane_work<S: Sink>(
     failed: &AtomicBool,
     slots: usize,
     buffer: usize,
-) -> Result<(), WeightsError> {
+) -> Result<f64, WeightsError> {
+    let started = std::time::Instant::now();
     let mut lane = sink.lane(slots, buffer)?;
+    let setup = started.elapsed().as_secs_f64();
     let mut turn = 0usize;
     let mut outcome = Ok(());
     while !failed.load(Ordering::Relaxed) {
@@ -174,14 +204,8 @@ fn lane_work<S: Sink>(
         };
         let slot = turn % slots;
         turn += 1;
-        let step = sink.staging(&mut lane, slot).and_then(|buf| {
-            file.read_exact_at(&mut buf[..chunk.len], header.data_offset + chunk.start)
-                .map_err(|source| WeightsError::Read {
-                    path: header.path.clone(),
-                    offset: header.data_offset + chunk.start,
-                    source,
-                })
-        });
+        let source = Source { file, header };
+        let step = sink.fill(&mut lane, slot, chunk, &source);
         if let Err(e) = step.and_then(|()| sink.scatter(&mut lane, slot, chunk)) {
             outcome = Err(e);
             break;
@@ -189,7 +213,7 @@ fn lane_work<S: Sink>(
     }
     // Drain even after an error: copies in flight must not outlive the buffers.
     let drained = sink.drain(lane);
-    outcome.and(drained)
+    outcome.and(drained).map(|()| setup)
 }
 
 /// A destination pointer that lanes may share: every piece writes a disjoint range.
@@ -212,12 +236,14 @@ impl Sink for HostSink {
         Ok((0..slots).map(|_| vec![0u8; bytes]).collect())
     }
 
-    fn staging<'a>(
+    fn fill(
         &self,
-        lane: &'a mut Self::Lane,
+        lane: &mut Self::Lane,
         slot: usize,
-    ) -> Result<&'a mut [u8], WeightsError> {
-        Ok(&mut lane[slot])
+        chunk: &Chunk,
+        source: &Source,
+    ) -> Result<(), WeightsError> {
+        source.read(chunk, &mut lane[slot])
     }
 
     fn scatter(
@@ -244,5 +270,63 @@ impl Sink for HostSink {
 
     fn drain(&self, _lane: Self::Lane) -> Result<(), WeightsError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::TensorEntry;
+    use candle_core::DType;
+
+    fn header(data_offset: u64, spans: &[(u64, u64)]) -> Header {
+        Header {
+            path: "x".into(),
+            tensors: spans
+                .iter()
+                .enumerate()
+                .map(|(i, &(start, end))| TensorEntry {
+                    name: format!("t{i}"),
+                    dtype: DType::U8,
+                    shape: vec![(end - start) as usize],
+                    start,
+                    end,
+                })
+                .collect(),
+            data_offset,
+            file_len: data_offset + spans.last().map_or(0, |s| s.1),
+        }
+    }
+
+    #[test]
+    fn chunks_cover_every_tensor_byte_once_and_never_share_a_cell() {
+        // A data region that starts mid-cell, a gap, an empty tensor, a tensor over many cells.
+        let h = header(100, &[(0, 10), (10, 10), (16, 300), (300, 1000)]);
+        let cell = 64u64;
+        let chunks = chunks(&h, cell as usize);
+        let mut covered = vec![0u32; 1000];
+        let mut cells = std::collections::HashSet::new();
+        for c in &chunks {
+            let first = (h.data_offset + c.start) / cell;
+            let last = (h.data_offset + c.start + c.len as u64 - 1) / cell;
+            assert_eq!(first, last, "{c:?} spans two cells");
+            assert!(cells.insert(first), "two chunks in cell {first}");
+            for p in &c.pieces {
+                let t = &h.tensors[p.tensor];
+                let at = t.start + p.tensor_offset;
+                // The piece sits in the chunk where the tensor's bytes are in the file.
+                assert_eq!(c.start + p.chunk_offset as u64, at);
+                assert!(p.chunk_offset + p.len <= c.len);
+                for b in at..at + p.len as u64 {
+                    covered[b as usize] += 1;
+                }
+            }
+        }
+        for (b, n) in covered.iter().enumerate() {
+            let in_tensor = h.tensors.iter().any(|t| (t.start..t.end).contains(&(b as u64)));
+            assert_eq!(*n, u32::from(in_tensor), "byte {b}");
+        }
+        // The first cell holds only the 28 bytes before offset 128 of the file.
+        assert_eq!((chunks[0].start, chunks[0].len), (0, 28));
     }
 }

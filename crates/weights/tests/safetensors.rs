@@ -79,7 +79,7 @@ fn bit_exact_with_candle_for_every_dtype_and_chunking() {
             lanes,
             chunk_bytes,
             slots,
-            dtype: None,
+            ..LoadOptions::default()
         };
         assert_same(&path, &options);
     }
