@@ -44,7 +44,7 @@ path=$("$BATON" models fetch "$MODEL" | sed -n 's/^[^:]*: \(.*\) (.*)$/\1/p' | h
 
 "$BATON" bench llm --model "$path" --compute cpu --prompt "$PROMPT" --tokens "$TOKENS" \
     --repeat "$RUNS" --save-tokenizer "$WORK/tokenizer.json" --print-text | tee "$WORK/baton.txt"
-baton_rate=$(awk '/^free text/ {print $NF}' "$WORK/baton.txt")
+baton_rate=$(awk '/^free text \(candle/ {print $NF}' "$WORK/baton.txt")
 
 rates=()
 for run in $(seq "$RUNS"); do
