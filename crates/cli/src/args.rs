@@ -21,6 +21,8 @@ pub enum Command {
     Run(RunArgs),
     /// Write the storyboard for a topic with an LLM (the seed's pipeline_manager.py, first half).
     Scenes(ScenesArgs),
+    /// Narrate every scene of a storyboard into WAV files (the seed's pipeline_manager.py, second half).
+    Voice(VoiceArgs),
     /// Models baton knows, and fetching them into its store.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -139,6 +141,25 @@ pub struct ScenesArgs {
     /// Where the LLM runs: cpu, cuda (a cuda build), or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub compute: ComputeChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct VoiceArgs {
+    /// The scenes file, e.g. output/…/1_scripts/cyberpunk_tokyo_scenes.json.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// The run folder to write 2_audio/ into (default: the one the scenes file is in).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// The voice: en-us, en-gb, … (eSpeak NG's English voices).
+    #[arg(long, default_value = "en-us")]
+    pub voice: String,
+    /// Pace: 1.0 is normal, 0.5 slow, 2.0 fast.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f32,
+    /// Sample rate of the WAV files, in Hz.
+    #[arg(long, default_value_t = 22050)]
+    pub sample_rate: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

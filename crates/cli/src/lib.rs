@@ -58,6 +58,7 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Run(args) => pipeline_cmd::run(args, out),
         Command::Resume(args) => pipeline_cmd::resume(args, out),
         Command::Scenes(args) => scenes_cmd::scenes(args, out),
+        Command::Voice(args) => scenes_cmd::voice(args, out),
         Command::Models(ModelsCommand::List) => scenes_cmd::models_list(out),
         Command::Models(ModelsCommand::Fetch { name }) => scenes_cmd::models_fetch(name, out),
         Command::Models(ModelsCommand::Warm { name }) => scenes_cmd::models_warm(name, out),
@@ -101,6 +102,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             .is_some_and(|e| e.is_bad_input())
         || err
             .downcast_ref::<baton_studio::scenes::ScenesError>()
+            .is_some_and(|e| e.is_bad_input())
+        || err
+            .downcast_ref::<baton_studio::voice::VoiceError>()
             .is_some_and(|e| e.is_bad_input())
         || err
             .downcast_ref::<baton_studio::model_store::StoreError>()

@@ -1,4 +1,5 @@
-//! `baton scenes` and `baton models`: the storyboard writer, and the model store behind it.
+//! `baton scenes`, `baton voice` and `baton models`: the storyboard writer, the narrator, and
+//! the model store behind them.
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -146,5 +147,74 @@ pub fn models_warm(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let path = ModelStore::from_env().resolve(name, false)?;
     let report = baton_weights::page_cache::warm(&path, 8)?;
     writeln!(out, "{}: {report}", path.display())?;
+    Ok(())
+}
+
+pub fn voice(args: &crate::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use baton_studio::voice::{Espeak, VoiceEngine, VoiceOptions, write_voice};
+    let options = VoiceOptions {
+        voice: args.voice.clone(),
+        speed: args.speed,
+        sample_rate: args.sample_rate,
+    };
+    options.check()?;
+    // The run folder the scenes file belongs to: output/RUN/1_scripts/x_scenes.json -> output/RUN.
+    let run_dir = match &args.run_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let folder = args.input.parent().unwrap_or(std::path::Path::new("."));
+            match folder.file_name() {
+                Some(name) if name == "1_scripts" => {
+                    folder.parent().unwrap_or(folder).to_path_buf()
+                }
+                _ => folder.to_path_buf(),
+            }
+        }
+    };
+    let engine = Espeak::find()?;
+    writeln!(
+        out,
+        "narrating {} with {} (voice {}, speed {}, {} Hz)",
+        args.input.display(),
+        engine.name(),
+        options.voice,
+        options.speed,
+        options.sample_rate
+    )?;
+    out.flush()?;
+    let stage = args.run_dir.is_some();
+    let manifest = write_voice(
+        &args.input,
+        &run_dir,
+        &engine,
+        &options,
+        &mut |done, total| {
+            // As a stage, the runner turns these lines into its progress bar.
+            if stage {
+                let _ = writeln!(out, "baton:progress {done}/{total} narrated scene {done}");
+                let _ = out.flush();
+            }
+        },
+    )?;
+    for clip in &manifest.clips {
+        writeln!(
+            out,
+            "  scene {:>2}: {:>5.1}s  speech {:.1} dBFS, peak {:.1} dBFS  {}",
+            clip.scene,
+            clip.seconds,
+            clip.speech_rms_dbfs,
+            clip.peak_dbfs,
+            run_dir.join(&clip.file).display()
+        )?;
+    }
+    writeln!(
+        out,
+        "narration: {:.1}s in {} ({} clips synthesised in {:.2}s); clip durations in {}",
+        manifest.narration_seconds,
+        run_dir.join(&manifest.narration).display(),
+        manifest.clips.len(),
+        manifest.synthesis_seconds,
+        run_dir.join("2_audio/voice.json").display()
+    )?;
     Ok(())
 }

@@ -158,7 +158,7 @@ fn run_says_not_built_yet_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("built-in stage of stage 'voice'") && err.contains("not built yet"),
+        err.contains("built-in stage of stage 'images'") && err.contains("not built yet"),
         "{err}"
     );
     assert!(!dir.path().join("output").exists());

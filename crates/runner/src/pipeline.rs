@@ -61,6 +61,18 @@ impl StageCommand {
                 .map(String::from)
                 .to_vec(),
             ),
+            StageCommand::Builtin(baton_studio::Stage::Voice) => Some(
+                [
+                    "{baton}",
+                    "voice",
+                    "--input",
+                    "{run_dir}/1_scripts/{slug}_scenes.json",
+                    "--run-dir",
+                    "{run_dir}",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
             StageCommand::Builtin(_) => None,
         }
     }
@@ -151,8 +163,11 @@ name = "voice"
 builtin = "voice"
 after = ["scenes"]
 inputs = ["1_scripts/{slug}_scenes.json"]
+outputs = ["2_audio/narration.wav", "2_audio/voice.json"]
+# The embedded engine (eSpeak NG) runs on the CPU.
+device = "cpu"
 memory = "learn"
-memory_initial = "1GiB"
+memory_initial = "256MiB"
 
 [[stage]]
 name = "images"

@@ -10,6 +10,8 @@ pub mod model_store;
 pub mod run_dir;
 pub mod scenes;
 pub mod storyboard;
+pub mod voice;
+pub mod wav;
 
 /// A stage of the built-in content pipeline, in the order a run executes them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

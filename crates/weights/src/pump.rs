@@ -323,7 +323,10 @@ mod tests {
             }
         }
         for (b, n) in covered.iter().enumerate() {
-            let in_tensor = h.tensors.iter().any(|t| (t.start..t.end).contains(&(b as u64)));
+            let in_tensor = h
+                .tensors
+                .iter()
+                .any(|t| (t.start..t.end).contains(&(b as u64)));
             assert_eq!(*n, u32::from(in_tensor), "byte {b}");
         }
         // The first cell holds only the 28 bytes before offset 128 of the file.

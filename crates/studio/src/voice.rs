@@ -1,0 +1,377 @@
+//! The voice stage: narration for every scene of a storyboard, as `2_audio/scene_NN.wav`, one
+//! `narration.wav` of them all, and `voice.json` with every clip's real duration.
+//!
+//! The key design decision: every clip is synthesised, checked (not silent), loudness-matched
+//! and resampled in memory first; files are written only once all of them exist, each whole
+//! (temporary name, then rename). A failure part-way leaves the run folder as it was. The
+//! engine is a trait, so the embedded eSpeak NG engine (a GPL-3.0 program of its own, run as a
+//! child process) and a neural engine sit behind the same call.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use baton_memory::atomic_file::write_atomic;
+use serde::Serialize;
+
+use crate::storyboard::{Storyboard, StoryboardError};
+use crate::wav::{self, Audio, WavError};
+
+/// Why the voice stage could not run; messages name the file or value and say what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VoiceError {
+    #[error(transparent)]
+    Storyboard(#[from] StoryboardError),
+    #[error("cannot write into '{}': {source}; pass a writable run folder with --run-dir", .path.display())]
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the voice engine '{}' is not there; build it with `cargo build --release -p baton-espeak` (it is built with baton by default), or point BATON_ESPEAK at it", .0.display())]
+    EngineMissing(PathBuf),
+    #[error("the voice engine failed on scene {scene}: {why}")]
+    Engine { scene: u32, why: String },
+    #[error("the voice engine wrote a bad file for scene {scene}: {source}")]
+    BadAudio { scene: u32, source: WavError },
+    #[error(
+        "scene {scene}'s narration came out silent; check the voice ('{voice}') speaks its language"
+    )]
+    Silent { scene: u32, voice: String },
+    #[error("{0}")]
+    Option(String),
+    #[error(transparent)]
+    Write(#[from] baton_memory::MemoryError),
+}
+
+impl VoiceError {
+    /// Errors that are the caller's input, not the machine's fault.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            VoiceError::Storyboard(_) | VoiceError::Unwritable { .. } | VoiceError::Option(_)
+        )
+    }
+}
+
+/// How the narration sounds.
+#[derive(Debug, Clone)]
+pub struct VoiceOptions {
+    /// The engine's voice name, e.g. `en-us`, `en-gb`.
+    pub voice: String,
+    /// 1.0 is the engine's normal pace (175 words a minute); 0.5 to 2.5.
+    pub speed: f32,
+    /// Of the files written; the engine's own rate is resampled to it.
+    pub sample_rate: u32,
+}
+
+impl VoiceOptions {
+    pub fn check(&self) -> Result<(), VoiceError> {
+        if !(0.5..=2.5).contains(&self.speed) {
+            return Err(VoiceError::Option(format!(
+                "--speed {}: use 0.5 (slow) to 2.5 (fast); 1.0 is normal",
+                self.speed
+            )));
+        }
+        if !(8_000..=96_000).contains(&self.sample_rate) {
+            return Err(VoiceError::Option(format!(
+                "--sample-rate {}: use 8000 to 96000 Hz, e.g. 22050, 24000 or 48000",
+                self.sample_rate
+            )));
+        }
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '+';
+        if self.voice.is_empty() || !self.voice.chars().all(ok) {
+            return Err(VoiceError::Option(format!(
+                "--voice '{}': use a voice name such as en-us or en-gb",
+                self.voice
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A text-to-speech engine: one utterance in, mono audio out.
+pub trait VoiceEngine {
+    /// What to call it in logs and voice.json.
+    fn name(&self) -> String;
+    fn speak(&self, text: &str, options: &VoiceOptions) -> Result<Audio, String>;
+}
+
+/// eSpeak NG, through the `baton-espeak` program (GPL-3.0, so kept in its own binary).
+pub struct Espeak {
+    pub program: PathBuf,
+    /// Where it unpacks its voice data.
+    pub data: PathBuf,
+}
+
+impl Espeak {
+    /// `BATON_ESPEAK`, else `baton-espeak` beside the running executable.
+    pub fn find() -> Result<Espeak, VoiceError> {
+        let program = std::env::var_os("BATON_ESPEAK")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::current_exe()
+                    .ok()
+                    .map(|exe| exe.with_file_name("baton-espeak"))
+            })
+            .unwrap_or_else(|| PathBuf::from("baton-espeak"));
+        if !program.is_file() {
+            return Err(VoiceError::EngineMissing(program));
+        }
+        Ok(Espeak {
+            program,
+            data: baton_memory::cache_dir::baton_cache_dir("BATON_ESPEAK_DATA", "espeak-ng-data"),
+        })
+    }
+}
+
+impl VoiceEngine for Espeak {
+    fn name(&self) -> String {
+        "espeak-ng (embedded)".into()
+    }
+
+    fn speak(&self, text: &str, options: &VoiceOptions) -> Result<Audio, String> {
+        use std::io::Write;
+        let dir = tempdir_in(&std::env::temp_dir()).map_err(|e| e.to_string())?;
+        let out = dir.join("clip.wav");
+        let rate = (175.0 * options.speed).round().clamp(80.0, 450.0) as u32;
+        let result = (|| {
+            let mut child = std::process::Command::new(&self.program)
+                .arg("--out")
+                .arg(&out)
+                .arg("--data")
+                .arg(&self.data)
+                .args(["--voice", &options.voice, "--rate", &rate.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(text.as_bytes())
+                .map_err(|e| format!("cannot hand it the text: {e}"))?;
+            let done = child.wait_with_output().map_err(|e| e.to_string())?;
+            if !done.status.success() {
+                return Err(String::from_utf8_lossy(&done.stderr).trim().to_string());
+            }
+            wav::read(&out).map_err(|e| e.to_string())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+}
+
+/// A private folder for one engine call.
+fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = parent.join(format!(
+        "baton-voice-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// One scene's clip as written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Clip {
+    pub scene: u32,
+    /// Relative to the run folder.
+    pub file: String,
+    pub seconds: f64,
+    pub samples: usize,
+    /// Loudness of its speech (frames above the gate), after normalisation.
+    pub speech_rms_dbfs: f64,
+    pub peak_dbfs: f64,
+}
+
+/// What `voice.json` holds, and what the stage returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoiceManifest {
+    pub engine: String,
+    pub voice: String,
+    pub speed: f32,
+    pub sample_rate: u32,
+    pub clips: Vec<Clip>,
+    pub narration: String,
+    pub narration_seconds: f64,
+    /// Silence between scenes in narration.wav.
+    pub gap_seconds: f64,
+    pub synthesis_seconds: f64,
+}
+
+/// The loudness every clip's speech is brought to, and the ceiling for its peaks.
+const TARGET_DBFS: f64 = -20.0;
+const PEAK_CEILING: f32 = 0.89; // -1 dBFS
+/// Frames quieter than this are pauses and do not count towards loudness.
+const GATE_DBFS: f64 = -45.0;
+const GAP_SECONDS: f64 = 0.4;
+
+fn dbfs(x: f64) -> f64 {
+    20.0 * x.max(1e-9).log10()
+}
+
+/// RMS of the 20 ms frames above the gate (the speech, not its pauses); `None` when no frame is.
+pub fn speech_rms(audio: &Audio) -> Option<f64> {
+    let frame = (audio.rate as usize / 50).max(1);
+    let gate = 10f64.powf(GATE_DBFS / 20.0);
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for chunk in audio.samples.chunks(frame) {
+        let energy: f64 = chunk.iter().map(|s| (*s as f64).powi(2)).sum::<f64>();
+        if (energy / chunk.len() as f64).sqrt() > gate {
+            sum += energy;
+            n += chunk.len();
+        }
+    }
+    (n > 0).then(|| (sum / n as f64).sqrt())
+}
+
+/// Scales `audio` so its speech sits at the target loudness, lowering the gain where a peak
+/// would pass -1 dBFS. Returns the speech RMS and peak after, in dBFS.
+fn normalise(audio: &mut Audio, rms: f64) -> (f64, f64) {
+    let peak = audio
+        .samples
+        .iter()
+        .fold(0f32, |m, s| m.max(s.abs()))
+        .max(1e-9);
+    let gain = (10f64.powf(TARGET_DBFS / 20.0) / rms).min((PEAK_CEILING / peak) as f64) as f32;
+    for s in &mut audio.samples {
+        *s *= gain;
+    }
+    (dbfs(rms * gain as f64), dbfs((peak * gain) as f64))
+}
+
+/// Band-limited resampling (windowed sinc, 16 zero crossings a side).
+pub fn resample(audio: &Audio, rate: u32) -> Audio {
+    if audio.rate == rate || audio.samples.is_empty() {
+        return Audio {
+            rate,
+            samples: audio.samples.clone(),
+        };
+    }
+    let ratio = rate as f64 / audio.rate as f64;
+    let cutoff = ratio.min(1.0);
+    const HALF: f64 = 16.0;
+    let reach = (HALF / cutoff).ceil() as isize;
+    let n_out = (audio.samples.len() as f64 * ratio).round() as usize;
+    let src = &audio.samples;
+    let samples = (0..n_out)
+        .map(|i| {
+            let t = i as f64 / ratio;
+            let centre = t.floor() as isize;
+            let mut acc = 0.0f64;
+            for k in (centre - reach)..=(centre + reach) {
+                if k < 0 || k as usize >= src.len() {
+                    continue;
+                }
+                let x = (t - k as f64) * cutoff;
+                if x.abs() >= HALF {
+                    continue;
+                }
+                let sinc = if x == 0.0 {
+                    1.0
+                } else {
+                    (std::f64::consts::PI * x).sin() / (std::f64::consts::PI * x)
+                };
+                let window = 0.5 + 0.5 * (std::f64::consts::PI * x / HALF).cos();
+                acc += src[k as usize] as f64 * sinc * window * cutoff;
+            }
+            acc as f32
+        })
+        .collect();
+    Audio { rate, samples }
+}
+
+/// Narrates every scene of the storyboard at `input` into `run_dir/2_audio`.
+/// `on_clip(done, total)` is called after each clip is synthesised.
+pub fn write_voice(
+    input: &Path,
+    run_dir: &Path,
+    engine: &dyn VoiceEngine,
+    options: &VoiceOptions,
+    on_clip: &mut dyn FnMut(usize, usize),
+) -> Result<VoiceManifest, VoiceError> {
+    options.check()?;
+    let board = Storyboard::load(input)?;
+    let audio_dir = run_dir.join("2_audio");
+    // Find out now, before any work, whether the folder takes files.
+    let unwritable = |source| VoiceError::Unwritable {
+        path: audio_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&audio_dir).map_err(unwritable)?;
+    let probe = audio_dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(unwritable)?;
+    let _ = std::fs::remove_file(&probe);
+
+    let started = Instant::now();
+    let mut clips: Vec<(u32, Audio)> = Vec::with_capacity(board.scenes.len());
+    for (i, scene) in board.scenes.iter().enumerate() {
+        let audio = engine
+            .speak(&scene.narration, options)
+            .map_err(|why| VoiceError::Engine {
+                scene: scene.index,
+                why,
+            })?;
+        clips.push((scene.index, audio));
+        on_clip(i + 1, board.scenes.len());
+    }
+    let synthesis_seconds = started.elapsed().as_secs_f64();
+
+    let mut written = Vec::with_capacity(clips.len());
+    let mut files = Vec::with_capacity(clips.len());
+    for (scene, audio) in clips {
+        let mut audio = resample(&audio, options.sample_rate);
+        let rms = speech_rms(&audio).ok_or_else(|| VoiceError::Silent {
+            scene,
+            voice: options.voice.clone(),
+        })?;
+        let (speech_rms_dbfs, peak_dbfs) = normalise(&mut audio, rms);
+        let name = format!("scene_{scene:02}.wav");
+        written.push(Clip {
+            scene,
+            file: format!("2_audio/{name}"),
+            seconds: audio.seconds(),
+            samples: audio.samples.len(),
+            speech_rms_dbfs,
+            peak_dbfs,
+        });
+        files.push((audio_dir.join(name), audio));
+    }
+    let gap = vec![0f32; (GAP_SECONDS * options.sample_rate as f64) as usize];
+    let mut all = Vec::new();
+    for (i, (_, audio)) in files.iter().enumerate() {
+        if i > 0 {
+            all.extend_from_slice(&gap);
+        }
+        all.extend_from_slice(&audio.samples);
+    }
+    let narration = Audio {
+        rate: options.sample_rate,
+        samples: all,
+    };
+    let manifest = VoiceManifest {
+        engine: engine.name(),
+        voice: options.voice.clone(),
+        speed: options.speed,
+        sample_rate: options.sample_rate,
+        clips: written,
+        narration: "2_audio/narration.wav".into(),
+        narration_seconds: narration.seconds(),
+        gap_seconds: GAP_SECONDS,
+        synthesis_seconds,
+    };
+    // Everything exists; now write, each file whole.
+    for (path, audio) in &files {
+        write_atomic(path, &wav::encode(audio))?;
+    }
+    write_atomic(&audio_dir.join("narration.wav"), &wav::encode(&narration))?;
+    let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
+    write_atomic(&audio_dir.join("voice.json"), &json)?;
+    Ok(manifest)
+}
