@@ -23,6 +23,8 @@ pub enum Command {
     Scenes(ScenesArgs),
     /// Narrate every scene of a storyboard into WAV files (the seed's pipeline_manager.py, second half).
     Voice(VoiceArgs),
+    /// Draw a picture for every scene with a Stable Diffusion model, one model on the device at a time.
+    Images(ImagesArgs),
     /// Models baton knows, and fetching them into its store.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -160,6 +162,44 @@ pub struct VoiceArgs {
     /// Sample rate of the WAV files, in Hz.
     #[arg(long, default_value_t = 22050)]
     pub sample_rate: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// The scenes file, e.g. output/…/1_scripts/cyberpunk_tokyo_scenes.json.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// The run folder to write 3_images/ into (default: the one the scenes file is in).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// A family name (sd-turbo, sd-2.1, sd-1.5: found in the Hugging Face cache) or a diffusers folder.
+    #[arg(long, default_value = "sd-turbo")]
+    pub model: String,
+    /// The family of a --model folder.
+    #[arg(long)]
+    pub family: Option<String>,
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Denoising steps (default: the family's).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance (default: the family's; 0 or 1 turns it off).
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Scene N uses seed + N: the same seed draws the same pictures.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Refuse, with the numbers, a plan whose largest phase needs more than this.
+    #[arg(long, value_parser = parse_size_arg)]
+    pub max_vram: Option<u64>,
+    /// Where the model runs: cpu, cuda (a cuda build), or auto.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub compute: ComputeChoice,
+    /// Render storyboard cards instead of generated images (not built yet).
+    #[arg(long)]
+    pub cards: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -345,6 +385,25 @@ pub enum BenchCommand {
     /// Weight loading: pinned host-to-device bandwidth, then baton's loader (page cache warm and
     /// cold), candle's default loader and PyTorch's load_file on files it writes itself.
     Load(BenchLoadArgs),
+    /// The images stage on a model with a family's real shapes and random weights, written
+    /// first: phases, peak memory and time per image.
+    Images {
+        /// The family whose shapes are used.
+        #[arg(long, default_value = "sd-turbo")]
+        family: String,
+        /// Scenes (images) to draw.
+        #[arg(long, default_value_t = 6)]
+        scenes: usize,
+        /// Width and height.
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Where the random model and the run folder go.
+        #[arg(long, value_name = "DIR", default_value = "target/bench-images")]
+        dir: PathBuf,
+        /// Where the model runs: cpu, cuda (a cuda build), or auto.
+        #[arg(long, value_enum, default_value = "auto")]
+        compute: ComputeChoice,
+    },
     /// The cost of one snapshot on every backend this machine has.
     Snapshot {
         /// Timed snapshots per backend.

@@ -59,6 +59,7 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Resume(args) => pipeline_cmd::resume(args, out),
         Command::Scenes(args) => scenes_cmd::scenes(args, out),
         Command::Voice(args) => scenes_cmd::voice(args, out),
+        Command::Images(args) => scenes_cmd::images(args, out),
         Command::Models(ModelsCommand::List) => scenes_cmd::models_list(out),
         Command::Models(ModelsCommand::Fetch { name }) => scenes_cmd::models_fetch(name, out),
         Command::Models(ModelsCommand::Warm { name }) => scenes_cmd::models_warm(name, out),
@@ -82,6 +83,13 @@ fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         }) => bench::switch(*repeat, *size, *device, json.as_deref(), out),
         Command::Bench(BenchCommand::Llm(args)) => bench::llm(args, out),
         Command::Bench(BenchCommand::Load(args)) => bench::load(args, out),
+        Command::Bench(BenchCommand::Images {
+            family,
+            scenes,
+            size,
+            dir,
+            compute,
+        }) => scenes_cmd::bench_images(family, *scenes, *size, dir, *compute, out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
         Command::Bench(BenchCommand::Runner {
             stages,
@@ -105,6 +113,9 @@ fn exit_code(err: &anyhow::Error) -> u8 {
             .is_some_and(|e| e.is_bad_input())
         || err
             .downcast_ref::<baton_studio::voice::VoiceError>()
+            .is_some_and(|e| e.is_bad_input())
+        || err
+            .downcast_ref::<baton_studio::images::ImagesError>()
             .is_some_and(|e| e.is_bad_input())
         || err
             .downcast_ref::<baton_studio::model_store::StoreError>()

@@ -1,4 +1,4 @@
-//! `baton scenes`, `baton voice` and `baton models`: the storyboard writer, the narrator, and
+//! `baton scenes`, `baton voice`, `baton images` and `baton models`: the content stages, and
 //! the model store behind them.
 
 use std::io::{IsTerminal, Write};
@@ -217,4 +217,230 @@ pub fn voice(args: &crate::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
         run_dir.join("2_audio/voice.json").display()
     )?;
     Ok(())
+}
+
+/// The run folder a scenes file belongs to: output/RUN/1_scripts/x_scenes.json -> output/RUN.
+fn run_dir_of(input: &std::path::Path, given: Option<&std::path::Path>) -> std::path::PathBuf {
+    if let Some(dir) = given {
+        return dir.to_path_buf();
+    }
+    let folder = input.parent().unwrap_or(std::path::Path::new("."));
+    match folder.file_name() {
+        Some(name) if name == "1_scripts" => folder.parent().unwrap_or(folder).to_path_buf(),
+        _ => folder.to_path_buf(),
+    }
+}
+
+pub fn images(args: &crate::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    use baton_studio::images::{ImageModel, ImagesOptions};
+    if args.cards {
+        anyhow::bail!(
+            "storyboard cards (--cards) are not built yet; pass --model with a diffusers folder"
+        );
+    }
+    let model = ImageModel::resolve(&args.model, args.family.as_deref())?;
+    let (compute, where_) = compute(args.compute)?;
+    let run_dir = run_dir_of(&args.input, args.run_dir.as_deref());
+    writeln!(
+        out,
+        "drawing {} with {} ({}) {where_}",
+        args.input.display(),
+        model.family.name,
+        model.dir.display()
+    )?;
+    let options = ImagesOptions {
+        width: args.width,
+        height: args.height,
+        steps: args.steps,
+        guidance: args.guidance,
+        seed: args.seed,
+        max_vram: args.max_vram,
+    };
+    draw(
+        &args.input,
+        &run_dir,
+        &model,
+        &compute,
+        &options,
+        args.run_dir.is_some(),
+        out,
+    )
+}
+
+/// Runs the images stage with a progress bar per image, then prints its phases.
+fn draw(
+    input: &std::path::Path,
+    run_dir: &std::path::Path,
+    model: &baton_studio::images::ImageModel,
+    compute: &baton_studio::scenes::Compute,
+    options: &baton_studio::images::ImagesOptions,
+    stage: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use baton_studio::images::{Progress, write_images};
+    let bar = (!stage && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {elapsed}")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let manifest = write_images(input, run_dir, model, compute, options, &mut |p| match p {
+        Progress::Phase(name) => lines.push(format!("phase: {name}")),
+        Progress::Warning(w) => {
+            if let Some(bar) = &bar {
+                bar.suspend(|| eprintln!("warning: {w}"));
+            } else {
+                eprintln!("warning: {w}");
+            }
+        }
+        Progress::Step {
+            scene,
+            scenes,
+            step,
+            steps,
+        } => {
+            if let Some(bar) = &bar {
+                bar.set_length(steps as u64);
+                bar.set_message(format!("scene {scene}"));
+                bar.set_position(step as u64);
+            } else if stage && step == steps {
+                lines.push(format!(
+                    "baton:progress {scene}/{scenes} drew scene {scene}"
+                ));
+            }
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let manifest = manifest?;
+    for line in lines.iter().filter(|l| l.starts_with("baton:")) {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(
+        out,
+        "{:<13} {:>10} {:>8} {:>9} {:>8} {:>12} {:>12}  RECLAIM",
+        "PHASE", "WEIGHTS", "LOAD s", "LOAD GB/s", "TOTAL s", "PEAK", "PLANNED"
+    )?;
+    let base = manifest.phases.first().map_or(0, |p| p.baseline_bytes);
+    for p in &manifest.phases {
+        writeln!(
+            out,
+            "{:<13} {:>10} {:>8.3} {:>9.2} {:>8.2} {:>12} {:>12}  {}",
+            p.name,
+            format_bytes(p.weights_bytes),
+            p.load_seconds,
+            p.load_gb_per_second,
+            p.seconds,
+            format_bytes(p.peak_bytes.saturating_sub(base)),
+            format_bytes(p.planned_bytes),
+            p.reclaim
+        )?;
+        if stage {
+            writeln!(
+                out,
+                "{}",
+                baton_weights::stage_line(&p.name, p.weights_bytes, p.load_seconds)
+            )?;
+        }
+    }
+    for image in &manifest.images {
+        writeln!(
+            out,
+            "  scene {:>2}: {} ({:.2}s, seed {}{})",
+            image.scene,
+            run_dir.join(&image.file).display(),
+            image.seconds,
+            image.seed,
+            if image.prompt_truncated {
+                ", prompt cut"
+            } else {
+                ""
+            }
+        )?;
+    }
+    writeln!(
+        out,
+        "{} images {}x{}, {} steps, {} on {}; peak {} above the start (largest phase); {}",
+        manifest.images.len(),
+        manifest.width,
+        manifest.height,
+        manifest.steps,
+        manifest.dtype,
+        manifest.device,
+        format_bytes(manifest.peak_bytes),
+        run_dir.join("3_images/images.json").display()
+    )?;
+    Ok(())
+}
+
+/// `baton bench images`: a model with `family`'s real shapes and random weights, written
+/// first, then the images stage over `scenes` scenes at `size` x `size`.
+pub fn bench_images(
+    family: &str,
+    scenes: usize,
+    size: usize,
+    dir: &std::path::Path,
+    choice: ComputeChoice,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use baton_studio::images::{ImagesOptions, random::write_random_model, sd};
+    let fam = sd::family(family).ok_or_else(|| {
+        crate::BadInput(format!(
+            "--family '{family}': use sd-turbo, sd-2.1, sd-1.5 or tiny-sd"
+        ))
+    })?;
+    if scenes == 0 || scenes > baton_studio::storyboard::MAX_SCENES {
+        return Err(crate::BadInput(format!(
+            "--scenes {scenes}: use 1 to {}",
+            baton_studio::storyboard::MAX_SCENES
+        ))
+        .into());
+    }
+    let (compute, where_) = compute(choice)?;
+    let dtype = if matches!(compute, baton_studio::scenes::Compute::Cuda(_)) {
+        candle_core::DType::F16
+    } else {
+        candle_core::DType::F32
+    };
+    let model_dir = dir.join(format!("{family}-random"));
+    let started = std::time::Instant::now();
+    let model = write_random_model(&model_dir, fam, dtype)?;
+    writeln!(
+        out,
+        "random {family} model ({dtype:?}) written to {} in {:.1}s; drawing {scenes} scenes at {size}x{size} {where_}",
+        model_dir.display(),
+        started.elapsed().as_secs_f64()
+    )?;
+    let run_dir = dir.join("run");
+    let scripts = run_dir.join("1_scripts");
+    std::fs::create_dir_all(&scripts)?;
+    let prompts = [
+        "neon street in the rain at night",
+        "a crowded night market with glowing lights",
+        "drones over the city sky",
+        "a wet street with neon reflections",
+        "dawn over the river and the city",
+        "a cinematic wide shot of tokyo",
+    ];
+    let board = serde_json::json!({
+        "topic": "Cyberpunk Tokyo", "title": "Benchmark",
+        "scenes": (1..=scenes).map(|i| serde_json::json!({
+            "index": i, "title": format!("Scene {i}"), "narration": "Benchmark narration.",
+            "image_prompt": prompts[(i - 1) % prompts.len()], "duration_seconds": 5.0})).collect::<Vec<_>>()
+    });
+    let input = scripts.join("benchmark_scenes.json");
+    std::fs::write(&input, serde_json::to_vec(&board)?)?;
+    let options = ImagesOptions {
+        width: Some(size),
+        height: Some(size),
+        steps: None,
+        guidance: None,
+        seed: 42,
+        max_vram: None,
+    };
+    draw(&input, &run_dir, &model, &compute, &options, false, out)
 }
