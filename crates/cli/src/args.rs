@@ -111,10 +111,10 @@ pub struct ScenesArgs {
     #[arg(long)]
     pub topic: String,
     /// How many scenes.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, env = "BATON_SCENES", default_value_t = 6)]
     pub scenes: usize,
     /// A GGUF file, a name from `baton models list`, pip:PACKAGE/FILE or hf:OWNER/REPO/FILE.
-    #[arg(long, default_value = "smollm2")]
+    #[arg(long, env = "BATON_SCENES_MODEL", default_value = "smollm2")]
     pub model: String,
     /// A tokenizer.json to use instead of the one in the GGUF file.
     #[arg(long, value_name = "FILE")]
@@ -129,7 +129,7 @@ pub struct ScenesArgs {
     #[arg(long, default_value_t = 0.9)]
     pub top_p: f64,
     /// Give up when the JSON is not finished after this many tokens.
-    #[arg(long, default_value_t = 3000)]
+    #[arg(long, env = "BATON_SCENES_MAX_TOKENS", default_value_t = 3000)]
     pub max_tokens: usize,
     /// Makes recently written tokens less likely (1.0: off); small models repeat themselves.
     #[arg(long, default_value_t = 1.0)]
@@ -197,9 +197,12 @@ pub struct ImagesArgs {
     /// Where the model runs: cpu, cuda (a cuda build), or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub compute: ComputeChoice,
-    /// Render storyboard cards instead of generated images (not built yet).
+    /// Render storyboard cards (title and narration on a plain frame) instead of generated images.
     #[arg(long)]
     pub cards: bool,
+    /// Render cards, and say so loudly, when no image model is available (what `baton run` does).
+    #[arg(long)]
+    pub cards_if_no_model: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -158,19 +158,7 @@ pub fn voice(args: &crate::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
         sample_rate: args.sample_rate,
     };
     options.check()?;
-    // The run folder the scenes file belongs to: output/RUN/1_scripts/x_scenes.json -> output/RUN.
-    let run_dir = match &args.run_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            let folder = args.input.parent().unwrap_or(std::path::Path::new("."));
-            match folder.file_name() {
-                Some(name) if name == "1_scripts" => {
-                    folder.parent().unwrap_or(folder).to_path_buf()
-                }
-                _ => folder.to_path_buf(),
-            }
-        }
-    };
+    let run_dir = run_dir_of(&args.input, args.run_dir.as_deref());
     let engine = Espeak::find()?;
     writeln!(
         out,
@@ -232,15 +220,42 @@ fn run_dir_of(input: &std::path::Path, given: Option<&std::path::Path>) -> std::
 }
 
 pub fn images(args: &crate::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    use baton_studio::images::{ImageModel, ImagesOptions};
-    if args.cards {
-        anyhow::bail!(
-            "storyboard cards (--cards) are not built yet; pass --model with a diffusers folder"
-        );
-    }
-    let model = ImageModel::resolve(&args.model, args.family.as_deref())?;
-    let (compute, where_) = compute(args.compute)?;
+    use baton_studio::images::{ImageModel, ImagesError, ImagesOptions, write_cards};
     let run_dir = run_dir_of(&args.input, args.run_dir.as_deref());
+    let cards = |why: &str, out: &mut dyn Write| -> anyhow::Result<()> {
+        let (w, h) = (args.width.unwrap_or(512), args.height.unwrap_or(512));
+        let manifest = write_cards(&args.input, &run_dir, w, h, why)?;
+        writeln!(
+            out,
+            "{} storyboard cards {w}x{h} in {} (cards, not generated images)",
+            manifest.images.len(),
+            run_dir.join("3_images").display()
+        )?;
+        Ok(())
+    };
+    if args.cards {
+        return cards("--cards", out);
+    }
+    let model = match ImageModel::resolve(&args.model, args.family.as_deref()) {
+        Ok(model) => model,
+        Err(ImagesError::NoModel { why, .. }) if args.cards_if_no_model => {
+            let banner = format!(
+                "!!! NO IMAGE MODEL: {why}.\n!!! Rendering STORYBOARD CARDS (title and narration on a plain frame), NOT generated images.\n!!! For pictures, put a diffusers model in the Hugging Face cache or pass --model DIR."
+            );
+            eprintln!("{banner}");
+            writeln!(out, "{banner}")?;
+            if args.run_dir.is_some() {
+                // As a stage: the runner repeats this in its own output and keeps it in run.json.
+                writeln!(
+                    out,
+                    "baton:warn NO IMAGE MODEL ({why}): 3_images/ holds STORYBOARD CARDS, not generated images"
+                )?;
+            }
+            return cards(&why, out);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (compute, where_) = compute(args.compute)?;
     writeln!(
         out,
         "drawing {} with {} ({}) {where_}",

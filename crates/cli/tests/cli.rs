@@ -148,23 +148,6 @@ fn watch_without_a_terminal_prints_lines_and_appends_jsonl() {
 }
 
 #[test]
-fn run_says_not_built_yet_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = baton(dir.path(), "1x24GiB")
-        .current_dir(dir.path())
-        .args(["run", "--topic", "Cyberpunk Tokyo"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains("built-in stage of stage 'images'") && err.contains("not built yet"),
-        "{err}"
-    );
-    assert!(!dir.path().join("output").exists());
-}
-
-#[test]
 fn a_closed_pipe_is_a_clean_exit() {
     use std::io::Read;
     use std::process::Stdio;

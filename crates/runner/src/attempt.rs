@@ -78,6 +78,14 @@ pub fn parse_progress(line: &str) -> Option<(u64, u64, &str)> {
     Some((done.parse().ok()?, total.parse().ok()?, message.trim()))
 }
 
+/// `baton:warn MESSAGE`: something the stage wants the user to read, said by the runner too.
+pub fn parse_warning(line: &str) -> Option<&str> {
+    line.trim()
+        .strip_prefix("baton:warn ")
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+}
+
 /// `baton:load BYTES SECONDS NAME`: a stage reporting a weights load, for the manifest.
 pub fn parse_load(line: &str) -> Option<LoadRecord> {
     let mut parts = line.trim().strip_prefix("baton:load ")?.splitn(3, ' ');
@@ -216,9 +224,14 @@ pub fn run_attempt(
         .map(|h| (h.oom, h.tail.iter().cloned().collect::<Vec<_>>()))
         .unwrap_or_default();
     attempt.out_of_memory = out_of_memory;
-    attempt.loads = heard
+    (attempt.loads, attempt.warnings) = heard
         .lock()
-        .map(|mut h| std::mem::take(&mut h.loads))
+        .map(|mut h| {
+            (
+                std::mem::take(&mut h.loads),
+                std::mem::take(&mut h.warnings),
+            )
+        })
         .unwrap_or_default();
 
     // Hashing runs here, not on the scheduler's thread: large outputs must not hold up the
@@ -410,6 +423,9 @@ struct Heard {
     progress: Vec<(u64, u64, String)>,
     /// Weights loads the stage reported.
     loads: Vec<LoadRecord>,
+    /// Warnings not yet handed to the observer, and all of them for the manifest.
+    warnings_pending: Vec<String>,
+    warnings: Vec<String>,
 }
 
 impl Heard {
@@ -425,15 +441,30 @@ impl Heard {
         if let Some(load) = parse_load(line) {
             self.loads.push(load);
         }
+        if let Some(warning) = parse_warning(line) {
+            self.warnings_pending.push(warning.to_string());
+            self.warnings.push(warning.to_string());
+        }
     }
 }
 
 /// Hands progress heard on the output threads to the observer, from the attempt's thread.
 fn forward_progress(heard: &Mutex<Heard>, plan: &AttemptPlan, observer: &dyn Observer) {
-    let pending = heard
+    let (pending, warnings) = heard
         .lock()
-        .map(|mut h| std::mem::take(&mut h.progress))
+        .map(|mut h| {
+            (
+                std::mem::take(&mut h.progress),
+                std::mem::take(&mut h.warnings_pending),
+            )
+        })
         .unwrap_or_default();
+    for warning in warnings {
+        observer.event(&Event::Notice {
+            run: &plan.run_id,
+            message: &format!("{}: {warning}", plan.stage),
+        });
+    }
     for (done, total, message) in pending {
         observer.event(&Event::Progress {
             run: &plan.run_id,
@@ -469,6 +500,11 @@ mod tests {
         assert!((load.gb_per_second - 8.0).abs() < 1e-9);
         assert_eq!(parse_load("baton:load 12 0 x"), None);
         assert_eq!(parse_load("baton:load 12 fast x"), None);
+        assert_eq!(
+            parse_warning("baton:warn  no model here "),
+            Some("no model here")
+        );
+        assert_eq!(parse_warning("baton:warn   "), None);
         assert!(is_oom_line(
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
         ));

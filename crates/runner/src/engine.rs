@@ -50,10 +50,20 @@ const PASSED_VARS: &[&str] = &[
     "XDG_RUNTIME_DIR",
     "BATON_STATE_DIR",
     "BATON_LOG",
+    "BATON_MODELS_DIR",
+    "BATON_ESPEAK",
+    "BATON_ESPEAK_DATA",
 ];
 /// Prefixes of variables a stage inherits: the GPU stack's settings (NCCL's NVLink multicast
-/// switch among them) and the simulation's.
-const PASSED_PREFIXES: &[&str] = &["NCCL_", "NVSHMEM_", "TORCH_", "CUDA_", "BATON_SIM_"];
+/// switch among them), the simulation's, and the built-in scenes stage's defaults.
+const PASSED_PREFIXES: &[&str] = &[
+    "NCCL_",
+    "NVSHMEM_",
+    "TORCH_",
+    "CUDA_",
+    "BATON_SIM_",
+    "BATON_SCENES",
+];
 
 /// What the scheduler runs stages with.
 pub struct Engine {
@@ -336,10 +346,7 @@ impl Engine {
                 let _ = std::fs::create_dir_all(parent);
             }
         }
-        let argv = spec
-            .command
-            .argv()
-            .expect("plans with stages not built yet are refused before they run");
+        let argv = spec.command.argv();
         let plan = AttemptPlan {
             run_id: run.manifest.run_id.clone(),
             stage: spec.name.clone(),

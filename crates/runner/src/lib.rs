@@ -67,12 +67,6 @@ pub enum RunnerError {
         source: std::io::Error,
     },
 
-    /// A part of baton that later work completes.
-    #[error(
-        "{what} is not built yet; nothing was written. Until it is, pass --pipeline FILE with your own commands (see examples/), and use `baton stats`, `baton watch` and `baton sim hold`"
-    )]
-    NotBuiltYet { what: String },
-
     #[error("{action} '{}': {source}", .path.display())]
     Io {
         action: &'static str,

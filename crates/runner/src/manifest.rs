@@ -88,6 +88,9 @@ pub struct Attempt {
     /// Weights the stage loaded, as it reported them (`baton:load` lines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loads: Vec<LoadRecord>,
+    /// What the stage asked the user to read (`baton:warn` lines).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One weights file a stage loaded: what, how much, how fast.
@@ -118,6 +121,7 @@ impl Attempt {
             out_of_memory: false,
             timeline: Vec::new(),
             loads: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

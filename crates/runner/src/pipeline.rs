@@ -44,36 +44,41 @@ pub enum StageCommand {
 }
 
 impl StageCommand {
-    /// The program and arguments to run, placeholders not yet filled in; `None` for a built-in
-    /// stage this build does not have yet.
-    pub fn argv(&self) -> Option<Vec<String>> {
+    /// The program and arguments to run, placeholders not yet filled in.
+    pub fn argv(&self) -> Vec<String> {
         match self {
-            StageCommand::Argv(argv) => Some(argv.clone()),
-            StageCommand::Builtin(baton_studio::Stage::Scenes) => Some(
-                [
-                    "{baton}",
-                    "scenes",
-                    "--topic",
-                    "{topic}",
-                    "--run-dir",
-                    "{run_dir}",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            StageCommand::Builtin(baton_studio::Stage::Voice) => Some(
-                [
-                    "{baton}",
-                    "voice",
-                    "--input",
-                    "{run_dir}/1_scripts/{slug}_scenes.json",
-                    "--run-dir",
-                    "{run_dir}",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-            StageCommand::Builtin(_) => None,
+            StageCommand::Argv(argv) => argv.clone(),
+            StageCommand::Builtin(baton_studio::Stage::Scenes) => [
+                "{baton}",
+                "scenes",
+                "--topic",
+                "{topic}",
+                "--run-dir",
+                "{run_dir}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            StageCommand::Builtin(baton_studio::Stage::Voice) => [
+                "{baton}",
+                "voice",
+                "--input",
+                "{run_dir}/1_scripts/{slug}_scenes.json",
+                "--run-dir",
+                "{run_dir}",
+            ]
+            .map(String::from)
+            .to_vec(),
+            StageCommand::Builtin(baton_studio::Stage::Images) => [
+                "{baton}",
+                "images",
+                "--input",
+                "{run_dir}/1_scripts/{slug}_scenes.json",
+                "--run-dir",
+                "{run_dir}",
+                "--cards-if-no-model",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -174,8 +179,10 @@ name = "images"
 builtin = "images"
 after = ["scenes"]
 inputs = ["1_scripts/{slug}_scenes.json"]
+outputs = ["3_images/images.json"]
+# SD-Turbo in f16, phased: its largest phase (the UNet) is about 2.5 GiB.
 memory = "learn"
-memory_initial = "12GiB"
+memory_initial = "6GiB"
 "#;
 
 impl Pipeline {

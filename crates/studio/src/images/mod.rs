@@ -9,6 +9,7 @@
 //! every image exists; then each PNG is written whole, with its prompt, seed, model and steps in
 //! its text chunks, and `3_images/images.json` records the phases.
 
+pub mod cards;
 pub mod random;
 pub mod sd;
 
@@ -719,6 +720,86 @@ pub fn write_images(
         phases,
         images,
         warnings,
+    };
+    for (path, bytes) in &files {
+        write_atomic(path, bytes)?;
+    }
+    let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
+    write_atomic(&out_dir.join("images.json"), &json)?;
+    Ok(manifest)
+}
+
+/// Storyboard cards for every scene, in place of generated images: `3_images/scene_NN.png`
+/// (each saying it is a card, in its pixels and its text chunks) and `images.json` with every
+/// image's kind "card".
+pub fn write_cards(
+    input: &Path,
+    run_dir: &Path,
+    width: usize,
+    height: usize,
+    why: &str,
+) -> Result<ImagesManifest, ImagesError> {
+    for (what, value) in [("--width", width), ("--height", height)] {
+        if !(64..=4096).contains(&value) {
+            return Err(ImagesError::Option(format!(
+                "{what} {value}: cards are 64 to 4096 pixels"
+            )));
+        }
+    }
+    let board = Storyboard::load(input)?;
+    let out_dir = run_dir.join("3_images");
+    std::fs::create_dir_all(&out_dir).map_err(|source| ImagesError::Unwritable {
+        path: out_dir.clone(),
+        source,
+    })?;
+    let mut files = Vec::new();
+    let mut images = Vec::new();
+    for s in &board.scenes {
+        let started = Instant::now();
+        let rgb = cards::render(&board, s, width, height);
+        let png = encode_png(
+            &rgb,
+            width,
+            height,
+            &[
+                ("kind", "storyboard card, not a generated image"),
+                ("title", s.title.as_str()),
+                ("narration", s.narration.as_str()),
+                ("prompt", s.image_prompt.as_str()),
+                ("software", "baton"),
+            ],
+        )
+        .map_err(|why| ImagesError::Png {
+            scene: s.index,
+            why,
+        })?;
+        let name = format!("scene_{:02}.png", s.index);
+        files.push((out_dir.join(&name), png));
+        images.push(ImageRecord {
+            scene: s.index,
+            file: format!("3_images/{name}"),
+            seed: 0,
+            kind: "card",
+            prompt_truncated: false,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    let manifest = ImagesManifest {
+        model: "none: storyboard cards".into(),
+        family: String::new(),
+        device: "cpu".into(),
+        dtype: String::new(),
+        width,
+        height,
+        steps: 0,
+        guidance: 0.0,
+        seed: 0,
+        phases: Vec::new(),
+        images,
+        peak_bytes: 0,
+        warnings: vec![format!(
+            "no image model ({why}): storyboard cards were rendered instead"
+        )],
     };
     for (path, bytes) in &files {
         write_atomic(path, bytes)?;

@@ -1,0 +1,234 @@
+//! `baton images` end to end on a tiny random Stable Diffusion the tests write themselves (SD
+//! 1.5's text encoder, a small UNet and VAE) at 64x64 on the CPU: the real loading, encoding,
+//! sampling and decoding path, the phases, the PNGs' metadata, and every bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// One tiny model for every test in this file (its text encoder is 470 MB of f32).
+fn model() -> &'static Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny-sd");
+        baton_studio::images::random::write_random_model(
+            &path,
+            baton_studio::images::sd::family("tiny-sd").unwrap(),
+            candle_core::DType::F32,
+        )
+        .unwrap();
+        (dir, path)
+    })
+    .1
+}
+
+fn storyboard(dir: &Path, prompts: &[&str]) -> PathBuf {
+    let scripts = dir.join("run/1_scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    let scenes: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            serde_json::json!({"index": i + 1, "title": "t", "narration": "n", "image_prompt": p,
+                "duration_seconds": 5.0})
+        })
+        .collect();
+    let file = scripts.join("x_scenes.json");
+    let board = serde_json::json!({"topic": "T", "title": "T", "scenes": scenes});
+    std::fs::write(&file, serde_json::to_vec(&board).unwrap()).unwrap();
+    file
+}
+
+fn images(dir: &Path, input: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir)
+        .env("HF_HOME", dir.join("no-hub"))
+        .arg("images")
+        .arg("--input")
+        .arg(input)
+        .arg("--model")
+        .arg(model())
+        .args(["--family", "tiny-sd", "--compute", "cpu", "--steps", "2"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Size and text chunks of a PNG, after decoding every pixel.
+fn png_info(path: &Path) -> (u32, u32, Vec<(String, String)>) {
+    let decoder = png::Decoder::new(std::fs::File::open(path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(frame.color_type, png::ColorType::Rgb);
+    let info = reader.info();
+    let chunks = info
+        .utf8_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
+        .collect();
+    (frame.width, frame.height, chunks)
+}
+
+#[test]
+fn every_scene_is_drawn_in_three_phases_with_its_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(
+        dir.path(),
+        &[
+            "neon street in the rain",
+            "a night market with glowing lights",
+        ],
+    );
+    let out = images(dir.path(), &input, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let run = dir.path().join("run");
+    for n in 1..=2u32 {
+        let (w, h, chunks) = png_info(&run.join(format!("3_images/scene_{n:02}.png")));
+        assert_eq!((w, h), (64, 64));
+        let get = |k: &str| {
+            chunks
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(get("seed"), Some((42 + n).to_string()));
+        assert_eq!(get("steps").as_deref(), Some("2"));
+        assert!(get("model").unwrap().starts_with("tiny-sd"));
+        assert!(
+            get("prompt")
+                .unwrap()
+                .contains(if n == 1 { "neon" } else { "market" })
+        );
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("3_images/images.json")).unwrap()).unwrap();
+    let phases = manifest["phases"].as_array().unwrap();
+    let names: Vec<_> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["text encoder", "unet", "vae"]);
+    for p in phases {
+        assert!(p["weights_bytes"].as_u64().unwrap() > 0, "{p}");
+        assert_eq!(p["leaked"], false, "{p}");
+        assert!(p["peak_bytes"].as_u64().unwrap() >= p["baseline_bytes"].as_u64().unwrap());
+    }
+    // The text encoder (SD 1.5's, 123M parameters) is the largest phase of this model.
+    assert!(phases[0]["weights_bytes"].as_u64().unwrap() > 400 << 20);
+    assert_eq!(manifest["images"][0]["kind"], "generated");
+    assert!(text(&out).contains("PHASE") && text(&out).contains("peak"));
+}
+
+#[test]
+fn the_same_seed_draws_the_same_picture() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(dir.path(), &["drones over the city sky"]);
+    let png = |seed: &str| {
+        let out = images(dir.path(), &input, &["--seed", seed]);
+        assert!(out.status.success(), "{}", text(&out));
+        std::fs::read(dir.path().join("run/3_images/scene_01.png")).unwrap()
+    };
+    let a = png("7");
+    assert_eq!(a, png("7"));
+    assert_ne!(a, png("8"));
+}
+
+#[test]
+fn a_prompt_longer_than_the_encoder_takes_is_cut_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    // 90 words (180 characters, under the schema's 300) but 90 tokens, over the 75 that fit.
+    let long = "a ".repeat(90);
+    let input = storyboard(dir.path(), &[long.trim()]);
+    let out = images(dir.path(), &input, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "warning: scene 1's image_prompt is longer than the text encoder's 77 tokens"
+        )
+    );
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("run/3_images/images.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["images"][0]["prompt_truncated"], true);
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let nothing_written = || {
+        let images = dir.path().join("run/3_images");
+        !images.exists() || std::fs::read_dir(&images).unwrap().next().is_none()
+    };
+    let refuse = |out: Output, code: i32, expect: &[&str]| {
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(code), "{said}");
+        for e in expect {
+            assert!(said.contains(e), "expected '{e}' in: {said}");
+        }
+        assert!(nothing_written(), "{said}");
+    };
+    let empty = storyboard(dir.path(), &["a street", "  "]);
+    // The storyboard check refuses an empty prompt before the model is touched.
+    refuse(
+        images(dir.path(), &empty, &[]),
+        2,
+        &["scene 2 image_prompt is empty"],
+    );
+    let input = storyboard(dir.path(), &["a street"]);
+    refuse(
+        images(dir.path(), &input, &["--width", "100"]),
+        2,
+        &["--width 100 is not a multiple of 16", "tiny-sd", "112"],
+    );
+    refuse(
+        images(dir.path(), &input, &["--max-vram", "1MiB"]),
+        2,
+        &["--max-vram is 1.0 MiB", "text encoder", "unet", "vae"],
+    );
+    let unknown = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir.path())
+        .arg("images")
+        .arg("--input")
+        .arg(&input)
+        .args(["--model", "sd-9"])
+        .output()
+        .unwrap();
+    refuse(
+        unknown,
+        2,
+        &["unknown image model 'sd-9'", "sd-turbo, sd-2.1, sd-1.5"],
+    );
+    let offline = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir.path())
+        .env("HF_HOME", dir.path().join("empty-hub"))
+        .arg("images")
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    refuse(
+        offline,
+        1,
+        &["no image model", "stabilityai/sd-turbo", "--cards"],
+    );
+    let half = dir.path().join("half-model");
+    std::fs::create_dir_all(half.join("unet")).unwrap();
+    let incomplete = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir.path())
+        .arg("images")
+        .arg("--input")
+        .arg(&input)
+        .arg("--model")
+        .arg(&half)
+        .output()
+        .unwrap();
+    refuse(incomplete, 2, &["half-model", "lacks a text encoder"]);
+}
