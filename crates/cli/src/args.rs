@@ -173,17 +173,17 @@ pub struct ImagesArgs {
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
     /// A family name (sd-turbo, sd-2.1, sd-1.5: found in the Hugging Face cache) or a diffusers folder.
-    #[arg(long, default_value = "sd-turbo")]
+    #[arg(long, env = "BATON_IMAGES_MODEL", default_value = "sd-turbo")]
     pub model: String,
     /// The family of a --model folder.
-    #[arg(long)]
+    #[arg(long, env = "BATON_IMAGES_FAMILY")]
     pub family: Option<String>,
     #[arg(long)]
     pub width: Option<usize>,
     #[arg(long)]
     pub height: Option<usize>,
     /// Denoising steps (default: the family's).
-    #[arg(long)]
+    #[arg(long, env = "BATON_IMAGES_STEPS")]
     pub steps: Option<usize>,
     /// Classifier-free guidance (default: the family's; 0 or 1 turns it off).
     #[arg(long)]

@@ -7,24 +7,34 @@ use std::process::Command;
 
 use baton_studio::llm::tiny::write_tiny_llama;
 
+/// `baton` with every setting a test run needs: private state, tiny models, no hub.
+fn baton(dir: &Path, model: &Path) -> Command {
+    let exe = Path::new(env!("CARGO_BIN_EXE_baton"));
+    let mut cmd = Command::new(exe);
+    cmd.current_dir(dir)
+        .env("BATON_SIM_DIR", dir.join("sim"))
+        .env("BATON_SIM_GPUS", "1x24GiB")
+        .env("BATON_STATE_DIR", dir.join("state"))
+        .env("BATON_MODELS_DIR", dir.join("models"))
+        .env("BATON_ESPEAK", exe.with_file_name("baton-espeak"))
+        .env("BATON_ESPEAK_DATA", dir.join("espeak"))
+        .env("HF_HOME", dir.join("no-hub"))
+        .env("BATON_SCENES_MODEL", model)
+        .env("BATON_SCENES", "2")
+        .env("BATON_SCENES_MAX_TOKENS", "20000");
+    cmd
+}
+
+fn manifest(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap()
+}
+
 #[test]
 fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
     write_tiny_llama(&model, 3).unwrap();
-    let exe = Path::new(env!("CARGO_BIN_EXE_baton"));
-    let out = Command::new(exe)
-        .current_dir(dir.path())
-        .env("BATON_SIM_DIR", dir.path().join("sim"))
-        .env("BATON_SIM_GPUS", "1x24GiB")
-        .env("BATON_STATE_DIR", dir.path().join("state"))
-        .env("BATON_MODELS_DIR", dir.path().join("models"))
-        .env("BATON_ESPEAK", exe.with_file_name("baton-espeak"))
-        .env("BATON_ESPEAK_DATA", dir.path().join("espeak"))
-        .env("HF_HOME", dir.path().join("no-hub"))
-        .env("BATON_SCENES_MODEL", &model)
-        .env("BATON_SCENES", "2")
-        .env("BATON_SCENES_MAX_TOKENS", "20000")
+    let out = baton(dir.path(), &model)
         .args(["run", "--device", "sim", "--topic", "Cyberpunk Tokyo"])
         .output()
         .unwrap();
@@ -63,8 +73,7 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
             .iter()
             .all(|i| i["kind"] == "card")
     );
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();
+    let manifest = manifest(&run);
     let stages = manifest["stages"].as_array().unwrap();
     let names: Vec<_> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["scenes", "voice", "images"]);
@@ -81,4 +90,87 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
         "{images_attempt}"
     );
     assert!(run.join("report/index.html").is_file());
+}
+
+#[test]
+fn killed_while_drawing_then_resumed_it_finishes_without_redoing_scenes_or_voice() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_llama(&model, 3).unwrap();
+    let sd = dir.path().join("tiny-sd");
+    baton_studio::images::random::write_random_model(
+        &sd,
+        baton_studio::images::sd::family("tiny-sd").unwrap(),
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let with_sd = |mut cmd: Command| {
+        cmd.env("BATON_IMAGES_MODEL", &sd)
+            .env("BATON_IMAGES_FAMILY", "tiny-sd")
+            // Enough steps that the stage is still drawing when baton is killed.
+            .env("BATON_IMAGES_STEPS", "150");
+        cmd
+    };
+    let mut child = with_sd(baton(dir.path(), &model))
+        .args(["run", "--device", "sim", "--topic", "Cyberpunk Tokyo"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = dir.path().join("output");
+    let started = std::time::Instant::now();
+    let run = loop {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the images stage never started"
+        );
+        let run = std::fs::read_dir(&output)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path());
+        if let Some(run) = run
+            && let Ok(bytes) = std::fs::read(run.join("run.json"))
+            && let Ok(m) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && m["stages"][2]["state"] == "running"
+        {
+            break run;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Let it load and start drawing, then kill baton itself; its stages die with it.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = manifest(&run);
+    assert_eq!(before["stages"][2]["state"], "running", "{before}");
+    assert!(!run.join("3_images/images.json").exists());
+
+    let out = with_sd(baton(dir.path(), &model))
+        .arg("resume")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = manifest(&run);
+    let stages = after["stages"].as_array().unwrap();
+    assert!(stages.iter().all(|s| s["state"] == "succeeded"), "{after}");
+    // scenes and voice kept (one attempt each, from the first run); images ran again.
+    assert_eq!(stages[0]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(stages[1]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(stages[2]["attempts"].as_array().unwrap().len(), 2);
+    let images: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("3_images/images.json")).unwrap()).unwrap();
+    assert!(
+        images["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["kind"] == "generated")
+    );
 }

@@ -63,6 +63,7 @@ const PASSED_PREFIXES: &[&str] = &[
     "CUDA_",
     "BATON_SIM_",
     "BATON_SCENES",
+    "BATON_IMAGES_",
 ];
 
 /// What the scheduler runs stages with.
