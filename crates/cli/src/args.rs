@@ -88,8 +88,18 @@ pub struct RunArgs {
     /// What the storyboard is about.
     #[arg(long)]
     pub topic: String,
+    /// processes: every stage its own process (crash isolation, memory returned by the OS);
+    /// monolithic: every stage in this process, between scope guards (the seed's Approach A).
+    #[arg(long, value_enum, default_value = "processes")]
+    pub mode: RunMode,
     #[command(flatten)]
     pub common: PipelineArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunMode {
+    Processes,
+    Monolithic,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 pub mod args;
 mod bench;
+mod monolithic;
 mod pipeline_cmd;
 mod progress;
 mod scenes_cmd;
@@ -53,7 +54,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
+pub(crate) fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => pipeline_cmd::run(args, out),
         Command::Resume(args) => pipeline_cmd::resume(args, out),

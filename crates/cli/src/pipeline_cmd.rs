@@ -87,6 +87,9 @@ fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    if args.mode == crate::args::RunMode::Monolithic {
+        return crate::monolithic::run(args, out);
+    }
     baton_runner::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
     let pipeline = load_pipeline(&args.common)?;
     let engine = engine(args.common.device, false)?;

@@ -174,3 +174,63 @@ fn killed_while_drawing_then_resumed_it_finishes_without_redoing_scenes_or_voice
             .all(|i| i["kind"] == "generated")
     );
 }
+
+#[test]
+fn monolithic_mode_runs_the_same_stages_in_one_process_with_memory_verified_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_llama(&model, 3).unwrap();
+    let out = baton(dir.path(), &model)
+        .args(["run", "--mode", "monolithic", "--topic", "Cyberpunk Tokyo"])
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("monolithic") && said.contains("STORYBOARD CARDS"),
+        "{said}"
+    );
+    let run = std::fs::read_dir(dir.path().join("output"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    assert!(run.join("1_scripts/cyberpunk_tokyo_scenes.json").is_file());
+    assert!(run.join("2_audio/narration.wav").is_file());
+    assert!(run.join("3_images/images.json").is_file());
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("monolithic.json")).unwrap()).unwrap();
+    let stages = report["stages"].as_array().unwrap();
+    let names: Vec<_> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["scenes", "voice", "images"]);
+    for s in stages {
+        assert_eq!(s["leaked"], false, "{s}");
+        assert!(
+            s["reclaim"].as_str().unwrap().contains("memory back"),
+            "{s}"
+        );
+        assert!(run.join(s["log"].as_str().unwrap()).is_file());
+    }
+    // The scenes stage loaded a model in this process: its peak shows.
+    assert!(stages[0]["peak_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(said.matches("verified back").count(), 3, "{said}");
+    // --pipeline makes no sense here.
+    let refused = baton(dir.path(), &model)
+        .args([
+            "run",
+            "--mode",
+            "monolithic",
+            "--topic",
+            "T",
+            "--pipeline",
+            "x.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+}

@@ -35,6 +35,7 @@ pub mod nvml;
 #[cfg(not(feature = "nvml"))]
 #[path = "nvml_disabled.rs"]
 pub mod nvml;
+pub mod peak;
 mod scope;
 pub mod sim;
 mod size;

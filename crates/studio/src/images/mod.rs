@@ -15,10 +15,10 @@ pub mod sd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use baton_memory::atomic_file::write_atomic;
+use baton_memory::peak::PeakWatch;
 use baton_memory::{MemoryBackend, MemoryScope, format_bytes};
 use baton_weights::{LoadOptions, load_safetensors};
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
@@ -279,49 +279,6 @@ pub enum Progress<'a> {
     Warning(&'a str),
 }
 
-/// Samples this process's memory on the device every 5 ms while a phase runs.
-struct PeakWatch {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PeakWatch {
-    fn start(backend: Arc<dyn MemoryBackend>) -> PeakWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
-        let (s, p) = (stop.clone(), peak.clone());
-        let pid = std::process::id();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(bytes) = backend.process_usage(0, pid) {
-                    p.fetch_max(bytes, Ordering::Relaxed);
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        });
-        PeakWatch {
-            stop,
-            peak,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self, last: u64) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        self.peak.load(Ordering::Relaxed).max(last)
-    }
-}
-
-impl Drop for PeakWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// CLIP's context: prompts longer than this many tokens are cut.
 const MAX_TOKENS: usize = 77;
 /// SD's latent scale.
@@ -398,7 +355,7 @@ fn phase<T>(
     backend.trim()?;
     let baseline = backend.process_usage(0, std::process::id()).unwrap_or(0);
     let scope = MemoryScope::new(backend.clone(), 0, name)?.with_tolerance(64 << 20);
-    let watch = PeakWatch::start(backend.clone());
+    let watch = PeakWatch::start(backend.clone(), 0);
     let started = Instant::now();
     let outcome = work();
     let seconds = started.elapsed().as_secs_f64();
