@@ -33,10 +33,11 @@ struct StageRecord {
 
 /// The device this process computes on, as the stages will find it.
 fn backend() -> (Arc<dyn MemoryBackend>, String) {
-    if baton_memory::cuda::COMPILED && baton_memory::nvml::NvmlBackend::open().is_ok() {
-        if let Ok(cuda) = baton_memory::cuda::CudaBackend::open(0) {
-            return (Arc::new(cuda), "GPU 0 (CUDA, this process)".into());
-        }
+    if baton_memory::cuda::COMPILED
+        && baton_memory::nvml::NvmlBackend::open().is_ok()
+        && let Ok(cuda) = baton_memory::cuda::CudaBackend::open(0)
+    {
+        return (Arc::new(cuda), "GPU 0 (CUDA, this process)".into());
     }
     (
         Arc::new(baton_memory::host::HostBackend::new()),
