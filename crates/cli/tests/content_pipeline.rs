@@ -25,6 +25,24 @@ fn baton(dir: &Path, model: &Path) -> Command {
     cmd
 }
 
+/// The one run folder under `dir/output`.
+fn only_run(dir: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(dir.join("output"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path()
+}
+
+fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 fn manifest(run: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap()
 }
@@ -38,22 +56,13 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
         .args(["run", "--device", "sim", "--topic", "Cyberpunk Tokyo"])
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = said(&out);
     assert!(out.status.success(), "{said}");
     assert!(
         said.contains("NO IMAGE MODEL") && said.contains("STORYBOARD CARDS"),
         "{said}"
     );
-    let run = std::fs::read_dir(dir.path().join("output"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
+    let run = only_run(dir.path());
     let board = baton_studio::storyboard::Storyboard::load(
         &run.join("1_scripts/cyberpunk_tokyo_scenes.json"),
     )
@@ -151,12 +160,7 @@ fn killed_while_drawing_then_resumed_it_finishes_without_redoing_scenes_or_voice
         .arg(&run)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", said(&out));
     let after = manifest(&run);
     let stages = after["stages"].as_array().unwrap();
     assert!(stages.iter().all(|s| s["state"] == "succeeded"), "{after}");
@@ -184,22 +188,13 @@ fn monolithic_mode_runs_the_same_stages_in_one_process_with_memory_verified_betw
         .args(["run", "--mode", "monolithic", "--topic", "Cyberpunk Tokyo"])
         .output()
         .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = said(&out);
     assert!(out.status.success(), "{said}");
     assert!(
         said.contains("monolithic") && said.contains("STORYBOARD CARDS"),
         "{said}"
     );
-    let run = std::fs::read_dir(dir.path().join("output"))
-        .unwrap()
-        .flatten()
-        .next()
-        .unwrap()
-        .path();
+    let run = only_run(dir.path());
     assert!(run.join("1_scripts/cyberpunk_tokyo_scenes.json").is_file());
     assert!(run.join("2_audio/narration.wav").is_file());
     assert!(run.join("3_images/images.json").is_file());

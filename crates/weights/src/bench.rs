@@ -151,11 +151,10 @@ pub fn torch_load(python: &str, path: &Path) -> Result<f64, String> {
 /// Every dtype the loader reads, in shapes that fill no chunk evenly and one empty tensor, with
 /// random bits (NaN payloads included): the file the bit-exactness checks load.
 pub fn write_mixed(path: &Path, seed: u64) -> Result<(), WeightsError> {
-    use candle_core::{DType, Tensor};
+    use candle_core::DType;
     let shapes: [&[usize]; 6] = [&[1], &[7, 13], &[3, 5, 17], &[1031], &[0], &[64, 129]];
-    let mut x = seed | 1;
     let mut tensors = std::collections::HashMap::new();
-    for dtype in [
+    for (d, dtype) in [
         DType::U8,
         DType::U32,
         DType::I16,
@@ -165,23 +164,41 @@ pub fn write_mixed(path: &Path, seed: u64) -> Result<(), WeightsError> {
         DType::F16,
         DType::F32,
         DType::F64,
-    ] {
-        for shape in shapes {
-            let n = shape.iter().product::<usize>() * dtype.size_in_bytes();
-            let bytes: Vec<u8> = (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 24) as u8
-                })
-                .collect();
-            let t = Tensor::from_raw_buffer(&bytes, dtype, shape, &Device::Cpu)?;
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (s, shape) in shapes.iter().enumerate() {
+            let t = random_tensor(dtype, shape, seed + (d * 16 + s) as u64)?;
             tensors.insert(format!("{dtype:?}.{shape:?}"), t);
         }
     }
     candle_core::safetensors::save(&tensors, path)?;
     Ok(())
+}
+
+/// A tensor of random bits (every pattern, NaN payloads included) from `seed` (xorshift).
+pub fn random_tensor(
+    dtype: candle_core::DType,
+    shape: &[usize],
+    seed: u64,
+) -> Result<candle_core::Tensor, WeightsError> {
+    let n = shape.iter().product::<usize>() * dtype.size_in_bytes();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let bytes: Vec<u8> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    Ok(candle_core::Tensor::from_raw_buffer(
+        &bytes,
+        dtype,
+        shape,
+        &Device::Cpu,
+    )?)
 }
 
 /// A tensor's raw little-endian bytes, read back to the host.

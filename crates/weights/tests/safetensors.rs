@@ -8,17 +8,7 @@ use baton_weights::{LoadOptions, WeightsError, bench, load_safetensors, page_cac
 use candle_core::{DType, Device, Tensor};
 
 fn tensor(dtype: DType, shape: &[usize], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product::<usize>() * dtype.size_in_bytes();
-    let mut x = seed | 1;
-    let bytes: Vec<u8> = (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    Tensor::from_raw_buffer(&bytes, dtype, shape, &Device::Cpu).unwrap()
+    bench::random_tensor(dtype, shape, seed).unwrap()
 }
 
 fn raw(t: &Tensor) -> Vec<u8> {

@@ -629,7 +629,9 @@ pub fn write_images(
         .zip(latents.iter().zip(&truncated))
     {
         let seed = options.seed + s.index as u64;
-        let png = encode_png(
+        let (path, file, png) = scene_png(
+            &out_dir,
+            s.index,
             rgb,
             width,
             height,
@@ -641,16 +643,11 @@ pub fn write_images(
                 ("guidance", &guidance.to_string()),
                 ("software", "baton"),
             ],
-        )
-        .map_err(|why| ImagesError::Png {
-            scene: s.index,
-            why,
-        })?;
-        let name = format!("scene_{:02}.png", s.index);
-        files.push((out_dir.join(&name), png));
+        )?;
+        files.push((path, png));
         images.push(ImageRecord {
             scene: s.index,
-            file: format!("3_images/{name}"),
+            file,
             seed,
             kind: "generated",
             prompt_truncated: *cut,
@@ -678,11 +675,7 @@ pub fn write_images(
         images,
         warnings,
     };
-    for (path, bytes) in &files {
-        write_atomic(path, bytes)?;
-    }
-    let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
-    write_atomic(&out_dir.join("images.json"), &json)?;
+    save(&out_dir, &files, &manifest)?;
     Ok(manifest)
 }
 
@@ -714,7 +707,9 @@ pub fn write_cards(
     for s in &board.scenes {
         let started = Instant::now();
         let rgb = cards::render(&board, s, width, height);
-        let png = encode_png(
+        let (path, file, png) = scene_png(
+            &out_dir,
+            s.index,
             &rgb,
             width,
             height,
@@ -725,16 +720,11 @@ pub fn write_cards(
                 ("prompt", s.image_prompt.as_str()),
                 ("software", "baton"),
             ],
-        )
-        .map_err(|why| ImagesError::Png {
-            scene: s.index,
-            why,
-        })?;
-        let name = format!("scene_{:02}.png", s.index);
-        files.push((out_dir.join(&name), png));
+        )?;
+        files.push((path, png));
         images.push(ImageRecord {
             scene: s.index,
-            file: format!("3_images/{name}"),
+            file,
             seed: 0,
             kind: "card",
             prompt_truncated: false,
@@ -758,12 +748,37 @@ pub fn write_cards(
             "no image model ({why}): storyboard cards were rendered instead"
         )],
     };
-    for (path, bytes) in &files {
+    save(&out_dir, &files, &manifest)?;
+    Ok(manifest)
+}
+
+/// Scene `scene`'s picture as a PNG: where it goes, its name in the run folder, its bytes.
+fn scene_png(
+    out_dir: &Path,
+    scene: u32,
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    text: &[(&str, &str)],
+) -> Result<(PathBuf, String, Vec<u8>), ImagesError> {
+    let png =
+        encode_png(rgb, width, height, text).map_err(|why| ImagesError::Png { scene, why })?;
+    let name = format!("scene_{scene:02}.png");
+    Ok((out_dir.join(&name), format!("3_images/{name}"), png))
+}
+
+/// Writes every image, each whole, then `images.json`.
+fn save(
+    out_dir: &Path,
+    files: &[(PathBuf, Vec<u8>)],
+    manifest: &ImagesManifest,
+) -> Result<(), ImagesError> {
+    for (path, bytes) in files {
         write_atomic(path, bytes)?;
     }
-    let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
+    let json = serde_json::to_vec_pretty(manifest).expect("the manifest serializes");
     write_atomic(&out_dir.join("images.json"), &json)?;
-    Ok(manifest)
+    Ok(())
 }
 
 /// `n` standard normal samples from `seed` (xorshift64* and Box-Muller): the same on any machine.

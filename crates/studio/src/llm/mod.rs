@@ -241,17 +241,7 @@ impl Llm {
             .map_err(|e| LlmError::Generation(e.to_string()))?
             .get_ids()
             .to_vec();
-        let mut sampler = LogitsProcessor::from_sampling(
-            options.seed,
-            if options.temperature <= 0.0 {
-                Sampling::ArgMax
-            } else {
-                Sampling::TopP {
-                    p: options.top_p,
-                    temperature: options.temperature,
-                }
-            },
-        );
+        let mut sampler = options.logits_processor(true);
         let start = Instant::now();
         let mut logits = self.forward(&prompt_tokens, 0)?;
         let prompt_time = start.elapsed();
@@ -364,16 +354,8 @@ impl Llm {
                 options.max_tokens
             )));
         }
-        let mut sampler = LogitsProcessor::from_sampling(
-            options.seed,
-            if options.temperature <= 0.0 {
-                Sampling::ArgMax
-            } else {
-                Sampling::All {
-                    temperature: options.temperature,
-                }
-            },
-        );
+        // candle's example samples from the whole distribution (no top-p).
+        let mut sampler = options.logits_processor(false);
         let start = Instant::now();
         let logits = self.forward(&prompt_tokens, 0)?;
         let mut next = sampler.sample(&logits)?;
@@ -482,6 +464,24 @@ pub struct Sampler {
     pub max_tokens: usize,
     /// Divides the logits of tokens among the last 64 (1.0: off).
     pub repeat_penalty: f32,
+}
+
+impl Sampler {
+    /// candle's sampler for these settings: greedy at temperature 0, else by temperature, over
+    /// the nucleus of `top_p` when `nucleus` is set.
+    fn logits_processor(&self, nucleus: bool) -> LogitsProcessor {
+        let sampling = match (self.temperature <= 0.0, nucleus) {
+            (true, _) => Sampling::ArgMax,
+            (false, true) => Sampling::TopP {
+                p: self.top_p,
+                temperature: self.temperature,
+            },
+            (false, false) => Sampling::All {
+                temperature: self.temperature,
+            },
+        };
+        LogitsProcessor::from_sampling(self.seed, sampling)
+    }
 }
 
 /// What a generation produced, and how fast.
