@@ -2,7 +2,7 @@
 //! loading, the tokenizer and chat template from its metadata, sampling, and the JSON
 //! constraint, which must hold even though the weights are noise.
 
-use baton_studio::llm::tiny::write_tiny_llama;
+use baton_studio::llm::tiny::{write_tiny, write_tiny_llama};
 use baton_studio::llm::{Llm, LlmError, Sampler};
 use baton_studio::storyboard::{Storyboard, schema};
 use candle_core::Device;
@@ -117,4 +117,23 @@ fn missing_truncated_and_foreign_models_are_refused_by_name() {
         err.contains("'gemma' model") && err.contains("llama"),
         "{err}"
     );
+}
+
+#[test]
+fn a_qwen2_model_loads_and_writes_valid_json_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-qwen2.gguf");
+    write_tiny(&path, 5, "qwen2").unwrap();
+    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    assert_eq!(llm.arch, "qwen2");
+    let prompt = llm
+        .chat_prompt("You write storyboards.", "Cyberpunk Tokyo")
+        .unwrap();
+    let out = llm
+        .generate_json(&prompt, schema(Some(2)), &sampler(3), &mut |_| {})
+        .unwrap();
+    let board: Storyboard =
+        serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {}", out.text));
+    assert_eq!(board.scenes.len(), 2);
+    assert!(write_tiny(&path, 5, "mamba").is_err());
 }

@@ -1,6 +1,6 @@
-//! A tiny llama with random weights, written as a real GGUF file with a byte-level tokenizer and
-//! a ChatML template in its metadata: what tests (and anyone without a model) load through the
-//! exact path a real model takes.
+//! A tiny llama (or qwen2) with random weights, written as a real GGUF file with a byte-level
+//! tokenizer and a ChatML template in its metadata: what tests (and anyone without a model) load
+//! through the exact path a real model takes.
 
 use std::path::Path;
 
@@ -19,6 +19,17 @@ const LAYERS: usize = 2;
 
 /// Writes a tiny random-weight llama GGUF to `path`; `seed` picks the weights.
 pub fn write_tiny_llama(path: &Path, seed: u64) -> Result<(), LlmError> {
+    write_tiny(path, seed, "llama")
+}
+
+/// The same for `arch` "llama" or "qwen2" (qwen2: its metadata keys, and biases on q, k, v).
+pub fn write_tiny(path: &Path, seed: u64, arch: &str) -> Result<(), LlmError> {
+    if arch != "llama" && arch != "qwen2" {
+        return Err(LlmError::BadModel(format!(
+            "no tiny writer for '{arch}'; use llama or qwen2"
+        )));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
     let mut tokens = byte_alphabet();
     // A few merges, so the BPE has real work to do.
     let merges = ["{ \"", "\" :", "Ġ \""];
@@ -34,40 +45,44 @@ pub fn write_tiny_llama(path: &Path, seed: u64) -> Result<(), LlmError> {
         .collect();
     let strings = |v: &[String]| Value::Array(v.iter().map(|s| Value::String(s.clone())).collect());
     let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-    let metadata: Vec<(&str, Value)> = vec![
-        ("general.architecture", Value::String("llama".into())),
+    let metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
         (
-            "general.name",
-            Value::String("baton tiny random llama".into()),
+            "general.name".into(),
+            Value::String(format!("baton tiny random {arch}")),
         ),
-        ("llama.attention.head_count", Value::U32(HEADS as u32)),
-        ("llama.attention.head_count_kv", Value::U32(KV_HEADS as u32)),
-        ("llama.block_count", Value::U32(LAYERS as u32)),
-        ("llama.embedding_length", Value::U32(DIM as u32)),
-        ("llama.feed_forward_length", Value::U32(FF as u32)),
-        ("llama.context_length", Value::U32(4096)),
+        (key("attention.head_count"), Value::U32(HEADS as u32)),
+        (key("attention.head_count_kv"), Value::U32(KV_HEADS as u32)),
+        (key("block_count"), Value::U32(LAYERS as u32)),
+        (key("embedding_length"), Value::U32(DIM as u32)),
+        (key("feed_forward_length"), Value::U32(FF as u32)),
+        (key("context_length"), Value::U32(4096)),
         (
-            "llama.rope.dimension_count",
+            key("rope.dimension_count"),
             Value::U32((DIM / HEADS) as u32),
         ),
-        ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
-        ("llama.vocab_size", Value::U32(vocab as u32)),
-        ("tokenizer.ggml.model", Value::String("gpt2".into())),
-        ("tokenizer.ggml.tokens", strings(&tokens)),
+        (key("rope.freq_base"), Value::F32(10_000.0)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (key("vocab_size"), Value::U32(vocab as u32)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.tokens".into(), strings(&tokens)),
         (
-            "tokenizer.ggml.merges",
+            "tokenizer.ggml.merges".into(),
             strings(&merges.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
         ),
-        ("tokenizer.ggml.token_type", Value::Array(types)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
         (
-            "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.bos_token_id".into(),
             Value::U32(first_special as u32),
         ),
         (
-            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.eos_token_id".into(),
             Value::U32((first_special + 2) as u32),
         ),
-        ("tokenizer.chat_template", Value::String(chatml.into())),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(chatml.into()),
+        ),
     ];
     let device = Device::Cpu;
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -107,10 +122,15 @@ pub fn write_tiny_llama(path: &Path, seed: u64) -> Result<(), LlmError> {
         tensors.push((format!("{p}.ffn_up.weight"), random(&[FF, DIM])?));
         tensors.push((format!("{p}.attn_norm.weight"), ones(DIM)?));
         tensors.push((format!("{p}.ffn_norm.weight"), ones(DIM)?));
+        if arch == "qwen2" {
+            tensors.push((format!("{p}.attn_q.bias"), random(&[DIM])?));
+            tensors.push((format!("{p}.attn_k.bias"), random(&[kv])?));
+            tensors.push((format!("{p}.attn_v.bias"), random(&[kv])?));
+        }
     }
     let mut file = std::fs::File::create(path)
         .map_err(|e| LlmError::BadModel(format!("cannot write '{}': {e}", path.display())))?;
-    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (*k, v)).collect();
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut file, &md, &ts)?;
     Ok(())
