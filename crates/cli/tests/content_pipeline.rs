@@ -141,6 +141,7 @@ fn killed_while_drawing_then_resumed_it_finishes_without_redoing_scenes_or_voice
         if let Some(run) = run
             && let Ok(bytes) = std::fs::read(run.join("run.json"))
             && let Ok(m) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            && m["stages"][1]["state"] == "succeeded"
             && m["stages"][2]["state"] == "running"
         {
             break run;
