@@ -670,27 +670,17 @@ fn check_loader(
     let bytes = std::fs::read(&mixed)?;
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() - 1000])?;
-    let header = |text: &str, data: usize| {
-        let mut b = (text.len() as u64).to_le_bytes().to_vec();
-        b.extend_from_slice(text.as_bytes());
-        b.extend(std::iter::repeat_n(0u8, data));
-        b
-    };
     let lying = dir.join("lying.safetensors");
-    std::fs::write(
+    wb::write_raw(
         &lying,
-        header(
-            r#"{"w":{"dtype":"F32","shape":[1024,1024],"data_offsets":[0,4096]}}"#,
-            4096,
-        ),
+        r#"{"w":{"dtype":"F32","shape":[1024,1024],"data_offsets":[0,4096]}}"#,
+        &[0; 4096],
     )?;
     let f8 = dir.join("f8.safetensors");
-    std::fs::write(
+    wb::write_raw(
         &f8,
-        header(
-            r#"{"w":{"dtype":"F8_E5M2","shape":[16],"data_offsets":[0,16]}}"#,
-            16,
-        ),
+        r#"{"w":{"dtype":"F8_E5M2","shape":[16],"data_offsets":[0,16]}}"#,
+        &[0; 16],
     )?;
     for path in [&truncated, &lying, &f8] {
         let scope = baton_memory::MemoryScope::new(backend.clone(), 0, "bad file")?;

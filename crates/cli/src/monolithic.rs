@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use baton_memory::peak::PeakWatch;
 use baton_memory::{MemoryBackend, MemoryScope, format_bytes};
+use baton_runner::pipeline::{Placeholders, fill};
 use clap::Parser;
 
 use crate::args::{Cli, RunArgs};
@@ -75,20 +76,18 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         run_dir.display()
     )?;
     let pipeline = baton_runner::Pipeline::content();
+    // The placeholders the runner fills, for the built-in stages' arguments.
+    let vars = Placeholders {
+        topic: args.topic.clone(),
+        slug,
+        run_dir: run_dir.display().to_string(),
+        pipeline_dir: run_dir.display().to_string(),
+        baton: "baton".into(),
+    };
     let started = Instant::now();
     let mut records = Vec::new();
     for spec in &pipeline.stages {
-        let argv: Vec<String> = spec
-            .command
-            .argv()
-            .iter()
-            .map(|a| {
-                a.replace("{baton}", "baton")
-                    .replace("{topic}", &args.topic)
-                    .replace("{slug}", &slug)
-                    .replace("{run_dir}", &run_dir.display().to_string())
-            })
-            .collect();
+        let argv: Vec<String> = spec.command.argv().iter().map(|a| fill(a, &vars)).collect();
         let cli = Cli::try_parse_from(&argv)?;
         writeln!(out, "▶ {}", spec.name)?;
         out.flush()?;

@@ -201,6 +201,15 @@ pub fn random_tensor(
     )?)
 }
 
+/// A safetensors file written by hand from `header` (JSON) and `data`, so its header can lie:
+/// what the refusal checks load.
+pub fn write_raw(path: &Path, header: &str, data: &[u8]) -> std::io::Result<()> {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes)
+}
+
 /// A tensor's raw little-endian bytes, read back to the host.
 pub fn raw_bytes(t: &candle_core::Tensor) -> Result<Vec<u8>, WeightsError> {
     use candle_core::DType;

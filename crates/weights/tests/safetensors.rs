@@ -127,10 +127,7 @@ fn models_take_the_tensors_through_a_var_builder() {
 /// A safetensors file written by hand, so its header can lie.
 fn handmade(dir: &Path, name: &str, header: &str, data: &[u8]) -> PathBuf {
     let path = dir.join(name);
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(data);
-    std::fs::write(&path, bytes).unwrap();
+    bench::write_raw(&path, header, data).unwrap();
     path
 }
 
