@@ -166,7 +166,12 @@ fn killed_while_drawing_then_resumed_it_finishes_without_redoing_scenes_or_voice
     let stages = after["stages"].as_array().unwrap();
     assert!(stages.iter().all(|s| s["state"] == "succeeded"), "{after}");
     // scenes and voice kept (one attempt each, from the first run); images ran again.
-    assert_eq!(stages[0]["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        stages[0]["attempts"].as_array().unwrap().len(),
+        1,
+        "{}",
+        stages[0]
+    );
     assert_eq!(stages[1]["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(stages[2]["attempts"].as_array().unwrap().len(), 2);
     let images: serde_json::Value =

@@ -324,10 +324,9 @@ impl Engine {
         live: Arc<AtomicU64>,
         tx: mpsc::Sender<Message>,
     ) -> Result<(), RunnerError> {
-        let token_run = run.manifest.run_id.clone();
         let record = run.manifest.stage_mut(&spec.name);
         let number = record.attempts.len() as u32 + 1;
-        let token = attempt_token(&token_run, &spec.name, number);
+        let token = attempt_token(&run.dir, &spec.name, number);
         record.state = StageState::Running;
         record.note = None;
         record.attempts.push(Attempt::begin(
@@ -609,9 +608,15 @@ pub fn learned_key(spec: &StageSpec) -> String {
     format!("{}:{model}", spec.name)
 }
 
-/// Marks every process of one attempt (see [`crate::group`]).
-pub fn attempt_token(run_id: &str, stage: &str, number: u32) -> String {
-    format!("{run_id}/{stage}/{number}")
+/// Marks every process of one attempt (see [`crate::group`]). It names the run by its folder,
+/// resolved, not by its id: two batons that start runs of the same topic in the same second (in
+/// different output folders) get the same run id, and must not take each other's processes for
+/// their own. A resume of the folder computes the same token.
+pub fn attempt_token(run_dir: &Path, stage: &str, number: u32) -> String {
+    let run_dir = run_dir
+        .canonicalize()
+        .unwrap_or_else(|_| run_dir.to_path_buf());
+    format!("{}/{stage}/{number}", run_dir.display())
 }
 
 /// The complete environment of a stage: what it inherits, its `[env]`, then baton's.

@@ -159,7 +159,7 @@ pub fn resume_run(dir: &Path) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerEr
         if matches!(record.state, StageState::Running)
             && let Some(attempt) = record.attempts.last()
         {
-            let token = attempt_token(&manifest.run_id, &record.name, attempt.number);
+            let token = attempt_token(dir, &record.name, attempt.number);
             let leftovers = processes_with_token(&token);
             if !leftovers.is_empty() {
                 tracing::warn!(
