@@ -17,7 +17,7 @@ section() { printf '\n=== %s\n' "$*"; }
 
 section "an SD-Turbo-shaped model with random weights"
 $B bench images --family sd-turbo --scenes 1 --size 512 --dir "$WORK/sd" --compute cuda | head -1
-export BATON_IMAGES_MODEL=$WORK/sd/sd-turbo-random BATON_IMAGES_FAMILY=sd-turbo
+export BATON_IMAGES_MODEL=$WORK/sd/sd-turbo-random-f16 BATON_IMAGES_FAMILY=sd-turbo
 
 for mode in processes monolithic; do
     section "baton run --mode $mode"

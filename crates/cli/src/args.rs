@@ -182,7 +182,8 @@ pub struct ImagesArgs {
     /// The run folder to write 3_images/ into (default: the one the scenes file is in).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// A family name (sd-turbo, sd-2.1, sd-1.5: found in the Hugging Face cache) or a diffusers folder.
+    /// A family name (sd-turbo, sdxl-turbo, flux-schnell, flux-dev, sd-2.1, sd-1.5: found in the
+    /// Hugging Face cache) or a model folder (diffusers layout; FLUX.1's repository layout).
     #[arg(long, env = "BATON_IMAGES_MODEL", default_value = "sd-turbo")]
     pub model: String,
     /// The family of a --model folder.

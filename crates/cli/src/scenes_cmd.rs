@@ -402,10 +402,13 @@ pub fn bench_images(
     choice: ComputeChoice,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    use baton_studio::images::{ImagesOptions, random::write_random_model, sd};
-    let fam = sd::family(family).ok_or_else(|| {
+    use baton_studio::images::{
+        ImageModel, ImagesOptions, family as families, random::write_random_model,
+    };
+    let fam = families::find(family).ok_or_else(|| {
         crate::BadInput(format!(
-            "--family '{family}': use sd-turbo, sd-2.1, sd-1.5 or tiny-sd"
+            "--family '{family}': use one of {}",
+            families::names()
         ))
     })?;
     if scenes == 0 || scenes > baton_studio::storyboard::MAX_SCENES {
@@ -417,16 +420,25 @@ pub fn bench_images(
     }
     let (compute, where_) = compute(choice)?;
     let dtype = if matches!(compute, baton_studio::scenes::Compute::Cuda(_)) {
-        candle_core::DType::F16
+        fam.gpu_dtype()
     } else {
         candle_core::DType::F32
     };
-    let model_dir = dir.join(format!("{family}-random"));
+    let model_dir = dir.join(format!("{family}-random-{dtype:?}").to_lowercase());
     let started = std::time::Instant::now();
-    let model = write_random_model(&model_dir, fam, dtype)?;
+    // A folder this command finished writing before is used again (Flux's is 34 GB).
+    let done = model_dir.join("baton-random-model");
+    let (model, how) = match ImageModel::resolve(&model_dir.to_string_lossy(), Some(family)) {
+        Ok(model) if done.is_file() => (model, "reused"),
+        _ => {
+            let model = write_random_model(&model_dir, fam, dtype)?;
+            std::fs::write(&done, b"")?;
+            (model, "written")
+        }
+    };
     writeln!(
         out,
-        "random {family} model ({dtype:?}) written to {} in {:.1}s; drawing {scenes} scenes at {size}x{size} {where_}",
+        "random {family} model ({dtype:?}) {how} at {} in {:.1}s; drawing {scenes} scenes at {size}x{size} {where_}",
         model_dir.display(),
         started.elapsed().as_secs_f64()
     )?;

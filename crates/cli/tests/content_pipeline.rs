@@ -109,7 +109,7 @@ fn killed_while_drawing_then_resumed_it_finishes_without_redoing_scenes_or_voice
     let sd = dir.path().join("tiny-sd");
     baton_studio::images::random::write_random_model(
         &sd,
-        baton_studio::images::sd::family("tiny-sd").unwrap(),
+        baton_studio::images::family::find("tiny-sd").unwrap(),
         candle_core::DType::F32,
     )
     .unwrap();

@@ -1,26 +1,59 @@
-//! `baton images` end to end on a tiny random Stable Diffusion the tests write themselves (SD
-//! 1.5's text encoder, a small UNet and VAE) at 64x64 on the CPU: the real loading, encoding,
-//! sampling and decoding path, the phases, the PNGs' metadata, and every bad input.
+//! `baton images` end to end on tiny random models the tests write themselves, in their real
+//! folder layouts, at 64x64 on the CPU: Stable Diffusion (SD 1.5's text encoder, a small UNet and
+//! VAE), SDXL (two text encoders joined) and Flux (CLIP-L pooled + T5 in two shards, the
+//! transformer, the autoencoder). The real loading, encoding, sampling and decoding path, the
+//! phases, the PNGs' metadata, and every bad input.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
-/// One tiny model for every test in this file (its text encoder is 470 MB of f32).
-fn model() -> &'static Path {
-    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny-sd");
-        baton_studio::images::random::write_random_model(
-            &path,
-            baton_studio::images::sd::family("tiny-sd").unwrap(),
-            candle_core::DType::F32,
-        )
-        .unwrap();
-        (dir, path)
-    })
-    .1
+/// One tiny model of `family` for every test in this file, written once (tiny-sd's text encoder
+/// is 470 MB of f32; tiny-sdxl's two are written in f16 and read as f32).
+fn model_of(family: &'static str) -> PathBuf {
+    static DIRS: OnceLock<Mutex<HashMap<&'static str, (tempfile::TempDir, PathBuf)>>> =
+        OnceLock::new();
+    let mut dirs = DIRS.get_or_init(Default::default).lock().unwrap();
+    dirs.entry(family)
+        .or_insert_with(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(family);
+            let dtype = if family == "tiny-sdxl" {
+                candle_core::DType::F16
+            } else {
+                candle_core::DType::F32
+            };
+            baton_studio::images::random::write_random_model(
+                &path,
+                baton_studio::images::family::find(family).unwrap(),
+                dtype,
+            )
+            .unwrap();
+            (dir, path)
+        })
+        .1
+        .clone()
+}
+
+fn model() -> PathBuf {
+    model_of("tiny-sd")
+}
+
+/// `baton images` with a tiny `family` model, on the CPU.
+fn images_with(family: &'static str, dir: &Path, input: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir)
+        .env("HF_HOME", dir.join("no-hub"))
+        .arg("images")
+        .arg("--input")
+        .arg(input)
+        .arg("--model")
+        .arg(model_of(family))
+        .args(["--family", family, "--compute", "cpu"])
+        .args(extra)
+        .output()
+        .unwrap()
 }
 
 fn storyboard(dir: &Path, prompts: &[&str]) -> PathBuf {
@@ -204,7 +237,10 @@ fn bad_input_is_refused_and_nothing_is_written() {
     refuse(
         unknown,
         2,
-        &["unknown image model 'sd-9'", "sd-turbo, sd-2.1, sd-1.5"],
+        &[
+            "unknown image model 'sd-9'",
+            "sd-turbo, sdxl-turbo, flux-schnell, flux-dev, sd-2.1, sd-1.5",
+        ],
     );
     let offline = Command::new(env!("CARGO_BIN_EXE_baton"))
         .current_dir(dir.path())
@@ -231,4 +267,121 @@ fn bad_input_is_refused_and_nothing_is_written() {
         .output()
         .unwrap();
     refuse(incomplete, 2, &["half-model", "lacks a text encoder"]);
+}
+
+/// Bytes of tensor data in a safetensors file (its size less its header).
+fn data_bytes(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    bytes.len() as u64 - 8 - header
+}
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("run/3_images/images.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn flux_draws_every_scene_through_clip_t5_the_transformer_and_the_autoencoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(dir.path(), &["neon city in the rain", "drones at dawn"]);
+    let out = images_with("tiny-flux", dir.path(), &input, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    for n in 1..=2u32 {
+        let (w, h, chunks) = png_info(&dir.path().join(format!("run/3_images/scene_{n:02}.png")));
+        assert_eq!((w, h), (64, 64));
+        assert!(
+            chunks
+                .iter()
+                .any(|(k, v)| k == "model" && v.starts_with("tiny-flux"))
+        );
+        // The family's defaults: 2 steps, guidance 3.5 (dev-like: an input, not a second batch).
+        assert!(chunks.iter().any(|(k, v)| k == "steps" && v == "2"));
+        assert!(chunks.iter().any(|(k, v)| k == "guidance" && v == "3.5"));
+    }
+    let m = manifest(dir.path());
+    let phases = m["phases"].as_array().unwrap();
+    let names: Vec<_> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["text encoder", "transformer", "autoencoder"]);
+    for p in phases {
+        assert_eq!(p["leaked"], false, "{p}");
+    }
+    // The text phase loaded CLIP and both of T5's shards; the others their one file each.
+    let model = model_of("tiny-flux");
+    let text_files = [
+        "text_encoder/model.safetensors",
+        "text_encoder_2/model-00001-of-00002.safetensors",
+        "text_encoder_2/model-00002-of-00002.safetensors",
+    ];
+    for f in &text_files {
+        assert!(data_bytes(&model.join(f)) > 0, "{f} holds tensors");
+    }
+    let sum = |files: &[&str]| {
+        files
+            .iter()
+            .map(|f| data_bytes(&model.join(f)))
+            .sum::<u64>()
+    };
+    assert_eq!(phases[0]["weights_bytes"], sum(&text_files));
+    assert_eq!(phases[1]["weights_bytes"], sum(&["flux1-tiny.safetensors"]));
+    assert_eq!(phases[2]["weights_bytes"], sum(&["ae.safetensors"]));
+    assert_eq!(m["dtype"], "f32");
+}
+
+#[test]
+fn flux_is_reproducible_and_refuses_sizes_off_its_16_pixel_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(dir.path(), &["a wet street with neon reflections"]);
+    // Flux's sampler adds no noise after the first: the same seed draws the same bytes even on
+    // the CPU, whose generator candle cannot seed.
+    let png = |seed: &str| {
+        let out = images_with("tiny-flux", dir.path(), &input, &["--seed", seed]);
+        assert!(out.status.success(), "{}", text(&out));
+        std::fs::read(dir.path().join("run/3_images/scene_01.png")).unwrap()
+    };
+    let a = png("3");
+    assert_eq!(a, png("3"));
+    assert_ne!(a, png("4"));
+    let out = images_with("tiny-flux", dir.path(), &input, &["--height", "72"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("--height 72 is not a multiple of 16 (tiny-flux's block size); use e.g. 80"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_prompt_longer_than_t5_takes_is_cut_with_a_warning_naming_t5() {
+    let dir = tempfile::tempdir().unwrap();
+    // 40 words: inside CLIP's 77, over tiny-flux's 32-token T5 context.
+    let long = "neon ".repeat(40);
+    let input = storyboard(dir.path(), &[long.trim()]);
+    let out = images_with("tiny-flux", dir.path(), &input, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("scene 1's image_prompt is longer than T5's 32 tokens"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(manifest(dir.path())["images"][0]["prompt_truncated"], true);
+}
+
+#[test]
+fn sdxl_joins_its_two_text_encoders_one_loaded_after_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(dir.path(), &["a cinematic wide shot of tokyo"]);
+    let out = images_with("tiny-sdxl", dir.path(), &input, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (w, h, _) = png_info(&dir.path().join("run/3_images/scene_01.png"));
+    assert_eq!((w, h), (64, 64));
+    let m = manifest(dir.path());
+    let model = model_of("tiny-sdxl");
+    // Both encoders were loaded (the bytes read from their files).
+    let both = data_bytes(&model.join("text_encoder/model.safetensors"))
+        + data_bytes(&model.join("text_encoder_2/model.safetensors"));
+    assert_eq!(m["phases"][0]["weights_bytes"].as_u64().unwrap(), both);
+    // The UNet takes 1536-wide context (768 + 768): it ran, so the joining is right.
+    assert_eq!(m["phases"][1]["name"], "unet");
+    assert_eq!(m["phases"][1]["leaked"], false);
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 
 use crate::WeightsError;
 
@@ -50,13 +50,57 @@ pub fn write_llama_like(path: &Path, target_bytes: u64) -> Result<u64, WeightsEr
         }
         layer += 1;
     }
+    let specs: Vec<_> = shapes
+        .into_iter()
+        .map(|(name, shape)| (name, shape, DType::BF16))
+        .collect();
+    // Plausible bf16 values (small magnitudes), one random block repeated.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let block: Vec<u8> = (0..(4 << 20) / 2)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = half::bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1);
+            v.to_bits().to_le_bytes()
+        })
+        .collect();
+    write_streamed(path, &specs, &mut |_, bytes, out| {
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(block.len() as u64) as usize;
+            out.write_all(&block[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+/// Writes a safetensors file of `tensors` (name, shape, dtype) whose data `fill(index, bytes,
+/// out)` writes tensor by tensor, so a file far larger than memory can be made; each call must
+/// write exactly `bytes`. The file is written whole: to a temporary name, synced, then renamed.
+/// Returns the size of its data.
+#[allow(clippy::type_complexity)]
+pub fn write_streamed(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, DType)],
+    fill: &mut dyn FnMut(usize, u64, &mut dyn Write) -> std::io::Result<()>,
+) -> Result<u64, WeightsError> {
+    let bytes_of = |shape: &[usize], dtype: DType| {
+        shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64
+    };
     let mut header = serde_json::Map::new();
     let mut offset = 0u64;
-    for (name, shape) in &shapes {
-        let bytes = shape.iter().product::<usize>() as u64 * 2;
+    for (name, shape, dtype) in tensors {
+        let bytes = bytes_of(shape, *dtype);
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            serde_json::json!({
+                "dtype": crate::header::dtype_name(*dtype),
+                "shape": shape,
+                "data_offsets": [offset, offset + bytes]
+            }),
         );
         offset += bytes;
     }
@@ -65,32 +109,24 @@ pub fn write_llama_like(path: &Path, target_bytes: u64) -> Result<u64, WeightsEr
     while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
-    let io = |source| WeightsError::Read {
-        path: path.to_path_buf(),
-        offset: 0,
-        source,
-    };
     let tmp = PathBuf::from(format!("{}.part", path.display()));
     let result = (|| -> std::io::Result<()> {
         let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp)?);
         file.write_all(&(text.len() as u64).to_le_bytes())?;
         file.write_all(&text)?;
-        // Plausible bf16 values (small magnitudes), one random block repeated.
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let block: Vec<u8> = (0..(4 << 20) / 2)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let v = half::bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1);
-                v.to_bits().to_le_bytes()
-            })
-            .collect();
-        let mut left = total;
-        while left > 0 {
-            let n = left.min(block.len() as u64) as usize;
-            file.write_all(&block[..n])?;
-            left -= n as u64;
+        for (i, (name, shape, dtype)) in tensors.iter().enumerate() {
+            let want = bytes_of(shape, *dtype);
+            let mut counted = Counted {
+                inner: &mut file,
+                written: 0,
+            };
+            fill(i, want, &mut counted)?;
+            if counted.written != want {
+                return Err(std::io::Error::other(format!(
+                    "tensor '{name}' got {} bytes of data, not {want}",
+                    counted.written
+                )));
+            }
         }
         let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -99,8 +135,29 @@ pub fn write_llama_like(path: &Path, target_bytes: u64) -> Result<u64, WeightsEr
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io)?;
-    Ok(total)
+    result.map_err(|source| WeightsError::Read {
+        path: path.to_path_buf(),
+        offset: 0,
+        source,
+    })?;
+    Ok(offset)
+}
+
+/// A writer that counts what passes through it.
+struct Counted<'a> {
+    inner: &'a mut dyn Write,
+    written: u64,
+}
+
+impl Write for Counted<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Seconds candle's own loader (`candle_core::safetensors::load`: mmap, then a copy per

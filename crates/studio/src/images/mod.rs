@@ -1,17 +1,21 @@
-//! The images stage: a picture for every scene from a Stable Diffusion model, in three phases so
-//! that only one of its models is on the device at a time.
+//! The images stage: a picture for every scene from a diffusion model (Stable Diffusion 1.5, 2.1,
+//! SD-Turbo, SDXL-Turbo, FLUX.1 schnell and dev), in three phases so that only one of its models
+//! is on the device at a time.
 //!
-//! The key design decision: the phases follow the models, not the scenes. The text encoder
-//! encodes every scene's prompt and is released; the UNet denoises every scene and is released;
-//! the VAE decodes them all. Each phase runs inside a scope guard that proves its memory came
+//! The key design decision: the phases follow the models, not the scenes. The text encoders
+//! encode every scene's prompt, one encoder at a time, and are released; the denoiser (a UNet,
+//! or Flux's transformer) denoises every scene and is released; the VAE decodes them all. Each phase runs inside a scope guard that proves its memory came
 //! back, and records its peak, so the run's peak is the largest phase's, not the sum of the
 //! three. Weights load through `baton-weights` (pinned lanes on a GPU). Nothing is written until
 //! every image exists; then each PNG is written whole, with its prompt, seed, model and steps in
 //! its text chunks, and `3_images/images.json` records the phases.
 
 pub mod cards;
+pub mod family;
+mod flux;
 pub mod random;
-pub mod sd;
+mod sd;
+pub mod tokenize;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,13 +25,13 @@ use baton_memory::atomic_file::write_atomic;
 use baton_memory::peak::PeakWatch;
 use baton_memory::{MemoryBackend, MemoryScope, format_bytes};
 use baton_weights::{LoadOptions, load_safetensors};
-use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
+use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 
 use crate::scenes::Compute;
 use crate::storyboard::{Storyboard, StoryboardError};
-pub use sd::Family;
+pub use family::{Arch, Family};
+use tokenize::TokenizerFiles;
 
 /// Why the images stage could not run; messages name the value and say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +47,12 @@ pub enum ImagesError {
         "no image model: {why}. Pass --model DIR with a diffusers folder of a {family} model, or --cards for storyboard cards"
     )]
     NoModel { why: String, family: String },
-    #[error("the model folder '{}' lacks {what}; a diffusers folder has text_encoder/, unet/, vae/ and tokenizer/", .dir.display())]
-    Incomplete { dir: PathBuf, what: String },
+    #[error("the model folder '{}' lacks {what}; {layout}", .dir.display())]
+    Incomplete {
+        dir: PathBuf,
+        what: String,
+        layout: &'static str,
+    },
     #[error("{what} {value} is not a multiple of {block} ({family}'s block size); use e.g. {near}")]
     Size {
         what: &'static str,
@@ -99,32 +107,38 @@ impl ImagesError {
     }
 }
 
-/// A model on disk: its family and the four parts of a diffusers folder.
+/// A text encoder on disk: its weights (one file, or a checkpoint's shards), its tokenizer and,
+/// for T5, its config.json.
+#[derive(Debug, Clone)]
+pub struct EncoderFiles {
+    pub weights: Vec<PathBuf>,
+    pub tokenizer: TokenizerFiles,
+    pub config: Option<PathBuf>,
+}
+
+/// A model on disk: its family, its text encoders, its denoiser and its decoder.
 #[derive(Debug, Clone)]
 pub struct ImageModel {
     pub family: &'static Family,
     pub dir: PathBuf,
-    pub text_encoder: PathBuf,
-    pub unet: PathBuf,
-    pub vae: PathBuf,
-    pub tokenizer: PathBuf,
+    pub encoders: Vec<EncoderFiles>,
+    pub denoiser: PathBuf,
+    pub decoder: PathBuf,
 }
 
+const SD_LAYOUT: &str = "a diffusers folder has text_encoder/, tokenizer/ (and text_encoder_2/, \
+    tokenizer_2/ for SDXL), unet/ and vae/";
+const FLUX_LAYOUT: &str = "a FLUX.1 folder has flux1-*.safetensors, ae.safetensors, \
+    text_encoder/ (CLIP-L), tokenizer/, text_encoder_2/ (T5, with config.json) and tokenizer_2/";
+
 impl ImageModel {
-    /// `spec` is a diffusers folder (of `family`, default sd-turbo) or a family name, found in
-    /// the Hugging Face cache.
+    /// `spec` is a model folder (of `family`, default sd-turbo) or a family name, found in the
+    /// Hugging Face cache.
     pub fn resolve(spec: &str, family: Option<&str>) -> Result<ImageModel, ImagesError> {
-        let known = || {
-            sd::FAMILIES
-                .iter()
-                .map(|f| f.name)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let family_of = |name: &str| {
-            sd::family(name).ok_or_else(|| ImagesError::UnknownModel {
+            family::find(name).ok_or_else(|| ImagesError::UnknownModel {
                 name: name.to_string(),
-                known: known(),
+                known: family::names(),
             })
         };
         let path = Path::new(spec);
@@ -147,10 +161,14 @@ impl ImageModel {
         let snapshots = hub
             .join(format!("models--{}", fam.repo.replace('/', "--")))
             .join("snapshots");
+        let marker = match &fam.arch {
+            Arch::Sd(_) => "unet",
+            Arch::Flux(f) => f.transformer_file,
+        };
         let found = std::fs::read_dir(&snapshots).ok().and_then(|d| {
             d.flatten()
                 .map(|e| e.path())
-                .find(|p| p.join("unet").is_dir())
+                .find(|p| p.join(marker).exists())
         });
         match found {
             Some(dir) => Self::in_dir(&dir, fam),
@@ -167,42 +185,99 @@ impl ImageModel {
     }
 
     pub(crate) fn in_dir(dir: &Path, family: &'static Family) -> Result<ImageModel, ImagesError> {
+        let layout = match family.arch {
+            Arch::Sd(_) => SD_LAYOUT,
+            Arch::Flux(_) => FLUX_LAYOUT,
+        };
+        let missing = |what: String| ImagesError::Incomplete {
+            dir: dir.to_path_buf(),
+            what,
+            layout,
+        };
         let pick = |what: &str, names: &[&str]| {
             names
                 .iter()
                 .map(|n| dir.join(n))
                 .find(|p| p.is_file())
-                .ok_or_else(|| ImagesError::Incomplete {
-                    dir: dir.to_path_buf(),
-                    what: format!("{what} ({})", names.join(" or ")),
-                })
+                .ok_or_else(|| missing(format!("{what} ({})", names.join(" or "))))
         };
-        Ok(ImageModel {
-            family,
-            dir: dir.to_path_buf(),
-            text_encoder: pick(
-                "a text encoder",
-                &[
-                    "text_encoder/model.safetensors",
-                    "text_encoder/model.fp16.safetensors",
-                ],
-            )?,
-            unet: pick(
-                "a UNet",
-                &[
-                    "unet/diffusion_pytorch_model.safetensors",
-                    "unet/diffusion_pytorch_model.fp16.safetensors",
-                ],
-            )?,
-            vae: pick(
-                "a VAE",
-                &[
-                    "vae/diffusion_pytorch_model.safetensors",
-                    "vae/diffusion_pytorch_model.fp16.safetensors",
-                ],
-            )?,
-            tokenizer: pick("a tokenizer", &["tokenizer/tokenizer.json"])?,
-        })
+        let tokenizer = |sub: &str| {
+            TokenizerFiles::find(&dir.join(sub)).ok_or_else(|| {
+                missing(format!(
+                    "a tokenizer ({sub}/tokenizer.json, or {sub}/vocab.json and {sub}/merges.txt)"
+                ))
+            })
+        };
+        let clip = |suffix: &str| -> Result<EncoderFiles, ImagesError> {
+            let te = format!("text_encoder{suffix}");
+            Ok(EncoderFiles {
+                weights: vec![pick(
+                    "a text encoder",
+                    &[
+                        &format!("{te}/model.safetensors"),
+                        &format!("{te}/model.fp16.safetensors"),
+                    ],
+                )?],
+                tokenizer: tokenizer(&format!("tokenizer{suffix}"))?,
+                config: None,
+            })
+        };
+        match &family.arch {
+            Arch::Sd(sd) => {
+                let mut encoders = vec![clip("")?];
+                if sd.clip2.is_some() {
+                    encoders.push(clip("_2")?);
+                }
+                Ok(ImageModel {
+                    family,
+                    dir: dir.to_path_buf(),
+                    encoders,
+                    denoiser: pick(
+                        "a UNet",
+                        &[
+                            "unet/diffusion_pytorch_model.safetensors",
+                            "unet/diffusion_pytorch_model.fp16.safetensors",
+                        ],
+                    )?,
+                    decoder: pick(
+                        "a VAE",
+                        &[
+                            "vae/diffusion_pytorch_model.safetensors",
+                            "vae/diffusion_pytorch_model.fp16.safetensors",
+                        ],
+                    )?,
+                })
+            }
+            Arch::Flux(fx) => {
+                let t5_dir = dir.join("text_encoder_2");
+                let mut shards: Vec<PathBuf> = std::fs::read_dir(&t5_dir)
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.path())
+                            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                shards.sort();
+                if shards.is_empty() {
+                    return Err(missing(
+                        "T5's weights (text_encoder_2/*.safetensors)".into(),
+                    ));
+                }
+                let t5 = EncoderFiles {
+                    weights: shards,
+                    tokenizer: tokenizer("tokenizer_2")?,
+                    config: Some(pick("T5's config", &["text_encoder_2/config.json"])?),
+                };
+                Ok(ImageModel {
+                    family,
+                    dir: dir.to_path_buf(),
+                    encoders: vec![clip("")?, t5],
+                    denoiser: pick("the transformer", &[fx.transformer_file])?,
+                    decoder: pick("the autoencoder", &["ae.safetensors"])?,
+                })
+            }
+        }
     }
 }
 
@@ -279,70 +354,101 @@ pub enum Progress<'a> {
     Warning(&'a str),
 }
 
-/// CLIP's context: prompts longer than this many tokens are cut.
-const MAX_TOKENS: usize = 77;
-/// SD's latent scale.
-const LATENT_SCALE: f64 = 0.18215;
-
-/// Weights bytes of a safetensors file once converted to `dtype`.
-fn weights_bytes(path: &Path, dtype: DType) -> Result<u64, ImagesError> {
-    let header = baton_weights::Header::read(path)?;
-    Ok(header
-        .tensors
-        .iter()
-        .map(|t| {
-            let n: u64 = t.shape.iter().map(|d| *d as u64).product();
-            n * if t.dtype.is_float() {
-                dtype.size_in_bytes()
-            } else {
-                t.dtype.size_in_bytes()
-            } as u64
-        })
-        .sum())
+/// Weights bytes of safetensors files once converted to `dtype`.
+fn weights_bytes(paths: &[PathBuf], dtype: DType) -> Result<u64, ImagesError> {
+    let mut total = 0;
+    for path in paths {
+        let header = baton_weights::Header::read(path)?;
+        total += header
+            .tensors
+            .iter()
+            .map(|t| {
+                let n: u64 = t.shape.iter().map(|d| *d as u64).product();
+                n * if t.dtype.is_float() {
+                    dtype.size_in_bytes()
+                } else {
+                    t.dtype.size_in_bytes()
+                } as u64
+            })
+            .sum::<u64>();
+    }
+    Ok(total)
 }
 
-/// The plan: each phase's weights plus an estimate of its activations (measured on an H100
-/// at 512x512 f16 and scaled by pixels; see docs/images.md).
+/// One phase of the plan: its name, the weights it holds at once, an estimate of its
+/// activations.
+struct Planned {
+    name: &'static str,
+    weights: u64,
+    activations: u64,
+}
+
+/// The plan: each phase's weights plus an estimate of its activations (measured on an H200 at
+/// 512x512 in f16/bf16, scaled by pixels and dtype; see docs/images.md). Text encoders run one
+/// after another, so the text phase holds the largest of them.
 fn plan(
     model: &ImageModel,
     dtype: DType,
     width: usize,
     height: usize,
     batch: usize,
-) -> Result<Vec<(String, u64, u64)>, ImagesError> {
+) -> Result<Vec<Planned>, ImagesError> {
     let pixels = (width * height) as u64;
     let scale = |at_512: u64| at_512 * pixels / (512 * 512) * dtype.size_in_bytes() as u64 / 2;
+    let mut text = 0;
+    for e in &model.encoders {
+        text = text.max(weights_bytes(&e.weights, dtype)?);
+    }
+    let [t, d, v] = model.family.phase_names();
+    let (text_act, denoise_act, decode_act) = match model.family.arch {
+        Arch::Sd(_) => (64 << 20, scale(768 << 20) * batch as u64, scale(2560 << 20)),
+        Arch::Flux(_) => (512 << 20, scale(1024 << 20), scale(2816 << 20)),
+    };
     Ok(vec![
-        (
-            "text encoder".into(),
-            weights_bytes(&model.text_encoder, dtype)?,
-            64 << 20,
-        ),
-        (
-            "unet".into(),
-            weights_bytes(&model.unet, dtype)?,
-            scale(768 << 20) * batch as u64,
-        ),
-        (
-            "vae".into(),
-            weights_bytes(&model.vae, dtype)?,
-            scale(2560 << 20),
-        ),
+        Planned {
+            name: t,
+            weights: text,
+            activations: text_act,
+        },
+        Planned {
+            name: d,
+            weights: weights_bytes(std::slice::from_ref(&model.denoiser), dtype)?,
+            activations: denoise_act,
+        },
+        Planned {
+            name: v,
+            weights: weights_bytes(std::slice::from_ref(&model.decoder), dtype)?,
+            activations: decode_act,
+        },
     ])
 }
 
-fn render_plan(plan: &[(String, u64, u64)]) -> String {
+impl Planned {
+    fn need(&self) -> u64 {
+        self.weights + self.activations
+    }
+}
+
+fn render_plan(plan: &[Planned]) -> String {
     plan.iter()
-        .map(|(name, w, a)| {
+        .map(|p| {
             format!(
-                "  {name:<13} weights {:>10} + activations ~{:>10} = {:>10}",
-                format_bytes(*w),
-                format_bytes(*a),
-                format_bytes(w + a)
+                "  {:<13} weights {:>10} + activations ~{:>10} = {:>10}",
+                p.name,
+                format_bytes(p.weights),
+                format_bytes(p.activations),
+                format_bytes(p.need())
             )
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The weights a phase loaded: bytes and seconds, summed over its loads.
+#[derive(Default, Clone, Copy)]
+struct Loads {
+    bytes: u64,
+    seconds: f64,
 }
 
 /// Runs `work` as one phase: scope guard, peak watch, weights load timing.
@@ -350,27 +456,28 @@ fn phase<T>(
     name: &str,
     backend: &Arc<dyn MemoryBackend>,
     planned_bytes: u64,
-    work: impl FnOnce() -> Result<(T, u64, f64), ImagesError>,
+    work: impl FnOnce(&mut Loads) -> Result<T, ImagesError>,
 ) -> Result<(T, PhaseRecord), ImagesError> {
     backend.trim()?;
     let baseline = backend.process_usage(0, std::process::id()).unwrap_or(0);
     let scope = MemoryScope::new(backend.clone(), 0, name)?.with_tolerance(64 << 20);
     let watch = PeakWatch::start(backend.clone(), 0);
     let started = Instant::now();
-    let outcome = work();
+    let mut loads = Loads::default();
+    let outcome = work(&mut loads);
     let seconds = started.elapsed().as_secs_f64();
     let last = backend.process_usage(0, std::process::id()).unwrap_or(0);
     let peak = watch.finish(last);
     backend.trim()?;
     let report = scope.finish()?;
-    let (value, weights_bytes, load_seconds) = outcome?;
+    let value = outcome?;
     Ok((
         value,
         PhaseRecord {
             name: name.into(),
-            weights_bytes,
-            load_seconds,
-            load_gb_per_second: weights_bytes as f64 / load_seconds.max(1e-9) / 1e9,
+            weights_bytes: loads.bytes,
+            load_seconds: loads.seconds,
+            load_gb_per_second: loads.bytes as f64 / loads.seconds.max(1e-9) / 1e9,
             seconds,
             baseline_bytes: baseline,
             peak_bytes: peak,
@@ -381,48 +488,149 @@ fn phase<T>(
     ))
 }
 
+/// Loads `paths` (one file, or a checkpoint's shards) onto `device` in `dtype`, through
+/// baton-weights, and adds the load to `loads`.
 fn load(
-    path: &Path,
+    paths: &[PathBuf],
     device: &Device,
     dtype: DType,
-) -> Result<(candle_nn::VarBuilder<'static>, u64, f64), ImagesError> {
+    loads: &mut Loads,
+) -> Result<candle_nn::VarBuilder<'static>, ImagesError> {
     let options = LoadOptions {
         dtype: Some(dtype),
         ..LoadOptions::default()
     };
-    let loaded = load_safetensors(path, device, &options)?;
-    let (bytes, seconds) = (loaded.report.bytes, loaded.report.seconds);
-    Ok((loaded.var_builder(dtype, device), bytes, seconds))
+    let mut tensors = std::collections::HashMap::new();
+    for path in paths {
+        let loaded = load_safetensors(path, device, &options)?;
+        loads.bytes += loaded.report.bytes;
+        loads.seconds += loaded.report.seconds;
+        tensors.extend(loaded.tensors);
+    }
+    Ok(candle_nn::VarBuilder::from_tensors(tensors, dtype, device))
 }
 
-/// Token ids for a prompt: start, the prompt (cut to fit), end, padding; and whether it was cut.
-fn tokens(
-    tokenizer: &tokenizers::Tokenizer,
-    prompt: &str,
-    pad_with: Option<&str>,
-) -> Result<(Vec<u32>, bool), ImagesError> {
-    let id = |t: &str| {
-        tokenizer
-            .token_to_id(t)
-            .ok_or_else(|| ImagesError::Tokenizer(format!("it has no '{t}' token")))
-    };
-    let (bos, eos) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
-    let pad = match pad_with {
-        Some(p) => id(p)?,
-        None => eos,
-    };
-    let body = tokenizer
-        .encode(prompt, false)
-        .map_err(|e| ImagesError::Tokenizer(e.to_string()))?
-        .get_ids()
-        .to_vec();
-    let room = MAX_TOKENS - 2;
-    let truncated = body.len() > room;
-    let mut ids = vec![bos];
-    ids.extend(body.into_iter().take(room));
-    ids.push(eos);
-    ids.resize(MAX_TOKENS, pad);
-    Ok((ids, truncated))
+/// What the denoiser is conditioned on, for one scene.
+struct Conditioning {
+    /// The text encoders' hidden states (SD: with the unconditional row first under guidance).
+    context: Tensor,
+    /// Flux: CLIP's pooled output.
+    pooled: Option<Tensor>,
+}
+
+/// Everything the phases share.
+struct Job<'a> {
+    model: &'a ImageModel,
+    device: &'a Device,
+    dtype: DType,
+    width: usize,
+    height: usize,
+    steps: usize,
+    guidance: f64,
+    seed: u64,
+}
+
+/// Loads, before the first phase, the GPU kernels (candle's and cuBLAS's) that `fam`'s models
+/// use in `dtype`: they stay loaded for the life of the process, so loading them inside a phase
+/// would read as that phase's leak. The family's text encoders run once on zero weights (they
+/// are small), a tiny denoiser and decoder of its architecture run once, and matrix products of
+/// the real models' sizes run once. Nothing is kept; on a CPU there is nothing to load.
+fn warm_up(fam: &Family, device: &Device, dtype: DType) -> Result<(), ImagesError> {
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    crate::llm::warm_up(device).map_err(|e| ImagesError::Option(e.to_string()))?;
+    warm_up_parts(fam, device, dtype)?;
+    // Products of the sizes the real models multiply (text encoders, UNet and Flux blocks).
+    for (m, k, n) in [
+        (77, 768, 3072),
+        (77, 1280, 5120),
+        (256, 4096, 10240),
+        (1024, 1280, 5120),
+        (4352, 3072, 12288),
+    ] {
+        let a = Tensor::zeros((m, k), dtype, device)?;
+        let b = Tensor::zeros((k, n), dtype, device)?;
+        let _ = a.matmul(&b)?;
+        let _ = a
+            .unsqueeze(0)?
+            .repeat((2, 1, 1))?
+            .matmul(&b.unsqueeze(0)?.repeat((2, 1, 1))?)?;
+    }
+    device.synchronize()?;
+    Ok(())
+}
+
+/// `cfg` narrowed for a warm-up: as many blocks, the same heads and projections, 32 channels per
+/// head (a multiple of the 32 norm groups), one cross-attention layer per block.
+fn narrow_unet(
+    mut cfg: candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig,
+) -> candle_transformers::models::stable_diffusion::unet_2d::UNet2DConditionModelConfig {
+    for b in &mut cfg.blocks {
+        b.out_channels = 32 * b.attention_head_dim;
+        b.use_cross_attn = b.use_cross_attn.map(|_| 1);
+    }
+    cfg.layers_per_block = 1;
+    cfg
+}
+
+/// The warm-up's model part: the family's text encoders on zero weights (SD's are small; Flux's
+/// are the tiny family's), a narrowed denoiser and a tiny decoder of its architecture, once.
+fn warm_up_parts(fam: &Family, device: &Device, dtype: DType) -> Result<(), ImagesError> {
+    use candle_core::Module;
+    use candle_transformers::models::flux::WithForward;
+    use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
+    use candle_transformers::models::{flux as cflux, t5};
+    let zeros = || candle_nn::VarBuilder::zeros(dtype, device);
+    let ids = Tensor::zeros((1, 77), DType::U32, device)?;
+    match &fam.arch {
+        Arch::Sd(sd) => {
+            let mut context = Vec::new();
+            for cfg in std::iter::once(sd.clip).chain(sd.clip2) {
+                context.push(clip::ClipTextTransformer::new(zeros(), &cfg())?.forward(&ids)?);
+            }
+            let context = Tensor::cat(&context, candle_core::D::Minus1)?;
+            let unet_cfg = narrow_unet((sd.unet)());
+            let side = 8 << (unet_cfg.blocks.len() - 1);
+            let unet = unet_2d::UNet2DConditionModel::new(zeros(), 4, 4, false, unet_cfg)?;
+            let latents = Tensor::zeros((1, 4, side, side), dtype, device)?;
+            let _ = unet.forward(&latents, 1.0, &context)?;
+            let mut vae_cfg = (sd.vae)();
+            vae_cfg.block_out_channels = vec![32; vae_cfg.block_out_channels.len()];
+            vae_cfg.layers_per_block = 1;
+            let _ = vae::AutoEncoderKL::new(zeros(), 3, 3, vae_cfg)?.decode(&latents)?;
+        }
+        Arch::Flux(_) => {
+            let Some(Arch::Flux(t)) = family::find("tiny-flux").map(|f| &f.arch) else {
+                unreachable!("tiny-flux is a Flux")
+            };
+            let clip = candle_transformers::models::clip::text_model::ClipTextTransformer::new(
+                zeros().pp("text_model"),
+                &(t.clip)(),
+            )?;
+            let pooled = clip.forward_with_mask(&ids, usize::MAX)?.i((.., 0))?;
+            let t5_cfg: t5::Config =
+                serde_json::from_str(t.t5_config).expect("the tiny T5 config parses");
+            let context = t5::T5EncoderModel::load(zeros(), &t5_cfg)?.forward(&ids)?;
+            let model = cflux::model::Flux::new(&(t.transformer)(), zeros())?;
+            let noise = Tensor::zeros((1, 16, 8, 8), dtype, device)?;
+            let state = cflux::sampling::State::new(&context, &pooled, &noise)?;
+            let one = Tensor::ones(1, DType::F32, device)?;
+            let out = model.forward(
+                &state.img,
+                &state.img_ids,
+                &state.txt,
+                &state.txt_ids,
+                &one,
+                &state.vec,
+                Some(&one),
+            )?;
+            let latents = cflux::sampling::unpack(&out, 64, 64)?;
+            let ae = cflux::autoencoder::AutoEncoder::new(&(t.autoencoder)(), zeros())?;
+            let _ = ae.decode(&latents)?;
+        }
+    }
+    Ok(())
 }
 
 /// Draws every scene of the storyboard at `input` into `run_dir/3_images`.
@@ -455,11 +663,24 @@ pub fn write_images(
             "--steps {steps}: use 1 to 200"
         )));
     }
-    let guidance = options.guidance.unwrap_or(fam.default_guidance);
+    let mut guidance = options.guidance.unwrap_or(fam.default_guidance);
     if !(0.0..=30.0).contains(&guidance) {
         return Err(ImagesError::Option(format!(
             "--guidance {guidance}: use 0 (off) to 30"
         )));
+    }
+    let mut warnings = Vec::new();
+    if let Arch::Flux(fx) = &fam.arch
+        && !(fx.transformer)().guidance_embed
+        && guidance != 0.0
+    {
+        let w = format!(
+            "{} is distilled to draw without guidance: --guidance {guidance} is ignored",
+            fam.name
+        );
+        progress(Progress::Warning(&w));
+        warnings.push(w);
+        guidance = 0.0;
     }
     let board = Storyboard::load(input)?;
     if let Some(s) = board
@@ -483,140 +704,99 @@ pub fn write_images(
         .open()
         .map_err(|e| ImagesError::Option(format!("cannot open the device: {e}")))?;
     let dtype = if device.is_cuda() {
-        DType::F16
+        fam.gpu_dtype()
     } else {
         DType::F32
     };
-    let cfg_on = guidance > 1.0;
-    let batch = if cfg_on { 2 } else { 1 };
+    // Classifier-free guidance doubles SD's batch; Flux dev takes guidance as an input instead.
+    let batch = match fam.arch {
+        Arch::Sd(_) if guidance > 1.0 => 2,
+        _ => 1,
+    };
     let plan = plan(model, dtype, width, height, batch)?;
     if let Some(max) = options.max_vram {
-        let (phase_name, w, a) = plan
-            .iter()
-            .max_by_key(|(_, w, a)| w + a)
-            .expect("three phases");
-        if w + a > max {
+        let big = plan.iter().max_by_key(|p| p.need()).expect("three phases");
+        if big.need() > max {
             return Err(ImagesError::MaxVram {
-                need: format_bytes(w + a),
-                phase: phase_name.clone(),
+                need: format_bytes(big.need()),
+                phase: big.name.into(),
                 max: format_bytes(max),
                 plan: render_plan(&plan),
             });
         }
     }
-    crate::llm::warm_up(&device).map_err(|e| ImagesError::Option(e.to_string()))?;
-    let mut warnings = Vec::new();
+    warm_up(fam, &device, dtype)?;
+    let job = Job {
+        model,
+        device: &device,
+        dtype,
+        width,
+        height,
+        steps,
+        guidance,
+        seed: options.seed,
+    };
 
-    // Phase 1: every prompt through the text encoder, then the encoder goes.
-    progress(Progress::Phase("text encoder"));
-    let tokenizer = tokenizers::Tokenizer::from_file(&model.tokenizer)
-        .map_err(|e| ImagesError::Tokenizer(format!("'{}': {e}", model.tokenizer.display())))?;
-    let clip_cfg = (fam.clip)();
-    let mut truncated = Vec::new();
-    let mut token_rows = Vec::new();
-    for s in &board.scenes {
-        let (ids, cut) = tokens(&tokenizer, &s.image_prompt, clip_cfg.pad_with.as_deref())?;
-        if cut {
+    // Phase 1: every prompt through each text encoder in turn, then the encoders go.
+    progress(Progress::Phase(plan[0].name));
+    let ((conditioning, truncated), text_phase) =
+        phase(plan[0].name, &backend, plan[0].need(), |loads| {
+            match &fam.arch {
+                Arch::Sd(sd) => sd::encode(&job, sd, &board, loads),
+                Arch::Flux(fx) => flux::encode(&job, fx, &board, loads),
+            }
+        })?;
+    for (s, cut) in board.scenes.iter().zip(&truncated) {
+        if let Some(limit) = cut {
             let w = format!(
-                "scene {}'s image_prompt is longer than the text encoder's {MAX_TOKENS} tokens; the rest was cut",
+                "scene {}'s image_prompt is longer than {limit}; the rest was cut",
                 s.index
             );
             progress(Progress::Warning(&w));
             warnings.push(w);
         }
-        truncated.push(cut);
-        token_rows.push(ids);
     }
-    let (uncond_ids, _) = tokens(&tokenizer, "", clip_cfg.pad_with.as_deref())?;
-    let (embeddings, text_phase) = phase("text encoder", &backend, plan[0].1 + plan[0].2, || {
-        let (vb, bytes, secs) = load(&model.text_encoder, &device, dtype)?;
-        let encoder = clip::ClipTextTransformer::new(vb, &clip_cfg)?;
-        let encode = |ids: &[u32]| -> Result<Tensor, ImagesError> {
-            let t = Tensor::new(ids, &device)?.unsqueeze(0)?;
-            Ok(encoder.forward(&t)?)
-        };
-        let uncond = if cfg_on {
-            Some(encode(&uncond_ids)?)
-        } else {
-            None
-        };
-        let mut all = Vec::new();
-        for ids in &token_rows {
-            let text = encode(ids)?;
-            all.push(match &uncond {
-                Some(u) => Tensor::cat(&[u, &text], 0)?,
-                None => text,
-            });
-        }
-        device.synchronize()?;
-        Ok((all, bytes, secs))
-    })?;
 
-    // Phase 2: every scene denoised by the UNet, then the UNet goes.
-    progress(Progress::Phase("unet"));
-    let (latent_h, latent_w) = (height / 8, width / 8);
-    let (latents, unet_phase) = phase("unet", &backend, plan[1].1 + plan[1].2, || {
-        let (vb, bytes, secs) = load(&model.unet, &device, dtype)?;
-        let unet = unet_2d::UNet2DConditionModel::new(vb, 4, 4, false, (fam.unet)())?;
-        let mut out = Vec::new();
-        for (s, emb) in board.scenes.iter().zip(&embeddings) {
-            let started = Instant::now();
-            let seed = options.seed + s.index as u64;
-            // The starting noise comes from baton's own seeded generator, so it is the same on
-            // every device; a GPU's generator is seeded too, for ancestral schedulers' steps
-            // (candle cannot seed the CPU's, so those add unseeded noise there).
-            let _ = device.set_seed(seed);
-            let mut scheduler = (fam.scheduler)().build(steps)?;
-            let noise = gaussian(4 * latent_h * latent_w, seed);
-            let mut latents = (Tensor::from_vec(noise, (1, 4, latent_h, latent_w), &device)?
-                * scheduler.init_noise_sigma())?
-            .to_dtype(dtype)?;
-            let timesteps = scheduler.timesteps().to_vec();
-            for (i, &t) in timesteps.iter().enumerate() {
-                let input = if cfg_on {
-                    Tensor::cat(&[&latents, &latents], 0)?
-                } else {
-                    latents.clone()
-                };
-                let input = scheduler.scale_model_input(input, t)?;
-                let noise = unet.forward(&input, t as f64, emb)?;
-                let noise = if cfg_on {
-                    let parts = noise.chunk(2, 0)?;
-                    (&parts[0] + ((&parts[1] - &parts[0])? * guidance)?)?
-                } else {
-                    noise
-                };
-                latents = scheduler.step(&noise, t, &latents)?;
-                progress(Progress::Step {
-                    scene: s.index,
-                    scenes: board.scenes.len(),
-                    step: i + 1,
-                    steps: timesteps.len(),
-                });
-            }
-            device.synchronize()?;
-            out.push((latents, started.elapsed().as_secs_f64()));
+    // Phase 2: every scene denoised, then the denoiser goes.
+    progress(Progress::Phase(plan[1].name));
+    let (latents, denoise_phase) = phase(plan[1].name, &backend, plan[1].need(), |loads| {
+        let mut step = |scene: u32, step: usize, steps: usize| {
+            progress(Progress::Step {
+                scene,
+                scenes: board.scenes.len(),
+                step,
+                steps,
+            })
+        };
+        match &fam.arch {
+            Arch::Sd(sd) => sd::denoise(&job, sd, &board, &conditioning, loads, &mut step),
+            Arch::Flux(fx) => flux::denoise(&job, fx, &board, &conditioning, loads, &mut step),
         }
-        Ok((out, bytes, secs))
     })?;
-    drop(embeddings);
+    drop(conditioning);
 
     // Phase 3: the VAE decodes them all.
-    progress(Progress::Phase("vae"));
-    let (pixels, vae_phase) = phase("vae", &backend, plan[2].1 + plan[2].2, || {
-        let (vb, bytes, secs) = load(&model.vae, &device, dtype)?;
-        let vae = vae::AutoEncoderKL::new(vb, 3, 3, (fam.vae)())?;
-        let mut out = Vec::new();
-        for (latents, _) in &latents {
-            let image = vae.decode(&(latents / LATENT_SCALE)?)?;
-            let image = ((image / 2.)? + 0.5)?.clamp(0f32, 1f32)?;
-            let image = (image.to_dtype(DType::F32)? * 255.)?
+    progress(Progress::Phase(plan[2].name));
+    let (pixels, decode_phase) = phase(plan[2].name, &backend, plan[2].need(), |loads| {
+        let to_rgb = |image: Tensor| -> Result<Vec<u8>, ImagesError> {
+            // image: (1, 3, h, w) in [-1, 1].
+            let image = ((image.to_dtype(DType::F32)?.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
                 .round()?
                 .to_dtype(DType::U8)?;
-            let hwc = image.i(0)?.permute((1, 2, 0))?.to_device(&Device::Cpu)?;
-            out.push(hwc.flatten_all()?.to_vec1::<u8>()?);
-        }
-        Ok((out, bytes, secs))
+            let hwc = image
+                .squeeze(0)?
+                .permute((1, 2, 0))?
+                .to_device(&Device::Cpu)?;
+            Ok(hwc.flatten_all()?.to_vec1::<u8>()?)
+        };
+        let images = match &fam.arch {
+            Arch::Sd(sd) => sd::decode(&job, sd, &latents, loads)?,
+            Arch::Flux(fx) => flux::decode(&job, fx, &latents, loads)?,
+        };
+        images
+            .into_iter()
+            .map(to_rgb)
+            .collect::<Result<Vec<_>, _>>()
     })?;
 
     let model_name = format!("{} ({})", fam.name, model.dir.display());
@@ -650,11 +830,11 @@ pub fn write_images(
             file,
             seed,
             kind: "generated",
-            prompt_truncated: *cut,
+            prompt_truncated: cut.is_some(),
             seconds: *secs,
         });
     }
-    let phases = vec![text_phase, unet_phase, vae_phase];
+    let phases = vec![text_phase, denoise_phase, decode_phase];
     let base = phases[0].baseline_bytes;
     let manifest = ImagesManifest {
         model: model_name,
@@ -824,4 +1004,37 @@ pub fn encode_png(
         writer.finish().map_err(|e| e.to_string())?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The warm-up runs for each tiny family on the CPU: the narrowed UNet of the SD and SDXL
+    /// architectures, the tiny Flux.
+    #[test]
+    fn the_warm_up_models_run_for_each_architecture() {
+        for name in ["tiny-sd", "tiny-sdxl", "tiny-flux"] {
+            let fam = family::find(name).unwrap();
+            warm_up_parts(fam, &Device::Cpu, DType::F32).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    /// Every real SD family's UNet narrows to a model that builds and runs.
+    #[test]
+    fn every_sd_family_narrows_to_a_unet_that_runs() {
+        use candle_transformers::models::stable_diffusion::unet_2d;
+        for fam in family::FAMILIES {
+            let Arch::Sd(sd) = &fam.arch else { continue };
+            let cfg = narrow_unet((sd.unet)());
+            let cross = cfg.cross_attention_dim;
+            let side = 8 << (cfg.blocks.len() - 1);
+            let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+            let unet = unet_2d::UNet2DConditionModel::new(vb, 4, 4, false, cfg).unwrap();
+            let latents = Tensor::zeros((1, 4, side, side), DType::F32, &Device::Cpu).unwrap();
+            let context = Tensor::zeros((1, 77, cross), DType::F32, &Device::Cpu).unwrap();
+            let out = unet.forward(&latents, 1.0, &context).unwrap();
+            assert_eq!(out.dims(), &[1, 4, side, side], "{}", fam.name);
+        }
+    }
 }

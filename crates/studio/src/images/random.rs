@@ -1,58 +1,314 @@
-//! A Stable Diffusion model with random weights, written in the diffusers layout: what the tests
-//! (the tiny family, on the CPU) and the GPU benchmark (SD-Turbo's real shapes) load, through
-//! exactly the code that loads a real model. The weights are whatever candle's layers initialise
-//! themselves to; the tokenizer is a small word-level one with CLIP's special tokens.
+//! A diffusion model with random weights, written in its family's real folder layout: what the
+//! tests (the tiny families, on the CPU) and the GPU benchmark (real shapes, up to Flux's 12B)
+//! load, through exactly the code that loads a real model.
+//!
+//! The models are never built in memory: each part is constructed once against a recording
+//! backend that hands out zero-sized stand-ins and notes every tensor's name, shape and
+//! initialisation, then the file is streamed tensor by tensor with values drawn the way candle's
+//! own initialisers would draw them. A 24 GB transformer costs disk, not RAM. The tokenizers are
+//! small: CLIP's as vocab.json and merges.txt (the diffusers layout), T5's as tokenizer.json.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Mutex;
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::VarBuilder;
+use candle_nn::init::{Init, NormalOrUniform};
+use candle_nn::var_builder::SimpleBackend;
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
+use candle_transformers::models::{flux, t5};
 
-use super::{Family, ImageModel, ImagesError};
+use super::family::{Arch, Family};
+use super::{ImageModel, ImagesError};
 
-/// Words the test tokenizer knows; anything else is `<unk>`.
+/// Words the test tokenizers know whole; CLIP's spells anything else letter by letter.
 const WORDS: &str = "a an the of in on at with and night neon street city rain market light \
     tokyo cyberpunk crowd sky dawn river drone drones glowing wet reflections painting photo \
     cinematic wide shot close detailed";
 
-/// Writes `family`'s three models with random weights in `dtype`, and a tokenizer, under `dir`.
+/// Every tensor a model asks for, in order: name, shape, how candle would initialise it.
+type Seen = std::sync::Arc<Mutex<Vec<(String, Vec<usize>, Init)>>>;
+
+/// A VarBuilder backend that notes what is asked of it.
+struct Recorder(Seen);
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let mut seen = self.0.lock().expect("not poisoned");
+        if !seen.iter().any(|(n, _, _)| n == name) {
+            seen.push((name.to_string(), s.dims().to_vec(), h));
+        }
+        // A stand-in of the right shape that holds one element.
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("the recorder cannot guess the shape of '{name}'")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        false
+    }
+}
+
+/// The tensors `build` asks for.
+fn record(
+    build: &dyn Fn(VarBuilder) -> candle_core::Result<()>,
+) -> Result<Vec<(String, Vec<usize>, Init)>, ImagesError> {
+    let seen = Seen::default();
+    let vb = VarBuilder::from_backend(Box::new(Recorder(seen.clone())), DType::F32, Device::Cpu);
+    build(vb)?;
+    let seen = std::mem::take(&mut *seen.lock().expect("not poisoned"));
+    Ok(seen)
+}
+
+/// Values for one tensor as candle's initialiser `init` would draw them (a normal or uniform of
+/// the same spread), from `seed`. Big tensors repeat a block of 1M values: the shapes and the
+/// bytes moved are what matter there.
+fn values(init: &Init, shape: &[usize], seed: u64) -> (Vec<f32>, u64) {
+    let n: u64 = shape.iter().map(|d| *d as u64).product();
+    let block = n.min(1 << 20) as usize;
+    let (normal, a, b) = match *init {
+        Init::Const(c) => return (vec![c as f32; block.max(1)], n),
+        Init::Randn { mean, stdev } => (true, mean, stdev),
+        Init::Uniform { lo, up } => (false, lo, up),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
+            let fan = fan.for_shape(&Shape::from_dims(shape)).max(1);
+            let std = non_linearity.gain() / (fan as f64).sqrt();
+            match dist {
+                NormalOrUniform::Normal => (true, 0.0, std),
+                NormalOrUniform::Uniform => {
+                    let bound = 3f64.sqrt() * std;
+                    (false, -bound, bound)
+                }
+            }
+        }
+    };
+    let out = if normal {
+        super::gaussian(block, seed)
+            .into_iter()
+            .map(|g| (a + b * g as f64) as f32)
+            .collect()
+    } else {
+        // Map normals to uniforms through their CDF's cheap stand-in: the fractional part.
+        super::gaussian(block, seed)
+            .into_iter()
+            .map(|g| {
+                let u = (g as f64 * 7.31).rem_euclid(1.0);
+                (a + (b - a) * u) as f32
+            })
+            .collect()
+    };
+    (out, n)
+}
+
+/// Writes the tensors `build` asks for into safetensors `files` (the tensors dealt out in order,
+/// each file about an equal share) in `dtype`. Returns the bytes written.
+fn write_part(
+    dir: &Path,
+    files: &[&str],
+    dtype: DType,
+    seed: u64,
+    build: &dyn Fn(VarBuilder) -> candle_core::Result<()>,
+) -> Result<u64, ImagesError> {
+    let tensors = record(build)?;
+    let total: u64 = tensors
+        .iter()
+        .map(|(_, s, _)| s.iter().product::<usize>() as u64)
+        .sum();
+    let share = total.div_ceil(files.len() as u64).max(1);
+    let mut written = 0u64;
+    let mut at = 0usize;
+    for (i, file) in files.iter().enumerate() {
+        let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| ImagesError::Unwritable {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut elements = 0u64;
+        let start = at;
+        while at < tensors.len() && (elements < share || i + 1 == files.len()) {
+            elements += tensors[at].1.iter().product::<usize>() as u64;
+            at += 1;
+        }
+        let part = &tensors[start..at];
+        let specs: Vec<_> = part
+            .iter()
+            .map(|(n, s, _)| (n.clone(), s.clone(), dtype))
+            .collect();
+        written += baton_weights::bench::write_streamed(&path, &specs, &mut |k, bytes, out| {
+            let (name, shape, init) = &part[k];
+            let name_seed = name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            let (block, _) = values(init, shape, name_seed);
+            let encoded = encode(&block, dtype);
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(encoded.len() as u64) as usize;
+                out.write_all(&encoded[..n])?;
+                left -= n as u64;
+            }
+            Ok(())
+        })?;
+    }
+    Ok(written)
+}
+
+/// Little-endian bytes of `values` in `dtype` (f32, f16 or bf16).
+fn encode(values: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        DType::BF16 => values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+    }
+}
+
+/// Writes `family`'s models with random weights in `dtype`, and small tokenizers, under `dir`,
+/// in the layout its real repository has.
 pub fn write_random_model(
     dir: &Path,
     family: &'static Family,
     dtype: DType,
 ) -> Result<ImageModel, ImagesError> {
-    let save = |sub: &str,
-                file: &str,
-                build: &dyn Fn(VarBuilder) -> candle_core::Result<()>|
-     -> Result<(), ImagesError> {
-        let vm = VarMap::new();
-        build(VarBuilder::from_varmap(&vm, dtype, &Device::Cpu))?;
-        std::fs::create_dir_all(dir.join(sub)).map_err(|source| ImagesError::Unwritable {
-            path: dir.join(sub),
+    match &family.arch {
+        Arch::Sd(sd) => {
+            let clips: Vec<_> = std::iter::once(sd.clip).chain(sd.clip2).collect();
+            for (i, cfg) in clips.iter().enumerate() {
+                let suffix = if i == 0 { "" } else { "_2" };
+                write_part(
+                    dir,
+                    &[&format!("text_encoder{suffix}/model.safetensors")],
+                    dtype,
+                    i as u64,
+                    &|vb| clip::ClipTextTransformer::new(vb, &cfg()).map(|_| ()),
+                )?;
+                write_clip_tokenizer(&dir.join(format!("tokenizer{suffix}")))?;
+            }
+            write_part(
+                dir,
+                &["unet/diffusion_pytorch_model.safetensors"],
+                dtype,
+                10,
+                &|vb| unet_2d::UNet2DConditionModel::new(vb, 4, 4, false, (sd.unet)()).map(|_| ()),
+            )?;
+            write_part(
+                dir,
+                &["vae/diffusion_pytorch_model.safetensors"],
+                dtype,
+                11,
+                &|vb| vae::AutoEncoderKL::new(vb, 3, 3, (sd.vae)()).map(|_| ()),
+            )?;
+        }
+        Arch::Flux(fx) => {
+            write_part(dir, &["text_encoder/model.safetensors"], dtype, 0, &|vb| {
+                ClipTextTransformer::new(vb.pp("text_model"), &(fx.clip)()).map(|_| ())
+            })?;
+            write_clip_tokenizer(&dir.join("tokenizer"))?;
+            let t5_config: t5::Config = serde_json::from_str(fx.t5_config)
+                .map_err(|e| ImagesError::Option(format!("the T5 config: {e}")))?;
+            write_part(
+                dir,
+                &[
+                    "text_encoder_2/model-00001-of-00002.safetensors",
+                    "text_encoder_2/model-00002-of-00002.safetensors",
+                ],
+                dtype,
+                1,
+                &|vb| t5::T5EncoderModel::load(vb, &t5_config).map(|_| ()),
+            )?;
+            write_file(
+                &dir.join("text_encoder_2/config.json"),
+                fx.t5_config.as_bytes(),
+            )?;
+            write_t5_tokenizer(&dir.join("tokenizer_2"))?;
+            write_part(dir, &[fx.transformer_file], dtype, 10, &|vb| {
+                flux::model::Flux::new(&(fx.transformer)(), vb).map(|_| ())
+            })?;
+            write_part(dir, &["ae.safetensors"], dtype, 11, &|vb| {
+                flux::autoencoder::AutoEncoder::new(&(fx.autoencoder)(), vb).map(|_| ())
+            })?;
+        }
+    }
+    ImageModel::in_dir(dir, family)
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ImagesError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| ImagesError::Unwritable {
+            path: parent.to_path_buf(),
             source,
         })?;
-        vm.save(dir.join(sub).join(file))?;
-        Ok(())
-    };
-    save("text_encoder", "model.safetensors", &|vb| {
-        clip::ClipTextTransformer::new(vb, &(family.clip)()).map(|_| ())
-    })?;
-    save("unet", "diffusion_pytorch_model.safetensors", &|vb| {
-        unet_2d::UNet2DConditionModel::new(vb, 4, 4, false, (family.unet)()).map(|_| ())
-    })?;
-    save("vae", "diffusion_pytorch_model.safetensors", &|vb| {
-        vae::AutoEncoderKL::new(vb, 3, 3, (family.vae)()).map(|_| ())
-    })?;
-    let mut vocab: HashMap<String, u32> = HashMap::new();
-    for (i, t) in ["<|startoftext|>", "<|endoftext|>", "!", "<unk>"]
+    }
+    baton_memory::atomic_file::write_atomic(path, bytes).map_err(ImagesError::from)
+}
+
+/// A CLIP BPE tokenizer as diffusers ships it (vocab.json, merges.txt): CLIP's special tokens,
+/// every letter alone and word-final, and the test words merged whole. Its ids stay under 64.
+pub fn write_clip_tokenizer(dir: &Path) -> Result<(), ImagesError> {
+    let mut vocab: Vec<String> = ["<|startoftext|>", "<|endoftext|>", "!"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for c in 'a'..='z' {
+        vocab.push(c.to_string());
+        vocab.push(format!("{c}</w>"));
+    }
+    // "neon" and "city" merge whole; the rest stay letters.
+    let merges = [
+        "o n</w>",
+        "e on</w>",
+        "n eon</w>",
+        "c i",
+        "ci t",
+        "cit y</w>",
+    ];
+    for m in merges {
+        vocab.push(m.replace(' ', ""));
+    }
+    vocab.push(",</w>".into());
+    let map: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), serde_json::json!(i)))
+        .collect();
+    write_file(
+        &dir.join("vocab.json"),
+        &serde_json::to_vec(&map).expect("a map serializes"),
+    )?;
+    let merges = format!("#version: 0.2\n{}\n", merges.join("\n"));
+    write_file(&dir.join("merges.txt"), merges.as_bytes())
+}
+
+/// A word-level tokenizer with T5's special tokens (pad 0, eos 1, unk 2) and the test words.
+fn write_t5_tokenizer(dir: &Path) -> Result<(), ImagesError> {
+    let vocab: HashMap<String, u32> = ["<pad>", "</s>", "<unk>"]
         .into_iter()
         .chain(WORDS.split_whitespace())
         .enumerate()
-    {
-        vocab.insert(t.to_string(), i as u32);
-    }
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect();
     let model = tokenizers::models::wordlevel::WordLevel::builder()
         .vocab(vocab.into_iter().collect())
         .unk_token("<unk>".into())
@@ -60,12 +316,8 @@ pub fn write_random_model(
         .map_err(|e| ImagesError::Tokenizer(e.to_string()))?;
     let mut tokenizer = tokenizers::Tokenizer::new(model);
     tokenizer.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::whitespace::Whitespace {}));
-    std::fs::create_dir_all(dir.join("tokenizer")).map_err(|source| ImagesError::Unwritable {
-        path: dir.join("tokenizer"),
-        source,
-    })?;
-    tokenizer
-        .save(dir.join("tokenizer/tokenizer.json"), false)
+    let json = tokenizer
+        .to_string(false)
         .map_err(|e| ImagesError::Tokenizer(e.to_string()))?;
-    ImageModel::in_dir(dir, family)
+    write_file(&dir.join("tokenizer.json"), json.as_bytes())
 }

@@ -1,189 +1,152 @@
-//! The Stable Diffusion families baton runs, with the real shapes of each (from their published
-//! configs), and the test family: SD 1.5's text encoder with a tiny UNet and VAE.
+//! Stable Diffusion's three phases (1.5, 2.1, SD-Turbo, SDXL-Turbo): CLIP text encoders one after
+//! another, their hidden states joined; the UNet under the family's scheduler, with
+//! classifier-free guidance when asked; the KL VAE.
+//!
+//! SDXL note: candle's UNet has no "added conditioning" (the pooled text embedding and the
+//! size/crop ids SDXL's UNet adds to its time embedding), so SDXL runs as candle's own example
+//! runs it: on the two encoders' joined hidden states alone.
 
-use std::sync::Arc;
+use candle_core::{D, Module, Tensor};
+use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
 
-use candle_transformers::models::stable_diffusion::{
-    clip, ddim, euler_ancestral_discrete, schedulers, unet_2d, vae,
-};
+use super::family::Sd;
+use super::tokenize::{CLIP_TOKENS, clip_tokens};
+use super::{Conditioning, ImagesError, Job, Loads, gaussian, load};
+use crate::storyboard::Storyboard;
 
-/// A family: how to build its three models and sample with them.
-#[derive(Clone)]
-pub struct Family {
-    pub name: &'static str,
-    pub about: &'static str,
-    /// The Hugging Face repository its weights come from (diffusers layout).
-    pub repo: &'static str,
-    pub clip: fn() -> clip::Config,
-    pub unet: fn() -> unet_2d::UNet2DConditionModelConfig,
-    pub vae: fn() -> vae::AutoEncoderKLConfig,
-    pub scheduler: fn() -> Arc<dyn schedulers::SchedulerConfig>,
-    pub default_steps: usize,
-    pub default_guidance: f64,
-    pub native: usize,
-}
-
-impl std::fmt::Debug for Family {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name)
+/// Every scene's prompt through each text encoder in turn (each released before the next
+/// loads). Returns the conditioning per scene and, per scene, why its prompt was cut.
+pub(super) fn encode(
+    job: &Job,
+    sd: &Sd,
+    board: &Storyboard,
+    loads: &mut Loads,
+) -> Result<(Vec<Conditioning>, Vec<Option<String>>), ImagesError> {
+    let guided = job.guidance > 1.0;
+    let configs: Vec<clip::Config> = std::iter::once(sd.clip)
+        .chain(sd.clip2)
+        .map(|c| c())
+        .collect();
+    let mut cut = vec![None; board.scenes.len()];
+    let mut per_encoder: Vec<Vec<Tensor>> = Vec::new();
+    for (files, cfg) in job.model.encoders.iter().zip(&configs) {
+        let tokenizer = files.tokenizer.load()?;
+        let encoder = clip::ClipTextTransformer::new(
+            load(&files.weights, job.device, job.dtype, loads)?,
+            cfg,
+        )?;
+        let encode = |prompt: &str| -> Result<(Tensor, bool), ImagesError> {
+            let t = clip_tokens(&tokenizer, prompt, cfg.pad_with.as_deref())?;
+            let ids = Tensor::new(t.ids.as_slice(), job.device)?.unsqueeze(0)?;
+            Ok((encoder.forward(&ids)?, t.truncated))
+        };
+        let uncond = if guided { Some(encode("")?.0) } else { None };
+        let mut rows = Vec::new();
+        for (i, s) in board.scenes.iter().enumerate() {
+            let (text, truncated) = encode(&s.image_prompt)?;
+            if truncated {
+                cut[i] = Some(format!("the text encoder's {CLIP_TOKENS} tokens"));
+            }
+            rows.push(match &uncond {
+                Some(u) => Tensor::cat(&[u, &text], 0)?,
+                None => text,
+            });
+        }
+        job.device.synchronize()?;
+        per_encoder.push(rows);
     }
+    let conditioning = (0..board.scenes.len())
+        .map(|i| {
+            let parts: Vec<&Tensor> = per_encoder.iter().map(|rows| &rows[i]).collect();
+            Ok(Conditioning {
+                context: Tensor::cat(&parts, D::Minus1)?,
+                pooled: None,
+            })
+        })
+        .collect::<Result<Vec<_>, ImagesError>>()?;
+    Ok((conditioning, cut))
 }
 
-impl Family {
-    /// Width and height must be multiples of this: the VAE's factor (8) times the UNet's
-    /// downsampling (2 per block after the first).
-    pub fn block(&self) -> usize {
-        8 << ((self.unet)().blocks.len() - 1)
-    }
-}
-
-fn bc(out_channels: usize, cross: Option<usize>, head: usize) -> unet_2d::BlockConfig {
-    unet_2d::BlockConfig {
-        out_channels,
-        use_cross_attn: cross,
-        attention_head_dim: head,
-    }
-}
-
-fn unet(
-    blocks: Vec<unet_2d::BlockConfig>,
-    cross: usize,
-    linear: bool,
-) -> unet_2d::UNet2DConditionModelConfig {
-    unet_2d::UNet2DConditionModelConfig {
-        blocks,
-        center_input_sample: false,
-        cross_attention_dim: cross,
-        downsample_padding: 1,
-        flip_sin_to_cos: true,
-        freq_shift: 0.,
-        layers_per_block: 2,
-        mid_block_scale_factor: 1.,
-        norm_eps: 1e-5,
-        norm_num_groups: 32,
-        sliced_attention_size: None,
-        use_linear_projection: linear,
-    }
-}
-
-fn sd_vae() -> vae::AutoEncoderKLConfig {
-    vae::AutoEncoderKLConfig {
-        block_out_channels: vec![128, 256, 512, 512],
-        layers_per_block: 2,
-        latent_channels: 4,
-        norm_num_groups: 32,
-        use_quant_conv: true,
-        use_post_quant_conv: true,
-    }
-}
-
-fn sd2_unet() -> unet_2d::UNet2DConditionModelConfig {
-    unet(
-        vec![
-            bc(320, Some(1), 5),
-            bc(640, Some(1), 10),
-            bc(1280, Some(1), 20),
-            bc(1280, None, 20),
-        ],
-        1024,
-        true,
-    )
-}
-
-fn sd15_unet() -> unet_2d::UNet2DConditionModelConfig {
-    unet(
-        vec![
-            bc(320, Some(1), 8),
-            bc(640, Some(1), 8),
-            bc(1280, Some(1), 8),
-            bc(1280, None, 8),
-        ],
-        768,
+/// Every scene denoised by the UNet. Returns each scene's latents and seconds.
+pub(super) fn denoise(
+    job: &Job,
+    sd: &Sd,
+    board: &Storyboard,
+    conditioning: &[Conditioning],
+    loads: &mut Loads,
+    step: &mut dyn FnMut(u32, usize, usize),
+) -> Result<Vec<(Tensor, f64)>, ImagesError> {
+    let guided = job.guidance > 1.0;
+    let unet = unet_2d::UNet2DConditionModel::new(
+        load(
+            std::slice::from_ref(&job.model.denoiser),
+            job.device,
+            job.dtype,
+            loads,
+        )?,
+        4,
+        4,
         false,
-    )
+        (sd.unet)(),
+    )?;
+    let (latent_h, latent_w) = (job.height / 8, job.width / 8);
+    let mut out = Vec::new();
+    for (s, cond) in board.scenes.iter().zip(conditioning) {
+        let started = std::time::Instant::now();
+        let seed = job.seed + s.index as u64;
+        // The starting noise comes from baton's own seeded generator, so it is the same on
+        // every device; a GPU's generator is seeded too, for ancestral schedulers' steps
+        // (candle cannot seed the CPU's, so those add unseeded noise there).
+        let _ = job.device.set_seed(seed);
+        let mut scheduler = (sd.scheduler)().build(job.steps)?;
+        let noise = gaussian(4 * latent_h * latent_w, seed);
+        let mut latents = (Tensor::from_vec(noise, (1, 4, latent_h, latent_w), job.device)?
+            * scheduler.init_noise_sigma())?
+        .to_dtype(job.dtype)?;
+        let timesteps = scheduler.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let input = if guided {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let input = scheduler.scale_model_input(input, t)?;
+            let noise = unet.forward(&input, t as f64, &cond.context)?;
+            let noise = if guided {
+                let parts = noise.chunk(2, 0)?;
+                (&parts[0] + ((&parts[1] - &parts[0])? * job.guidance)?)?
+            } else {
+                noise
+            };
+            latents = scheduler.step(&noise, t, &latents)?;
+            step(s.index, i + 1, timesteps.len());
+        }
+        job.device.synchronize()?;
+        out.push((latents, started.elapsed().as_secs_f64()));
+    }
+    Ok(out)
 }
 
-fn ddim(prediction_type: schedulers::PredictionType) -> Arc<dyn schedulers::SchedulerConfig> {
-    Arc::new(ddim::DDIMSchedulerConfig {
-        prediction_type,
-        ..Default::default()
-    })
-}
-
-/// The families `--model` and `--family` name.
-pub const FAMILIES: &[Family] = &[
-    Family {
-        name: "sd-turbo",
-        about: "SD-Turbo (SD 2.1 distilled): 1-4 steps, no guidance, 512x512",
-        repo: "stabilityai/sd-turbo",
-        clip: clip::Config::v2_1,
-        unet: sd2_unet,
-        vae: sd_vae,
-        scheduler: || {
-            Arc::new(
-                euler_ancestral_discrete::EulerAncestralDiscreteSchedulerConfig {
-                    timestep_spacing: schedulers::TimestepSpacing::Trailing,
-                    ..Default::default()
-                },
-            )
-        },
-        default_steps: 1,
-        default_guidance: 0.0,
-        native: 512,
-    },
-    Family {
-        name: "sd-2.1",
-        about: "Stable Diffusion 2.1: v-prediction, 30 steps, guidance 7.5, 768x768",
-        repo: "stabilityai/stable-diffusion-2-1",
-        clip: clip::Config::v2_1,
-        unet: sd2_unet,
-        vae: sd_vae,
-        scheduler: || ddim(schedulers::PredictionType::VPrediction),
-        default_steps: 30,
-        default_guidance: 7.5,
-        native: 768,
-    },
-    Family {
-        name: "sd-1.5",
-        about: "Stable Diffusion 1.5: 30 steps, guidance 7.5, 512x512",
-        repo: "stable-diffusion-v1-5/stable-diffusion-v1-5",
-        clip: clip::Config::v1_5,
-        unet: sd15_unet,
-        vae: sd_vae,
-        scheduler: || ddim(schedulers::PredictionType::Epsilon),
-        default_steps: 30,
-        default_guidance: 7.5,
-        native: 512,
-    },
-];
-
-/// For tests and smoke runs: SD 1.5's text encoder (its real shape, random weights are cheap
-/// enough) with a two-block UNet and a 32-channel VAE (four blocks: the real 8x latent factor),
-/// sampling 64x64 images.
-pub const TINY: Family = Family {
-    name: "tiny-sd",
-    about: "a tiny random SD for tests (SD 1.5 text encoder, 2-block UNet and VAE)",
-    repo: "",
-    clip: clip::Config::v1_5,
-    unet: || unet(vec![bc(32, Some(1), 8), bc(64, Some(1), 8)], 768, false),
-    vae: || vae::AutoEncoderKLConfig {
-        block_out_channels: vec![32, 32, 32, 32],
-        layers_per_block: 1,
-        latent_channels: 4,
-        norm_num_groups: 32,
-        use_quant_conv: true,
-        use_post_quant_conv: true,
-    },
-    scheduler: || ddim(schedulers::PredictionType::Epsilon),
-    default_steps: 2,
-    default_guidance: 7.5,
-    native: 64,
-};
-
-/// The family called `name`, the test family included.
-pub fn family(name: &str) -> Option<&'static Family> {
-    FAMILIES
+/// Every scene's latents through the VAE: images in [-1, 1].
+pub(super) fn decode(
+    job: &Job,
+    sd: &Sd,
+    latents: &[(Tensor, f64)],
+    loads: &mut Loads,
+) -> Result<Vec<Tensor>, ImagesError> {
+    let vae = vae::AutoEncoderKL::new(
+        load(
+            std::slice::from_ref(&job.model.decoder),
+            job.device,
+            job.dtype,
+            loads,
+        )?,
+        3,
+        3,
+        (sd.vae)(),
+    )?;
+    latents
         .iter()
-        .chain(std::iter::once(&TINY))
-        .find(|f| f.name == name)
+        .map(|(l, _)| Ok(vae.decode(&(l / sd.latent_scale)?)?))
+        .collect()
 }
