@@ -93,6 +93,7 @@ pub(super) fn denoise(
     let mut out = Vec::new();
     for (s, cond) in board.scenes.iter().zip(conditioning) {
         let started = std::time::Instant::now();
+        let cond = cond.to_device(job.device)?;
         let seed = job.seed + s.index as u64;
         let noise = Tensor::from_vec(
             gaussian(16 * latent_h * latent_w, seed),
@@ -146,5 +147,8 @@ pub(super) fn decode(
             loads,
         )?,
     )?;
-    latents.iter().map(|(l, _)| Ok(ae.decode(l)?)).collect()
+    latents
+        .iter()
+        .map(|(l, _)| Ok(ae.decode(&l.to_device(job.device)?)?))
+        .collect()
 }

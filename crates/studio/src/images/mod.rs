@@ -401,8 +401,12 @@ fn plan(
     }
     let [t, d, v] = model.family.phase_names();
     let (text_act, denoise_act, decode_act) = match model.family.arch {
-        Arch::Sd(_) => (64 << 20, scale(768 << 20) * batch as u64, scale(2560 << 20)),
-        Arch::Flux(_) => (512 << 20, scale(1024 << 20), scale(2816 << 20)),
+        Arch::Sd(_) => (
+            64 << 20,
+            scale(1024 << 20) * batch as u64,
+            scale(2944 << 20),
+        ),
+        Arch::Flux(_) => (512 << 20, scale(1024 << 20), scale(2944 << 20)),
     };
     Ok(vec![
         Planned {
@@ -516,6 +520,18 @@ struct Conditioning {
     context: Tensor,
     /// Flux: CLIP's pooled output.
     pooled: Option<Tensor>,
+}
+
+impl Conditioning {
+    fn to_device(&self, device: &Device) -> Result<Conditioning, ImagesError> {
+        Ok(Conditioning {
+            context: self.context.to_device(device)?,
+            pooled: match &self.pooled {
+                Some(p) => Some(p.to_device(device)?),
+                None => None,
+            },
+        })
+    }
 }
 
 /// Everything the phases share.
@@ -739,12 +755,19 @@ pub fn write_images(
 
     // Phase 1: every prompt through each text encoder in turn, then the encoders go.
     progress(Progress::Phase(plan[0].name));
+    // What a phase hands to the next waits on the host: a small tensor left on the device would
+    // pin the memory pool's block around it, and the phase could not prove its memory back.
     let ((conditioning, truncated), text_phase) =
         phase(plan[0].name, &backend, plan[0].need(), |loads| {
-            match &fam.arch {
-                Arch::Sd(sd) => sd::encode(&job, sd, &board, loads),
-                Arch::Flux(fx) => flux::encode(&job, fx, &board, loads),
-            }
+            let (conditioning, cut) = match &fam.arch {
+                Arch::Sd(sd) => sd::encode(&job, sd, &board, loads)?,
+                Arch::Flux(fx) => flux::encode(&job, fx, &board, loads)?,
+            };
+            let on_host = conditioning
+                .into_iter()
+                .map(|c| c.to_device(&Device::Cpu))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((on_host, cut))
         })?;
     for (s, cut) in board.scenes.iter().zip(&truncated) {
         if let Some(limit) = cut {
@@ -768,10 +791,14 @@ pub fn write_images(
                 steps,
             })
         };
-        match &fam.arch {
-            Arch::Sd(sd) => sd::denoise(&job, sd, &board, &conditioning, loads, &mut step),
-            Arch::Flux(fx) => flux::denoise(&job, fx, &board, &conditioning, loads, &mut step),
-        }
+        let latents = match &fam.arch {
+            Arch::Sd(sd) => sd::denoise(&job, sd, &board, &conditioning, loads, &mut step)?,
+            Arch::Flux(fx) => flux::denoise(&job, fx, &board, &conditioning, loads, &mut step)?,
+        };
+        latents
+            .into_iter()
+            .map(|(l, secs)| Ok((l.to_device(&Device::Cpu)?, secs)))
+            .collect::<Result<Vec<_>, ImagesError>>()
     })?;
     drop(conditioning);
 

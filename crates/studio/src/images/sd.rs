@@ -67,7 +67,8 @@ pub(super) fn encode(
     Ok((conditioning, cut))
 }
 
-/// Every scene denoised by the UNet. Returns each scene's latents and seconds.
+/// Every scene denoised by the UNet (its conditioning brought over from wherever it waits).
+/// Returns each scene's latents and seconds.
 pub(super) fn denoise(
     job: &Job,
     sd: &Sd,
@@ -93,6 +94,7 @@ pub(super) fn denoise(
     let mut out = Vec::new();
     for (s, cond) in board.scenes.iter().zip(conditioning) {
         let started = std::time::Instant::now();
+        let cond = cond.to_device(job.device)?;
         let seed = job.seed + s.index as u64;
         // The starting noise comes from baton's own seeded generator, so it is the same on
         // every device; a GPU's generator is seeded too, for ancestral schedulers' steps
@@ -147,6 +149,6 @@ pub(super) fn decode(
     )?;
     latents
         .iter()
-        .map(|(l, _)| Ok(vae.decode(&(l / sd.latent_scale)?)?))
+        .map(|(l, _)| Ok(vae.decode(&(l.to_device(job.device)? / sd.latent_scale)?)?))
         .collect()
 }
