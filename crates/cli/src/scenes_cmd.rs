@@ -130,12 +130,79 @@ pub fn models_list(out: &mut dyn Write) -> anyhow::Result<()> {
         let state = bytes.map_or("not fetched".to_string(), |b| {
             format!("fetched, {}", format_bytes(b))
         });
-        writeln!(out, "{name:<10} {state:<22} {about}")?;
+        writeln!(out, "{name:<12} {state:<22} {about}")?;
+    }
+    writeln!(
+        out,
+        "image models (Hugging Face cache: {}):",
+        baton_studio::hub::cache_dir().display()
+    )?;
+    for fam in baton_studio::images::family::FAMILIES {
+        let state = match baton_studio::images::ImageModel::resolve(fam.name, None) {
+            Ok(_) => "in the cache",
+            Err(_) => "not fetched",
+        };
+        writeln!(
+            out,
+            "{:<12} {state:<22} {} ({})",
+            fam.name, fam.about, fam.repo
+        )?;
     }
     Ok(())
 }
 
+/// Downloads image family `name` into the Hugging Face cache, with a progress bar per file on
+/// a terminal (log lines otherwise).
+fn fetch_image_model(
+    name: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<baton_studio::images::ImageModel> {
+    let hub = baton_studio::hub::Hub::from_env();
+    writeln!(
+        out,
+        "fetching {name} from the Hugging Face hub into {}",
+        hub.cache().display()
+    )?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let mut lines: Option<(String, baton_studio::hub::ProgressLine)> = None;
+    let model = baton_studio::images::ImageModel::fetch(name, &hub, &mut |file, done, total| {
+        if let Some(bar) = &bar {
+            bar.set_message(file.to_string());
+            bar.set_length(total.unwrap_or(done));
+            bar.set_position(done);
+        } else {
+            if lines.as_ref().is_none_or(|(f, _)| f != file) {
+                lines = Some((file.to_string(), baton_studio::hub::ProgressLine::new(file)));
+            }
+            if let Some((_, line)) = &mut lines {
+                line.show(done, total);
+            }
+        }
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(model?)
+}
+
 pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    if baton_studio::images::family::FAMILIES
+        .iter()
+        .any(|f| f.name == name)
+    {
+        let model = fetch_image_model(name, out)?;
+        writeln!(out, "{name}: {} (every file checked)", model.dir.display())?;
+        return Ok(());
+    }
     let store = ModelStore::from_env();
     let path = store.resolve(name, true)?;
     writeln!(out, "{name}: {} (checksum verified)", path.display())?;
@@ -238,9 +305,17 @@ pub fn images(args: &crate::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
     }
     let model = match ImageModel::resolve(&args.model, args.family.as_deref()) {
         Ok(model) => model,
+        Err(ImagesError::NoModel { .. })
+            if args.fetch
+                && baton_studio::images::family::FAMILIES
+                    .iter()
+                    .any(|f| f.name == args.model) =>
+        {
+            fetch_image_model(&args.model, out)?
+        }
         Err(ImagesError::NoModel { why, .. }) if args.cards_if_no_model => {
             let banner = format!(
-                "!!! NO IMAGE MODEL: {why}.\n!!! Rendering STORYBOARD CARDS (title and narration on a plain frame), NOT generated images.\n!!! For pictures, put a diffusers model in the Hugging Face cache or pass --model DIR."
+                "!!! NO IMAGE MODEL: {why}.\n!!! Rendering STORYBOARD CARDS (title and narration on a plain frame), NOT generated images.\n!!! For pictures, run `baton models fetch sd-turbo` (or another family), or pass --model DIR."
             );
             eprintln!("{banner}");
             writeln!(out, "{banner}")?;

@@ -255,6 +255,26 @@ fn bad_input_is_refused_and_nothing_is_written() {
         1,
         &["no image model", "stabilityai/sd-turbo", "--cards"],
     );
+    // --fetch goes to the hub, unless told not to connect.
+    let no_network = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir.path())
+        .env("HF_HOME", dir.path().join("empty-hub"))
+        .env("HF_HUB_OFFLINE", "1")
+        .arg("images")
+        .arg("--input")
+        .arg(&input)
+        .args(["--model", "sdxl-turbo", "--fetch"])
+        .output()
+        .unwrap();
+    refuse(
+        no_network,
+        1,
+        &[
+            "fetching sdxl-turbo from the Hugging Face hub",
+            "HF_HUB_OFFLINE is set",
+            "text_encoder/model.fp16.safetensors",
+        ],
+    );
     let half = dir.path().join("half-model");
     std::fs::create_dir_all(half.join("unet")).unwrap();
     let incomplete = Command::new(env!("CARGO_BIN_EXE_baton"))

@@ -5,6 +5,7 @@
 //! diffusion images) land with their own issues.
 
 pub mod checksum;
+pub mod hub;
 pub mod images;
 pub mod llm;
 pub mod model_store;

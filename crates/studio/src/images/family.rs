@@ -83,6 +83,46 @@ impl Family {
         }
     }
 
+    /// The files of its repository the images stage reads, each as alternatives (the first the
+    /// hub has is taken: the f16 variant before the f32 one). Flux's T5 shards are not listed:
+    /// they are named by `text_encoder_2/model.safetensors.index.json`.
+    pub fn hub_files(&self) -> Vec<Vec<String>> {
+        let one = |p: &str| vec![p.to_string()];
+        let variants = |dir: &str, stem: &str| {
+            vec![
+                format!("{dir}/{stem}.fp16.safetensors"),
+                format!("{dir}/{stem}.safetensors"),
+            ]
+        };
+        let clip = |suffix: &str| {
+            vec![
+                variants(&format!("text_encoder{suffix}"), "model"),
+                one(&format!("tokenizer{suffix}/vocab.json")),
+                one(&format!("tokenizer{suffix}/merges.txt")),
+            ]
+        };
+        match &self.arch {
+            Arch::Sd(sd) => {
+                let mut files = clip("");
+                if sd.clip2.is_some() {
+                    files.extend(clip("_2"));
+                }
+                files.push(variants("unet", "diffusion_pytorch_model"));
+                files.push(variants("vae", "diffusion_pytorch_model"));
+                files
+            }
+            Arch::Flux(fx) => vec![
+                one("text_encoder/model.safetensors"),
+                one("tokenizer/vocab.json"),
+                one("tokenizer/merges.txt"),
+                one("text_encoder_2/config.json"),
+                one("tokenizer_2/tokenizer.json"),
+                one(fx.transformer_file),
+                one("ae.safetensors"),
+            ],
+        }
+    }
+
     /// The names of its three phases.
     pub fn phase_names(&self) -> [&'static str; 3] {
         match &self.arch {

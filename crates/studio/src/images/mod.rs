@@ -74,6 +74,8 @@ pub enum ImagesError {
     },
     #[error("{0}")]
     Option(String),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     #[error("cannot write into '{}': {source}", .path.display())]
     Unwritable {
         path: PathBuf,
@@ -152,15 +154,7 @@ impl ImageModel {
             });
         }
         let fam = family_of(spec)?;
-        let hub = std::env::var_os("HF_HOME")
-            .map(|h| PathBuf::from(h).join("hub"))
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-            })
-            .unwrap_or_default();
-        let snapshots = hub
-            .join(format!("models--{}", fam.repo.replace('/', "--")))
-            .join("snapshots");
+        let snapshots = crate::hub::repo_dir(&crate::hub::cache_dir(), fam.repo).join("snapshots");
         let marker = match &fam.arch {
             Arch::Sd(_) => "unet",
             Arch::Flux(f) => f.transformer_file,
@@ -174,14 +168,95 @@ impl ImageModel {
             Some(dir) => Self::in_dir(&dir, fam),
             None => Err(ImagesError::NoModel {
                 why: format!(
-                    "{} ({}) is not in the Hugging Face cache at {}, and baton does not download it",
+                    "{} ({}) is not in the Hugging Face cache at {}; `baton models fetch {}` (or --fetch) downloads it",
                     fam.name,
                     fam.repo,
-                    snapshots.display()
+                    snapshots.display(),
+                    fam.name
                 ),
                 family: fam.name.into(),
             }),
         }
+    }
+
+    /// Downloads family `name`'s files from the hub into its cache (what is there already is
+    /// kept) and returns the model. `progress(file, done, total)` follows each download.
+    pub fn fetch(
+        name: &str,
+        hub: &crate::hub::Hub,
+        progress: &mut dyn FnMut(&str, u64, Option<u64>),
+    ) -> Result<ImageModel, ImagesError> {
+        use crate::hub::HubError;
+        let fam = family::find(name)
+            .filter(|f| !f.repo.is_empty())
+            .ok_or_else(|| ImagesError::UnknownModel {
+                name: name.to_string(),
+                known: family::FAMILIES
+                    .iter()
+                    .map(|f| f.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let mut get =
+            |path: &str| hub.fetch(fam.repo, "main", path, &mut |d, t| progress(path, d, t));
+        let mut snapshot = None;
+        let mut files = fam.hub_files();
+        if let Arch::Flux(_) = fam.arch {
+            // T5's shards, as its index names them (or one file, for a repository without one).
+            match get("text_encoder_2/model.safetensors.index.json") {
+                Ok(index) => {
+                    let text = std::fs::read_to_string(&index).map_err(|source| {
+                        ImagesError::Unwritable {
+                            path: index.clone(),
+                            source,
+                        }
+                    })?;
+                    let parsed: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|e| ImagesError::Option(format!("'{}': {e}", index.display())))?;
+                    let mut shards: Vec<String> = parsed["weight_map"]
+                        .as_object()
+                        .map(|m| {
+                            m.values()
+                                .filter_map(|v| v.as_str())
+                                .map(String::from)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    shards.sort();
+                    shards.dedup();
+                    files.extend(
+                        shards
+                            .into_iter()
+                            .map(|s| vec![format!("text_encoder_2/{s}")]),
+                    );
+                }
+                Err(HubError::NotFound { .. }) => {
+                    files.push(vec!["text_encoder_2/model.safetensors".into()]);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for alternatives in &files {
+            let mut found = None;
+            for (i, path) in alternatives.iter().enumerate() {
+                match get(path) {
+                    Ok(local) => {
+                        found = Some((local, path));
+                        break;
+                    }
+                    Err(HubError::NotFound { .. }) if i + 1 < alternatives.len() => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let (local, path) = found.expect("the last alternative returns or errs");
+            // The snapshot folder: the local file less the path it has in the repository.
+            let mut dir = local.clone();
+            for _ in path.split('/') {
+                dir.pop();
+            }
+            snapshot = Some(dir);
+        }
+        Self::in_dir(&snapshot.expect("every family has files"), fam)
     }
 
     pub(crate) fn in_dir(dir: &Path, family: &'static Family) -> Result<ImageModel, ImagesError> {
