@@ -172,6 +172,33 @@ pub struct VoiceArgs {
     /// Sample rate of the WAV files, in Hz.
     #[arg(long, default_value_t = 22050)]
     pub sample_rate: u32,
+    /// The engine: espeak (embedded, CPU, always there), parler (Parler-TTS, neural: needs its
+    /// weights), or auto: parler when its weights are found, else espeak.
+    #[arg(long, value_enum, env = "BATON_VOICE_ENGINE", default_value = "auto")]
+    pub engine: VoiceEngineChoice,
+    /// The Parler-TTS model: a folder (config.json, tokenizer.json, model.safetensors), or
+    /// parler-tts-mini-v1 / parler-tts-large-v1 from the Hugging Face cache.
+    #[arg(long, env = "BATON_VOICE_MODEL", default_value = "parler-tts-mini-v1")]
+    pub voice_model: String,
+    /// How the neural voice should sound, in words, e.g. "A calm male voice, close up".
+    #[arg(long, value_name = "TEXT")]
+    pub describe: Option<String>,
+    /// Download the Parler-TTS model from the hub when it is not in the cache.
+    #[arg(long)]
+    pub fetch: bool,
+    /// The neural engine's sampling seed: the same seed says the same clip the same way.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Where the neural engine runs: cpu, cuda (a cuda build), or auto.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub compute: ComputeChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VoiceEngineChoice {
+    Auto,
+    Espeak,
+    Parler,
 }
 
 #[derive(Debug, Args)]
@@ -404,6 +431,22 @@ pub enum BenchCommand {
     /// Weight loading: pinned host-to-device bandwidth, then baton's loader (page cache warm and
     /// cold), candle's default loader and PyTorch's load_file on files it writes itself.
     Load(BenchLoadArgs),
+    /// The voice stage's neural engine (Parler-TTS) on a model with random weights, written
+    /// first (mini: parler-tts-mini-v1's shapes; tiny: the tests'): load, memory, time per clip.
+    Voice {
+        /// mini or tiny.
+        #[arg(long, default_value = "mini")]
+        size: String,
+        /// Scenes (clips) to narrate.
+        #[arg(long, default_value_t = 6)]
+        scenes: usize,
+        /// Where the random model and the run folder go.
+        #[arg(long, value_name = "DIR", default_value = "target/bench-voice")]
+        dir: PathBuf,
+        /// Where the model runs: cpu, cuda (a cuda build), or auto.
+        #[arg(long, value_enum, default_value = "auto")]
+        compute: ComputeChoice,
+    },
     /// The images stage on a model with a family's real shapes and random weights, written
     /// first: phases, peak memory and time per image.
     Images {

@@ -91,6 +91,12 @@ pub(crate) fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result
             dir,
             compute,
         }) => scenes_cmd::bench_images(family, *scenes, *size, dir, *compute, out),
+        Command::Bench(BenchCommand::Voice {
+            size,
+            scenes,
+            dir,
+            compute,
+        }) => scenes_cmd::bench_voice(size, *scenes, dir, *compute, out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
         Command::Bench(BenchCommand::Runner {
             stages,

@@ -148,6 +148,17 @@ pub fn models_list(out: &mut dyn Write) -> anyhow::Result<()> {
             fam.name, fam.about, fam.repo
         )?;
     }
+    writeln!(out, "voice models (Hugging Face cache):")?;
+    for (name, repo) in baton_studio::voice::parler::MODELS {
+        let state = match baton_studio::voice::parler::ParlerFiles::resolve(name) {
+            Ok(_) => "in the cache",
+            Err(_) => "not fetched",
+        };
+        writeln!(
+            out,
+            "{name:<20} {state:<14} Parler-TTS ({repo}); `baton voice` uses it when here"
+        )?;
+    }
     Ok(())
 }
 
@@ -203,6 +214,29 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(out, "{name}: {} (every file checked)", model.dir.display())?;
         return Ok(());
     }
+    if let Some((voice, repo)) = baton_studio::voice::parler::MODELS
+        .iter()
+        .find(|(n, _)| *n == name)
+    {
+        let hub = baton_studio::hub::Hub::from_env();
+        writeln!(
+            out,
+            "fetching {voice} ({repo}) from the Hugging Face hub into {}",
+            hub.cache().display()
+        )?;
+        let mut line: Option<(String, baton_studio::hub::ProgressLine)> = None;
+        let files =
+            baton_studio::voice::parler::ParlerFiles::fetch(voice, &hub, &mut |f, d, t| {
+                if line.as_ref().is_none_or(|(name, _)| name != f) {
+                    line = Some((f.into(), baton_studio::hub::ProgressLine::new(f)));
+                }
+                if let Some((_, l)) = &mut line {
+                    l.show(d, t);
+                }
+            })?;
+        writeln!(out, "{name}: {} (every file checked)", files.dir.display())?;
+        return Ok(());
+    }
     let store = ModelStore::from_env();
     let path = store.resolve(name, true)?;
     writeln!(out, "{name}: {} (checksum verified)", path.display())?;
@@ -218,39 +252,118 @@ pub fn models_warm(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 pub fn voice(args: &crate::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    use baton_studio::voice::{Espeak, VoiceEngine, VoiceOptions, write_voice};
+    use crate::args::VoiceEngineChoice;
+    use baton_studio::voice::parler::{Parler, ParlerFiles};
+    use baton_studio::voice::{Espeak, VoiceEngine, VoiceOptions};
     let options = VoiceOptions {
         voice: args.voice.clone(),
         speed: args.speed,
         sample_rate: args.sample_rate,
+        description: args.describe.clone(),
     };
     options.check()?;
+    // Refuse a bad scenes file before loading a model.
+    baton_studio::storyboard::Storyboard::load(&args.input)
+        .map_err(baton_studio::voice::VoiceError::from)?;
     let run_dir = run_dir_of(&args.input, args.run_dir.as_deref());
-    let engine = Espeak::find()?;
+    let stage = args.run_dir.is_some();
+    let files = match args.engine {
+        VoiceEngineChoice::Espeak => None,
+        VoiceEngineChoice::Auto => ParlerFiles::resolve(&args.voice_model).ok(),
+        VoiceEngineChoice::Parler => Some(match ParlerFiles::resolve(&args.voice_model) {
+            Err(_) if args.fetch && !std::path::Path::new(&args.voice_model).is_dir() => {
+                let hub = baton_studio::hub::Hub::from_env();
+                writeln!(
+                    out,
+                    "fetching {} from the Hugging Face hub into {}",
+                    args.voice_model,
+                    hub.cache().display()
+                )?;
+                let mut line: Option<(String, baton_studio::hub::ProgressLine)> = None;
+                ParlerFiles::fetch(&args.voice_model, &hub, &mut |file, done, total| {
+                    if line.as_ref().is_none_or(|(f, _)| f != file) {
+                        line = Some((file.into(), baton_studio::hub::ProgressLine::new(file)));
+                    }
+                    if let Some((_, l)) = &mut line {
+                        l.show(done, total);
+                    }
+                })?
+            }
+            other => other?,
+        }),
+    };
+    let Some(files) = files else {
+        let engine = Espeak::find()?;
+        writeln!(
+            out,
+            "narrating {} with {} (voice {}, speed {}, {} Hz)",
+            args.input.display(),
+            engine.name(),
+            options.voice,
+            options.speed,
+            options.sample_rate
+        )?;
+        return narrate(&args.input, &run_dir, &engine, &options, stage, out);
+    };
+    // The neural engine: loaded, run over every scene and released inside a scope guard, with
+    // the seed's log points (before, after loading, after generation, after cleanup).
+    let (compute, where_) = compute(args.compute)?;
+    let (backend, device) = compute.open()?;
+    let usage = || {
+        backend
+            .process_usage(0, std::process::id())
+            .map(format_bytes)
+            .unwrap_or_else(|e| e.to_string())
+    };
     writeln!(
         out,
-        "narrating {} with {} (voice {}, speed {}, {} Hz)",
+        "narrating {} with Parler-TTS ({}) {where_}; memory before: {}",
         args.input.display(),
-        engine.name(),
-        options.voice,
-        options.speed,
-        options.sample_rate
+        files.dir.display(),
+        usage()
     )?;
-    out.flush()?;
-    let stage = args.run_dir.is_some();
-    let manifest = write_voice(
-        &args.input,
-        &run_dir,
-        &engine,
-        &options,
-        &mut |done, total| {
-            // As a stage, the runner turns these lines into its progress bar.
+    baton_studio::voice::parler::warm_up(&device)?;
+    backend.trim()?;
+    let scope =
+        baton_memory::MemoryScope::new(backend.clone(), 0, "voice")?.with_tolerance(64 << 20);
+    let watch = baton_memory::peak::PeakWatch::start(backend.clone(), 0);
+    let result = (|| -> anyhow::Result<()> {
+        let engine = Parler::load(&files, &device, args.seed)?;
+        if let Some(load) = engine.load_report() {
+            writeln!(out, "{load}; memory after loading: {}", usage())?;
             if stage {
-                let _ = writeln!(out, "baton:progress {done}/{total} narrated scene {done}");
-                let _ = out.flush();
+                writeln!(out, "{}", load.stage_line())?;
             }
-        },
-    )?;
+        }
+        narrate(&args.input, &run_dir, &engine, &options, stage, out)?;
+        writeln!(out, "memory after generation: {}", usage())?;
+        Ok(())
+    })();
+    let peak = watch.finish(backend.process_usage(0, std::process::id()).unwrap_or(0));
+    backend.trim()?;
+    let report = scope.finish()?;
+    writeln!(out, "peak: {}; {report}", format_bytes(peak))?;
+    result
+}
+
+/// Runs the voice stage with `engine` and prints every clip.
+fn narrate(
+    input: &std::path::Path,
+    run_dir: &std::path::Path,
+    engine: &dyn baton_studio::voice::VoiceEngine,
+    options: &baton_studio::voice::VoiceOptions,
+    stage: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use baton_studio::voice::write_voice;
+    out.flush()?;
+    let manifest = write_voice(input, run_dir, engine, options, &mut |done, total| {
+        // As a stage, the runner turns these lines into its progress bar.
+        if stage {
+            let _ = writeln!(out, "baton:progress {done}/{total} narrated scene {done}");
+            let _ = out.flush();
+        }
+    })?;
     for clip in &manifest.clips {
         writeln!(
             out,
@@ -545,4 +658,113 @@ pub fn bench_images(
         max_vram: None,
     };
     draw(&input, &run_dir, &model, &compute, &options, false, out)
+}
+
+/// parler-tts-mini-v1's config as baton writes it for `bench voice --size mini`: a 24-layer,
+/// 1024-wide decoder over 9 codebooks of DAC (44.1 kHz), flan-t5-base as the description encoder.
+fn parler_mini_config() -> serde_json::Value {
+    serde_json::json!({
+        "decoder_start_token_id": 1025, "pad_token_id": 1024, "vocab_size": 32128,
+        "decoder": {
+            "vocab_size": 1088, "max_position_embeddings": 4096, "num_hidden_layers": 24,
+            "ffn_dim": 4096, "num_attention_heads": 16, "num_key_value_heads": 16,
+            "num_cross_attention_key_value_heads": 16, "activation_function": "gelu",
+            "hidden_size": 1024, "scale_embedding": false, "num_codebooks": 9,
+            "pad_token_id": 1024, "bos_token_id": 1025, "eos_token_id": 1024,
+            "tie_word_embeddings": false, "rope_embeddings": false, "rope_theta": 10000.0
+        },
+        "text_encoder": {
+            "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12,
+            "num_heads": 12, "relative_attention_num_buckets": 32,
+            "relative_attention_max_distance": 128, "dropout_rate": 0.1,
+            "layer_norm_epsilon": 1e-6, "initializer_factor": 1.0,
+            "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false,
+            "is_encoder_decoder": true, "pad_token_id": 0, "eos_token_id": 1,
+            "decoder_start_token_id": 0
+        },
+        "audio_encoder": {
+            "num_codebooks": 9, "model_bitrate": 8, "codebook_size": 1024, "latent_dim": 1024,
+            "frame_rate": 86, "sampling_rate": 44100
+        }
+    })
+}
+
+/// `baton bench voice`: a Parler-TTS with random weights (mini's shapes, or the tests' tiny
+/// one), written first, then the voice stage's neural engine over `scenes` scenes.
+pub fn bench_voice(
+    size: &str,
+    scenes: usize,
+    dir: &std::path::Path,
+    choice: ComputeChoice,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use baton_studio::voice::parler::random;
+    let config = match size {
+        "mini" => parler_mini_config(),
+        "tiny" => random::tiny_config(3),
+        other => {
+            return Err(crate::BadInput(format!("--size '{other}': use mini or tiny")).into());
+        }
+    };
+    if scenes == 0 || scenes > baton_studio::storyboard::MAX_SCENES {
+        return Err(crate::BadInput(format!(
+            "--scenes {scenes}: use 1 to {}",
+            baton_studio::storyboard::MAX_SCENES
+        ))
+        .into());
+    }
+    let (compute_kind, _) = compute(choice)?;
+    let dtype = if matches!(compute_kind, baton_studio::scenes::Compute::Cuda(_)) {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    };
+    let model_dir = dir.join(format!("parler-{size}-random"));
+    let started = std::time::Instant::now();
+    let done = model_dir.join("baton-random-model");
+    let how = if done.is_file() {
+        "reused"
+    } else {
+        random::write_random_parler(&model_dir, &config, dtype)?;
+        std::fs::write(&done, b"")?;
+        "written"
+    };
+    writeln!(
+        out,
+        "random Parler-TTS {size} ({dtype:?}) {how} at {} in {:.1}s",
+        model_dir.display(),
+        started.elapsed().as_secs_f64()
+    )?;
+    let scripts = dir.join("run/1_scripts");
+    std::fs::create_dir_all(&scripts)?;
+    let lines = [
+        "Neon light spills across the wet streets of Tokyo at night.",
+        "A crowded market glows under a sky full of drones.",
+        "Rain falls on the river and the city reflects in it.",
+        "At dawn the towers fade into a pale and quiet sky.",
+        "A lone rider crosses the bridge as the trains pass.",
+        "The city never sleeps, and neither do its lights.",
+    ];
+    let board = serde_json::json!({
+        "topic": "Cyberpunk Tokyo", "title": "Benchmark",
+        "scenes": (1..=scenes).map(|i| serde_json::json!({
+            "index": i, "title": format!("Scene {i}"), "narration": lines[(i - 1) % lines.len()],
+            "image_prompt": "a city at night", "duration_seconds": 5.0})).collect::<Vec<_>>()
+    });
+    let input = scripts.join("benchmark_scenes.json");
+    std::fs::write(&input, serde_json::to_vec(&board)?)?;
+    let args = crate::args::VoiceArgs {
+        input,
+        run_dir: Some(dir.join("run")),
+        voice: "en-us".into(),
+        speed: 1.0,
+        sample_rate: 22050,
+        engine: crate::args::VoiceEngineChoice::Parler,
+        voice_model: model_dir.to_string_lossy().into_owned(),
+        describe: None,
+        fetch: false,
+        seed: 42,
+        compute: choice,
+    };
+    voice(&args, out)
 }

@@ -1,6 +1,8 @@
 //! `baton voice` end to end with the embedded engine (the `baton-espeak` program built beside
 //! baton): one valid WAV per scene that sounds like speech, durations that follow the text, and
-//! every bad input refused with nothing written.
+//! every bad input refused with nothing written. Then the neural engine (Parler-TTS) on a tiny
+//! random model the test writes: chosen by --engine, run inside a scope guard with the seed's
+//! log points, its clips written the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -13,7 +15,11 @@ fn baton(dir: &Path) -> Command {
     cmd.current_dir(dir)
         .env("BATON_ESPEAK", exe.with_file_name("baton-espeak"))
         .env("BATON_ESPEAK_DATA", dir.join("espeak-data"))
-        .env("BATON_STATE_DIR", dir.join("state"));
+        .env("BATON_STATE_DIR", dir.join("state"))
+        // No neural voice model in reach unless a test gives one.
+        .env("HF_HOME", dir.join("no-hub"))
+        .env_remove("BATON_VOICE_MODEL")
+        .env_remove("BATON_VOICE_ENGINE");
     cmd
 }
 
@@ -332,4 +338,77 @@ fn the_speech_check_tells_speech_from_noise_tones_and_silence() {
         let judged = std::panic::catch_unwind(|| assert_speech_like(&audio, name));
         assert!(judged.is_err(), "{name} passed for speech");
     }
+}
+
+#[test]
+fn the_neural_engine_narrates_inside_a_scope_guard_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("parler-tiny");
+    baton_studio::voice::parler::random::write_random_parler(
+        &model,
+        &baton_studio::voice::parler::random::tiny_config(2),
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let input = storyboard(dir.path(), &["Neon rain.", "The city glows at night."]);
+    let out = baton(dir.path())
+        .arg("voice")
+        .arg("--input")
+        .arg(&input)
+        .args([
+            "--engine",
+            "parler",
+            "--compute",
+            "cpu",
+            "--describe",
+            "A calm voice.",
+        ])
+        .arg("--voice-model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    // The seed's log points: before, after loading, after generation, after cleanup.
+    for expected in [
+        "with Parler-TTS",
+        "memory before:",
+        "memory after loading:",
+        "memory after generation:",
+        "memory back after 'voice'",
+    ] {
+        assert!(said.contains(expected), "expected '{expected}' in: {said}");
+    }
+    let audio = dir.path().join("run/2_audio");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(audio.join("voice.json")).unwrap()).unwrap();
+    assert!(
+        manifest["engine"]
+            .as_str()
+            .unwrap()
+            .starts_with("parler-tts"),
+        "{manifest}"
+    );
+    for n in 1..=2 {
+        let clip = wav::read(&audio.join(format!("scene_{n:02}.wav"))).unwrap();
+        assert_eq!(clip.rate, 22_050);
+        assert!(clip.seconds() > 0.1, "scene {n}: {}", clip.seconds());
+    }
+    // Asked for by name and not there: a clear error, nothing written.
+    let missing = baton(dir.path())
+        .arg("voice")
+        .arg("--input")
+        .arg(&input)
+        .args(["--engine", "parler", "--run-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing));
+    assert!(
+        text(&missing).contains("parler-tts-mini-v1")
+            && text(&missing).contains("baton models fetch parler-tts-mini-v1"),
+        "{}",
+        text(&missing)
+    );
+    assert!(!dir.path().join("other/2_audio/voice.json").exists());
 }

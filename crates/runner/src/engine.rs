@@ -64,6 +64,7 @@ const PASSED_PREFIXES: &[&str] = &[
     "BATON_SIM_",
     "BATON_SCENES",
     "BATON_IMAGES_",
+    "BATON_VOICE_",
 ];
 
 /// What the scheduler runs stages with.

@@ -173,6 +173,7 @@ outputs = ["2_audio/narration.wav", "2_audio/voice.json"]
 device = "cpu"
 memory = "learn"
 memory_initial = "256MiB"
+env = { BATON_VOICE_ENGINE = "espeak" }
 
 [[stage]]
 name = "images"
@@ -188,8 +189,35 @@ memory_initial = "6GiB"
 impl Pipeline {
     /// The built-in content pipeline.
     pub fn content() -> Pipeline {
-        Self::parse(CONTENT_PIPELINE, "(built-in content pipeline)")
-            .expect("the built-in pipeline is valid")
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        let engine = match var("BATON_VOICE_ENGINE").as_deref() {
+            Some(e) if e != "auto" => e.to_string(),
+            // The neural voice when its weights are here, as `baton voice` would choose.
+            _ => {
+                let model = var("BATON_VOICE_MODEL").unwrap_or_else(|| "parler-tts-mini-v1".into());
+                if baton_studio::voice::parler::ParlerFiles::resolve(&model).is_ok() {
+                    "parler".into()
+                } else {
+                    "espeak".into()
+                }
+            }
+        };
+        Self::content_with(&engine)
+    }
+
+    /// The built-in content pipeline with voice engine `engine` (`espeak` or `parler`), which
+    /// the voice stage is told through BATON_VOICE_ENGINE: the neural one runs on the GPU, so
+    /// its stage is placed there like the others; eSpeak NG's runs on the CPU.
+    pub fn content_with(engine: &str) -> Pipeline {
+        let text = if engine == "parler" {
+            CONTENT_PIPELINE.replace(
+                "# The embedded engine (eSpeak NG) runs on the CPU.\ndevice = \"cpu\"\nmemory = \"learn\"\nmemory_initial = \"256MiB\"\nenv = { BATON_VOICE_ENGINE = \"espeak\" }",
+                "# The neural engine (Parler-TTS mini, bf16) runs on the GPU.\nmemory = \"learn\"\nmemory_initial = \"4GiB\"\nenv = { BATON_VOICE_ENGINE = \"parler\" }",
+            )
+        } else {
+            CONTENT_PIPELINE.to_string()
+        };
+        Self::parse(&text, "(built-in content pipeline)").expect("the built-in pipeline is valid")
     }
 
     /// Reads and checks a pipeline file.
@@ -523,6 +551,23 @@ retries = 3
         assert_eq!(
             p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
             ["scenes", "voice", "images"]
+        );
+    }
+
+    #[test]
+    fn the_voice_stage_goes_where_its_engine_runs() {
+        let voice = |p: Pipeline| p.stages.into_iter().find(|s| s.name == "voice").unwrap();
+        let espeak = voice(Pipeline::content_with("espeak"));
+        assert_eq!(espeak.device, DeviceKind::Cpu);
+        assert_eq!(
+            espeak.env.get("BATON_VOICE_ENGINE").map(String::as_str),
+            Some("espeak")
+        );
+        let parler = voice(Pipeline::content_with("parler"));
+        assert_eq!(parler.device, DeviceKind::Gpu);
+        assert_eq!(
+            parler.env.get("BATON_VOICE_ENGINE").map(String::as_str),
+            Some("parler")
         );
     }
 

@@ -161,6 +161,38 @@ impl Loaded {
     }
 }
 
+/// Loads every tensor of several safetensors files (one checkpoint in shards) onto `device`,
+/// one after the other: one set of tensors, and one report that sums the shards' bytes and
+/// times (named after the first file).
+pub fn load_safetensors_files(
+    paths: &[PathBuf],
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<Loaded, WeightsError> {
+    let mut all: Option<Loaded> = None;
+    for path in paths {
+        let one = load_safetensors(path, device, options)?;
+        match &mut all {
+            None => all = Some(one),
+            Some(all) => {
+                let (r, o) = (&mut all.report, &one.report);
+                r.tensors += o.tensors;
+                r.bytes += o.bytes;
+                r.seconds += o.seconds;
+                r.alloc_seconds += o.alloc_seconds;
+                r.staging_seconds += o.staging_seconds;
+                r.convert_seconds += o.convert_seconds;
+                r.cached_before = match (r.cached_before, o.cached_before) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    _ => None,
+                };
+                all.tensors.extend(one.tensors);
+            }
+        }
+    }
+    all.ok_or_else(|| WeightsError::Device("no weights files were given".into()))
+}
+
 /// Loads every tensor of the safetensors file at `path` onto `device`.
 pub fn load_safetensors(
     path: &Path,

@@ -24,7 +24,7 @@ use std::time::Instant;
 use baton_memory::atomic_file::write_atomic;
 use baton_memory::peak::PeakWatch;
 use baton_memory::{MemoryBackend, MemoryScope, format_bytes};
-use baton_weights::{LoadOptions, load_safetensors};
+use baton_weights::LoadOptions;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
 
@@ -579,13 +579,10 @@ fn load(
         dtype: Some(dtype),
         ..LoadOptions::default()
     };
-    let mut tensors = std::collections::HashMap::new();
-    for path in paths {
-        let loaded = load_safetensors(path, device, &options)?;
-        loads.bytes += loaded.report.bytes;
-        loads.seconds += loaded.report.seconds;
-        tensors.extend(loaded.tensors);
-    }
+    let loaded = baton_weights::load_safetensors_files(paths, device, &options)?;
+    loads.bytes += loaded.report.bytes;
+    loads.seconds += loaded.report.seconds;
+    let tensors = loaded.tensors;
     Ok(candle_nn::VarBuilder::from_tensors(tensors, dtype, device))
 }
 

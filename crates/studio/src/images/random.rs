@@ -117,7 +117,7 @@ fn values(init: &Init, shape: &[usize], seed: u64) -> (Vec<f32>, u64) {
 
 /// Writes the tensors `build` asks for into safetensors `files` (the tensors dealt out in order,
 /// each file about an equal share) in `dtype`. Returns the bytes written.
-fn write_part(
+pub(crate) fn write_part(
     dir: &Path,
     files: &[&str],
     dtype: DType,
@@ -156,6 +156,24 @@ fn write_part(
             let name_seed = name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
                 (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
             });
+            // Tensors read with plain `get` come with candle's default hint, zero. A
+            // weight-normalised convolution's gain or a snake activation's alpha (DAC) start at
+            // one, as trained ones sit near; any other such tensor of rank 2 or more is a
+            // weight, drawn at 1/sqrt(fan-in) (zero would silence the model, or divide by zero).
+            let plain = matches!(init, Init::Const(c) if *c == 0.0);
+            let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
+            let drawn;
+            let init = if plain && (name.ends_with("weight_g") || name.ends_with("alpha")) {
+                &Init::Const(1.0)
+            } else if plain && shape.len() >= 2 {
+                drawn = Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0 / fan_in.sqrt(),
+                };
+                &drawn
+            } else {
+                init
+            };
             let (block, _) = values(init, shape, name_seed);
             let encoded = encode(&block, dtype);
             let mut left = bytes;
@@ -254,7 +272,7 @@ pub fn write_random_model(
     ImageModel::in_dir(dir, family)
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ImagesError> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ImagesError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|source| ImagesError::Unwritable {
             path: parent.to_path_buf(),
@@ -302,7 +320,7 @@ pub fn write_clip_tokenizer(dir: &Path) -> Result<(), ImagesError> {
 }
 
 /// A word-level tokenizer with T5's special tokens (pad 0, eos 1, unk 2) and the test words.
-fn write_t5_tokenizer(dir: &Path) -> Result<(), ImagesError> {
+pub(crate) fn write_t5_tokenizer(dir: &Path) -> Result<(), ImagesError> {
     let vocab: HashMap<String, u32> = ["<pad>", "</s>", "<unk>"]
         .into_iter()
         .chain(WORDS.split_whitespace())

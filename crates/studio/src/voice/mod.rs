@@ -7,6 +7,8 @@
 //! engine is a trait, so the embedded eSpeak NG engine (a GPL-3.0 program of its own, run as a
 //! child process) and a neural engine sit behind the same call.
 
+pub mod parler;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -62,6 +64,8 @@ pub struct VoiceOptions {
     pub speed: f32,
     /// Of the files written; the engine's own rate is resampled to it.
     pub sample_rate: u32,
+    /// For a neural engine that takes the voice in words (Parler-TTS): how it should sound.
+    pub description: Option<String>,
 }
 
 impl VoiceOptions {
@@ -76,6 +80,13 @@ impl VoiceOptions {
             return Err(VoiceError::Option(format!(
                 "--sample-rate {}: use 8000 to 96000 Hz, e.g. 22050, 24000 or 48000",
                 self.sample_rate
+            )));
+        }
+        if let Some(d) = &self.description
+            && (d.trim().is_empty() || d.len() > 600)
+        {
+            return Err(VoiceError::Option(format!(
+                "--describe '{d}': describe the voice in a sentence or two (1 to 600 characters)"
             )));
         }
         let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '+';
