@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole content pipeline on a GPU, in both modes: SmolLM2 (a GGUF at $MODEL) on the GPU, the
-# embedded voice, and a model with SD-Turbo's real shapes and random f16 weights (written first
-# by `baton bench images`). NVML is watched from outside at 20 Hz during each run.
+# voice (the embedded eSpeak NG; with VOICE=parler, Parler-TTS with mini's shapes and random bf16
+# weights on the GPU), and a model with SD-Turbo's real shapes and random f16 weights (written
+# first by `baton bench images`). NVML is watched from outside at 20 Hz during each run.
 # Needs a build with --features cuda in target/release (baton and baton-espeak). From the
 # repository root:
-#   MODEL=/path/SmolLM2-135M-Instruct.Q4_1.gguf bash scripts/gpu/pipeline.sh [OUTPUT_DIR]
+#   MODEL=/path/SmolLM2-135M-Instruct.Q4_1.gguf [VOICE=parler] bash scripts/gpu/pipeline.sh [OUTPUT_DIR]
 set -u
 B=${BATON:-$PWD/target/release/baton}
 OUT=${1:-${OUT:-/tmp/baton-gpu}}
@@ -18,6 +19,11 @@ section() { printf '\n=== %s\n' "$*"; }
 section "an SD-Turbo-shaped model with random weights"
 $B bench images --family sd-turbo --scenes 1 --size 512 --dir "$WORK/sd" --compute cuda | head -1
 export BATON_IMAGES_MODEL=$WORK/sd/sd-turbo-random-f16 BATON_IMAGES_FAMILY=sd-turbo
+if [[ ${VOICE:-espeak} == parler ]]; then
+    section "a Parler-TTS mini-shaped model with random weights"
+    $B bench voice --size mini --scenes 1 --dir "$WORK/voice" --compute cuda | head -1
+    export BATON_VOICE_ENGINE=parler BATON_VOICE_MODEL=$WORK/voice/parler-mini-random
+fi
 
 for mode in processes monolithic; do
     section "baton run --mode $mode"
