@@ -660,35 +660,6 @@ pub fn bench_images(
     draw(&input, &run_dir, &model, &compute, &options, false, out)
 }
 
-/// parler-tts-mini-v1's config as baton writes it for `bench voice --size mini`: a 24-layer,
-/// 1024-wide decoder over 9 codebooks of DAC (44.1 kHz), flan-t5-base as the description encoder.
-fn parler_mini_config() -> serde_json::Value {
-    serde_json::json!({
-        "decoder_start_token_id": 1025, "pad_token_id": 1024, "vocab_size": 32128,
-        "decoder": {
-            "vocab_size": 1088, "max_position_embeddings": 4096, "num_hidden_layers": 24,
-            "ffn_dim": 4096, "num_attention_heads": 16, "num_key_value_heads": 16,
-            "num_cross_attention_key_value_heads": 16, "activation_function": "gelu",
-            "hidden_size": 1024, "scale_embedding": false, "num_codebooks": 9,
-            "pad_token_id": 1024, "bos_token_id": 1025, "eos_token_id": 1024,
-            "tie_word_embeddings": false, "rope_embeddings": false, "rope_theta": 10000.0
-        },
-        "text_encoder": {
-            "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12,
-            "num_heads": 12, "relative_attention_num_buckets": 32,
-            "relative_attention_max_distance": 128, "dropout_rate": 0.1,
-            "layer_norm_epsilon": 1e-6, "initializer_factor": 1.0,
-            "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false,
-            "is_encoder_decoder": true, "pad_token_id": 0, "eos_token_id": 1,
-            "decoder_start_token_id": 0
-        },
-        "audio_encoder": {
-            "num_codebooks": 9, "model_bitrate": 8, "codebook_size": 1024, "latent_dim": 1024,
-            "frame_rate": 86, "sampling_rate": 44100
-        }
-    })
-}
-
 /// `baton bench voice`: a Parler-TTS with random weights (mini's shapes, or the tests' tiny
 /// one), written first, then the voice stage's neural engine over `scenes` scenes.
 pub fn bench_voice(
@@ -700,7 +671,7 @@ pub fn bench_voice(
 ) -> anyhow::Result<()> {
     use baton_studio::voice::parler::random;
     let config = match size {
-        "mini" => parler_mini_config(),
+        "mini" => random::mini_config(),
         "tiny" => random::tiny_config(3),
         other => {
             return Err(crate::BadInput(format!("--size '{other}': use mini or tiny")).into());

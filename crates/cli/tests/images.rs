@@ -36,10 +36,6 @@ fn model_of(family: &'static str) -> PathBuf {
         .clone()
 }
 
-fn model() -> PathBuf {
-    model_of("tiny-sd")
-}
-
 /// `baton images` with a tiny `family` model, on the CPU.
 fn images_with(family: &'static str, dir: &Path, input: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_baton"))
@@ -73,19 +69,9 @@ fn storyboard(dir: &Path, prompts: &[&str]) -> PathBuf {
     file
 }
 
+/// `baton images` with the tiny SD model at 2 steps.
 fn images(dir: &Path, input: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
-        .current_dir(dir)
-        .env("HF_HOME", dir.join("no-hub"))
-        .arg("images")
-        .arg("--input")
-        .arg(input)
-        .arg("--model")
-        .arg(model())
-        .args(["--family", "tiny-sd", "--compute", "cpu", "--steps", "2"])
-        .args(extra)
-        .output()
-        .unwrap()
+    images_with("tiny-sd", dir, input, &[&["--steps", "2"], extra].concat())
 }
 
 fn text(out: &Output) -> String {

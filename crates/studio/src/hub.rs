@@ -157,6 +157,23 @@ pub fn find_cached(cache: &Path, repo: &str, path: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The files a sharded checkpoint's index (`*.safetensors.index.json`) names, sorted, each once.
+pub fn shards_in_index(index: &Path) -> Result<Vec<String>, String> {
+    let text = fs::read_to_string(index).map_err(|e| format!("'{}': {e}", index.display()))?;
+    let parsed: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("'{}': {e}", index.display()))?;
+    let mut shards: Vec<String> = parsed["weight_map"]
+        .as_object()
+        .ok_or_else(|| format!("'{}' has no weight_map", index.display()))?
+        .values()
+        .filter_map(|v| v.as_str())
+        .map(String::from)
+        .collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
+}
+
 /// What a HEAD of a file says.
 struct Meta {
     commit: String,
@@ -266,15 +283,38 @@ impl Hub {
     }
 
     fn head(&self, repo: &str, revision: &str, path: &str) -> Result<Meta, HubError> {
-        let url = format!("{}/{repo}/resolve/{revision}/{path}", self.endpoint);
-        let mut request = self.head.head(&url).header("Accept-Encoding", "identity");
-        if let Some(t) = &self.token {
-            request = request.header("Authorization", format!("Bearer {t}"));
-        }
-        let response = request.call().map_err(|e| HubError::Network {
-            url: url.clone(),
-            why: e.to_string(),
-        })?;
+        let mut url = format!("{}/{repo}/resolve/{revision}/{path}", self.endpoint);
+        let mut hops = 0;
+        let response = loop {
+            let mut request = self.head.head(&url).header("Accept-Encoding", "identity");
+            if let Some(t) = &self.token {
+                request = request.header("Authorization", format!("Bearer {t}"));
+            }
+            let response = request.call().map_err(|e| HubError::Network {
+                url: url.clone(),
+                why: e.to_string(),
+            })?;
+            // A renamed repository answers with a redirect on the hub itself (a relative
+            // Location, no commit): follow it, as huggingface_hub does. A redirect to where the
+            // bytes are (with the commit) is the answer.
+            let relative = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .filter(|l| l.starts_with('/'))
+                .map(String::from);
+            match relative {
+                Some(l)
+                    if response.status().is_redirection()
+                        && !response.headers().contains_key("x-repo-commit")
+                        && hops < 3 =>
+                {
+                    hops += 1;
+                    url = format!("{}{l}", origin(&self.endpoint));
+                }
+                _ => break response,
+            }
+        };
         let status = response.status().as_u16();
         let header = |name: &str| {
             response
@@ -338,15 +378,7 @@ impl Hub {
             .and_then(|s| s.parse().ok());
         let location = match header("location") {
             Some(l) if l.starts_with("http://") || l.starts_with("https://") => l,
-            Some(l) if l.starts_with('/') => {
-                let origin = self
-                    .endpoint
-                    .splitn(4, '/')
-                    .take(3)
-                    .collect::<Vec<_>>()
-                    .join("/");
-                format!("{origin}{l}")
-            }
+            Some(l) if l.starts_with('/') => format!("{}{l}", origin(&self.endpoint)),
             _ => url.clone(),
         };
         Ok(Meta {
@@ -463,6 +495,11 @@ impl Hub {
         }
         fs::rename(&partial, blob).map_err(io("cannot rename", &partial))
     }
+}
+
+/// `scheme://host[:port]` of `url`.
+fn origin(url: &str) -> String {
+    url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/")
 }
 
 /// `link` (in a snapshot) pointing at `blob`, relatively, as the hub's own client does.

@@ -160,6 +160,14 @@ fn serve(stream: TcpStream, state: &Mutex<State>) {
         return respond(&mut out, "404 Not Found", &[], b"");
     };
     let repo = format!("{owner}/{name}");
+    if repo == "acme/old-name" {
+        // A renamed repository: the hub sends the client to the new name.
+        let h = vec![(
+            "Location".to_string(),
+            format!("/acme/model/resolve/main/{path}"),
+        )];
+        return respond(&mut out, "307 Temporary Redirect", &h, b"");
+    }
     if let Some(token) = &state.gated
         && headers.get("authorization") != Some(&format!("Bearer {token}"))
     {
@@ -250,6 +258,9 @@ fn files_land_in_the_hub_cache_layout_and_are_served_from_it_after() {
     );
     let config = fetch(&client, "acme/model", "config.json").unwrap();
     assert_eq!(std::fs::read(&config).unwrap(), b"{\"a\": 1}");
+    // Asked under a repository's old name, the hub's redirect is followed.
+    let renamed = fetch(&client, "acme/old-name", "config.json").unwrap();
+    assert_eq!(std::fs::read(&renamed).unwrap(), b"{\"a\": 1}");
     assert!(
         !std::fs::read_dir(repo.join("blobs"))
             .unwrap()

@@ -205,25 +205,8 @@ impl ImageModel {
             // T5's shards, as its index names them (or one file, for a repository without one).
             match get("text_encoder_2/model.safetensors.index.json") {
                 Ok(index) => {
-                    let text = std::fs::read_to_string(&index).map_err(|source| {
-                        ImagesError::Unwritable {
-                            path: index.clone(),
-                            source,
-                        }
-                    })?;
-                    let parsed: serde_json::Value = serde_json::from_str(&text)
-                        .map_err(|e| ImagesError::Option(format!("'{}': {e}", index.display())))?;
-                    let mut shards: Vec<String> = parsed["weight_map"]
-                        .as_object()
-                        .map(|m| {
-                            m.values()
-                                .filter_map(|v| v.as_str())
-                                .map(String::from)
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    shards.sort();
-                    shards.dedup();
+                    let shards =
+                        crate::hub::shards_in_index(&index).map_err(ImagesError::Option)?;
                     files.extend(
                         shards
                             .into_iter()

@@ -121,22 +121,7 @@ impl ParlerFiles {
         get("tokenizer.json").map_err(fail)?;
         match get("model.safetensors.index.json") {
             Ok(index) => {
-                let text = std::fs::read_to_string(&index)
-                    .map_err(|e| VoiceError::Option(format!("'{}': {e}", index.display())))?;
-                let parsed: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| VoiceError::Option(format!("'{}': {e}", index.display())))?;
-                let mut shards: Vec<String> = parsed["weight_map"]
-                    .as_object()
-                    .map(|m| {
-                        m.values()
-                            .filter_map(|v| v.as_str())
-                            .map(String::from)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                shards.sort();
-                shards.dedup();
-                for s in shards {
+                for s in crate::hub::shards_in_index(&index).map_err(VoiceError::Option)? {
                     get(&s).map_err(fail)?;
                 }
             }
@@ -486,8 +471,9 @@ impl VoiceEngine for Parler {
     }
 }
 
-/// A tiny Parler-TTS (small T5 and decoder, two codebooks of 64; DAC's fixed widths) with random
-/// weights, in a model folder: what the tests load and run.
+/// Parler-TTS models with random weights, in a model folder: the tiny one the tests load and run
+/// (small T5 and decoder, codebooks of 64; DAC's fixed widths), and mini's shapes for the GPU
+/// benchmark.
 pub mod random {
     use super::*;
 
@@ -515,6 +501,35 @@ pub mod random {
             "audio_encoder": {
                 "num_codebooks": books, "model_bitrate": 8, "codebook_size": 64,
                 "latent_dim": 64, "frame_rate": 86, "sampling_rate": 44100
+            }
+        })
+    }
+
+    /// parler-tts-mini-v1's config as baton writes it for `bench voice --size mini`: a 24-layer,
+    /// 1024-wide decoder over 9 codebooks of DAC (44.1 kHz), flan-t5-base as the description encoder.
+    pub fn mini_config() -> serde_json::Value {
+        serde_json::json!({
+            "decoder_start_token_id": 1025, "pad_token_id": 1024, "vocab_size": 32128,
+            "decoder": {
+                "vocab_size": 1088, "max_position_embeddings": 4096, "num_hidden_layers": 24,
+                "ffn_dim": 4096, "num_attention_heads": 16, "num_key_value_heads": 16,
+                "num_cross_attention_key_value_heads": 16, "activation_function": "gelu",
+                "hidden_size": 1024, "scale_embedding": false, "num_codebooks": 9,
+                "pad_token_id": 1024, "bos_token_id": 1025, "eos_token_id": 1024,
+                "tie_word_embeddings": false, "rope_embeddings": false, "rope_theta": 10000.0
+            },
+            "text_encoder": {
+                "vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 2048, "num_layers": 12,
+                "num_heads": 12, "relative_attention_num_buckets": 32,
+                "relative_attention_max_distance": 128, "dropout_rate": 0.1,
+                "layer_norm_epsilon": 1e-6, "initializer_factor": 1.0,
+                "feed_forward_proj": "gated-gelu", "tie_word_embeddings": false,
+                "is_encoder_decoder": true, "pad_token_id": 0, "eos_token_id": 1,
+                "decoder_start_token_id": 0
+            },
+            "audio_encoder": {
+                "num_codebooks": 9, "model_bitrate": 8, "codebook_size": 1024, "latent_dim": 1024,
+                "frame_rate": 86, "sampling_rate": 44100
             }
         })
     }
