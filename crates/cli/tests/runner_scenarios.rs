@@ -615,3 +615,37 @@ fn a_learned_memory_need_is_the_last_peak_with_headroom() {
         "the second uses the peak"
     );
 }
+
+#[test]
+fn the_next_stages_weights_are_warmed_while_the_one_before_runs() {
+    let s = Scenario::new("1x24GiB");
+    std::fs::write(s.path("weights.bin"), vec![7u8; 1 << 20]).unwrap();
+    let p = s.pipeline(
+        r#"
+[[stage]]
+name = "first"
+command = ["{baton}", "sim", "work", "1GiB", "--seconds", "0.3"]
+memory = "1GiB"
+
+[[stage]]
+name = "second"
+command = ["{baton}", "sim", "work", "1GiB", "--seconds", "0.1"]
+after = ["first"]
+memory = "1GiB"
+warm = ["weights.bin", "{pipeline_dir}/missing.bin"]
+"#,
+    );
+    let out = s.run_command(&p, "Warm").output().unwrap();
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("warming 1 file(s), 1.0 MiB, for stage 'second' while 'first' runs"),
+        "{said}"
+    );
+    assert!(
+        said.contains("missing.bin' for stage 'second': no such file"),
+        "{said}"
+    );
+    // Nothing waits for the last stage: nothing is warmed when it starts.
+    assert_eq!(said.matches("warming").count(), 1, "{said}");
+}

@@ -347,6 +347,7 @@ impl Engine {
                 let _ = std::fs::create_dir_all(parent);
             }
         }
+        self.warm_next(run, spec);
         let argv = spec.command.argv();
         let plan = AttemptPlan {
             run_id: run.manifest.run_id.clone(),
@@ -395,6 +396,75 @@ impl Engine {
                 source: e,
             })?;
         Ok(())
+    }
+
+    /// Pulls the weights of the stages that wait for `spec` into the page cache, in the
+    /// background, while `spec` runs: their loads then read memory, not the disk. A stage's
+    /// `warm` files, and a built-in stage's own weights (its voice engine's, if it uses one).
+    /// Failures only cost the head start; a listed file that is not there is said.
+    fn warm_next(&self, run: &RunPlan, spec: &StageSpec) {
+        for next in run.pipeline.stages.iter().filter(|n| {
+            n.after.contains(&spec.name)
+                && run
+                    .manifest
+                    .stage(&n.name)
+                    .is_none_or(|r| r.state != StageState::Succeeded)
+        }) {
+            let mut files = Vec::new();
+            for w in &next.warm {
+                let path = std::path::PathBuf::from(fill(w, &run.vars));
+                let path = if path.is_relative() && !run.pipeline.dir.is_empty() {
+                    Path::new(&run.pipeline.dir).join(path)
+                } else {
+                    path
+                };
+                if path.is_file() {
+                    files.push(path);
+                } else {
+                    self.observer.event(&Event::Notice {
+                        run: &run.manifest.run_id,
+                        message: &format!(
+                            "cannot warm '{}' for stage '{}': no such file",
+                            path.display(),
+                            next.name
+                        ),
+                    });
+                }
+            }
+            let espeak = next.env.get("BATON_VOICE_ENGINE").map(String::as_str) == Some("espeak");
+            if !espeak {
+                files.extend(next.command.builtin_weights());
+            }
+            if files.is_empty() {
+                continue;
+            }
+            let bytes: u64 = files
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum();
+            self.observer.event(&Event::Notice {
+                run: &run.manifest.run_id,
+                message: &format!(
+                    "warming {} file(s), {}, for stage '{}' while '{}' runs",
+                    files.len(),
+                    baton_memory::format_bytes(bytes),
+                    next.name,
+                    spec.name
+                ),
+            });
+            let name = next.name.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("warm-{name}"))
+                .spawn(move || {
+                    for f in files {
+                        match baton_weights::page_cache::warm(&f, 4) {
+                            Ok(report) => tracing::info!("warmed for '{name}': {report}"),
+                            Err(e) => tracing::warn!("could not warm for '{name}': {e}"),
+                        }
+                    }
+                });
+        }
     }
 
     fn handle(

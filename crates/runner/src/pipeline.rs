@@ -44,6 +44,47 @@ pub enum StageCommand {
 }
 
 impl StageCommand {
+    /// The weights files a built-in stage will load, as its settings (`BATON_SCENES_MODEL`,
+    /// `BATON_VOICE_MODEL`, `BATON_IMAGES_MODEL`/`_FAMILY`) resolve them now; none for other
+    /// stages, or when the model is not on this machine (nothing is downloaded).
+    pub fn builtin_weights(&self) -> Vec<std::path::PathBuf> {
+        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+        match self {
+            StageCommand::Builtin(baton_studio::Stage::Scenes) => {
+                baton_studio::model_store::ModelStore::from_env()
+                    .resolve(
+                        &var("BATON_SCENES_MODEL").unwrap_or_else(|| "smollm2".into()),
+                        false,
+                    )
+                    .ok()
+                    .into_iter()
+                    .collect()
+            }
+            StageCommand::Builtin(baton_studio::Stage::Voice) => {
+                baton_studio::voice::parler::ParlerFiles::resolve(
+                    &var("BATON_VOICE_MODEL").unwrap_or_else(|| "parler-tts-mini-v1".into()),
+                )
+                .map(|f| f.weights)
+                .unwrap_or_default()
+            }
+            StageCommand::Builtin(baton_studio::Stage::Images) => {
+                baton_studio::images::ImageModel::resolve(
+                    &var("BATON_IMAGES_MODEL").unwrap_or_else(|| "sd-turbo".into()),
+                    var("BATON_IMAGES_FAMILY").as_deref(),
+                )
+                .map(|m| {
+                    m.encoders
+                        .into_iter()
+                        .flat_map(|e| e.weights)
+                        .chain([m.denoiser, m.decoder])
+                        .collect()
+                })
+                .unwrap_or_default()
+            }
+            StageCommand::Argv(_) => Vec::new(),
+        }
+    }
+
     /// The program and arguments to run, placeholders not yet filled in.
     pub fn argv(&self) -> Vec<String> {
         match self {
@@ -99,6 +140,9 @@ pub struct StageSpec {
     pub retries: u32,
     pub timeout: Option<Duration>,
     pub env: BTreeMap<String, String>,
+    /// Weights files to pull into the page cache while the stages it waits for run, so that
+    /// its own load finds them in memory (placeholders allowed). Built-in stages find theirs.
+    pub warm: Vec<String>,
 }
 
 /// A whole pipeline, checked: every dependency exists and there is no cycle.
@@ -150,6 +194,8 @@ struct StageFile {
     timeout: Option<String>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    warm: Vec<String>,
 }
 
 /// The seed's content pipeline: scenes (LLM storyboard), voice (narration), images (diffusion),
@@ -394,6 +440,7 @@ fn check_stage(s: StageFile, default_retries: u32) -> Result<StageSpec, String> 
         device: s.device.unwrap_or(DeviceKind::Gpu),
         retries: s.retries.unwrap_or(default_retries),
         env: s.env,
+        warm: s.warm,
     })
 }
 
