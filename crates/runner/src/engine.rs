@@ -432,31 +432,32 @@ impl Engine {
                 }
             }
             let espeak = next.env.get("BATON_VOICE_ENGINE").map(String::as_str) == Some("espeak");
-            if !espeak {
-                files.extend(next.command.builtin_weights());
-            }
-            if files.is_empty() {
-                continue;
-            }
-            let bytes: u64 = files
-                .iter()
-                .filter_map(|f| std::fs::metadata(f).ok())
-                .map(|m| m.len())
-                .sum();
-            self.observer.event(&Event::Notice {
-                run: &run.manifest.run_id,
-                message: &format!(
-                    "warming {} file(s), {}, for stage '{}' while '{}' runs",
-                    files.len(),
-                    baton_memory::format_bytes(bytes),
-                    next.name,
-                    spec.name
-                ),
-            });
-            let name = next.name.clone();
+            let command = next.command.clone();
+            let (observer, run_id) = (self.observer.clone(), run.manifest.run_id.clone());
+            let (name, before) = (next.name.clone(), spec.name.clone());
+            // Resolving a built-in stage's model may read and check it: not on this thread.
             let _ = std::thread::Builder::new()
                 .name(format!("warm-{name}"))
                 .spawn(move || {
+                    if !espeak {
+                        files.extend(command.builtin_weights());
+                    }
+                    if files.is_empty() {
+                        return;
+                    }
+                    let bytes: u64 = files
+                        .iter()
+                        .filter_map(|f| std::fs::metadata(f).ok())
+                        .map(|m| m.len())
+                        .sum();
+                    observer.event(&Event::Notice {
+                        run: &run_id,
+                        message: &format!(
+                            "warming {} file(s), {}, for stage '{name}' while '{before}' runs",
+                            files.len(),
+                            baton_memory::format_bytes(bytes),
+                        ),
+                    });
                     for f in files {
                         match baton_weights::page_cache::warm(&f, 4) {
                             Ok(report) => tracing::info!("warmed for '{name}': {report}"),
