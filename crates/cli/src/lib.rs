@@ -64,6 +64,7 @@ pub(crate) fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result
         Command::Models(ModelsCommand::List) => scenes_cmd::models_list(out),
         Command::Models(ModelsCommand::Fetch { name }) => scenes_cmd::models_fetch(name, out),
         Command::Models(ModelsCommand::Warm { name }) => scenes_cmd::models_warm(name, out),
+        Command::Models(ModelsCommand::Evict { files }) => scenes_cmd::models_evict(files, out),
         Command::Batch(args) => pipeline_cmd::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
         Command::Watch(args) => watch::watch(args),

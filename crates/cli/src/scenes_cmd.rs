@@ -251,6 +251,19 @@ pub fn models_warm(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub fn models_evict(files: &[std::path::PathBuf], out: &mut dyn Write) -> anyhow::Result<()> {
+    for f in files {
+        let left = baton_weights::page_cache::evict(f)?;
+        writeln!(
+            out,
+            "{}: {:.0}% still in the page cache",
+            f.display(),
+            left * 100.0
+        )?;
+    }
+    Ok(())
+}
+
 pub fn voice(args: &crate::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     use crate::args::VoiceEngineChoice;
     use baton_studio::voice::parler::{Parler, ParlerFiles};

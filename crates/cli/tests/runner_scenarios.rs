@@ -648,4 +648,12 @@ warm = ["weights.bin", "{pipeline_dir}/missing.bin"]
     );
     // Nothing waits for the last stage: nothing is warmed when it starts.
     assert_eq!(said.matches("warming").count(), 1, "{said}");
+    // Turned off, nothing is warmed (nor looked for).
+    let off = s
+        .run_command(&p, "Cold")
+        .env("BATON_WARM_AHEAD", "0")
+        .output()
+        .unwrap();
+    assert!(off.status.success(), "{}", text(&off));
+    assert!(!text(&off).contains("warm"), "{}", text(&off));
 }

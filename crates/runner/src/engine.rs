@@ -402,7 +402,11 @@ impl Engine {
     /// background, while `spec` runs: their loads then read memory, not the disk. A stage's
     /// `warm` files, and a built-in stage's own weights (its voice engine's, if it uses one).
     /// Failures only cost the head start; a listed file that is not there is said.
+    /// `BATON_WARM_AHEAD=0` turns it off (to measure what it saves).
     fn warm_next(&self, run: &RunPlan, spec: &StageSpec) {
+        if std::env::var("BATON_WARM_AHEAD").is_ok_and(|v| v == "0") {
+            return;
+        }
         for next in run.pipeline.stages.iter().filter(|n| {
             n.after.contains(&spec.name)
                 && run
