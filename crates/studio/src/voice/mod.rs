@@ -29,7 +29,7 @@ pub enum VoiceError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the voice engine '{}' is not there; build it with `cargo build --release -p baton-espeak` (it is built with baton by default), or point BATON_ESPEAK at it", .0.display())]
+    #[error("the voice engine '{}' is not there; build it with `cargo build --release` (which builds baton and baton-espeak; `cargo run` alone builds only baton), or point BATON_ESPEAK at it", .0.display())]
     EngineMissing(PathBuf),
     #[error("the voice engine failed on scene {scene}: {why}")]
     Engine { scene: u32, why: String },
