@@ -178,7 +178,7 @@ pub struct VoiceArgs {
     pub engine: VoiceEngineChoice,
     /// The Parler-TTS model: a folder (config.json, tokenizer.json, model.safetensors), or
     /// parler-tts-mini-v1 / parler-tts-large-v1 from the Hugging Face cache.
-    #[arg(long, env = "BATON_VOICE_MODEL", default_value = "parler-tts-mini-v1")]
+    #[arg(long, env = "BATON_VOICE_MODEL", default_value = baton_studio::voice::parler::DEFAULT_MODEL)]
     pub voice_model: String,
     /// How the neural voice should sound, in words, e.g. "A calm male voice, close up".
     #[arg(long, value_name = "TEXT")]

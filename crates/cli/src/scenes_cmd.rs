@@ -162,16 +162,17 @@ pub fn models_list(out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Downloads image family `name` into the Hugging Face cache, with a progress bar per file on
-/// a terminal (log lines otherwise).
-fn fetch_image_model(
-    name: &str,
+/// Runs `fetch` against the hub from the environment, saying what is fetched where, with a
+/// progress bar per file on a terminal (a log line every few seconds otherwise).
+fn from_hub<T>(
+    what: &str,
     out: &mut dyn Write,
-) -> anyhow::Result<baton_studio::images::ImageModel> {
+    fetch: impl FnOnce(&baton_studio::hub::Hub, &mut dyn FnMut(&str, u64, Option<u64>)) -> T,
+) -> anyhow::Result<T> {
     let hub = baton_studio::hub::Hub::from_env();
     writeln!(
         out,
-        "fetching {name} from the Hugging Face hub into {}",
+        "fetching {what} from the Hugging Face hub into {}",
         hub.cache().display()
     )?;
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -185,7 +186,7 @@ fn fetch_image_model(
         bar
     });
     let mut lines: Option<(String, baton_studio::hub::ProgressLine)> = None;
-    let model = baton_studio::images::ImageModel::fetch(name, &hub, &mut |file, done, total| {
+    let fetched = fetch(&hub, &mut |file, done, total| {
         if let Some(bar) = &bar {
             bar.set_message(file.to_string());
             bar.set_length(total.unwrap_or(done));
@@ -202,7 +203,7 @@ fn fetch_image_model(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(model?)
+    Ok(fetched)
 }
 
 pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -210,7 +211,9 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         .iter()
         .any(|f| f.name == name)
     {
-        let model = fetch_image_model(name, out)?;
+        let model = from_hub(name, out, |hub, progress| {
+            baton_studio::images::ImageModel::fetch(name, hub, progress)
+        })??;
         writeln!(out, "{name}: {} (every file checked)", model.dir.display())?;
         return Ok(());
     }
@@ -218,22 +221,9 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         .iter()
         .find(|(n, _)| *n == name)
     {
-        let hub = baton_studio::hub::Hub::from_env();
-        writeln!(
-            out,
-            "fetching {voice} ({repo}) from the Hugging Face hub into {}",
-            hub.cache().display()
-        )?;
-        let mut line: Option<(String, baton_studio::hub::ProgressLine)> = None;
-        let files =
-            baton_studio::voice::parler::ParlerFiles::fetch(voice, &hub, &mut |f, d, t| {
-                if line.as_ref().is_none_or(|(name, _)| name != f) {
-                    line = Some((f.into(), baton_studio::hub::ProgressLine::new(f)));
-                }
-                if let Some((_, l)) = &mut line {
-                    l.show(d, t);
-                }
-            })?;
+        let files = from_hub(&format!("{voice} ({repo})"), out, |hub, progress| {
+            baton_studio::voice::parler::ParlerFiles::fetch(voice, hub, progress)
+        })??;
         writeln!(out, "{name}: {} (every file checked)", files.dir.display())?;
         return Ok(());
     }
@@ -285,22 +275,9 @@ pub fn voice(args: &crate::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
         VoiceEngineChoice::Auto => ParlerFiles::resolve(&args.voice_model).ok(),
         VoiceEngineChoice::Parler => Some(match ParlerFiles::resolve(&args.voice_model) {
             Err(_) if args.fetch && !std::path::Path::new(&args.voice_model).is_dir() => {
-                let hub = baton_studio::hub::Hub::from_env();
-                writeln!(
-                    out,
-                    "fetching {} from the Hugging Face hub into {}",
-                    args.voice_model,
-                    hub.cache().display()
-                )?;
-                let mut line: Option<(String, baton_studio::hub::ProgressLine)> = None;
-                ParlerFiles::fetch(&args.voice_model, &hub, &mut |file, done, total| {
-                    if line.as_ref().is_none_or(|(f, _)| f != file) {
-                        line = Some((file.into(), baton_studio::hub::ProgressLine::new(file)));
-                    }
-                    if let Some((_, l)) = &mut line {
-                        l.show(done, total);
-                    }
-                })?
+                from_hub(&args.voice_model, out, |hub, progress| {
+                    ParlerFiles::fetch(&args.voice_model, hub, progress)
+                })??
             }
             other => other?,
         }),
@@ -437,7 +414,9 @@ pub fn images(args: &crate::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
                     .iter()
                     .any(|f| f.name == args.model) =>
         {
-            fetch_image_model(&args.model, out)?
+            from_hub(&args.model, out, |hub, progress| {
+                ImageModel::fetch(&args.model, hub, progress)
+            })??
         }
         Err(ImagesError::NoModel { why, .. }) if args.cards_if_no_model => {
             let banner = format!(
@@ -593,6 +572,39 @@ fn draw(
     Ok(())
 }
 
+/// Refuses a benchmark scene count the storyboard schema would refuse.
+fn check_bench_scenes(scenes: usize) -> anyhow::Result<()> {
+    if scenes == 0 || scenes > baton_studio::storyboard::MAX_SCENES {
+        return Err(crate::BadInput(format!(
+            "--scenes {scenes}: use 1 to {}",
+            baton_studio::storyboard::MAX_SCENES
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A benchmark's storyboard, `run_dir/1_scripts/benchmark_scenes.json`: `scenes` scenes whose
+/// narration and image prompt (scene index from 0) the benchmark chooses. Returns its path.
+fn write_bench_storyboard(
+    run_dir: &std::path::Path,
+    scenes: usize,
+    narration: &dyn Fn(usize) -> &'static str,
+    prompt: &dyn Fn(usize) -> &'static str,
+) -> anyhow::Result<std::path::PathBuf> {
+    let scripts = run_dir.join("1_scripts");
+    std::fs::create_dir_all(&scripts)?;
+    let board = serde_json::json!({
+        "topic": "Cyberpunk Tokyo", "title": "Benchmark",
+        "scenes": (0..scenes).map(|i| serde_json::json!({
+            "index": i + 1, "title": format!("Scene {}", i + 1), "narration": narration(i),
+            "image_prompt": prompt(i), "duration_seconds": 5.0})).collect::<Vec<_>>()
+    });
+    let input = scripts.join("benchmark_scenes.json");
+    std::fs::write(&input, serde_json::to_vec(&board)?)?;
+    Ok(input)
+}
+
 /// `baton bench images`: a model with `family`'s real shapes and random weights, written
 /// first, then the images stage over `scenes` scenes at `size` x `size`.
 pub fn bench_images(
@@ -612,13 +624,7 @@ pub fn bench_images(
             families::names()
         ))
     })?;
-    if scenes == 0 || scenes > baton_studio::storyboard::MAX_SCENES {
-        return Err(crate::BadInput(format!(
-            "--scenes {scenes}: use 1 to {}",
-            baton_studio::storyboard::MAX_SCENES
-        ))
-        .into());
-    }
+    check_bench_scenes(scenes)?;
     let (compute, where_) = compute(choice)?;
     let dtype = if matches!(compute, baton_studio::scenes::Compute::Cuda(_)) {
         fam.gpu_dtype()
@@ -644,8 +650,6 @@ pub fn bench_images(
         started.elapsed().as_secs_f64()
     )?;
     let run_dir = dir.join("run");
-    let scripts = run_dir.join("1_scripts");
-    std::fs::create_dir_all(&scripts)?;
     let prompts = [
         "neon street in the rain at night",
         "a crowded night market with glowing lights",
@@ -654,14 +658,9 @@ pub fn bench_images(
         "dawn over the river and the city",
         "a cinematic wide shot of tokyo",
     ];
-    let board = serde_json::json!({
-        "topic": "Cyberpunk Tokyo", "title": "Benchmark",
-        "scenes": (1..=scenes).map(|i| serde_json::json!({
-            "index": i, "title": format!("Scene {i}"), "narration": "Benchmark narration.",
-            "image_prompt": prompts[(i - 1) % prompts.len()], "duration_seconds": 5.0})).collect::<Vec<_>>()
-    });
-    let input = scripts.join("benchmark_scenes.json");
-    std::fs::write(&input, serde_json::to_vec(&board)?)?;
+    let input = write_bench_storyboard(&run_dir, scenes, &|_| "Benchmark narration.", &|i| {
+        prompts[i % prompts.len()]
+    })?;
     let options = ImagesOptions {
         width: Some(size),
         height: Some(size),
@@ -690,13 +689,7 @@ pub fn bench_voice(
             return Err(crate::BadInput(format!("--size '{other}': use mini or tiny")).into());
         }
     };
-    if scenes == 0 || scenes > baton_studio::storyboard::MAX_SCENES {
-        return Err(crate::BadInput(format!(
-            "--scenes {scenes}: use 1 to {}",
-            baton_studio::storyboard::MAX_SCENES
-        ))
-        .into());
-    }
+    check_bench_scenes(scenes)?;
     let (compute_kind, _) = compute(choice)?;
     let dtype = if matches!(compute_kind, baton_studio::scenes::Compute::Cuda(_)) {
         candle_core::DType::BF16
@@ -719,8 +712,6 @@ pub fn bench_voice(
         model_dir.display(),
         started.elapsed().as_secs_f64()
     )?;
-    let scripts = dir.join("run/1_scripts");
-    std::fs::create_dir_all(&scripts)?;
     let lines = [
         "Neon light spills across the wet streets of Tokyo at night.",
         "A crowded market glows under a sky full of drones.",
@@ -729,14 +720,12 @@ pub fn bench_voice(
         "A lone rider crosses the bridge as the trains pass.",
         "The city never sleeps, and neither do its lights.",
     ];
-    let board = serde_json::json!({
-        "topic": "Cyberpunk Tokyo", "title": "Benchmark",
-        "scenes": (1..=scenes).map(|i| serde_json::json!({
-            "index": i, "title": format!("Scene {i}"), "narration": lines[(i - 1) % lines.len()],
-            "image_prompt": "a city at night", "duration_seconds": 5.0})).collect::<Vec<_>>()
-    });
-    let input = scripts.join("benchmark_scenes.json");
-    std::fs::write(&input, serde_json::to_vec(&board)?)?;
+    let input = write_bench_storyboard(
+        &dir.join("run"),
+        scenes,
+        &|i| lines[i % lines.len()],
+        &|_| "a city at night",
+    )?;
     let args = crate::args::VoiceArgs {
         input,
         run_dir: Some(dir.join("run")),

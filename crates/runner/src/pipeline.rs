@@ -62,7 +62,7 @@ impl StageCommand {
             }
             StageCommand::Builtin(baton_studio::Stage::Voice) => {
                 baton_studio::voice::parler::ParlerFiles::resolve(
-                    &var("BATON_VOICE_MODEL").unwrap_or_else(|| "parler-tts-mini-v1".into()),
+                    &baton_studio::voice::parler::configured_model(),
                 )
                 .map(|f| f.weights)
                 .unwrap_or_default()
@@ -240,7 +240,7 @@ impl Pipeline {
             Some(e) if e != "auto" => e.to_string(),
             // The neural voice when its weights are here, as `baton voice` would choose.
             _ => {
-                let model = var("BATON_VOICE_MODEL").unwrap_or_else(|| "parler-tts-mini-v1".into());
+                let model = baton_studio::voice::parler::configured_model();
                 if baton_studio::voice::parler::ParlerFiles::resolve(&model).is_ok() {
                     "parler".into()
                 } else {

@@ -478,11 +478,7 @@ impl Hub {
             });
         }
         if meta.sha256 {
-            let found: String = hasher
-                .finalize()
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
+            let found = format!("{:x}", hasher.finalize());
             if found != meta.etag {
                 let _ = fs::remove_file(&partial);
                 return Err(HubError::Checksum {

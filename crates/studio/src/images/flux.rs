@@ -9,7 +9,7 @@ use candle_transformers::models::{flux as cflux, t5};
 
 use super::family::Flux;
 use super::tokenize::{CLIP_TOKENS, clip_tokens, t5_tokens};
-use super::{Conditioning, ImagesError, Job, Loads, gaussian, load};
+use super::{Conditioning, ImagesError, Job, Loads, gaussian};
 use crate::storyboard::Storyboard;
 
 /// Every scene's prompt through CLIP-L (pooled), then through T5, each encoder released before
@@ -27,7 +27,7 @@ pub(super) fn encode(
     let mut pooled = Vec::new();
     {
         let tokenizer = clip_files.tokenizer.load()?;
-        let vb = load(&clip_files.weights, job.device, job.dtype, loads)?;
+        let vb = job.load(&clip_files.weights, loads)?;
         let clip = ClipTextTransformer::new(vb.pp("text_model"), &(fx.clip)())?;
         for (i, s) in board.scenes.iter().enumerate() {
             let t = clip_tokens(&tokenizer, &s.image_prompt, None)?;
@@ -49,10 +49,7 @@ pub(super) fn encode(
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| ImagesError::Tokenizer(format!("T5's '{}': {e}", config_path.display())))?;
     let tokenizer = t5_files.tokenizer.load()?;
-    let mut t5 = t5::T5EncoderModel::load(
-        load(&t5_files.weights, job.device, job.dtype, loads)?,
-        &config,
-    )?;
+    let mut t5 = t5::T5EncoderModel::load(job.load(&t5_files.weights, loads)?, &config)?;
     let mut conditioning = Vec::new();
     for ((i, s), pooled) in board.scenes.iter().enumerate().zip(pooled) {
         let (ids, truncated) = t5_tokens(&tokenizer, &s.image_prompt, fx.t5_tokens)?;
@@ -81,12 +78,7 @@ pub(super) fn denoise(
 ) -> Result<Vec<(Tensor, f64)>, ImagesError> {
     let model = cflux::model::Flux::new(
         &(fx.transformer)(),
-        load(
-            std::slice::from_ref(&job.model.denoiser),
-            job.device,
-            job.dtype,
-            loads,
-        )?,
+        job.load(std::slice::from_ref(&job.model.denoiser), loads)?,
     )?;
     let (latent_h, latent_w) = (job.height / 16 * 2, job.width / 16 * 2);
     let guidance = Tensor::full(job.guidance as f32, 1, job.device)?;
@@ -140,12 +132,7 @@ pub(super) fn decode(
 ) -> Result<Vec<Tensor>, ImagesError> {
     let ae = cflux::autoencoder::AutoEncoder::new(
         &(fx.autoencoder)(),
-        load(
-            std::slice::from_ref(&job.model.decoder),
-            job.device,
-            job.dtype,
-            loads,
-        )?,
+        job.load(std::slice::from_ref(&job.model.decoder), loads)?,
     )?;
     latents
         .iter()

@@ -550,25 +550,6 @@ fn phase<T>(
     ))
 }
 
-/// Loads `paths` (one file, or a checkpoint's shards) onto `device` in `dtype`, through
-/// baton-weights, and adds the load to `loads`.
-fn load(
-    paths: &[PathBuf],
-    device: &Device,
-    dtype: DType,
-    loads: &mut Loads,
-) -> Result<candle_nn::VarBuilder<'static>, ImagesError> {
-    let options = LoadOptions {
-        dtype: Some(dtype),
-        ..LoadOptions::default()
-    };
-    let loaded = baton_weights::load_safetensors_files(paths, device, &options)?;
-    loads.bytes += loaded.report.bytes;
-    loads.seconds += loaded.report.seconds;
-    let tensors = loaded.tensors;
-    Ok(candle_nn::VarBuilder::from_tensors(tensors, dtype, device))
-}
-
 /// What the denoiser is conditioned on, for one scene.
 struct Conditioning {
     /// The text encoders' hidden states (SD: with the unconditional row first under guidance).
@@ -704,6 +685,25 @@ fn warm_up_parts(fam: &Family, device: &Device, dtype: DType) -> Result<(), Imag
     Ok(())
 }
 
+impl Job<'_> {
+    /// Loads `paths` (one file, or a checkpoint's shards) onto the job's device in its dtype,
+    /// through baton-weights, and adds the load to `loads`.
+    fn load(
+        &self,
+        paths: &[PathBuf],
+        loads: &mut Loads,
+    ) -> Result<candle_nn::VarBuilder<'static>, ImagesError> {
+        let options = LoadOptions {
+            dtype: Some(self.dtype),
+            ..LoadOptions::default()
+        };
+        let loaded = baton_weights::load_safetensors_files(paths, self.device, &options)?;
+        loads.bytes += loaded.report.bytes;
+        loads.seconds += loaded.report.seconds;
+        Ok(loaded.var_builder(self.dtype, self.device))
+    }
+}
+
 /// Draws every scene of the storyboard at `input` into `run_dir/3_images`.
 pub fn write_images(
     input: &Path,
@@ -762,14 +762,10 @@ pub fn write_images(
         return Err(ImagesError::EmptyPrompt { scene: s.index });
     }
     let out_dir = run_dir.join("3_images");
-    let unwritable = |source| ImagesError::Unwritable {
+    crate::run_dir::ensure_writable(&out_dir).map_err(|source| ImagesError::Unwritable {
         path: out_dir.clone(),
         source,
-    };
-    std::fs::create_dir_all(&out_dir).map_err(unwritable)?;
-    let probe = out_dir.join(format!(".probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(unwritable)?;
-    let _ = std::fs::remove_file(&probe);
+    })?;
 
     let (backend, device) = compute
         .open()

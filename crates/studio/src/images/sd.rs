@@ -11,7 +11,7 @@ use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
 
 use super::family::Sd;
 use super::tokenize::{CLIP_TOKENS, clip_tokens};
-use super::{Conditioning, ImagesError, Job, Loads, gaussian, load};
+use super::{Conditioning, ImagesError, Job, Loads, gaussian};
 use crate::storyboard::Storyboard;
 
 /// Every scene's prompt through each text encoder in turn (each released before the next
@@ -31,10 +31,7 @@ pub(super) fn encode(
     let mut per_encoder: Vec<Vec<Tensor>> = Vec::new();
     for (files, cfg) in job.model.encoders.iter().zip(&configs) {
         let tokenizer = files.tokenizer.load()?;
-        let encoder = clip::ClipTextTransformer::new(
-            load(&files.weights, job.device, job.dtype, loads)?,
-            cfg,
-        )?;
+        let encoder = clip::ClipTextTransformer::new(job.load(&files.weights, loads)?, cfg)?;
         let encode = |prompt: &str| -> Result<(Tensor, bool), ImagesError> {
             let t = clip_tokens(&tokenizer, prompt, cfg.pad_with.as_deref())?;
             let ids = Tensor::new(t.ids.as_slice(), job.device)?.unsqueeze(0)?;
@@ -79,12 +76,7 @@ pub(super) fn denoise(
 ) -> Result<Vec<(Tensor, f64)>, ImagesError> {
     let guided = job.guidance > 1.0;
     let unet = unet_2d::UNet2DConditionModel::new(
-        load(
-            std::slice::from_ref(&job.model.denoiser),
-            job.device,
-            job.dtype,
-            loads,
-        )?,
+        job.load(std::slice::from_ref(&job.model.denoiser), loads)?,
         4,
         4,
         false,
@@ -137,12 +129,7 @@ pub(super) fn decode(
     loads: &mut Loads,
 ) -> Result<Vec<Tensor>, ImagesError> {
     let vae = vae::AutoEncoderKL::new(
-        load(
-            std::slice::from_ref(&job.model.decoder),
-            job.device,
-            job.dtype,
-            loads,
-        )?,
+        job.load(std::slice::from_ref(&job.model.decoder), loads)?,
         3,
         3,
         (sd.vae)(),

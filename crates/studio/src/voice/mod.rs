@@ -311,14 +311,10 @@ pub fn write_voice(
     let board = Storyboard::load(input)?;
     let audio_dir = run_dir.join("2_audio");
     // Find out now, before any work, whether the folder takes files.
-    let unwritable = |source| VoiceError::Unwritable {
+    crate::run_dir::ensure_writable(&audio_dir).map_err(|source| VoiceError::Unwritable {
         path: audio_dir.clone(),
         source,
-    };
-    std::fs::create_dir_all(&audio_dir).map_err(unwritable)?;
-    let probe = audio_dir.join(format!(".probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(unwritable)?;
-    let _ = std::fs::remove_file(&probe);
+    })?;
 
     let started = Instant::now();
     let mut clips: Vec<(u32, Audio)> = Vec::with_capacity(board.scenes.len());

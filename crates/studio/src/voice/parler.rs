@@ -25,6 +25,17 @@ pub const MODELS: &[(&str, &str)] = &[
     ("parler-tts-large-v1", "parler-tts/parler-tts-large-v1"),
 ];
 
+/// The model `baton voice` and the built-in pipeline look for when none is named.
+pub const DEFAULT_MODEL: &str = "parler-tts-mini-v1";
+
+/// The model this machine is set to use: `BATON_VOICE_MODEL`, else [`DEFAULT_MODEL`].
+pub fn configured_model() -> String {
+    std::env::var("BATON_VOICE_MODEL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_MODEL.into())
+}
+
 /// What a voice is described as when nothing else is said.
 pub const DEFAULT_DESCRIPTION: &str = "A female speaker delivers clear, warm narration with a \
     moderate pitch. The recording is of very high quality, with the speaker's voice sounding \
