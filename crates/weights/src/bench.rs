@@ -6,6 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use std::collections::HashMap;
+
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
 
 use crate::WeightsError;
@@ -109,25 +112,50 @@ pub fn write_streamed(
     while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
-    let tmp = PathBuf::from(format!("{}.part", path.display()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp)?);
+    write_whole(path, &mut |file| {
         file.write_all(&(text.len() as u64).to_le_bytes())?;
         file.write_all(&text)?;
         for (i, (name, shape, dtype)) in tensors.iter().enumerate() {
-            let want = bytes_of(shape, *dtype);
-            let mut counted = Counted {
-                inner: &mut file,
-                written: 0,
-            };
-            fill(i, want, &mut counted)?;
-            if counted.written != want {
-                return Err(std::io::Error::other(format!(
-                    "tensor '{name}' got {} bytes of data, not {want}",
-                    counted.written
-                )));
-            }
+            fill_counted(name, i, bytes_of(shape, *dtype), file, fill)?;
         }
+        Ok(())
+    })?;
+    Ok(offset)
+}
+
+/// Calls `fill` for tensor `index` and checks that it wrote exactly `want` bytes.
+#[allow(clippy::type_complexity)]
+fn fill_counted(
+    name: &str,
+    index: usize,
+    want: u64,
+    out: &mut dyn Write,
+    fill: &mut dyn FnMut(usize, u64, &mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut counted = Counted {
+        inner: out,
+        written: 0,
+    };
+    fill(index, want, &mut counted)?;
+    if counted.written != want {
+        return Err(std::io::Error::other(format!(
+            "tensor '{name}' got {} bytes of data, not {want}",
+            counted.written
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `path` whole: `write` fills a temporary file beside it, which is synced and renamed
+/// over `path`; on an error the temporary file is removed and `path` is untouched.
+fn write_whole(
+    path: &Path,
+    write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<(), WeightsError> {
+    let tmp = PathBuf::from(format!("{}.part", path.display()));
+    let result = (|| -> std::io::Result<()> {
+        let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp)?);
+        write(&mut file)?;
         let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
@@ -139,8 +167,276 @@ pub fn write_streamed(
         path: path.to_path_buf(),
         offset: 0,
         source,
+    })
+}
+
+/// GGUF's id for a block type (ggml's `ggml_type`).
+fn ggml_type_id(dtype: GgmlDType) -> u32 {
+    match dtype {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
+    }
+}
+
+/// Bytes of a tensor of `shape` in blocks of `dtype` (the shape must be whole blocks).
+pub fn gguf_bytes(shape: &[usize], dtype: GgmlDType) -> u64 {
+    (shape.iter().product::<usize>() / dtype.block_size() * dtype.type_size()) as u64
+}
+
+/// Writes a GGUF (version 3) file of `tensors` (name, shape as candle gives it, block type) with
+/// string `metadata`, whose data `fill(index, bytes, out)` writes tensor by tensor, like
+/// [`write_streamed`]; written whole. Returns the size of its tensor data.
+#[allow(clippy::type_complexity)]
+pub fn write_gguf_streamed(
+    path: &Path,
+    metadata: &[(&str, &str)],
+    tensors: &[(String, Vec<usize>, GgmlDType)],
+    fill: &mut dyn FnMut(usize, u64, &mut dyn Write) -> std::io::Result<()>,
+) -> Result<u64, WeightsError> {
+    const ALIGN: u64 = 32;
+    let mut head: Vec<u8> = Vec::new();
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    };
+    head.extend(b"GGUF");
+    head.extend(3u32.to_le_bytes());
+    head.extend((tensors.len() as u64).to_le_bytes());
+    head.extend((metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        string(&mut head, key);
+        head.extend(8u32.to_le_bytes()); // a string value
+        string(&mut head, value);
+    }
+    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut offset = 0u64;
+    for (name, shape, dtype) in tensors {
+        string(&mut head, name);
+        head.extend((shape.len() as u32).to_le_bytes());
+        // ggml lists dimensions innermost first.
+        for d in shape.iter().rev() {
+            head.extend((*d as u64).to_le_bytes());
+        }
+        head.extend(ggml_type_id(*dtype).to_le_bytes());
+        head.extend(offset.to_le_bytes());
+        offsets.push(offset);
+        offset = (offset + gguf_bytes(shape, *dtype)).next_multiple_of(ALIGN);
+    }
+    while !(head.len() as u64).is_multiple_of(ALIGN) {
+        head.push(0);
+    }
+    let mut data = 0u64;
+    write_whole(path, &mut |file| {
+        file.write_all(&head)?;
+        let mut at = 0u64;
+        for (i, (name, shape, dtype)) in tensors.iter().enumerate() {
+            file.write_all(&vec![0u8; (offsets[i] - at) as usize])?;
+            let bytes = gguf_bytes(shape, *dtype);
+            fill_counted(name, i, bytes, file, fill)?;
+            at = offsets[i] + bytes;
+        }
+        data = at;
+        Ok(())
     })?;
-    Ok(offset)
+    Ok(data)
+}
+
+/// Writes a GGUF file of about `target_bytes` shaped like a Llama-3-8B in Q4_K_M (Q4_K
+/// matrices, Q6_K for the MLP's down projection and the output, f32 norms), with random blocks.
+pub fn write_gguf_llama_like(path: &Path, target_bytes: u64) -> Result<u64, WeightsError> {
+    let mut tensors: Vec<(String, Vec<usize>, GgmlDType)> = Vec::new();
+    let mut total = 0u64;
+    let mut push = |name: String, shape: Vec<usize>, dtype: GgmlDType, total: &mut u64| {
+        *total += gguf_bytes(&shape, dtype);
+        tensors.push((name, shape, dtype));
+    };
+    push(
+        "token_embd.weight".into(),
+        vec![VOCAB, HIDDEN],
+        GgmlDType::Q4K,
+        &mut total,
+    );
+    push(
+        "output_norm.weight".into(),
+        vec![HIDDEN],
+        GgmlDType::F32,
+        &mut total,
+    );
+    push(
+        "output.weight".into(),
+        vec![VOCAB, HIDDEN],
+        GgmlDType::Q6K,
+        &mut total,
+    );
+    let mut layer = 0;
+    while total < target_bytes || layer == 0 {
+        let p = format!("blk.{layer}");
+        for (name, shape, dtype) in [
+            ("attn_norm.weight", vec![HIDDEN], GgmlDType::F32),
+            ("attn_q.weight", vec![HIDDEN, HIDDEN], GgmlDType::Q4K),
+            ("attn_k.weight", vec![KV, HIDDEN], GgmlDType::Q4K),
+            ("attn_v.weight", vec![KV, HIDDEN], GgmlDType::Q6K),
+            ("attn_output.weight", vec![HIDDEN, HIDDEN], GgmlDType::Q4K),
+            ("ffn_norm.weight", vec![HIDDEN], GgmlDType::F32),
+            ("ffn_gate.weight", vec![MLP, HIDDEN], GgmlDType::Q4K),
+            ("ffn_up.weight", vec![MLP, HIDDEN], GgmlDType::Q4K),
+            ("ffn_down.weight", vec![HIDDEN, MLP], GgmlDType::Q6K),
+        ] {
+            push(format!("{p}.{name}"), shape, dtype, &mut total);
+        }
+        layer += 1;
+    }
+    let block = random_block(4 << 20, 0x51f1_5eed);
+    write_gguf_streamed(
+        path,
+        &[
+            ("general.architecture", "llama"),
+            ("general.name", "baton bench"),
+        ],
+        &tensors,
+        &mut |_, bytes, out| repeat_block(&block, bytes, out),
+    )
+}
+
+/// `bytes` bytes of `block`, repeated.
+fn repeat_block(block: &[u8], bytes: u64, out: &mut dyn Write) -> std::io::Result<()> {
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// `len` random bytes from `seed` (xorshift).
+fn random_block(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Every block type GGUF files carry (Q8K is only an intermediate), each quantized by candle
+/// from values of its own, in shapes whose bytes fill no chunk evenly: the file the GGUF
+/// bit-exactness checks load. Returns the tensors' names and types.
+pub fn write_every_gguf_type(path: &Path) -> Result<Vec<(String, GgmlDType)>, WeightsError> {
+    use candle_core::quantized::{QTensor, gguf_file};
+    let types = [
+        GgmlDType::F32,
+        GgmlDType::F16,
+        GgmlDType::BF16,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q5_1,
+        GgmlDType::Q8_0,
+        GgmlDType::Q2K,
+        GgmlDType::Q3K,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ];
+    let mut named = Vec::new();
+    let mut tensors = Vec::new();
+    for (i, &dtype) in types.iter().enumerate() {
+        let (rows, cols) = (3 + i, 256 * (1 + i % 3));
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|k| ((k * 7919 + i * 31) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let t = candle_core::Tensor::from_vec(values, (rows, cols), &Device::Cpu)?;
+        tensors.push(QTensor::quantize(&t, dtype)?);
+        named.push((format!("t{i}.{dtype:?}"), dtype));
+    }
+    let refs: Vec<(&str, &QTensor)> = named
+        .iter()
+        .zip(&tensors)
+        .map(|((n, _), t)| (n.as_str(), t))
+        .collect();
+    let arch = gguf_file::Value::String("test".into());
+    write_whole(path, &mut |file| {
+        // candle's writer wants Seek; the bytes go through memory first (the file is small).
+        let mut buf = std::io::Cursor::new(Vec::new());
+        gguf_file::write(&mut buf, &[("general.architecture", &arch)], &refs)
+            .map_err(std::io::Error::other)?;
+        file.write_all(buf.get_ref())
+    })?;
+    Ok(named)
+}
+
+/// Loads every tensor of the GGUF at `path` the way candle's models do (`Content::tensor`: a
+/// host vector per tensor, then a copy to `device`); returns the tensors and the seconds taken,
+/// the device synchronised.
+pub fn candle_gguf_load(
+    path: &Path,
+    device: &Device,
+) -> Result<(HashMap<String, QTensor>, f64), WeightsError> {
+    use candle_core::quantized::gguf_file::Content;
+    let started = Instant::now();
+    let mut file = std::io::BufReader::new(std::fs::File::open(path).map_err(|source| {
+        WeightsError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?);
+    let content = Content::read(&mut file).map_err(|e| WeightsError::BadGguf {
+        path: path.to_path_buf(),
+        why: e.to_string(),
+    })?;
+    let mut out = HashMap::new();
+    for name in content.tensor_infos.keys() {
+        out.insert(name.clone(), content.tensor(&mut file, name, device)?);
+    }
+    device.synchronize()?;
+    Ok((out, started.elapsed().as_secs_f64()))
+}
+
+/// Loads the GGUF at `path` with baton's loader and with candle's onto `device` and compares
+/// every tensor's blocks bit for bit. Returns how many matched; a mismatch names the tensor.
+pub fn verify_gguf_against_candle(
+    path: &Path,
+    device: &Device,
+    options: &crate::LoadOptions,
+) -> Result<usize, WeightsError> {
+    let (reference, _) = candle_gguf_load(path, device)?;
+    let loaded = crate::load_gguf(path, device, options)?;
+    if loaded.tensors.len() != reference.len() {
+        return Err(WeightsError::Device(format!(
+            "{} tensors loaded, candle loads {}",
+            loaded.tensors.len(),
+            reference.len()
+        )));
+    }
+    for (name, want) in &reference {
+        let got = &loaded.tensors[name];
+        if got.dtype() != want.dtype()
+            || got.shape() != want.shape()
+            || got.data()? != want.data()?
+        {
+            return Err(WeightsError::Device(format!(
+                "GGUF tensor '{name}' differs from candle's load with {options:?}"
+            )));
+        }
+    }
+    Ok(reference.len())
 }
 
 /// A writer that counts what passes through it.

@@ -346,6 +346,81 @@ fn alloc_dtype(
     }
 }
 
+/// Runs the pump into device memory at `targets` (one address per tensor of `header`), staged
+/// through pinned buffers or, `direct`, from the page cache's own pages; returns the lanes'
+/// longest setup.
+fn pump_to(
+    header: &Header,
+    file: &std::fs::File,
+    chunks: &[Chunk],
+    options: PumpOptions,
+    device: &CudaDevice,
+    targets: Vec<sys::CUdeviceptr>,
+    direct: bool,
+) -> Result<f64, WeightsError> {
+    // The allocations are ordered on candle's stream; the lanes copy on their own.
+    device
+        .cuda_stream()
+        .synchronize()
+        .map_err(cuda_err("cuStreamSynchronize"))?;
+    if direct {
+        let map = Mapping::new(file, header)?;
+        let sink = MappedSink {
+            device: device.clone(),
+            targets,
+            base: map.ptr,
+            data_offset: header.data_offset,
+            page: crate::page_cache::page_size() as u64,
+        };
+        pump::run(header, file, chunks, &sink, options)
+    } else {
+        let sink = DeviceSink {
+            device: device.clone(),
+            targets,
+        };
+        pump::run(header, file, chunks, &sink, options)
+    }
+}
+
+/// Loads every quantized tensor of a GGUF file (laid out in `header`, block types in `quant`)
+/// onto `device`: each into the zero-padded buffer candle's quantized kernels read, its blocks
+/// copied as they are.
+pub(crate) fn load_quantized(
+    header: &Header,
+    file: &std::fs::File,
+    chunks: &[Chunk],
+    options: PumpOptions,
+    device: &CudaDevice,
+    quant: &[crate::gguf::QuantInfo],
+    direct: bool,
+) -> Result<(Vec<candle_core::quantized::QTensor>, crate::PathTimes), WeightsError> {
+    use candle_core::quantized::cuda::QCudaStorage;
+    use candle_core::quantized::{QStorage, QTensor};
+    let allocating = std::time::Instant::now();
+    let mut storages = Vec::with_capacity(quant.len());
+    let mut targets = Vec::with_capacity(quant.len());
+    for q in quant {
+        let elems = q.dims.iter().product::<usize>();
+        let storage = QCudaStorage::zeros(device, elems, q.dtype)?;
+        targets.push(storage.device_ptr()? as sys::CUdeviceptr);
+        storages.push(storage);
+    }
+    let alloc_seconds = allocating.elapsed().as_secs_f64();
+    let staging_seconds = pump_to(header, file, chunks, options, device, targets, direct)?;
+    let tensors = storages
+        .into_iter()
+        .zip(quant)
+        .map(|(s, q)| QTensor::new(QStorage::Cuda(s), q.dims.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((
+        tensors,
+        crate::PathTimes {
+            alloc_seconds,
+            staging_seconds,
+        },
+    ))
+}
+
 /// Loads every tensor of `header` onto `device` through pinned lanes.
 pub(crate) fn load(
     header: &Header,
@@ -364,29 +439,8 @@ pub(crate) fn load(
         storages.push(storage);
         targets.push(ptr);
     }
-    // The allocations are ordered on candle's stream; the lanes copy on their own.
-    device
-        .cuda_stream()
-        .synchronize()
-        .map_err(cuda_err("cuStreamSynchronize"))?;
     let alloc_seconds = allocating.elapsed().as_secs_f64();
-    let staging_seconds = if direct {
-        let map = Mapping::new(file, header)?;
-        let sink = MappedSink {
-            device: device.clone(),
-            targets,
-            base: map.ptr,
-            data_offset: header.data_offset,
-            page: crate::page_cache::page_size() as u64,
-        };
-        pump::run(header, file, chunks, &sink, options)?
-    } else {
-        let sink = DeviceSink {
-            device: device.clone(),
-            targets,
-        };
-        pump::run(header, file, chunks, &sink, options)?
-    };
+    let staging_seconds = pump_to(header, file, chunks, options, device, targets, direct)?;
     let tensors = header
         .tensors
         .iter()

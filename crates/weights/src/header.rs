@@ -93,19 +93,7 @@ impl Header {
             }
             tensors.push(entry(path, name, info, data_len)?);
         }
-        tensors.sort_by_key(|t| (t.start, t.end));
-        for pair in tensors.windows(2) {
-            if pair[1].start < pair[0].end {
-                return Err(WeightsError::BadOffsets {
-                    path: path.to_path_buf(),
-                    tensor: pair[1].name.clone(),
-                    why: format!(
-                        "its bytes {}..{} overlap those of '{}' ({}..{})",
-                        pair[1].start, pair[1].end, pair[0].name, pair[0].start, pair[0].end
-                    ),
-                });
-            }
-        }
+        sort_disjoint(path, &mut tensors)?;
         Ok(Header {
             path: path.to_path_buf(),
             tensors,
@@ -113,6 +101,25 @@ impl Header {
             file_len,
         })
     }
+}
+
+/// Sorts `tensors` by offset and refuses two whose bytes overlap (safetensors and GGUF alike:
+/// the lanes write every tensor's bytes once, so no two may claim the same bytes).
+pub(crate) fn sort_disjoint(path: &Path, tensors: &mut [TensorEntry]) -> Result<(), WeightsError> {
+    tensors.sort_by_key(|t| (t.start, t.end));
+    for pair in tensors.windows(2) {
+        if pair[1].start < pair[0].end {
+            return Err(WeightsError::BadOffsets {
+                path: path.to_path_buf(),
+                tensor: pair[1].name.clone(),
+                why: format!(
+                    "its bytes {}..{} overlap those of '{}' ({}..{})",
+                    pair[1].start, pair[1].end, pair[0].name, pair[0].start, pair[0].end
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn entry(

@@ -9,6 +9,7 @@
 //! copy. Every load reports bytes, seconds and GB/s ([`LoadReport`]).
 
 pub mod bench;
+pub mod gguf;
 pub mod header;
 pub mod page_cache;
 pub mod pump;
@@ -23,6 +24,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
+pub use gguf::{GgufLoaded, load_gguf, load_gguf_from, read_gguf};
 pub use header::{Header, TensorEntry};
 
 /// Errors of a load; each names the file, and the tensor where one is to blame.
@@ -36,6 +38,8 @@ pub enum WeightsError {
     },
     #[error("'{}' is not a usable safetensors file: {why}", .path.display())]
     BadHeader { path: PathBuf, why: String },
+    #[error("'{}' is not a usable GGUF file: {why}; fetch or convert it again", .path.display())]
+    BadGguf { path: PathBuf, why: String },
     #[error("'{}': tensor '{tensor}': {why}; fetch or convert the file again", .path.display())]
     BadOffsets {
         path: PathBuf,
@@ -287,13 +291,13 @@ pub(crate) struct PathTimes {
     pub staging_seconds: f64,
 }
 
-/// The host path: one buffer per tensor, filled by the pump, then handed to candle.
-fn load_host(
+/// The host path: one buffer per tensor, filled by the pump.
+pub(crate) fn fill_host(
     header: &Header,
     file: &File,
     chunks: &[pump::Chunk],
     options: pump::PumpOptions,
-) -> Result<(Vec<Tensor>, PathTimes), WeightsError> {
+) -> Result<(Vec<Vec<u8>>, PathTimes), WeightsError> {
     let allocating = Instant::now();
     let mut buffers: Vec<Vec<u8>> = header
         .tensors
@@ -308,6 +312,23 @@ fn load_host(
     };
     let alloc_seconds = allocating.elapsed().as_secs_f64();
     let staging_seconds = pump::run(header, file, chunks, &sink, options)?;
+    Ok((
+        buffers,
+        PathTimes {
+            alloc_seconds,
+            staging_seconds,
+        },
+    ))
+}
+
+/// The host path for safetensors: the filled buffers handed to candle as tensors.
+fn load_host(
+    header: &Header,
+    file: &File,
+    chunks: &[pump::Chunk],
+    options: pump::PumpOptions,
+) -> Result<(Vec<Tensor>, PathTimes), WeightsError> {
+    let (buffers, times) = fill_host(header, file, chunks, options)?;
     let tensors = header
         .tensors
         .iter()
@@ -321,11 +342,5 @@ fn load_host(
             )?)
         })
         .collect::<Result<_, WeightsError>>()?;
-    Ok((
-        tensors,
-        PathTimes {
-            alloc_seconds,
-            staging_seconds,
-        },
-    ))
+    Ok((tensors, times))
 }

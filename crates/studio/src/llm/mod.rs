@@ -7,16 +7,14 @@
 //! chat template come from the GGUF metadata, or from a `tokenizer.json` beside it.
 
 pub mod gguf_tokenizer;
+pub mod model;
 pub mod tiny;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use llguidance::api::TopLevelGrammar;
 use llguidance::{Matcher, ParserFactory};
 use tokenizers::Tokenizer;
@@ -43,14 +41,9 @@ impl From<candle_core::Error> for LlmError {
     }
 }
 
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Qwen2(quantized_qwen2::ModelWeights),
-}
-
 /// A loaded model, its tokenizer and chat template.
 pub struct Llm {
-    weights: Weights,
+    weights: model::LlamaLike,
     pub tokenizer: Tokenizer,
     pub eos: u32,
     bos_text: String,
@@ -60,6 +53,8 @@ pub struct Llm {
     pub n_vocab: usize,
     pub device: Device,
     pub file_bytes: u64,
+    /// How the weights came onto the device (baton's loader: bytes, seconds, GB/s).
+    pub load: baton_weights::LoadReport,
 }
 
 impl Llm {
@@ -69,36 +64,35 @@ impl Llm {
         device: &Device,
         tokenizer_json: Option<&Path>,
     ) -> Result<Llm, LlmError> {
-        let mut file = File::open(path).map_err(|_| LlmError::MissingModel(path.to_path_buf()))?;
-        let file_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if !path.is_file() {
+            return Err(LlmError::MissingModel(path.to_path_buf()));
+        }
         let unreadable = |why: String| LlmError::Unreadable {
             path: path.to_path_buf(),
             why,
         };
-        let content = Content::read(&mut file).map_err(|e| unreadable(e.to_string()))?;
+        let started = std::time::Instant::now();
+        let content = baton_weights::read_gguf(path).map_err(|e| unreadable(e.to_string()))?;
         let arch = content
             .metadata
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_else(|| "unknown".into());
-        // Every tensor must lie inside the file: a truncated download fails here, not halfway.
-        let data_end = content
-            .tensor_infos
-            .values()
-            .map(|t| {
-                let bytes =
-                    t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
-                content.tensor_data_offset + t.offset + bytes as u64
-            })
-            .max()
-            .unwrap_or(0);
-        if data_end > file_bytes {
-            return Err(unreadable(format!(
-                "its tensors need {data_end} bytes but the file has {file_bytes}"
-            )));
+        if arch != "llama" && arch != "qwen2" {
+            return Err(LlmError::Unsupported {
+                path: path.to_path_buf(),
+                arch,
+            });
         }
-        let text = gguf_tokenizer::from_gguf(&content);
+        // Every tensor's bytes are checked against the file before any is loaded, so a
+        // truncated download fails here, naming the tensor, not halfway through.
+        let mut loaded =
+            baton_weights::load_gguf_from(path, content, device, &Default::default(), started)
+                .map_err(|e| unreadable(e.to_string()))?;
+        let content = &loaded.content;
+        let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let text = gguf_tokenizer::from_gguf(content);
         let text = match (text, tokenizer_json) {
             (Ok(text), None) => text,
             (text, Some(json)) => {
@@ -130,22 +124,7 @@ impl Llm {
             .and_then(|v| v.to_u32().ok())
             .map_or(text.tokens.len(), |n| n as usize)
             .max(text.tokenizer.get_vocab_size(true));
-        let weights = match arch.as_str() {
-            "llama" => Weights::Llama(
-                quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
-                    .map_err(|e| unreadable(e.to_string()))?,
-            ),
-            "qwen2" => Weights::Qwen2(
-                quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)
-                    .map_err(|e| unreadable(e.to_string()))?,
-            ),
-            _ => {
-                return Err(LlmError::Unsupported {
-                    path: path.to_path_buf(),
-                    arch,
-                });
-            }
-        };
+        let weights = model::LlamaLike::new(content, &mut loaded.tensors, device)?;
         let token_text = |id: Option<u32>| {
             id.and_then(|i| text.tokens.get(i as usize))
                 .cloned()
@@ -162,15 +141,18 @@ impl Llm {
             n_vocab,
             device: device.clone(),
             file_bytes,
+            load: loaded.report,
         })
+    }
+
+    /// The longest sequence the model's rotary tables cover.
+    pub fn context(&self) -> usize {
+        self.weights.config().context
     }
 
     fn forward(&mut self, input: &[u32], pos: usize) -> Result<Tensor, LlmError> {
         let x = Tensor::new(input, &self.device)?.unsqueeze(0)?;
-        let logits = match &mut self.weights {
-            Weights::Llama(m) => m.forward(&x, pos)?,
-            Weights::Qwen2(m) => m.forward(&x, pos)?,
-        };
+        let logits = self.weights.forward(&x, pos)?;
         Ok(logits.squeeze(0)?)
     }
 
@@ -252,9 +234,10 @@ impl Llm {
             if matcher.is_stopped() {
                 break;
             }
-            if prompt_tokens.len() + out.len() + 1 >= MAX_CONTEXT {
+            let context = self.context();
+            if prompt_tokens.len() + out.len() + 1 >= context {
                 return Err(LlmError::Generation(format!(
-                    "the JSON was not finished within the model's {MAX_CONTEXT}-token context; ask for fewer scenes"
+                    "the JSON was not finished within the model's {context}-token context; ask for fewer scenes"
                 )));
             }
             if out.len() >= options.max_tokens {
@@ -347,9 +330,10 @@ impl Llm {
         if prompt_tokens.is_empty() {
             return Err(LlmError::Generation("the prompt has no tokens".into()));
         }
-        if prompt_tokens.len() + options.max_tokens >= MAX_CONTEXT {
+        let context = self.context();
+        if prompt_tokens.len() + options.max_tokens >= context {
             return Err(LlmError::Generation(format!(
-                "{} prompt tokens + {} to generate do not fit the {MAX_CONTEXT}-token context",
+                "{} prompt tokens + {} to generate do not fit the {context}-token context",
                 prompt_tokens.len(),
                 options.max_tokens
             )));
@@ -446,9 +430,6 @@ pub fn warm_up(device: &Device) -> Result<(), LlmError> {
     device.synchronize()?;
     Ok(())
 }
-
-/// The longest sequence candle's quantized llama and qwen2 keep rotary tables for.
-const MAX_CONTEXT: usize = 4096;
 
 /// How many recent tokens the repeat penalty looks at.
 const REPEAT_WINDOW: usize = 64;
