@@ -529,6 +529,10 @@ pub struct BenchLoadArgs {
     /// Sizes of the bf16 safetensors files to write and load, comma-separated.
     #[arg(long, default_value = "4GiB,16GiB", value_delimiter = ',', value_parser = parse_model_size)]
     pub sizes: Vec<u64>,
+    /// Sizes of the GGUF files (Q4_K/Q6_K blocks, Llama-3-8B shapes) to write and load,
+    /// comma-separated; --gguf-sizes none skips them.
+    #[arg(long, default_value = "4GiB", value_delimiter = ',', value_parser = parse_optional_model_size)]
+    pub gguf_sizes: Vec<Option<u64>>,
     /// Where the files are written (they are removed afterwards unless --keep).
     #[arg(long, value_name = "DIR", default_value = "target/bench-load")]
     pub dir: PathBuf,
@@ -574,6 +578,15 @@ fn parse_model_size(text: &str) -> Result<u64, String> {
     match parse_size(text).map_err(|e| e.to_string())? {
         0 => Err("a model of 0 bytes proves nothing; use e.g. 4GiB".to_string()),
         bytes => Ok(bytes),
+    }
+}
+
+/// A model size, or `none`.
+fn parse_optional_model_size(text: &str) -> Result<Option<u64>, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        Ok(None)
+    } else {
+        parse_model_size(text).map(Some)
     }
 }
 

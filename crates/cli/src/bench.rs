@@ -311,6 +311,33 @@ pub fn llm(args: &crate::args::BenchLlmArgs, out: &mut dyn Write) -> anyhow::Res
         started.elapsed().as_secs_f64(),
         std::thread::available_parallelism().map_or(1, |n| n.get()),
     )?;
+    // The same file through candle's own model (its tensors read by candle, one pageable copy
+    // each): how long that load takes, and whether baton's model computes the same logits.
+    let probe: Vec<u32> = [1u32, 2, 3, 5, 8]
+        .iter()
+        .map(|t| t % llm.n_vocab as u32)
+        .collect();
+    let ours = llm.logits(&probe)?;
+    let (theirs, candle_seconds) = baton_studio::llm::candle_reference(&path, &device, &probe)?;
+    let max_diff = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    writeln!(
+        out,
+        "weights through baton's lanes: {:.3}s ({:.2} GB/s); candle's quantized_{} from_gguf: {:.3}s; logits after {} tokens, baton vs candle: {}",
+        llm.load.seconds,
+        llm.load.gb_per_second(),
+        llm.arch,
+        candle_seconds,
+        probe.len(),
+        if ours == theirs {
+            "identical".to_string()
+        } else {
+            format!("max |difference| {max_diff:.3e} over {} logits", ours.len())
+        }
+    )?;
     if let Some(file) = &args.save_tokenizer {
         let json = llm
             .tokenizer
@@ -412,11 +439,6 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
     };
     writeln!(out, "loading {where_} ({})", backend.description())?;
     let mut rows: Vec<LoadRow> = Vec::new();
-    let median = |runs: &[f64]| {
-        let mut s = runs.to_vec();
-        s.sort_by(f64::total_cmp);
-        s[s.len() / 2]
-    };
     let best = |runs: &[f64]| runs.iter().copied().fold(f64::INFINITY, f64::min);
 
     let probe = 1usize << 30;
@@ -439,6 +461,13 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
     }
     std::fs::create_dir_all(&args.dir)?;
     check_loader(&args.dir, &backend, &device, out)?;
+    let sweep = Sweep {
+        lanes: &lanes,
+        chunks: &chunks,
+        defaults,
+        repeat: args.repeat,
+        direct: args.direct && device.is_cuda(),
+    };
     for &size in &args.sizes {
         let path = args.dir.join(format!(
             "bench-{}.safetensors",
@@ -455,110 +484,35 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
         )?;
         let warm = page_cache::warm(&path, 8)?;
         writeln!(out, "page cache: {warm}")?;
-        let gbps = |seconds: f64| bytes as f64 / seconds / 1e9;
-        let push = |rows: &mut Vec<LoadRow>,
-                    out: &mut dyn Write,
-                    method: String,
-                    runs: Vec<f64>,
-                    note: String|
-         -> anyhow::Result<()> {
-            let b = best(&runs);
-            writeln!(
-                out,
-                "  {method}: best {:.3}s ({:.1} GB/s), median {:.3}s{}",
-                b,
-                gbps(b),
-                median(&runs),
-                if note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" [{note}]")
-                }
-            )?;
-            rows.push(LoadRow {
-                file_bytes: bytes,
-                method,
-                runs,
-                gb_per_second: gbps(b),
-                note,
-            });
-            Ok(())
+        let mut table = Table {
+            rows: &mut rows,
+            out,
+            bytes,
         };
-        let modes: &[bool] = if args.direct && device.is_cuda() {
-            &[false, true]
-        } else {
-            &[false]
+        let load = |options: &LoadOptions| -> anyhow::Result<baton_weights::LoadReport> {
+            let loaded = load_safetensors(&path, &device, options)?;
+            let report = loaded.report.clone();
+            drop(loaded);
+            backend.trim()?;
+            Ok(report)
         };
-        for &l in &lanes {
-            for (&c, &direct) in chunks
-                .iter()
-                .flat_map(|c| modes.iter().map(move |d| (c, d)))
-            {
-                let options = LoadOptions {
-                    lanes: l,
-                    chunk_bytes: c,
-                    direct,
-                    ..defaults
-                };
-                let mut runs = Vec::new();
-                let mut last = None;
-                for _ in 0..args.repeat {
-                    let loaded = load_safetensors(&path, &device, &options)?;
-                    runs.push(loaded.report.seconds);
-                    last = Some(loaded.report.clone());
-                    drop(loaded);
-                    backend.trim()?;
-                }
-                let last = last.expect("at least one run");
-                push(
-                    &mut rows,
-                    out,
-                    format!(
-                        "baton{}, warm, {l} lanes x {} x {}",
-                        if direct { " direct" } else { "" },
-                        baton_memory::format_bytes(c as u64),
-                        options.slots
-                    ),
-                    runs,
-                    format!(
-                        "{:.0}% cached; last run: alloc {:.3}s, staging {:.3}s",
-                        last.cached_before.unwrap_or(0.0) * 100.0,
-                        last.alloc_seconds,
-                        last.staging_seconds
-                    ),
-                )?;
-            }
-        }
-        let options = LoadOptions {
-            lanes: lanes[0],
-            chunk_bytes: chunks[0],
-            ..defaults
-        };
+        sweep.run("baton", &load, &mut table)?;
+        let options = sweep.first();
         if device.is_cuda() {
             let convert = LoadOptions {
                 dtype: Some(candle_core::DType::F16),
                 ..options
             };
-            let loaded = load_safetensors(&path, &device, &convert)?;
-            let seconds = loaded.report.seconds;
-            drop(loaded);
-            backend.trim()?;
-            push(
-                &mut rows,
-                out,
+            let seconds = load(&convert)?.seconds;
+            table.push(
                 "baton, warm, bf16 -> f16 on the GPU".into(),
                 vec![seconds],
                 String::new(),
             )?;
         }
         let still = page_cache::evict(&path)?;
-        let cold = load_safetensors(&path, &device, &options)?;
-        let cold_seconds = cold.report.seconds;
-        drop(cold);
-        backend.trim()?;
-        push(
-            &mut rows,
-            out,
+        let cold_seconds = load(&options)?.seconds;
+        table.push(
             "baton, cold".into(),
             vec![cold_seconds],
             format!("{:.0}% cached after eviction", still * 100.0),
@@ -569,25 +523,70 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
             runs.push(wb::candle_default_load(&path, &device)?);
             backend.trim()?;
         }
-        push(
-            &mut rows,
-            out,
-            "candle safetensors::load, warm".into(),
-            runs,
-            String::new(),
-        )?;
+        table.push("candle safetensors::load, warm".into(), runs, String::new())?;
         if device.is_cuda() {
             match wb::torch_load(&args.python, &path) {
-                Ok(seconds) => push(
-                    &mut rows,
-                    out,
+                Ok(seconds) => table.push(
                     "PyTorch load_file(device=cuda), warm".into(),
                     vec![seconds],
                     String::new(),
                 )?,
-                Err(why) => writeln!(out, "  PyTorch: not measured: {why}")?,
+                Err(why) => writeln!(table.out, "  PyTorch: not measured: {why}")?,
             }
         }
+        if !args.keep {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    for size in args.gguf_sizes.iter().flatten().copied() {
+        let path = args.dir.join(format!(
+            "bench-{}.gguf",
+            baton_memory::format_bytes(size).replace(' ', "")
+        ));
+        let started = std::time::Instant::now();
+        let bytes = wb::write_gguf_llama_like(&path, size)?;
+        writeln!(
+            out,
+            "\n{}: {:.2} GB of Q4_K/Q6_K blocks written in {:.1}s",
+            path.display(),
+            bytes as f64 / 1e9,
+            started.elapsed().as_secs_f64()
+        )?;
+        let warm = page_cache::warm(&path, 8)?;
+        writeln!(out, "page cache: {warm}")?;
+        let mut table = Table {
+            rows: &mut rows,
+            out,
+            bytes,
+        };
+        let load = |options: &LoadOptions| -> anyhow::Result<baton_weights::LoadReport> {
+            let loaded = baton_weights::load_gguf(&path, &device, options)?;
+            let report = loaded.report.clone();
+            drop(loaded);
+            backend.trim()?;
+            Ok(report)
+        };
+        sweep.run("GGUF baton", &load, &mut table)?;
+        let still = page_cache::evict(&path)?;
+        let cold_seconds = load(&sweep.first())?.seconds;
+        table.push(
+            "GGUF baton, cold".into(),
+            vec![cold_seconds],
+            format!("{:.0}% cached after eviction", still * 100.0),
+        )?;
+        page_cache::warm(&path, 8)?;
+        let mut runs = Vec::new();
+        for _ in 0..args.repeat.min(2) {
+            let (tensors, seconds) = wb::candle_gguf_load(&path, &device)?;
+            drop(tensors);
+            backend.trim()?;
+            runs.push(seconds);
+        }
+        table.push(
+            "GGUF candle Content::tensor, warm".into(),
+            runs,
+            String::new(),
+        )?;
         if !args.keep {
             std::fs::remove_file(&path)?;
         }
@@ -623,6 +622,112 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
         baton_memory::atomic_file::write_atomic(file, &serde_json::to_vec_pretty(&rows)?)?;
     }
     Ok(())
+}
+
+/// The rows of `baton bench load`'s table for one file, printed as they come.
+struct Table<'a> {
+    rows: &'a mut Vec<LoadRow>,
+    out: &'a mut dyn Write,
+    bytes: u64,
+}
+
+impl Table<'_> {
+    fn push(&mut self, method: String, runs: Vec<f64>, note: String) -> anyhow::Result<()> {
+        let gbps = |seconds: f64| self.bytes as f64 / seconds / 1e9;
+        let b = runs.iter().copied().fold(f64::INFINITY, f64::min);
+        let mut sorted = runs.clone();
+        sorted.sort_by(f64::total_cmp);
+        writeln!(
+            self.out,
+            "  {method}: best {:.3}s ({:.1} GB/s), median {:.3}s{}",
+            b,
+            gbps(b),
+            sorted[sorted.len() / 2],
+            if note.is_empty() {
+                String::new()
+            } else {
+                format!(" [{note}]")
+            }
+        )?;
+        self.rows.push(LoadRow {
+            file_bytes: self.bytes,
+            method,
+            gb_per_second: gbps(b),
+            runs,
+            note,
+        });
+        Ok(())
+    }
+}
+
+/// Every lanes x chunk setting (and the direct path, where asked) of `baton bench load`, each
+/// loaded `repeat` times with the page cache warm.
+struct Sweep<'a> {
+    lanes: &'a [usize],
+    chunks: &'a [usize],
+    defaults: baton_weights::LoadOptions,
+    repeat: usize,
+    direct: bool,
+}
+
+impl Sweep<'_> {
+    /// The setting reported as baton's: the first lanes and chunk size given.
+    fn first(&self) -> baton_weights::LoadOptions {
+        baton_weights::LoadOptions {
+            lanes: self.lanes[0],
+            chunk_bytes: self.chunks[0],
+            ..self.defaults
+        }
+    }
+
+    fn run(
+        &self,
+        label: &str,
+        load: &dyn Fn(&baton_weights::LoadOptions) -> anyhow::Result<baton_weights::LoadReport>,
+        table: &mut Table,
+    ) -> anyhow::Result<()> {
+        let modes: &[bool] = if self.direct {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for &l in self.lanes {
+            for &c in self.chunks {
+                for &direct in modes {
+                    let options = baton_weights::LoadOptions {
+                        lanes: l,
+                        chunk_bytes: c,
+                        direct,
+                        ..self.defaults
+                    };
+                    let mut runs = Vec::new();
+                    let mut last = None;
+                    for _ in 0..self.repeat {
+                        let report = load(&options)?;
+                        runs.push(report.seconds);
+                        last = Some(report);
+                    }
+                    let last = last.expect("at least one run");
+                    table.push(
+                        format!(
+                            "{label}{}, warm, {l} lanes x {} x {}",
+                            if direct { " direct" } else { "" },
+                            baton_memory::format_bytes(c as u64),
+                            options.slots
+                        ),
+                        runs,
+                        format!(
+                            "{:.0}% cached; last run: alloc {:.3}s, staging {:.3}s",
+                            last.cached_before.unwrap_or(0.0) * 100.0,
+                            last.alloc_seconds,
+                            last.staging_seconds
+                        ),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Before timing anything: the loader is bit-exact with candle's on this device (every dtype,
@@ -667,6 +772,21 @@ fn check_loader(
         )?;
         backend.trim()?;
     }
+    let quantized = dir.join("every-type.gguf");
+    let types = wb::write_every_gguf_type(&quantized)?.len();
+    for options in [LoadOptions::default(), odd] {
+        let n = wb::verify_gguf_against_candle(&quantized, device, &options)?;
+        writeln!(
+            out,
+            "GGUF bit-exact with candle's reader on this device: {n} tensors ({types} block types), {} lanes x {} byte chunks",
+            options.lanes, options.chunk_bytes
+        )?;
+        backend.trim()?;
+    }
+    let gguf_bytes = std::fs::read(&quantized)?;
+    let cut_gguf = dir.join("truncated.gguf");
+    std::fs::write(&cut_gguf, &gguf_bytes[..gguf_bytes.len() - 100])?;
+    std::fs::remove_file(&quantized)?;
     let bytes = std::fs::read(&mixed)?;
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() - 1000])?;
@@ -682,9 +802,13 @@ fn check_loader(
         r#"{"w":{"dtype":"F8_E5M2","shape":[16],"data_offsets":[0,16]}}"#,
         &[0; 16],
     )?;
-    for path in [&truncated, &lying, &f8] {
+    for path in [&truncated, &lying, &f8, &cut_gguf] {
         let scope = baton_memory::MemoryScope::new(backend.clone(), 0, "bad file")?;
-        let outcome = load_safetensors(path, device, &LoadOptions::default());
+        let outcome = if path == &cut_gguf {
+            baton_weights::load_gguf(path, device, &LoadOptions::default()).map(|_| ())
+        } else {
+            load_safetensors(path, device, &LoadOptions::default()).map(|_| ())
+        };
         backend.trim()?;
         let report = scope.finish()?;
         match outcome {

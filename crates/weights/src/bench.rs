@@ -263,24 +263,26 @@ pub fn write_gguf_llama_like(path: &Path, target_bytes: u64) -> Result<u64, Weig
         *total += gguf_bytes(&shape, dtype);
         tensors.push((name, shape, dtype));
     };
-    push(
-        "token_embd.weight".into(),
-        vec![VOCAB, HIDDEN],
-        GgmlDType::Q4K,
-        &mut total,
-    );
-    push(
-        "output_norm.weight".into(),
-        vec![HIDDEN],
-        GgmlDType::F32,
-        &mut total,
-    );
-    push(
-        "output.weight".into(),
-        vec![VOCAB, HIDDEN],
-        GgmlDType::Q6K,
-        &mut total,
-    );
+    let ends =
+        gguf_bytes(&[VOCAB, HIDDEN], GgmlDType::Q4K) + gguf_bytes(&[VOCAB, HIDDEN], GgmlDType::Q6K);
+    // The embedding and the output only where they leave room for layers (as for safetensors).
+    if target_bytes >= ends * 3 {
+        let (embed, output) = ("token_embd.weight", "output.weight");
+        push(
+            embed.into(),
+            vec![VOCAB, HIDDEN],
+            GgmlDType::Q4K,
+            &mut total,
+        );
+        push(
+            output.into(),
+            vec![VOCAB, HIDDEN],
+            GgmlDType::Q6K,
+            &mut total,
+        );
+    }
+    let norm = "output_norm.weight";
+    push(norm.into(), vec![HIDDEN], GgmlDType::F32, &mut total);
     let mut layer = 0;
     while total < target_bytes || layer == 0 {
         let p = format!("blk.{layer}");

@@ -150,6 +150,14 @@ impl Llm {
         self.weights.config().context
     }
 
+    /// The logits after `tokens` (a fresh sequence), on the host.
+    pub fn logits(&mut self, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
+        Ok(self
+            .forward(tokens, 0)?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1()?)
+    }
+
     fn forward(&mut self, input: &[u32], pos: usize) -> Result<Tensor, LlmError> {
         let x = Tensor::new(input, &self.device)?.unsqueeze(0)?;
         let logits = self.weights.forward(&x, pos)?;
@@ -429,6 +437,58 @@ pub fn warm_up(device: &Device) -> Result<(), LlmError> {
         .argmax_keepdim(1)?;
     device.synchronize()?;
     Ok(())
+}
+
+/// candle's own quantized llama or qwen2 (`from_gguf`: it reads its tensors itself) on the same
+/// file: the logits after `tokens` and the seconds its load took. What baton's model is checked
+/// against, in the tests and in `baton bench llm` on a GPU.
+pub fn candle_reference(
+    path: &Path,
+    device: &Device,
+    tokens: &[u32],
+) -> Result<(Vec<f32>, f64), LlmError> {
+    use candle_transformers::models::{quantized_llama, quantized_qwen2};
+    let unreadable = |why: String| LlmError::Unreadable {
+        path: path.to_path_buf(),
+        why,
+    };
+    let started = Instant::now();
+    let mut file =
+        std::fs::File::open(path).map_err(|_| LlmError::MissingModel(path.to_path_buf()))?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+        .map_err(|e| unreadable(e.to_string()))?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    let x = Tensor::new(tokens, device)?.unsqueeze(0)?;
+    let (logits, seconds) = match arch.as_str() {
+        "llama" => {
+            let mut m = quantized_llama::ModelWeights::from_gguf(content, &mut file, device)?;
+            device.synchronize()?;
+            let seconds = started.elapsed().as_secs_f64();
+            (m.forward(&x, 0)?, seconds)
+        }
+        "qwen2" => {
+            let mut m = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?;
+            device.synchronize()?;
+            let seconds = started.elapsed().as_secs_f64();
+            (m.forward(&x, 0)?, seconds)
+        }
+        _ => {
+            return Err(LlmError::Unsupported {
+                path: path.to_path_buf(),
+                arch,
+            });
+        }
+    };
+    let logits = logits
+        .squeeze(0)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    Ok((logits, seconds))
 }
 
 /// How many recent tokens the repeat penalty looks at.
