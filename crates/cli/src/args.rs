@@ -551,9 +551,19 @@ pub struct BenchLoadArgs {
     /// Staging buffers per lane.
     #[arg(long, default_value_t = 2)]
     pub slots: usize,
-    /// Also time the direct path (page-cache pages pinned in place, no staging copy).
-    #[arg(long)]
-    pub direct: bool,
+    /// How many of the lanes pin the page cache's pages in place instead of staging (no CPU
+    /// copy; the driver pins each chunk's pages), comma-separated settings to try; 0 stages
+    /// every chunk. On a GPU only.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    pub direct_lanes: Vec<usize>,
+    /// How lanes read their chunks, comma-separated settings to try: pread (a kernel copy out
+    /// of the page cache) or mmap (a copy out of a mapping of the file).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "pread")]
+    pub read: Vec<ReadMode>,
+    /// Staging memory, comma-separated settings to try: cached pinned memory, or
+    /// write-combined (the CPU's writes bypass its caches). On a GPU only.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "cached")]
+    pub staging: Vec<Staging>,
     /// The Python that runs PyTorch's load_file (skipped when it has no torch or safetensors).
     #[arg(long, default_value = "python3")]
     pub python: String,
@@ -579,6 +589,20 @@ fn parse_model_size(text: &str) -> Result<u64, String> {
         0 => Err("a model of 0 bytes proves nothing; use e.g. 4GiB".to_string()),
         bytes => Ok(bytes),
     }
+}
+
+/// How `baton bench load`'s lanes read their chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadMode {
+    Pread,
+    Mmap,
+}
+
+/// The staging memory `baton bench load` tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Staging {
+    Cached,
+    WriteCombined,
 }
 
 /// A model size, or `none`.

@@ -461,12 +461,32 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
     }
     std::fs::create_dir_all(&args.dir)?;
     check_loader(&args.dir, &backend, &device, out)?;
+    let direct = if device.is_cuda() {
+        args.direct_lanes.clone()
+    } else {
+        vec![0]
+    };
+    let mapped: Vec<bool> = args
+        .read
+        .iter()
+        .map(|r| *r == crate::args::ReadMode::Mmap)
+        .collect();
+    let write_combined: Vec<bool> = if device.is_cuda() {
+        args.staging
+            .iter()
+            .map(|s| *s == crate::args::Staging::WriteCombined)
+            .collect()
+    } else {
+        vec![false]
+    };
     let sweep = Sweep {
         lanes: &lanes,
         chunks: &chunks,
+        direct: &direct,
+        mapped: &mapped,
+        write_combined: &write_combined,
         defaults,
         repeat: args.repeat,
-        direct: args.direct && device.is_cuda(),
     };
     for &size in &args.sizes {
         let path = args.dir.join(format!(
@@ -489,6 +509,16 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
             out,
             bytes,
         };
+        // The ceiling the host sets before any GPU work: reading the cached file into ordinary
+        // memory, on 1 to 16 threads.
+        for threads in [1, 4, 8, 16] {
+            let read = page_cache::warm(&path, threads)?;
+            table.push(
+                format!("page cache read only, {threads} threads (no GPU)"),
+                vec![read.seconds],
+                String::new(),
+            )?;
+        }
         let load = |options: &LoadOptions| -> anyhow::Result<baton_weights::LoadReport> {
             let loaded = load_safetensors(&path, &device, options)?;
             let report = loaded.report.clone();
@@ -503,6 +533,10 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
                 dtype: Some(candle_core::DType::F16),
                 ..options
             };
+            // The cast kernel's module loads on first use: not the load's cost.
+            candle_core::Tensor::zeros(16, candle_core::DType::BF16, &device)?
+                .to_dtype(candle_core::DType::F16)?;
+            device.synchronize()?;
             let seconds = load(&convert)?.seconds;
             table.push(
                 "baton, warm, bf16 -> f16 on the GPU".into(),
@@ -624,6 +658,15 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
     Ok(())
 }
 
+/// ` (N pinning pages in place)` where a load has direct lanes.
+fn direct_note(options: &baton_weights::LoadOptions) -> String {
+    match options.direct_lanes.min(options.lanes) {
+        0 => String::new(),
+        n if n == options.lanes => " (all pinning pages in place)".into(),
+        n => format!(" ({n} pinning pages in place)"),
+    }
+}
+
 /// The rows of `baton bench load`'s table for one file, printed as they come.
 struct Table<'a> {
     rows: &'a mut Vec<LoadRow>,
@@ -660,22 +703,30 @@ impl Table<'_> {
     }
 }
 
-/// Every lanes x chunk setting (and the direct path, where asked) of `baton bench load`, each
-/// loaded `repeat` times with the page cache warm.
+/// Every lanes x chunk x direct-lanes setting of `baton bench load`, each loaded `repeat` times
+/// with the page cache warm.
 struct Sweep<'a> {
     lanes: &'a [usize],
     chunks: &'a [usize],
+    /// How many lanes pin pages in place (0: all staged); on a GPU only.
+    direct: &'a [usize],
+    /// How chunks are read: `pread` (false) or copied out of a mapping (true).
+    mapped: &'a [bool],
+    /// Staging buffers write-combined (true) or cached (false).
+    write_combined: &'a [bool],
     defaults: baton_weights::LoadOptions,
     repeat: usize,
-    direct: bool,
 }
 
 impl Sweep<'_> {
-    /// The setting reported as baton's: the first lanes and chunk size given.
+    /// The setting reported as baton's: the first of each list given.
     fn first(&self) -> baton_weights::LoadOptions {
         baton_weights::LoadOptions {
             lanes: self.lanes[0],
             chunk_bytes: self.chunks[0],
+            direct_lanes: self.direct[0],
+            mapped: self.mapped[0],
+            write_combined: self.write_combined[0],
             ..self.defaults
         }
     }
@@ -686,18 +737,19 @@ impl Sweep<'_> {
         load: &dyn Fn(&baton_weights::LoadOptions) -> anyhow::Result<baton_weights::LoadReport>,
         table: &mut Table,
     ) -> anyhow::Result<()> {
-        let modes: &[bool] = if self.direct {
-            &[false, true]
-        } else {
-            &[false]
-        };
         for &l in self.lanes {
             for &c in self.chunks {
-                for &direct in modes {
+                for (&direct, &mapped, &write_combined) in self.direct.iter().flat_map(|d| {
+                    self.mapped
+                        .iter()
+                        .flat_map(move |m| self.write_combined.iter().map(move |w| (d, m, w)))
+                }) {
                     let options = baton_weights::LoadOptions {
                         lanes: l,
                         chunk_bytes: c,
-                        direct,
+                        direct_lanes: direct.min(l),
+                        mapped,
+                        write_combined,
                         ..self.defaults
                     };
                     let mut runs = Vec::new();
@@ -710,8 +762,10 @@ impl Sweep<'_> {
                     let last = last.expect("at least one run");
                     table.push(
                         format!(
-                            "{label}{}, warm, {l} lanes x {} x {}",
-                            if direct { " direct" } else { "" },
+                            "{label}{}{}, warm, {l} lanes{} x {} x {}",
+                            if mapped { " mmap" } else { "" },
+                            if write_combined { " wc" } else { "" },
+                            direct_note(&options),
                             baton_memory::format_bytes(c as u64),
                             options.slots
                         ),
@@ -748,27 +802,43 @@ fn check_loader(
         slots: 2,
         ..LoadOptions::default()
     };
-    let mut settings = vec![LoadOptions::default(), odd];
+    let mapped = LoadOptions {
+        mapped: true,
+        ..odd
+    };
+    let mut settings = vec![LoadOptions::default(), odd, mapped];
     if device.is_cuda() {
-        settings.extend([
-            LoadOptions {
-                direct: true,
-                ..LoadOptions::default()
-            },
-            LoadOptions {
-                direct: true,
-                ..odd
-            },
-        ]);
+        settings.push(LoadOptions {
+            write_combined: true,
+            ..odd
+        });
+        // Every lane pinning pages in place, and lanes of both kinds in one load.
+        for direct_lanes in [usize::MAX, 1] {
+            settings.extend([
+                LoadOptions {
+                    direct_lanes,
+                    ..LoadOptions::default()
+                },
+                LoadOptions {
+                    direct_lanes,
+                    ..odd
+                },
+            ]);
+        }
     }
     for options in settings {
         let n = wb::verify_against_candle(&mixed, device, &options)?;
         writeln!(
             out,
-            "bit-exact with candle's loader on this device: {n} tensors (9 dtypes), {} lanes x {} byte chunks{}",
+            "bit-exact with candle's loader on this device: {n} tensors (9 dtypes), {} lanes{} x {} byte chunks{}",
             options.lanes,
-            options.chunk_bytes,
-            if options.direct { ", direct" } else { "" }
+            direct_note(&options),
+            options.effective_chunk_bytes(),
+            if options.mapped {
+                ", read from a mapping"
+            } else {
+                ""
+            },
         )?;
         backend.trim()?;
     }

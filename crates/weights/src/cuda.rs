@@ -37,11 +37,18 @@ struct Pinned {
 unsafe impl Send for Pinned {}
 
 impl Pinned {
-    fn new(len: usize) -> Result<Pinned, WeightsError> {
-        // SAFETY: the context is current on this thread; flags 0 is ordinary pinned memory
-        // (cached, so a `pread` into it runs at memory speed).
-        let ptr =
-            unsafe { result::malloc_host(len.max(1), 0) }.map_err(cuda_err("cuMemHostAlloc"))?;
+    /// `write_combined`: the CPU's writes bypass its caches and the GPU reads the memory
+    /// without snooping them (`CU_MEMHOSTALLOC_WRITECOMBINED`); otherwise ordinary cached
+    /// pinned memory.
+    fn new(len: usize, write_combined: bool) -> Result<Pinned, WeightsError> {
+        let flags = if write_combined {
+            sys::CU_MEMHOSTALLOC_WRITECOMBINED
+        } else {
+            0
+        };
+        // SAFETY: the context is current on this thread.
+        let ptr = unsafe { result::malloc_host(len.max(1), flags) }
+            .map_err(cuda_err("cuMemHostAlloc"))?;
         Ok(Pinned {
             ptr: ptr as *mut u8,
             len,
@@ -60,15 +67,19 @@ impl Drop for Pinned {
 }
 
 /// One lane: a stream, its staging buffers, and the event after each buffer's last copies.
+/// Only the first buffer is pinned before the lane starts; the others when first used, while the
+/// first one's copies run (pinning is slow, and the driver does it one call at a time).
 pub(crate) struct Lane {
     stream: Arc<CudaStream>,
-    buffers: Vec<Pinned>,
+    buffers: Vec<Option<Pinned>>,
+    bytes: usize,
     done: Vec<Option<CudaEvent>>,
 }
 
 struct DeviceSink {
     device: CudaDevice,
     targets: Vec<sys::CUdeviceptr>,
+    write_combined: bool,
 }
 
 impl Sink for DeviceSink {
@@ -80,13 +91,13 @@ impl Sink for DeviceSink {
             .bind_to_thread()
             .map_err(cuda_err("cuCtxSetCurrent"))?;
         let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
-        let buffers = (0..slots)
-            .map(|_| Pinned::new(bytes))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut buffers: Vec<Option<Pinned>> = (0..slots).map(|_| None).collect();
+        buffers[0] = Some(Pinned::new(bytes, self.write_combined)?);
         Ok(Lane {
             stream,
             done: (0..slots).map(|_| None).collect(),
             buffers,
+            bytes,
         })
     }
 
@@ -102,14 +113,19 @@ impl Sink for DeviceSink {
                 .synchronize()
                 .map_err(cuda_err("cuEventSynchronize"))?;
         }
-        let buffer = &mut lane.buffers[slot];
+        if lane.buffers[slot].is_none() {
+            lane.buffers[slot] = Some(Pinned::new(lane.bytes, self.write_combined)?);
+        }
+        let buffer = lane.buffers[slot].as_mut().expect("pinned above");
         // SAFETY: the buffer's last copies have finished (above); this lane alone uses it.
         let buf = unsafe { std::slice::from_raw_parts_mut(buffer.ptr, buffer.len) };
         source.read(chunk, buf)
     }
 
     fn scatter(&self, lane: &mut Lane, slot: usize, chunk: &Chunk) -> Result<(), WeightsError> {
-        let buffer = &lane.buffers[slot];
+        let buffer = lane.buffers[slot]
+            .as_ref()
+            .expect("filled before scattered");
         // SAFETY: the chunk was just read into this buffer, which stays untouched until the
         // event recorded below has fired.
         let staged = unsafe { std::slice::from_raw_parts(buffer.ptr, chunk.len) };
@@ -142,49 +158,6 @@ impl Sink for DeviceSink {
         lane.stream
             .synchronize()
             .map_err(cuda_err("cuStreamSynchronize"))
-    }
-}
-
-/// The whole file mapped read-only, unmapped on drop (after every lane has drained).
-struct Mapping {
-    ptr: *const u8,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(file: &std::fs::File, header: &Header) -> Result<Mapping, WeightsError> {
-        use std::os::fd::AsRawFd;
-        let len = header.file_len as usize;
-        // SAFETY: a read-only shared mapping of an open file; it is only read (by DMA) and is
-        // unmapped on drop, after the copies from it have finished.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len.max(1),
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(WeightsError::Read {
-                path: header.path.clone(),
-                offset: 0,
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(Mapping {
-            ptr: ptr as *const u8,
-            len: len.max(1),
-        })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr as *mut _, self.len) };
     }
 }
 
@@ -311,6 +284,66 @@ impl Sink for MappedSink {
     }
 }
 
+/// A lane of either kind.
+pub(crate) enum AnyLane {
+    Staged(Lane),
+    Direct(DirectLane),
+}
+
+/// Lanes of both kinds over one load: the first `direct_lanes` lanes made pin the page cache's
+/// pages in place, the others read into staging buffers. Every lane takes the next chunk when it
+/// is free, so the faster kind simply moves more of the file.
+struct MixedSink {
+    staged: DeviceSink,
+    direct: Option<MappedSink>,
+    direct_lanes: usize,
+    made: std::sync::atomic::AtomicUsize,
+}
+
+impl Sink for MixedSink {
+    type Lane = AnyLane;
+
+    fn lane(&self, slots: usize, bytes: usize) -> Result<AnyLane, WeightsError> {
+        let index = self.made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.direct {
+            Some(direct) if index < self.direct_lanes => {
+                direct.lane(slots, bytes).map(AnyLane::Direct)
+            }
+            _ => self.staged.lane(slots, bytes).map(AnyLane::Staged),
+        }
+    }
+
+    fn fill(
+        &self,
+        lane: &mut AnyLane,
+        slot: usize,
+        chunk: &Chunk,
+        source: &Source,
+    ) -> Result<(), WeightsError> {
+        match (lane, &self.direct) {
+            (AnyLane::Staged(l), _) => self.staged.fill(l, slot, chunk, source),
+            (AnyLane::Direct(l), Some(d)) => d.fill(l, slot, chunk, source),
+            (AnyLane::Direct(_), None) => unreachable!("direct lanes need the mapping"),
+        }
+    }
+
+    fn scatter(&self, lane: &mut AnyLane, slot: usize, chunk: &Chunk) -> Result<(), WeightsError> {
+        match (lane, &self.direct) {
+            (AnyLane::Staged(l), _) => self.staged.scatter(l, slot, chunk),
+            (AnyLane::Direct(l), Some(d)) => d.scatter(l, slot, chunk),
+            (AnyLane::Direct(_), None) => unreachable!("direct lanes need the mapping"),
+        }
+    }
+
+    fn drain(&self, lane: AnyLane) -> Result<(), WeightsError> {
+        match (lane, &self.direct) {
+            (AnyLane::Staged(l), _) => self.staged.drain(l),
+            (AnyLane::Direct(l), Some(d)) => d.drain(l),
+            (AnyLane::Direct(_), None) => unreachable!("direct lanes need the mapping"),
+        }
+    }
+}
+
 /// Allocates an uninitialised device buffer of `count` elements as candle storage, and its
 /// address.
 fn alloc<T: CudaDType + DeviceRepr>(
@@ -347,8 +380,8 @@ fn alloc_dtype(
 }
 
 /// Runs the pump into device memory at `targets` (one address per tensor of `header`), staged
-/// through pinned buffers or, `direct`, from the page cache's own pages; returns the lanes'
-/// longest setup.
+/// through pinned buffers, and on `direct_lanes` of the lanes from the page cache's own pages;
+/// returns the lanes' longest setup.
 fn pump_to(
     header: &Header,
     file: &std::fs::File,
@@ -356,30 +389,35 @@ fn pump_to(
     options: PumpOptions,
     device: &CudaDevice,
     targets: Vec<sys::CUdeviceptr>,
-    direct: bool,
+    direct_lanes: usize,
 ) -> Result<f64, WeightsError> {
     // The allocations are ordered on candle's stream; the lanes copy on their own.
     device
         .cuda_stream()
         .synchronize()
         .map_err(cuda_err("cuStreamSynchronize"))?;
-    if direct {
-        let map = Mapping::new(file, header)?;
-        let sink = MappedSink {
+    // The mapping outlives the sink (declared first, dropped last): lanes drain before it goes.
+    let map = match direct_lanes {
+        0 => None,
+        _ => Some(crate::pump::Mapping::new(file, header)?),
+    };
+    let sink = MixedSink {
+        staged: DeviceSink {
+            device: device.clone(),
+            targets: targets.clone(),
+            write_combined: options.write_combined,
+        },
+        direct: map.as_ref().map(|map| MappedSink {
             device: device.clone(),
             targets,
             base: map.ptr,
             data_offset: header.data_offset,
             page: crate::page_cache::page_size() as u64,
-        };
-        pump::run(header, file, chunks, &sink, options)
-    } else {
-        let sink = DeviceSink {
-            device: device.clone(),
-            targets,
-        };
-        pump::run(header, file, chunks, &sink, options)
-    }
+        }),
+        direct_lanes,
+        made: std::sync::atomic::AtomicUsize::new(0),
+    };
+    pump::run(header, file, chunks, &sink, options)
 }
 
 /// Loads every quantized tensor of a GGUF file (laid out in `header`, block types in `quant`)
@@ -392,7 +430,7 @@ pub(crate) fn load_quantized(
     options: PumpOptions,
     device: &CudaDevice,
     quant: &[crate::gguf::QuantInfo],
-    direct: bool,
+    direct_lanes: usize,
 ) -> Result<(Vec<candle_core::quantized::QTensor>, crate::PathTimes), WeightsError> {
     use candle_core::quantized::cuda::QCudaStorage;
     use candle_core::quantized::{QStorage, QTensor};
@@ -406,7 +444,7 @@ pub(crate) fn load_quantized(
         storages.push(storage);
     }
     let alloc_seconds = allocating.elapsed().as_secs_f64();
-    let staging_seconds = pump_to(header, file, chunks, options, device, targets, direct)?;
+    let staging_seconds = pump_to(header, file, chunks, options, device, targets, direct_lanes)?;
     let tensors = storages
         .into_iter()
         .zip(quant)
@@ -428,7 +466,7 @@ pub(crate) fn load(
     chunks: &[Chunk],
     options: PumpOptions,
     device: &CudaDevice,
-    direct: bool,
+    direct_lanes: usize,
 ) -> Result<(Vec<Tensor>, crate::PathTimes), WeightsError> {
     let allocating = std::time::Instant::now();
     let mut storages = Vec::with_capacity(header.tensors.len());
@@ -440,7 +478,7 @@ pub(crate) fn load(
         targets.push(ptr);
     }
     let alloc_seconds = allocating.elapsed().as_secs_f64();
-    let staging_seconds = pump_to(header, file, chunks, options, device, targets, direct)?;
+    let staging_seconds = pump_to(header, file, chunks, options, device, targets, direct_lanes)?;
     let tensors = header
         .tensors
         .iter()
@@ -484,7 +522,7 @@ pub(crate) fn h2d_bandwidth(
     let pinned_buf;
     let pageable;
     let src: &[u8] = if pinned {
-        pinned_buf = Pinned::new(bytes)?;
+        pinned_buf = Pinned::new(bytes, false)?;
         // SAFETY: freshly allocated, `bytes` long; written once before use.
         let s = unsafe { std::slice::from_raw_parts_mut(pinned_buf.ptr, bytes) };
         s.fill(1);

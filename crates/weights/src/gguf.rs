@@ -152,12 +152,8 @@ pub fn load_gguf_from(
     let (header, quant) = layout(path, &file, &content)?;
     let cached_before = page_cache::resident_share(&file).ok();
     page_cache::advise_sequential(&file);
-    let chunks = pump::chunks(&header, options.chunk_bytes);
-    let pump_options = pump::PumpOptions {
-        lanes: options.lanes,
-        chunk_bytes: options.chunk_bytes,
-        slots: options.slots,
-    };
+    let pump_options = options.pump();
+    let chunks = pump::chunks(&header, pump_options.chunk_bytes);
     let (qtensors, times) = match device {
         Device::Cpu => {
             let (buffers, times) = crate::fill_host(&header, &file, &chunks, pump_options)?;
@@ -179,7 +175,7 @@ pub fn load_gguf_from(
             pump_options,
             cuda,
             &quant,
-            options.direct,
+            options.direct_lanes,
         )?,
         #[allow(unreachable_patterns)]
         other => return Err(WeightsError::Device(format!("{:?}", other.location()))),
@@ -204,7 +200,7 @@ pub fn load_gguf_from(
         convert_seconds: 0.0,
         cached_before,
         lanes: options.lanes,
-        chunk_bytes: options.chunk_bytes,
+        chunk_bytes: options.effective_chunk_bytes(),
     };
     tracing::info!("{report}");
     Ok(GgufLoaded {
@@ -225,10 +221,12 @@ mod tests {
         let path = dir.path().join("all.gguf");
         let named = write_every_gguf_type(&path).unwrap();
         // Odd chunk sizes: chunks end mid-block and mid-tensor, and one lane gets several.
-        for (lanes, chunk_bytes) in [(3, 4099), (1, 1 << 20), (5, 777)] {
+        for (lanes, chunk_bytes, mapped) in [(3, 4099, false), (1, 1 << 20, false), (5, 777, true)]
+        {
             let options = LoadOptions {
                 lanes,
                 chunk_bytes,
+                mapped,
                 ..LoadOptions::default()
             };
             let n =

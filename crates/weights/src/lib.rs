@@ -1,6 +1,6 @@
-//! Weights at line rate: a safetensors file streamed into candle tensors through a few lanes of
-//! staging buffers, on the GPU through pinned memory and CUDA streams, at close to what PCIe
-//! carries, instead of candle's default page-by-page pageable copy.
+//! Weights at line rate: a safetensors or GGUF file streamed into candle tensors through a few
+//! lanes of staging buffers, on the GPU through pinned memory and CUDA streams, at close to what
+//! PCIe carries, instead of candle's default page-by-page pageable copy.
 //!
 //! In a pipeline where every model runs in its own process, every stage loads its weights
 //! again; this is what makes that cheap. The tensors are candle's own, handed to models through
@@ -77,9 +77,42 @@ pub struct LoadOptions {
     pub slots: usize,
     /// Float tensors of another float dtype are converted to this one, on the device.
     pub dtype: Option<DType>,
-    /// On a GPU: pin the file's pages where they lie in the page cache and copy from there,
-    /// instead of reading them into pinned staging buffers first.
-    pub direct: bool,
+    /// On a GPU: how many of the lanes pin the file's pages where they lie in the page cache
+    /// and copy from there, instead of reading them into pinned staging buffers first (0: none;
+    /// `lanes` or more: all). The two kinds spend different things (a CPU copy; the driver
+    /// pinning pages), so a mix can beat either alone.
+    pub direct_lanes: usize,
+    /// Copy chunks out of a memory mapping of the file (page faults, then a user-space copy)
+    /// instead of `pread`ing them (a kernel copy per page).
+    pub mapped: bool,
+    /// On a GPU: staging buffers in write-combined pinned memory (the CPU's writes bypass its
+    /// caches; the GPU's reads need not snoop them).
+    pub write_combined: bool,
+}
+
+impl LoadOptions {
+    /// The chunk size a load uses: whole pages when any lane pins pages in place (each chunk's
+    /// pages are pinned on their own).
+    pub fn effective_chunk_bytes(&self) -> usize {
+        if self.direct_lanes > 0 {
+            self.chunk_bytes
+                .max(1)
+                .next_multiple_of(page_cache::page_size())
+        } else {
+            self.chunk_bytes
+        }
+    }
+
+    /// The pump's share of these options.
+    pub(crate) fn pump(&self) -> pump::PumpOptions {
+        pump::PumpOptions {
+            lanes: self.lanes,
+            chunk_bytes: self.effective_chunk_bytes(),
+            slots: self.slots,
+            mapped: self.mapped,
+            write_combined: self.write_combined,
+        }
+    }
 }
 
 impl Default for LoadOptions {
@@ -92,7 +125,9 @@ impl Default for LoadOptions {
             chunk_bytes: 2 << 20,
             slots: 2,
             dtype: None,
-            direct: false,
+            direct_lanes: 0,
+            mapped: false,
+            write_combined: false,
         }
     }
 }
@@ -211,27 +246,19 @@ pub fn load_safetensors(
     })?;
     let cached_before = page_cache::resident_share(&file).ok();
     page_cache::advise_sequential(&file);
-    // The direct path pins whole pages per chunk: chunks must be whole pages.
-    let chunk_bytes = if options.direct {
-        options
-            .chunk_bytes
-            .max(1)
-            .next_multiple_of(page_cache::page_size())
-    } else {
-        options.chunk_bytes
-    };
-    let chunks = pump::chunks(&header, chunk_bytes);
-    let pump_options = pump::PumpOptions {
-        lanes: options.lanes,
-        chunk_bytes,
-        slots: options.slots,
-    };
+    let pump_options = options.pump();
+    let chunks = pump::chunks(&header, pump_options.chunk_bytes);
     let (tensors, times) = match device {
         Device::Cpu => load_host(&header, &file, &chunks, pump_options)?,
         #[cfg(feature = "cuda")]
-        Device::Cuda(cuda) => {
-            cuda::load(&header, &file, &chunks, pump_options, cuda, options.direct)?
-        }
+        Device::Cuda(cuda) => cuda::load(
+            &header,
+            &file,
+            &chunks,
+            pump_options,
+            cuda,
+            options.direct_lanes,
+        )?,
         #[allow(unreachable_patterns)]
         other => return Err(WeightsError::Device(format!("{:?}", other.location()))),
     };
@@ -257,7 +284,7 @@ pub fn load_safetensors(
         convert_seconds: converting.elapsed().as_secs_f64(),
         cached_before,
         lanes: options.lanes,
-        chunk_bytes: options.chunk_bytes,
+        chunk_bytes: options.effective_chunk_bytes(),
     };
     tracing::info!("{report}");
     Ok(Loaded {

@@ -65,13 +65,17 @@ fn bit_exact_with_candle_for_every_dtype_and_chunking() {
         (4, 1, 1),        // a byte at a time
         (2, 1000, 3),
     ] {
-        let options = LoadOptions {
-            lanes,
-            chunk_bytes,
-            slots,
-            ..LoadOptions::default()
-        };
-        assert_same(&path, &options);
+        // Read with pread, and copied out of a mapping of the file.
+        for mapped in [false, true] {
+            let options = LoadOptions {
+                lanes,
+                chunk_bytes,
+                slots,
+                mapped,
+                ..LoadOptions::default()
+            };
+            assert_same(&path, &options);
+        }
     }
 }
 

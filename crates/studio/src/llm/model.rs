@@ -239,11 +239,13 @@ impl LlamaLike {
             None
         } else {
             let key = (seq_len, index_pos + seq_len);
-            if !self.masks.contains_key(&key) {
-                let mask = build_causal_mask(seq_len, index_pos, x.device())?;
-                self.masks.insert(key, mask);
-            }
-            self.masks.get(&key).cloned()
+            let mask = match self.masks.entry(key) {
+                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
+                std::collections::hash_map::Entry::Vacant(e) => e
+                    .insert(build_causal_mask(seq_len, index_pos, x.device())?)
+                    .clone(),
+            };
+            Some(mask)
         };
         let mut h = self.embed.forward(x)?;
         for i in 0..self.layers.len() {
