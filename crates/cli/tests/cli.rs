@@ -182,3 +182,82 @@ fn a_closed_pipe_is_a_clean_exit() {
     assert!(status.success(), "{status}: {err}");
     assert!(err.is_empty(), "{err}");
 }
+
+/// `baton bench load` on the CPU: the checks before the timings (both formats bit-exact, four
+/// broken files refused with memory verified), then a safetensors and a GGUF file timed by
+/// pread and by mapping, beside candle's own loaders, in the table and the JSON.
+#[test]
+fn bench_load_checks_then_times_safetensors_and_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let json = d.join("load.json");
+    let out = run(
+        d,
+        "1x24GiB",
+        &[
+            "bench",
+            "load",
+            "--compute",
+            "cpu",
+            "--sizes",
+            "1MiB",
+            "--gguf-sizes",
+            "1MiB",
+            "--repeat",
+            "1",
+            "--lanes",
+            "3",
+            "--chunk",
+            "1MiB",
+            "--read",
+            "pread,mmap",
+            "--dir",
+            d.join("files").to_str().unwrap(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert_eq!(
+        text.matches("bit-exact with candle's loader on this device")
+            .count(),
+        3,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("GGUF bit-exact with candle's reader").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(text.matches("refused: ").count(), 4, "{text}");
+    assert!(text.contains("truncated.gguf"), "{text}");
+    for row in [
+        "page cache read only, 16 threads (no GPU)",
+        "baton, warm, 3 lanes x 1.0 MiB x 2",
+        "baton mmap, warm, 3 lanes x 1.0 MiB x 2",
+        "baton, cold",
+        "candle safetensors::load, warm",
+        "GGUF baton, warm, 3 lanes x 1.0 MiB x 2",
+        "GGUF baton mmap, warm, 3 lanes x 1.0 MiB x 2",
+        "GGUF candle Content::tensor, warm",
+    ] {
+        assert!(
+            text.contains(&format!("\n{row} ")),
+            "no row '{row}' in {text}"
+        );
+    }
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(rows.len() >= 12, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["gb_per_second"].as_f64().unwrap() > 0.0)
+    );
+    // The benchmark's files are removed afterwards (no --keep).
+    let left: Vec<_> = std::fs::read_dir(d.join("files"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
