@@ -489,21 +489,14 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
         repeat: args.repeat,
     };
     for &size in &args.sizes {
-        let path = args.dir.join(format!(
-            "bench-{}.safetensors",
-            baton_memory::format_bytes(size).replace(' ', "")
-        ));
-        let started = std::time::Instant::now();
-        let bytes = wb::write_llama_like(&path, size)?;
-        writeln!(
+        let (path, bytes) = bench_file(
+            &args.dir,
+            size,
+            "safetensors",
+            "bf16 tensors",
+            &wb::write_llama_like,
             out,
-            "\n{}: {:.2} GB of bf16 tensors written in {:.1}s",
-            path.display(),
-            bytes as f64 / 1e9,
-            started.elapsed().as_secs_f64()
         )?;
-        let warm = page_cache::warm(&path, 8)?;
-        writeln!(out, "page cache: {warm}")?;
         let mut table = Table {
             rows: &mut rows,
             out,
@@ -573,21 +566,14 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
         }
     }
     for size in args.gguf_sizes.iter().flatten().copied() {
-        let path = args.dir.join(format!(
-            "bench-{}.gguf",
-            baton_memory::format_bytes(size).replace(' ', "")
-        ));
-        let started = std::time::Instant::now();
-        let bytes = wb::write_gguf_llama_like(&path, size)?;
-        writeln!(
+        let (path, bytes) = bench_file(
+            &args.dir,
+            size,
+            "gguf",
+            "Q4_K/Q6_K blocks",
+            &wb::write_gguf_llama_like,
             out,
-            "\n{}: {:.2} GB of Q4_K/Q6_K blocks written in {:.1}s",
-            path.display(),
-            bytes as f64 / 1e9,
-            started.elapsed().as_secs_f64()
         )?;
-        let warm = page_cache::warm(&path, 8)?;
-        writeln!(out, "page cache: {warm}")?;
         let mut table = Table {
             rows: &mut rows,
             out,
@@ -656,6 +642,36 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
         baton_memory::atomic_file::write_atomic(file, &serde_json::to_vec_pretty(&rows)?)?;
     }
     Ok(())
+}
+
+/// Writes one of `baton bench load`'s files (`bench-SIZE.EXT` in `dir`) with `write`, says what
+/// was written and how long it took, and pulls it into the page cache. Returns its path and its
+/// tensor bytes.
+#[allow(clippy::type_complexity)]
+fn bench_file(
+    dir: &std::path::Path,
+    size: u64,
+    ext: &str,
+    what: &str,
+    write: &dyn Fn(&std::path::Path, u64) -> Result<u64, baton_weights::WeightsError>,
+    out: &mut dyn Write,
+) -> anyhow::Result<(std::path::PathBuf, u64)> {
+    let path = dir.join(format!(
+        "bench-{}.{ext}",
+        baton_memory::format_bytes(size).replace(' ', "")
+    ));
+    let started = std::time::Instant::now();
+    let bytes = write(&path, size)?;
+    writeln!(
+        out,
+        "\n{}: {:.2} GB of {what} written in {:.1}s",
+        path.display(),
+        bytes as f64 / 1e9,
+        started.elapsed().as_secs_f64()
+    )?;
+    let warm = baton_weights::page_cache::warm(&path, 8)?;
+    writeln!(out, "page cache: {warm}")?;
+    Ok((path, bytes))
 }
 
 /// ` (N pinning pages in place)` where a load has direct lanes.

@@ -420,21 +420,37 @@ pub fn verify_gguf_against_candle(
 ) -> Result<usize, WeightsError> {
     let (reference, _) = candle_gguf_load(path, device)?;
     let loaded = crate::load_gguf(path, device, options)?;
-    if loaded.tensors.len() != reference.len() {
+    same_tensors(&reference, &loaded.tensors, options, &|got, want| {
+        Ok(got.dtype() == want.dtype()
+            && got.shape() == want.shape()
+            && got.data()? == want.data()?)
+    })
+}
+
+/// Checks that `loaded` holds the same tensors as `reference`, every one alike by `same`;
+/// returns how many, or an error naming the first that differs.
+#[allow(clippy::type_complexity)]
+fn same_tensors<T>(
+    reference: &HashMap<String, T>,
+    loaded: &HashMap<String, T>,
+    options: &crate::LoadOptions,
+    same: &dyn Fn(&T, &T) -> Result<bool, WeightsError>,
+) -> Result<usize, WeightsError> {
+    if loaded.len() != reference.len() {
         return Err(WeightsError::Device(format!(
             "{} tensors loaded, candle loads {}",
-            loaded.tensors.len(),
+            loaded.len(),
             reference.len()
         )));
     }
-    for (name, want) in &reference {
-        let got = &loaded.tensors[name];
-        if got.dtype() != want.dtype()
-            || got.shape() != want.shape()
-            || got.data()? != want.data()?
-        {
+    for (name, want) in reference {
+        let alike = match loaded.get(name) {
+            Some(got) => same(got, want)?,
+            None => false,
+        };
+        if !alike {
             return Err(WeightsError::Device(format!(
-                "GGUF tensor '{name}' differs from candle's load with {options:?}"
+                "tensor '{name}' differs from candle's load with {options:?}"
             )));
         }
     }
@@ -598,23 +614,9 @@ pub fn verify_against_candle(
 ) -> Result<usize, WeightsError> {
     let reference = candle_core::safetensors::load(path, device)?;
     let loaded = crate::load_safetensors(path, device, options)?;
-    if loaded.tensors.len() != reference.len() {
-        return Err(WeightsError::Device(format!(
-            "{} tensors loaded, candle loads {}",
-            loaded.tensors.len(),
-            reference.len()
-        )));
-    }
-    for (name, want) in &reference {
-        let got = &loaded.tensors[name];
-        if got.dtype() != want.dtype()
-            || got.dims() != want.dims()
-            || raw_bytes(got)? != raw_bytes(want)?
-        {
-            return Err(WeightsError::Device(format!(
-                "tensor '{name}' differs from candle's load with {options:?}"
-            )));
-        }
-    }
-    Ok(reference.len())
+    same_tensors(&reference, &loaded.tensors, options, &|got, want| {
+        Ok(got.dtype() == want.dtype()
+            && got.dims() == want.dims()
+            && raw_bytes(got)? == raw_bytes(want)?)
+    })
 }

@@ -15,7 +15,7 @@ use candle_core::Device;
 use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 
-use crate::header::{Header, TensorEntry, sort_disjoint};
+use crate::header::{Header, TensorEntry, file_len, sort_disjoint};
 use crate::{LoadOptions, LoadReport, PathTimes, WeightsError, page_cache, pump};
 
 /// A GGUF file's metadata and its tensors, loaded.
@@ -57,13 +57,7 @@ fn layout(
         path: path.to_path_buf(),
         why,
     };
-    let file_len = file
-        .metadata()
-        .map_err(|source| WeightsError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    let file_len = file_len(path, file)?;
     let data_offset = content.tensor_data_offset;
     if data_offset > file_len {
         return Err(bad(format!(

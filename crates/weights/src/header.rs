@@ -51,13 +51,7 @@ impl Header {
             path: path.to_path_buf(),
             source,
         })?;
-        let file_len = file
-            .metadata()
-            .map_err(|source| WeightsError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .len();
+        let file_len = file_len(path, &file)?;
         let bad = |why: String| WeightsError::BadHeader {
             path: path.to_path_buf(),
             why,
@@ -101,6 +95,16 @@ impl Header {
             file_len,
         })
     }
+}
+
+/// The length of `file` (opened from `path`).
+pub(crate) fn file_len(path: &Path, file: &File) -> Result<u64, WeightsError> {
+    file.metadata()
+        .map(|m| m.len())
+        .map_err(|source| WeightsError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Sorts `tensors` by offset and refuses two whose bytes overlap (safetensors and GGUF alike:

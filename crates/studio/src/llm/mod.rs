@@ -73,12 +73,7 @@ impl Llm {
         };
         let started = std::time::Instant::now();
         let content = baton_weights::read_gguf(path).map_err(|e| unreadable(e.to_string()))?;
-        let arch = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_else(|| "unknown".into());
+        let arch = model::architecture(&content);
         if arch != "llama" && arch != "qwen2" {
             return Err(LlmError::Unsupported {
                 path: path.to_path_buf(),
@@ -457,12 +452,7 @@ pub fn candle_reference(
         std::fs::File::open(path).map_err(|_| LlmError::MissingModel(path.to_path_buf()))?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)
         .map_err(|e| unreadable(e.to_string()))?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let arch = model::architecture(&content);
     let x = Tensor::new(tokens, device)?.unsqueeze(0)?;
     let (logits, seconds) = match arch.as_str() {
         "llama" => {

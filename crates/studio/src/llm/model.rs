@@ -35,6 +35,16 @@ pub struct Config {
     pub context: usize,
 }
 
+/// The file's `general.architecture` ("unknown" when it has none).
+pub fn architecture(content: &Content) -> String {
+    content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// The longest sequence a llama's rotary tables cover (candle's `quantized_llama` too).
 pub const LLAMA_CONTEXT: usize = 4096;
 
@@ -170,13 +180,7 @@ impl LlamaLike {
         tensors: &mut HashMap<String, QTensor>,
         device: &Device,
     ) -> Result<LlamaLike, LlmError> {
-        let arch = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        let config = Config::from_metadata(&arch, &content.metadata)?;
+        let config = Config::from_metadata(&architecture(content), &content.metadata)?;
         let mut take = Take { tensors };
         let eps = config.rms_eps;
         let embed_q = take.q("token_embd.weight")?;
