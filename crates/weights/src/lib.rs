@@ -80,13 +80,14 @@ pub struct LoadOptions {
     /// On a GPU: how many of the lanes pin the file's pages where they lie in the page cache
     /// and copy from there, instead of reading them into pinned staging buffers first (0: none;
     /// `lanes` or more: all). The two kinds spend different things (a CPU copy; the driver
-    /// pinning pages), so a mix can beat either alone.
+    /// pinning pages); on an H200 host any direct lanes made the load slower (docs/weights.md).
     pub direct_lanes: usize,
     /// Copy chunks out of a memory mapping of the file (page faults, then a user-space copy)
-    /// instead of `pread`ing them (a kernel copy per page).
+    /// instead of `pread`ing them (a kernel copy per page). As fast as `pread` on an H200 host,
+    /// but a file cut short under the mapping raises SIGBUS instead of an error.
     pub mapped: bool,
     /// On a GPU: staging buffers in write-combined pinned memory (the CPU's writes bypass its
-    /// caches; the GPU's reads need not snoop them).
+    /// caches; the GPU's reads need not snoop them). No faster on an H200 host.
     pub write_combined: bool,
 }
 

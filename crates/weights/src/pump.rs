@@ -89,8 +89,8 @@ impl Mapping {
     pub(crate) fn new(file: &std::fs::File, header: &Header) -> Result<Mapping, WeightsError> {
         use std::os::fd::AsRawFd;
         let len = header.file_len as usize;
-        // SAFETY: a read-only shared mapping of an open file; it is only read (by DMA) and is
-        // unmapped on drop, after the copies from it have finished.
+        // SAFETY: a read-only shared mapping of an open file; it is only read (by lanes' copies
+        // or DMA) and is unmapped on drop, after every lane has drained.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -108,8 +108,10 @@ impl Mapping {
                 source: std::io::Error::last_os_error(),
             });
         }
+        // Read-ahead where the file is not cached yet (not MADV_SEQUENTIAL: on a shared file
+        // mapping it lets reclaim drop the pages behind the reader, cold for the next load).
         // SAFETY: advice on the mapping just made; a failure only loses the hint.
-        unsafe { libc::madvise(ptr, len.max(1), libc::MADV_SEQUENTIAL | libc::MADV_WILLNEED) };
+        unsafe { libc::madvise(ptr, len.max(1), libc::MADV_WILLNEED) };
         Ok(Mapping {
             ptr: ptr as *const u8,
             len: len.max(1),

@@ -119,7 +119,13 @@ impl Llm {
             .and_then(|v| v.to_u32().ok())
             .map_or(text.tokens.len(), |n| n as usize)
             .max(text.tokenizer.get_vocab_size(true));
-        let weights = model::LlamaLike::new(content, &mut loaded.tensors, device)?;
+        let weights =
+            model::LlamaLike::new(content, &mut loaded.tensors, device).map_err(|e| match e {
+                LlmError::BadModel(why) => {
+                    LlmError::BadModel(format!("'{}': {why}", path.display()))
+                }
+                other => other,
+            })?;
         let token_text = |id: Option<u32>| {
             id.and_then(|i| text.tokens.get(i as usize))
                 .cloned()
@@ -435,8 +441,8 @@ pub fn warm_up(device: &Device) -> Result<(), LlmError> {
 }
 
 /// candle's own quantized llama or qwen2 (`from_gguf`: it reads its tensors itself) on the same
-/// file: the logits after `tokens` and the seconds its load took. What baton's model is checked
-/// against, in the tests and in `baton bench llm` on a GPU.
+/// file: the logits after `tokens` and the seconds its load took. What `baton bench llm` checks
+/// baton's model against, on whatever device it runs.
 pub fn candle_reference(
     path: &Path,
     device: &Device,
