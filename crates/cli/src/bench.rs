@@ -459,6 +459,19 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
             });
         }
     }
+    // What a resident host cache would give: ordinary memory pinned in place in one call (4 KiB
+    // pages, then huge pages where the kernel gives them), and the copy from it.
+    for (huge, pages) in [(false, "4 KiB pages"), (true, "huge pages")] {
+        if let Some(reg) = baton_weights::registered_h2d(&device, probe, huge, 4)? {
+            writeln!(
+                out,
+                "1 GiB of host memory ({pages}) registered in place in {:.4}s ({:.1} GB/s), then H2D {:.1} GB/s",
+                reg.register_seconds,
+                probe as f64 / reg.register_seconds / 1e9,
+                reg.copy_rate / 1e9
+            )?;
+        }
+    }
     std::fs::create_dir_all(&args.dir)?;
     check_loader(&args.dir, &backend, &device, out)?;
     let direct = if device.is_cuda() {

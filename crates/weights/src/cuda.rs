@@ -548,3 +548,88 @@ pub(crate) fn h2d_bandwidth(
     let seconds = started.elapsed().as_secs_f64();
     Ok((bytes * repeat.max(1)) as f64 / seconds)
 }
+
+/// See `crate::registered_h2d`.
+pub(crate) fn registered_h2d(
+    device: &CudaDevice,
+    bytes: usize,
+    huge: bool,
+    repeat: usize,
+) -> Result<crate::RegisteredProbe, WeightsError> {
+    let stream = device.cuda_stream();
+    stream
+        .context()
+        .bind_to_thread()
+        .map_err(cuda_err("cuCtxSetCurrent"))?;
+    let io = |source: std::io::Error| WeightsError::Read {
+        path: "anonymous memory".into(),
+        offset: 0,
+        source,
+    };
+    // SAFETY: a fresh private anonymous mapping, unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    struct Unmap(*mut std::ffi::c_void, usize);
+    impl Drop for Unmap {
+        fn drop(&mut self) {
+            // SAFETY: unmaps exactly the mapping made above, after its last use.
+            unsafe { libc::munmap(self.0, self.1) };
+        }
+    }
+    let _unmap = Unmap(ptr, bytes);
+    if huge {
+        // SAFETY: advice on the mapping just made; without THP it is only ignored.
+        unsafe { libc::madvise(ptr, bytes, libc::MADV_HUGEPAGE) };
+    }
+    // SAFETY: the mapping is `bytes` long and writable.
+    unsafe { std::ptr::write_bytes(ptr as *mut u8, 1, bytes) };
+    let (_target, dst) = alloc::<u8>(device, bytes)?;
+    stream
+        .synchronize()
+        .map_err(cuda_err("cuStreamSynchronize"))?;
+    let started = std::time::Instant::now();
+    // SAFETY: the range is a live mapping; it is unregistered below before it is unmapped.
+    unsafe { sys::cuMemHostRegister_v2(ptr, bytes, 0) }
+        .result()
+        .map_err(cuda_err("cuMemHostRegister"))?;
+    let register_seconds = started.elapsed().as_secs_f64();
+    // SAFETY: the mapping is registered and outlives the copies, synchronised below.
+    let src = unsafe { std::slice::from_raw_parts(ptr as *const u8, bytes) };
+    let copy = || -> Result<(), WeightsError> {
+        // SAFETY: `dst` holds `bytes`; `src` is registered and outlives the copy.
+        unsafe { result::memcpy_htod_async(dst, src, stream.cu_stream()) }
+            .map_err(cuda_err("cuMemcpyHtoDAsync"))?;
+        stream
+            .synchronize()
+            .map_err(cuda_err("cuStreamSynchronize"))
+    };
+    let copied = (|| {
+        copy()?;
+        let started = std::time::Instant::now();
+        for _ in 0..repeat.max(1) {
+            copy()?;
+        }
+        Ok::<f64, WeightsError>(started.elapsed().as_secs_f64())
+    })();
+    // SAFETY: registered above; no copy from it is pending (each copy is synchronised).
+    let unregistered = unsafe { sys::cuMemHostUnregister(ptr) }
+        .result()
+        .map_err(cuda_err("cuMemHostUnregister"));
+    let seconds = copied?;
+    unregistered?;
+    Ok(crate::RegisteredProbe {
+        register_seconds,
+        copy_rate: (bytes * repeat.max(1)) as f64 / seconds,
+    })
+}

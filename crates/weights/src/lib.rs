@@ -312,6 +312,35 @@ pub fn h2d_bandwidth(
     }
 }
 
+/// What pinning ordinary host memory in place costs, and what it then carries.
+#[derive(Debug, Clone, Copy)]
+pub struct RegisteredProbe {
+    /// `cuMemHostRegister` of the whole buffer.
+    pub register_seconds: f64,
+    /// Host-to-device bytes per second from it, once registered.
+    pub copy_rate: f64,
+}
+
+/// Anonymous host memory of `bytes` (backed by huge pages where `huge` and the kernel allows),
+/// touched, then registered with the driver in one call and copied to the device `repeat`
+/// times: what a resident host cache of weights, pinned once per stage, would cost and carry.
+/// `None` when `device` is not a GPU.
+pub fn registered_h2d(
+    device: &Device,
+    bytes: usize,
+    huge: bool,
+    repeat: usize,
+) -> Result<Option<RegisteredProbe>, WeightsError> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => cuda::registered_h2d(cuda, bytes, huge, repeat).map(Some),
+        _ => {
+            let _ = (bytes, huge, repeat);
+            Ok(None)
+        }
+    }
+}
+
 /// Where a device path's time went.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct PathTimes {
