@@ -550,14 +550,7 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
                 String::new(),
             )?;
         }
-        let still = page_cache::evict(&path)?;
-        let cold_seconds = load(&options)?.seconds;
-        table.push(
-            "baton, cold".into(),
-            vec![cold_seconds],
-            format!("{:.0}% cached after eviction", still * 100.0),
-        )?;
-        page_cache::warm(&path, 8)?;
+        table.cold("baton, cold", &path, &|| load(&options))?;
         let mut runs = Vec::new();
         for _ in 0..args.repeat.min(2) {
             runs.push(wb::candle_default_load(&path, &device)?);
@@ -600,14 +593,7 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
             Ok(report)
         };
         sweep.run("GGUF baton", &load, &mut table)?;
-        let still = page_cache::evict(&path)?;
-        let cold_seconds = load(&sweep.first())?.seconds;
-        table.push(
-            "GGUF baton, cold".into(),
-            vec![cold_seconds],
-            format!("{:.0}% cached after eviction", still * 100.0),
-        )?;
-        page_cache::warm(&path, 8)?;
+        table.cold("GGUF baton, cold", &path, &|| load(&sweep.first()))?;
         let mut runs = Vec::new();
         for _ in 0..args.repeat.min(2) {
             let (tensors, seconds) = wb::candle_gguf_load(&path, &device)?;
@@ -704,6 +690,25 @@ struct Table<'a> {
 }
 
 impl Table<'_> {
+    /// One load of `path` with the file dropped from the page cache first (read from the disk),
+    /// then the file warmed again for what follows.
+    fn cold(
+        &mut self,
+        method: &str,
+        path: &std::path::Path,
+        load: &dyn Fn() -> anyhow::Result<baton_weights::LoadReport>,
+    ) -> anyhow::Result<()> {
+        let still = baton_weights::page_cache::evict(path)?;
+        let seconds = load()?.seconds;
+        self.push(
+            method.into(),
+            vec![seconds],
+            format!("{:.0}% cached after eviction", still * 100.0),
+        )?;
+        baton_weights::page_cache::warm(path, 8)?;
+        Ok(())
+    }
+
     fn push(&mut self, method: String, runs: Vec<f64>, note: String) -> anyhow::Result<()> {
         let gbps = |seconds: f64| self.bytes as f64 / seconds / 1e9;
         let b = runs.iter().copied().fold(f64::INFINITY, f64::min);

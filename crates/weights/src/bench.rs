@@ -69,13 +69,7 @@ pub fn write_llama_like(path: &Path, target_bytes: u64) -> Result<u64, WeightsEr
         })
         .collect();
     write_streamed(path, &specs, &mut |_, bytes, out| {
-        let mut left = bytes;
-        while left > 0 {
-            let n = left.min(block.len() as u64) as usize;
-            out.write_all(&block[..n])?;
-            left -= n as u64;
-        }
-        Ok(())
+        repeat_block(&block, bytes, out)
     })?;
     Ok(total)
 }
