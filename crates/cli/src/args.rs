@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_memory::{DeviceChoice, parse_size};
+use baton_base::parse_size;
+use baton_memory::DeviceChoice;
 use clap::{Args, Parser, Subcommand};
 
 /// Run multi-model generative pipelines on GPUs that cannot hold every model at once.
@@ -614,30 +615,16 @@ fn parse_optional_model_size(text: &str) -> Result<Option<u64>, String> {
     }
 }
 
-/// `1`, `0.5`, `500ms`, `2s`, `1m`; more than 0 and at most a day.
+/// `1`, `0.5`, `500ms`, `2s`, `1m`: any duration baton reads, from 10ms to a day.
 pub fn parse_interval(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        (t, 1.0)
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| "use seconds (0.5) or a number with ms, s or m (500ms)".to_string())?;
-    let seconds = value * scale;
-    if seconds.is_nan() || seconds <= 0.0 {
+    let interval = baton_base::parse_duration(text).map_err(|e| e.to_string())?;
+    if interval.is_zero() {
         return Err("it must be more than 0".to_string());
     }
-    if !(0.01..=86_400.0).contains(&seconds) {
+    if !(Duration::from_millis(10)..=Duration::from_secs(86_400)).contains(&interval) {
         return Err("use 10ms to 24h".to_string());
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(interval)
 }
 
 #[cfg(test)]

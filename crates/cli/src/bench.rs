@@ -155,7 +155,7 @@ pub fn demo_switch(args: &crate::args::SwitchArgs, out: &mut dyn Write) -> anyho
     writeln!(
         out,
         "baton demo switch: two mock models of {} {why}",
-        baton_memory::format_bytes(args.size)
+        baton_base::format_bytes(args.size)
     )?;
     out.flush()?;
     let mut results = Vec::new();
@@ -182,8 +182,8 @@ pub fn demo_switch(args: &crate::args::SwitchArgs, out: &mut dyn Write) -> anyho
             "\nside by side: switch {:.1} ms in-process vs {:.1} ms with processes; left after release {} vs {}",
             i.switch_seconds * 1000.0,
             p.switch_seconds * 1000.0,
-            baton_memory::format_bytes(i.left_after_release),
-            baton_memory::format_bytes(p.left_after_release)
+            baton_base::format_bytes(i.left_after_release),
+            baton_base::format_bytes(p.left_after_release)
         )?;
     }
     let failed: Vec<&str> = results
@@ -243,7 +243,7 @@ pub fn switch(
             })
             .collect();
         let doc = serde_json::json!({"tool": "baton", "target": target, "size": size, "repeat": repeat, "modes": body});
-        baton_memory::atomic_file::write_atomic(
+        baton_base::atomic_file::write_atomic(
             path,
             serde_json::to_string_pretty(&doc)?.as_bytes(),
         )?;
@@ -251,7 +251,7 @@ pub fn switch(
     writeln!(
         out,
         "baton bench switch: {} mock models {why}, {repeat} run(s) per mode",
-        baton_memory::format_bytes(size)
+        baton_base::format_bytes(size)
     )?;
     writeln!(
         out,
@@ -273,8 +273,8 @@ pub fn switch(
                 switch[0],
                 switch[switch.len() - 1]
             ),
-            baton_memory::format_bytes(mid(&left) as u64),
-            baton_memory::format_bytes(mid(&peak) as u64)
+            baton_base::format_bytes(mid(&left) as u64),
+            baton_base::format_bytes(mid(&peak) as u64)
         )?;
     }
     Ok(())
@@ -343,7 +343,7 @@ pub fn llm(args: &crate::args::BenchLlmArgs, out: &mut dyn Write) -> anyhow::Res
             .tokenizer
             .to_string(true)
             .map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?;
-        baton_memory::atomic_file::write_atomic(file, json.as_bytes())?;
+        baton_base::atomic_file::write_atomic(file, json.as_bytes())?;
         writeln!(out, "tokenizer written to {}", file.display())?;
     }
 
@@ -416,7 +416,8 @@ struct LoadRow {
 /// cache warm, every lanes x chunk setting; then cold), by candle's default loader and by
 /// PyTorch, in one process on one device, so the ratios in the table are like for like.
 pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    use baton_weights::{LoadOptions, bench as wb, h2d_bandwidth, load_safetensors, page_cache};
+    use baton_base::page_cache;
+    use baton_weights::{LoadOptions, bench as wb, h2d_bandwidth, load_safetensors};
 
     if args.repeat == 0 {
         return Err(crate::BadInput("--repeat 0: need at least 1 load of each kind".into()).into());
@@ -638,7 +639,7 @@ pub fn load(args: &crate::args::BenchLoadArgs, out: &mut dyn Write) -> anyhow::R
         )?;
     }
     if let Some(file) = &args.json {
-        baton_memory::atomic_file::write_atomic(file, &serde_json::to_vec_pretty(&rows)?)?;
+        baton_base::atomic_file::write_atomic(file, &serde_json::to_vec_pretty(&rows)?)?;
     }
     Ok(())
 }
@@ -657,7 +658,7 @@ fn bench_file(
 ) -> anyhow::Result<(std::path::PathBuf, u64)> {
     let path = dir.join(format!(
         "bench-{}.{ext}",
-        baton_memory::format_bytes(size).replace(' ', "")
+        baton_base::format_bytes(size).replace(' ', "")
     ));
     let started = std::time::Instant::now();
     let bytes = write(&path, size)?;
@@ -668,7 +669,7 @@ fn bench_file(
         bytes as f64 / 1e9,
         started.elapsed().as_secs_f64()
     )?;
-    let warm = baton_weights::page_cache::warm(&path, 8)?;
+    let warm = baton_base::page_cache::warm(&path, 8)?;
     writeln!(out, "page cache: {warm}")?;
     Ok((path, bytes))
 }
@@ -698,14 +699,14 @@ impl Table<'_> {
         path: &std::path::Path,
         load: &dyn Fn() -> anyhow::Result<baton_weights::LoadReport>,
     ) -> anyhow::Result<()> {
-        let still = baton_weights::page_cache::evict(path)?;
+        let still = baton_base::page_cache::evict(path)?;
         let seconds = load()?.seconds;
         self.push(
             method.into(),
             vec![seconds],
             format!("{:.0}% cached after eviction", still * 100.0),
         )?;
-        baton_weights::page_cache::warm(path, 8)?;
+        baton_base::page_cache::warm(path, 8)?;
         Ok(())
     }
 
@@ -800,7 +801,7 @@ impl Sweep<'_> {
                             if mapped { " mmap" } else { "" },
                             if write_combined { " wc" } else { "" },
                             direct_note(&options),
-                            baton_memory::format_bytes(c as u64),
+                            baton_base::format_bytes(c as u64),
                             options.slots
                         ),
                         runs,

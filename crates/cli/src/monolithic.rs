@@ -12,8 +12,9 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
+use baton_base::format_bytes;
 use baton_memory::peak::PeakWatch;
-use baton_memory::{MemoryBackend, MemoryScope, format_bytes};
+use baton_memory::{MemoryBackend, MemoryScope};
 use baton_runner::pipeline::{Placeholders, fill};
 use clap::Parser;
 
@@ -63,9 +64,9 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         )
         .into());
     }
-    let slug = baton_studio::run_dir::slug(&args.topic)
-        .map_err(baton_studio::scenes::ScenesError::from)?;
-    let name = baton_studio::run_dir::run_folder_name(&args.topic, std::time::SystemTime::now())
+    let slug =
+        baton_base::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
+    let name = baton_base::run_dir::run_folder_name(&args.topic, std::time::SystemTime::now())
         .map_err(baton_studio::scenes::ScenesError::from)?;
     let run_dir = std::path::absolute(args.common.output.join(name))?;
     std::fs::create_dir_all(run_dir.join("logs"))?;
@@ -165,7 +166,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     )?;
     let json = serde_json::json!({"mode": "monolithic", "topic": args.topic, "total_seconds": total,
         "held_at_end_bytes": kept, "stages": records});
-    baton_memory::atomic_file::write_atomic(
+    baton_base::atomic_file::write_atomic(
         &run_dir.join("monolithic.json"),
         &serde_json::to_vec_pretty(&json)?,
     )?;

@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use baton_base::format_bytes;
+use baton_memory::DeviceChoice;
 use baton_memory::host::HostBackend;
-use baton_memory::{DeviceChoice, format_bytes};
 use baton_runner::report::{stage_table, write_report};
 use baton_runner::{
     Engine, LearnedNeeds, LocalExecutor, Manifest, Pipeline, RunPlan, RunState, create_run,
@@ -90,7 +91,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.mode == crate::args::RunMode::Monolithic {
         return crate::monolithic::run(args, out);
     }
-    baton_runner::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
+    baton_base::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
     let pipeline = load_pipeline(&args.common)?;
     let engine = engine(args.common.device, false)?;
     let mut plans = vec![create_run(
@@ -195,7 +196,7 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let manifests: Vec<&Manifest> = plans.iter().map(|p| &p.manifest).collect();
     let report_dir = args.common.output.join(format!(
         "batch_{}",
-        baton_runner::run_dir::timestamp(std::time::SystemTime::now())
+        baton_base::run_dir::timestamp(std::time::SystemTime::now())
     ));
     write_report(&report_dir, "baton batch", &manifests)?;
     let ok = plans

@@ -9,7 +9,7 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use baton_memory::format_bytes;
+use baton_base::format_bytes;
 use baton_runner::{Event, Observer, StageState};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 

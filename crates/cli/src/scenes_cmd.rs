@@ -4,7 +4,8 @@
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
-use baton_memory::format_bytes;
+use baton_base::format_bytes;
+use baton_base::protocol::StageLine;
 use baton_studio::llm::Sampler;
 use baton_studio::model_store::ModelStore;
 use baton_studio::scenes::{Compute, Destination, ScenesRequest, write_scenes};
@@ -30,7 +31,7 @@ pub(crate) fn compute(choice: ComputeChoice) -> anyhow::Result<(Compute, String)
 
 pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Refuse a bad topic before fetching a model or loading anything.
-    baton_studio::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
+    baton_base::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
     let store = ModelStore::from_env();
     let model = store.resolve(&args.model, true)?;
     let (compute, where_) = compute(args.compute)?;
@@ -113,7 +114,7 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         writeln!(
             out,
             "{}",
-            baton_weights::stage_line(&model.display().to_string(), model_bytes, o.load_seconds)
+            StageLine::load(model.display().to_string(), model_bytes, o.load_seconds)
         )?;
     }
     writeln!(out, "memory after loading: {}", o.after_load)?;
@@ -236,14 +237,14 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 pub fn models_warm(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     // Warming never downloads: a model that is not here yet has nothing to warm.
     let path = ModelStore::from_env().resolve(name, false)?;
-    let report = baton_weights::page_cache::warm(&path, 8)?;
+    let report = baton_base::page_cache::warm(&path, 8)?;
     writeln!(out, "{}: {report}", path.display())?;
     Ok(())
 }
 
 pub fn models_evict(files: &[std::path::PathBuf], out: &mut dyn Write) -> anyhow::Result<()> {
     for f in files {
-        let left = baton_weights::page_cache::evict(f)?;
+        let left = baton_base::page_cache::evict(f)?;
         writeln!(
             out,
             "{}: {:.0}% still in the page cache",
@@ -350,7 +351,11 @@ fn narrate(
     let manifest = write_voice(input, run_dir, engine, options, &mut |done, total| {
         // As a stage, the runner turns these lines into its progress bar.
         if stage {
-            let _ = writeln!(out, "baton:progress {done}/{total} narrated scene {done}");
+            let _ = writeln!(
+                out,
+                "{}",
+                StageLine::progress(done as u64, total as u64, format!("narrated scene {done}"))
+            );
             let _ = out.flush();
         }
     })?;
@@ -428,7 +433,10 @@ pub fn images(args: &crate::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
                 // As a stage: the runner repeats this in its own output and keeps it in run.json.
                 writeln!(
                     out,
-                    "baton:warn NO IMAGE MODEL ({why}): 3_images/ holds STORYBOARD CARDS, not generated images"
+                    "{}",
+                    StageLine::warn(format!(
+                        "NO IMAGE MODEL ({why}): 3_images/ holds STORYBOARD CARDS, not generated images"
+                    ))
                 )?;
             }
             return cards(&why, out);
@@ -502,9 +510,10 @@ fn draw(
                 bar.set_message(format!("scene {scene}"));
                 bar.set_position(step as u64);
             } else if stage && step == steps {
-                lines.push(format!(
-                    "baton:progress {scene}/{scenes} drew scene {scene}"
-                ));
+                lines.push(
+                    StageLine::progress(scene as u64, scenes as u64, format!("drew scene {scene}"))
+                        .to_string(),
+                );
             }
         }
     });
@@ -538,7 +547,7 @@ fn draw(
             writeln!(
                 out,
                 "{}",
-                baton_weights::stage_line(&p.name, p.weights_bytes, p.load_seconds)
+                StageLine::load(&p.name, p.weights_bytes, p.load_seconds)
             )?;
         }
     }

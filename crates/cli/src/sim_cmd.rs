@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use baton_memory::format_bytes;
+use baton_base::format_bytes;
 use baton_memory::sim::SimBackend;
 
 use crate::args::{HoldArgs, WorkArgs};
@@ -187,7 +187,11 @@ pub fn work(args: &WorkArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             args.seconds.max(0.0) / steps as f64,
         ));
         if args.steps > 0 {
-            writeln!(out, "baton:progress {step}/{steps} step {step}")?;
+            writeln!(
+                out,
+                "{}",
+                baton_base::protocol::StageLine::progress(step, steps, format!("step {step}"))
+            )?;
             out.flush()?;
         }
     }
@@ -201,7 +205,7 @@ pub fn work(args: &WorkArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        baton_memory::atomic_file::write_atomic(
+        baton_base::atomic_file::write_atomic(
             path,
             serde_json::to_string_pretty(&body)?.as_bytes(),
         )?;

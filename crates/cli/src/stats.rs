@@ -2,7 +2,8 @@
 
 use std::io::Write;
 
-use baton_memory::{DeviceSnapshot, Opened, format_bytes};
+use baton_base::format_bytes;
+use baton_memory::{DeviceSnapshot, Opened};
 use serde::Serialize;
 
 use crate::args::StatsArgs;

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use baton_base::format_bytes;
 use baton_memory::cuda::{CudaBackend, CudaBlock};
 use baton_memory::host::HostBackend;
 use baton_memory::sim::{SimAllocation, SimBackend};
-use baton_memory::{DeviceChoice, MemoryBackend, MemoryScope, format_bytes};
+use baton_memory::{DeviceChoice, MemoryBackend, MemoryScope};
 use serde::Serialize;
 
 use crate::BadInput;

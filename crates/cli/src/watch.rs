@@ -11,7 +11,8 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use baton_memory::{DeviceSnapshot, MemoryBackend, Opened, format_bytes};
+use baton_base::format_bytes;
+use baton_memory::{DeviceSnapshot, MemoryBackend, Opened};
 use ratatui::Frame;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Rect};

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::size::format_bytes;
 use crate::{DeviceSnapshot, MemoryBackend, MemoryError};
+use baton_base::format_bytes;
 
 /// The share of free memory a need may take, by default.
 pub const DEFAULT_USABLE_FRACTION: f64 = 0.8;

@@ -7,16 +7,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::size::format_bytes;
+use baton_base::format_bytes;
 
 /// An error from the memory layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MemoryError {
-    /// A size the user wrote could not be read.
-    #[error("bad size '{value}': {why}")]
-    BadSize { value: String, why: String },
-
     /// `BATON_SIM_GPUS` (or another simulated-GPU spec) could not be read.
     #[error(
         "bad simulated GPU spec '{value}': {why}; write it as COUNTxSIZE, or a comma-separated list of those, e.g. BATON_SIM_GPUS=4x24GiB"
@@ -104,6 +100,10 @@ pub enum MemoryError {
         source: std::io::Error,
     },
 
+    /// A file written whole, or a `/proc` read, that failed.
+    #[error(transparent)]
+    File(#[from] baton_base::FileError),
+
     /// A state file that is not what baton wrote.
     #[error("state file '{}' is corrupt ({why}); delete it to start afresh", .path.display())]
     CorruptState { path: PathBuf, why: String },
@@ -115,8 +115,7 @@ impl MemoryError {
     pub fn is_bad_input(&self) -> bool {
         matches!(
             self,
-            MemoryError::BadSize { .. }
-                | MemoryError::BadSimSpec { .. }
+            MemoryError::BadSimSpec { .. }
                 | MemoryError::UnknownBackend { .. }
                 | MemoryError::NoSuchDevice { .. }
         )

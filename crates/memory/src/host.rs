@@ -4,7 +4,7 @@
 //! `MemFree` would make a machine with a warm cache look full. A process's memory is its
 //! resident set (`VmRSS`), the closest thing the kernel has to a GPU's per-process bytes.
 
-use std::fs;
+use baton_base::procfs;
 
 use crate::backend::check_index;
 use crate::snapshot::sort_processes;
@@ -30,35 +30,19 @@ impl MemoryBackend for HostBackend {
     }
 
     fn snapshot(&self) -> Result<Vec<DeviceSnapshot>, MemoryError> {
-        let meminfo = fs::read_to_string("/proc/meminfo")
-            .map_err(|e| MemoryError::io("cannot read", "/proc/meminfo", e))?;
-        let (total, available) =
-            parse_meminfo(&meminfo).ok_or_else(|| MemoryError::CorruptState {
-                path: "/proc/meminfo".into(),
-                why: "MemTotal or MemAvailable is missing".into(),
-            })?;
-        let mut processes = Vec::new();
-        let entries =
-            fs::read_dir("/proc").map_err(|e| MemoryError::io("cannot list", "/proc", e))?;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // A process may exit between the listing and the read; skip it.
-            if let Some((name, rss)) = read_status(pid)
-                && rss > 0
-            {
-                processes.push(ProcessMemory {
+        let procfs::MemInfo { total, available } = procfs::meminfo()?;
+        // A process may exit between the listing and the read; it is skipped.
+        let mut processes: Vec<ProcessMemory> = procfs::pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let status = procfs::status(pid)?;
+                (status.rss_bytes > 0).then_some(ProcessMemory {
                     pid,
-                    name,
-                    bytes: Some(rss),
-                });
-            }
-        }
+                    name: status.name,
+                    bytes: Some(status.rss_bytes),
+                })
+            })
+            .collect();
         sort_processes(&mut processes);
         Ok(vec![DeviceSnapshot {
             backend: BackendKind::Host,
@@ -76,7 +60,7 @@ impl MemoryBackend for HostBackend {
 
     fn process_usage(&self, index: usize, pid: u32) -> Result<u64, MemoryError> {
         check_index(BackendKind::Host, index, 1)?;
-        Ok(read_status(pid).map_or(0, |(_, rss)| rss))
+        Ok(procfs::status(pid).map_or(0, |s| s.rss_bytes))
     }
 
     fn context_overhead(&self) -> u64 {
@@ -91,37 +75,6 @@ impl MemoryBackend for HostBackend {
         trim_heap();
         Ok(())
     }
-}
-
-/// Returns (MemTotal, MemAvailable) in bytes.
-fn parse_meminfo(text: &str) -> Option<(u64, u64)> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(parse_kib)
-    };
-    Some((field("MemTotal")?, field("MemAvailable")?))
-}
-
-/// Reads `/proc/PID/status` for the process name and resident bytes.
-fn read_status(pid: u32) -> Option<(String, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut name = None;
-    let mut rss = 0;
-    for line in text.lines() {
-        if let Some(value) = line.strip_prefix("Name:") {
-            name = Some(value.trim().to_string());
-        } else if let Some(value) = line.strip_prefix("VmRSS:") {
-            rss = parse_kib(value)?;
-        }
-    }
-    Some((name?, rss))
-}
-
-/// `  16384 kB` → bytes.
-fn parse_kib(value: &str) -> Option<u64> {
-    let number = value.trim().strip_suffix("kB")?.trim();
-    number.parse::<u64>().ok().map(|kib| kib * 1024)
 }
 
 /// Returns freed heap pages to the kernel, so the resident set shows what was really dropped.
@@ -139,16 +92,6 @@ fn trim_heap() {}
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn meminfo_fields_are_read_in_bytes() {
-        let text = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   20000000 kB\n";
-        assert_eq!(
-            parse_meminfo(text),
-            Some((24_000_000 * 1024, 20_000_000 * 1024))
-        );
-        assert_eq!(parse_meminfo("MemTotal: 5 kB\n"), None);
-    }
 
     #[test]
     fn own_process_is_seen_with_its_resident_set() {

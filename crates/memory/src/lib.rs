@@ -18,7 +18,6 @@
 //! | `@managed_execution` | [`managed`] |
 //! | `force_cleanup()` / `cleanup_model()` | [`cleanup`] / [`cleanup_model`] → [`Freed`] |
 
-pub mod atomic_file;
 mod availability;
 mod backend;
 pub mod bench;
@@ -38,7 +37,6 @@ pub mod nvml;
 pub mod peak;
 mod scope;
 pub mod sim;
-mod size;
 mod snapshot;
 
 pub use availability::{
@@ -50,5 +48,4 @@ pub use scope::{
     DEFAULT_SETTLE, DEFAULT_TOLERANCE, Freed, MemoryScope, ScopeReport, cleanup, cleanup_model,
     managed,
 };
-pub use size::{format_bytes, parse_size};
 pub use snapshot::{BackendKind, DeviceSnapshot, ProcessMemory, log_snapshot};

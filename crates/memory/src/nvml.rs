@@ -11,8 +11,9 @@ use nvml_wrapper::Nvml;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 
-use crate::snapshot::{process_name, sort_processes};
+use crate::snapshot::sort_processes;
 use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError, ProcessMemory};
+use baton_base::procfs;
 
 /// What a CUDA context costs on a current NVIDIA card (measured ~0.5 GiB on H100/H200).
 pub const CUDA_CONTEXT_OVERHEAD: u64 = 512 << 20;
@@ -76,7 +77,7 @@ impl NvmlBackend {
                 Some(row) => row.bytes = row.bytes.max(bytes),
                 None => processes.push(ProcessMemory {
                     pid: info.pid,
-                    name: process_name(info.pid)
+                    name: procfs::comm(info.pid)
                         .or_else(|| self.nvml.sys_process_name(info.pid, 64).ok())
                         .unwrap_or_else(|| "?".into()),
                     bytes,

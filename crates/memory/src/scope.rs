@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::size::format_bytes;
 use crate::{MemoryBackend, MemoryError};
+use baton_base::format_bytes;
 
 /// Default slack between the baseline and what is held after cleanup.
 pub const DEFAULT_TOLERANCE: u64 = 32 << 20;

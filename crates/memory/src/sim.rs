@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic_file::replace_atomic;
 use crate::backend::check_index;
-use crate::size::{format_bytes, parse_size};
-use crate::snapshot::{process_name, sort_processes};
+use crate::snapshot::sort_processes;
 use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError, ProcessMemory};
+use baton_base::atomic_file::replace_atomic;
+use baton_base::procfs;
+use baton_base::{format_bytes, parse_size};
 
 /// The variable naming the simulated devices.
 pub const SIM_GPUS_VAR: &str = "BATON_SIM_GPUS";
@@ -355,7 +356,7 @@ impl MemoryBackend for SimBackend {
                             Some(row) => row.bytes = Some(row.bytes.unwrap_or(0) + entry.bytes),
                             None => processes.push(ProcessMemory {
                                 pid: entry.pid,
-                                name: process_name(entry.pid).unwrap_or_else(|| "?".into()),
+                                name: procfs::comm(entry.pid).unwrap_or_else(|| "?".into()),
                                 bytes: Some(entry.bytes),
                             }),
                         }
@@ -414,16 +415,9 @@ impl Drop for SimAllocation {
 /// A live process's start time (clock ticks since boot), or `None` for one that has exited or
 /// is a zombie: a zombie holds no memory, on a GPU or here.
 pub(crate) fn process_start(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The name (field 2) is in parentheses and may itself hold spaces or ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    if state == "Z" || state == "X" {
-        return None;
-    }
-    // After the state (field 3), the start time is field 22: 18 fields further on.
-    fields.nth(18)?.parse().ok()
+    procfs::stat(pid)
+        .filter(|s| !s.is_gone())
+        .map(|s| s.start_ticks)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::size::format_bytes;
+use baton_base::format_bytes;
 
 /// Which source a reading came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,13 +132,6 @@ impl DeviceSnapshot {
 /// Sorts process rows largest first, unknown sizes last, then by PID so output is stable.
 pub(crate) fn sort_processes(processes: &mut [ProcessMemory]) {
     processes.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.pid.cmp(&b.pid)));
-}
-
-/// The short name of a process, from `/proc/PID/comm`.
-pub(crate) fn process_name(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string())
 }
 
 /// Reads every device and logs one line per device under `label`. The seed's

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use baton_memory::{DeviceSnapshot, MemoryBackend, format_bytes};
+use baton_base::format_bytes;
+use baton_base::protocol::StageLine;
+use baton_memory::{DeviceSnapshot, MemoryBackend};
 
 use crate::events::{Event, Observer};
 use crate::executor::{Executor, Launch, LineSink};
@@ -70,34 +72,14 @@ pub fn is_oom_line(line: &str) -> bool {
     .any(|p| l.contains(p))
 }
 
-/// `baton:progress DONE/TOTAL [message]`: a stage's way to drive its progress bar.
-pub fn parse_progress(line: &str) -> Option<(u64, u64, &str)> {
-    let rest = line.trim().strip_prefix("baton:progress ")?;
-    let (fraction, message) = rest.split_once(' ').unwrap_or((rest, ""));
-    let (done, total) = fraction.split_once('/')?;
-    Some((done.parse().ok()?, total.parse().ok()?, message.trim()))
-}
-
-/// `baton:warn MESSAGE`: something the stage wants the user to read, said by the runner too.
-pub fn parse_warning(line: &str) -> Option<&str> {
-    line.trim()
-        .strip_prefix("baton:warn ")
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-}
-
-/// `baton:load BYTES SECONDS NAME`: a stage reporting a weights load, for the manifest.
-pub fn parse_load(line: &str) -> Option<LoadRecord> {
-    let mut parts = line.trim().strip_prefix("baton:load ")?.splitn(3, ' ');
-    let bytes: u64 = parts.next()?.parse().ok()?;
-    let seconds: f64 = parts.next()?.parse().ok()?;
-    let name = parts.next()?.trim();
-    (seconds.is_finite() && seconds > 0.0 && !name.is_empty()).then(|| LoadRecord {
-        name: name.to_string(),
+/// A stage's `baton:load` line as the manifest keeps it.
+fn load_record(bytes: u64, seconds: f64, name: String) -> LoadRecord {
+    LoadRecord {
+        gb_per_second: bytes as f64 / seconds / 1e9,
+        name,
         bytes,
         seconds,
-        gb_per_second: bytes as f64 / seconds / 1e9,
-    })
+    }
 }
 
 /// Runs one attempt to its end, reclaim included. `live` is kept at the bytes the stage holds
@@ -435,15 +417,22 @@ impl Heard {
             self.tail.pop_front();
         }
         self.tail.push_back(line.chars().take(300).collect());
-        if let Some((done, total, message)) = parse_progress(line) {
-            self.progress.push((done, total, message.to_string()));
-        }
-        if let Some(load) = parse_load(line) {
-            self.loads.push(load);
-        }
-        if let Some(warning) = parse_warning(line) {
-            self.warnings_pending.push(warning.to_string());
-            self.warnings.push(warning.to_string());
+        match StageLine::parse(line) {
+            Some(StageLine::Progress {
+                done,
+                total,
+                message,
+            }) => self.progress.push((done, total, message)),
+            Some(StageLine::Load {
+                bytes,
+                seconds,
+                name,
+            }) => self.loads.push(load_record(bytes, seconds, name)),
+            Some(StageLine::Warn(warning)) => {
+                self.warnings_pending.push(warning.clone());
+                self.warnings.push(warning);
+            }
+            None => {}
         }
     }
 }
@@ -486,25 +475,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn progress_lines_and_oom_lines_are_recognised() {
-        assert_eq!(
-            parse_progress("baton:progress 3/6 drawing scene 3"),
-            Some((3, 6, "drawing scene 3"))
-        );
-        assert_eq!(parse_progress("baton:progress 1/2"), Some((1, 2, "")));
-        assert_eq!(parse_progress("progress 1/2"), None);
-        assert_eq!(parse_progress("baton:progress x/2"), None);
-        let load = parse_load("baton:load 4000000000 0.5 /models/flux dev.safetensors").unwrap();
+    fn stage_lines_and_oom_lines_are_recognised() {
+        let mut heard = Heard::default();
+        for line in [
+            "baton:progress 3/6 drawing scene 3",
+            "baton:load 4000000000 0.5 /models/flux dev.safetensors",
+            "baton:warn  no model here ",
+            "baton:load 12 0 x",
+            "plain output",
+        ] {
+            heard.note(line);
+        }
+        assert_eq!(heard.progress, vec![(3, 6, "drawing scene 3".to_string())]);
+        assert_eq!(heard.loads.len(), 1);
+        let load = &heard.loads[0];
         assert_eq!(load.name, "/models/flux dev.safetensors");
         assert_eq!(load.bytes, 4_000_000_000);
         assert!((load.gb_per_second - 8.0).abs() < 1e-9);
-        assert_eq!(parse_load("baton:load 12 0 x"), None);
-        assert_eq!(parse_load("baton:load 12 fast x"), None);
-        assert_eq!(
-            parse_warning("baton:warn  no model here "),
-            Some("no model here")
-        );
-        assert_eq!(parse_warning("baton:warn   "), None);
+        assert_eq!(heard.warnings, ["no model here"]);
+        assert_eq!(heard.tail.len(), 3);
+        assert!(!heard.oom);
         assert!(is_oom_line(
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
         ));

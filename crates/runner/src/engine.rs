@@ -459,11 +459,11 @@ impl Engine {
                         message: &format!(
                             "warming {} file(s), {}, for stage '{name}' while '{before}' runs",
                             files.len(),
-                            baton_memory::format_bytes(bytes),
+                            baton_base::format_bytes(bytes),
                         ),
                     });
                     for f in files {
-                        match baton_weights::page_cache::warm(&f, 4) {
+                        match baton_base::page_cache::warm(&f, 4) {
                             Ok(report) => tracing::info!("warmed for '{name}': {report}"),
                             Err(e) => tracing::warn!("could not warm for '{name}': {e}"),
                         }

@@ -7,7 +7,8 @@
 //! stage's if it is in the group or carries the token. That is how orphans are found and named.
 
 use std::collections::HashMap;
-use std::fs;
+
+use baton_base::procfs;
 
 /// The environment variable that marks a stage's processes.
 pub const TOKEN_VAR: &str = "BATON_STAGE_TOKEN";
@@ -29,21 +30,17 @@ impl Membership {
             pgid,
             needle: format!("{TOKEN_VAR}={token}").into_bytes(),
             cache: HashMap::new(),
-            since: start_ticks(pgid).unwrap_or(0),
+            since: procfs::stat(pgid).map_or(0, |s| s.start_ticks),
         }
     }
 
     /// Whether `pid` is the stage's, or `None` when it has exited (so nothing can be said).
     fn matches(&self, pid: u32) -> Option<bool> {
-        let fields = stat_fields(pid)?;
-        if fields.get(2).and_then(|g| g.parse().ok()) == Some(self.pgid) {
+        let stat = procfs::stat(pid)?;
+        if stat.pgrp == self.pgid {
             return Some(true);
         }
-        let started = fields
-            .get(19)
-            .and_then(|t| t.parse::<u64>().ok())
-            .unwrap_or(0);
-        Some(started >= self.since && carries(pid, &self.needle))
+        Some(stat.start_ticks >= self.since && procfs::environ_contains(pid, &self.needle))
     }
 
     /// True when `pid` is in the stage's process group or carries its token.
@@ -64,7 +61,7 @@ impl Membership {
 
     /// Every live process of the stage: the group and the token carriers.
     pub fn live_members(&self) -> Vec<u32> {
-        all_pids()
+        procfs::pids()
             .into_iter()
             .filter(|&pid| pid != std::process::id())
             .filter(|&pid| self.matches(pid) == Some(true))
@@ -76,48 +73,16 @@ impl Membership {
 /// Every live process that carries `token` (used by resume to clear what a killed baton left).
 pub fn processes_with_token(token: &str) -> Vec<u32> {
     let needle = format!("{TOKEN_VAR}={token}").into_bytes();
-    all_pids()
+    procfs::pids()
         .into_iter()
-        .filter(|&pid| pid != std::process::id() && carries(pid, &needle) && !is_zombie(pid))
+        .filter(|&pid| {
+            pid != std::process::id() && procfs::environ_contains(pid, &needle) && !is_zombie(pid)
+        })
         .collect()
 }
 
-fn all_pids() -> Vec<u32> {
-    fs::read_dir("/proc")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Fields of `/proc/PID/stat` after the command name: state, ppid, pgrp, …
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    Some(rest.split_whitespace().map(String::from).collect())
-}
-
-/// A process's start time in clock ticks since boot (field 22 of `/proc/PID/stat`).
-fn start_ticks(pid: u32) -> Option<u64> {
-    stat_fields(pid)?.get(19)?.parse().ok()
-}
-
-pub fn process_group(pid: u32) -> Option<u32> {
-    stat_fields(pid)?.get(2)?.parse().ok()
-}
-
-pub fn is_zombie(pid: u32) -> bool {
-    stat_fields(pid).is_none_or(|f| f.first().is_some_and(|s| s == "Z" || s == "X"))
-}
-
-fn carries(pid: u32, needle: &[u8]) -> bool {
-    fs::read(format!("/proc/{pid}/environ"))
-        .map(|env| env.split(|&b| b == 0).any(|var| var == needle))
-        .unwrap_or(false)
-}
+/// True when `pid` no longer runs (exited, a zombie, or dead).
+pub use procfs::is_gone as is_zombie;
 
 /// Sends `signal` to each PID, then waits up to `grace` for them to go; returns those that
 /// were still alive after SIGKILL was needed.
@@ -163,6 +128,16 @@ mod tests {
             .spawn()
             .unwrap();
         let mut stranger = Command::new("sleep").arg("30").spawn().unwrap();
+        // Until a child has exec'd, /proc shows the environment it was forked with (this
+        // test's, without the token): wait for all three to be `sleep`.
+        let started = std::time::Instant::now();
+        while [&leader, &carrier, &stranger]
+            .iter()
+            .any(|c| procfs::comm(c.id()).as_deref() != Some("sleep"))
+        {
+            assert!(started.elapsed() < std::time::Duration::from_secs(10));
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let mut m = Membership::new(pgid, &token);
         assert!(m.is_ours(leader.id()));
         assert!(m.is_ours(carrier.id()));

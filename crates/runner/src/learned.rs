@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use baton_memory::atomic_file::write_atomic;
+use baton_base::atomic_file::write_atomic;
 
 use crate::RunnerError;
 
@@ -68,7 +68,7 @@ impl LearnedNeeds {
         let mut all = Self::read(&self.path());
         all.insert(key.to_string(), peak);
         let bytes = serde_json::to_vec_pretty(&all).expect("map serializes");
-        write_atomic(&self.path(), &bytes).map_err(RunnerError::Memory)
+        write_atomic(&self.path(), &bytes).map_err(RunnerError::File)
     }
 }
 

@@ -20,7 +20,6 @@ pub mod pipeline;
 pub mod placement;
 pub mod plan;
 pub mod report;
-pub use baton_studio::run_dir;
 
 use std::path::PathBuf;
 
@@ -75,12 +74,16 @@ pub enum RunnerError {
         source: std::io::Error,
     },
 
+    /// A file baton writes whole (the manifest, the report) that could not be written.
+    #[error(transparent)]
+    File(#[from] baton_base::FileError),
+
     #[error(transparent)]
     Memory(#[from] baton_memory::MemoryError),
 }
 
-impl From<baton_studio::run_dir::TopicError> for RunnerError {
-    fn from(e: baton_studio::run_dir::TopicError) -> Self {
+impl From<baton_base::run_dir::TopicError> for RunnerError {
+    fn from(e: baton_base::run_dir::TopicError) -> Self {
         RunnerError::BadTopic {
             topic: e.topic,
             why: e.why,

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
-use baton_memory::parse_size;
+use baton_base::{parse_duration, parse_size};
 use serde::Deserialize;
 
 use crate::RunnerError;
@@ -531,23 +531,6 @@ fn duration_field(field: &str, value: Option<&str>, default: Duration) -> Result
     }
 }
 
-/// `500ms`, `5s`, `10m`, `2h`, or plain seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (number, scale) = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
-        .iter()
-        .find_map(|(unit, scale)| t.strip_suffix(unit).map(|n| (n, *scale)))
-        .unwrap_or((t, 1.0));
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| "write a duration such as 500ms, 5s, 10m or 2h".to_string())?;
-    if !value.is_finite() || value < 0.0 || value * scale > 30.0 * 86_400.0 {
-        return Err("use a duration from 0 to 30 days".into());
-    }
-    Ok(Duration::from_secs_f64(value * scale))
-}
-
 /// Fills `{topic}`, `{slug}`, `{run_dir}`, `{pipeline_dir}` and `{baton}` in one argument or
 /// path.
 pub fn fill(text: &str, vars: &Placeholders) -> String {
@@ -681,10 +664,19 @@ retries = 3
 
     #[test]
     fn durations_and_placeholders() {
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("soon").is_err());
+        assert_eq!(
+            Pipeline::parse(
+                "reclaim_timeout='2h'\n[[stage]]\nname='a'\ncommand=['true']\ntimeout='500ms'\n",
+                "p"
+            )
+            .map(|p| (p.reclaim_timeout, p.stages[0].timeout))
+            .unwrap(),
+            (Duration::from_secs(7200), Some(Duration::from_millis(500)))
+        );
+        assert!(
+            error("wait_timeout='soon'\n[[stage]]\nname='a'\ncommand=['true']\n")
+                .contains("wait_timeout = \"soon\"")
+        );
         let vars = Placeholders {
             topic: "Cyberpunk Tokyo".into(),
             slug: "cyberpunk_tokyo".into(),

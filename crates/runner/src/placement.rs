@@ -6,7 +6,8 @@
 //! shows its memory as free, but it is spoken for. Among devices where it fits, the one with
 //! the most room wins, which spreads stages over GPUs and lets small stages share one.
 
-use baton_memory::{DEFAULT_USABLE_FRACTION, DeviceSnapshot, format_bytes};
+use baton_base::format_bytes;
+use baton_memory::{DEFAULT_USABLE_FRACTION, DeviceSnapshot};
 
 /// A device as placement sees it: a reading, and what baton's running stages claim on it.
 #[derive(Debug, Clone)]

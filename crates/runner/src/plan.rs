@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use baton_memory::atomic_file::write_atomic;
+use baton_base::atomic_file::write_atomic;
 
 use crate::RunnerError;
 use crate::engine::attempt_token;
@@ -16,7 +16,7 @@ use crate::manifest::{
     MANIFEST_FILE, Manifest, PIPELINE_FILE, RunState, StageState, verify_artifacts,
 };
 use crate::pipeline::{Pipeline, Placeholders, fill};
-use crate::run_dir::{run_folder_name, slug};
+use baton_base::run_dir::{run_folder_name, slug};
 
 /// A run ready for the engine.
 #[derive(Debug)]
@@ -99,7 +99,7 @@ pub fn create_run(
         }
     };
     write_atomic(&dir.join(PIPELINE_FILE), pipeline.source.as_bytes())
-        .map_err(RunnerError::Memory)?;
+        .map_err(RunnerError::File)?;
     let manifest = Manifest::new(&run_id, topic, &slug, pipeline, backend);
     manifest.save(&dir)?;
     Ok(RunPlan {

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use baton_memory::atomic_file::write_atomic;
-use baton_memory::format_bytes;
+use baton_base::atomic_file::write_atomic;
+use baton_base::format_bytes;
 
 use crate::RunnerError;
 use crate::manifest::{Manifest, StageState};
@@ -234,12 +234,12 @@ pub fn write_report(dir: &Path, title: &str, manifests: &[&Manifest]) -> Result<
         source: e,
     })?;
     write_atomic(&report.join("vram.svg"), vram_svg(manifests).as_bytes())
-        .map_err(RunnerError::Memory)?;
+        .map_err(RunnerError::File)?;
     write_atomic(
         &report.join("index.html"),
         html(title, manifests).as_bytes(),
     )
-    .map_err(RunnerError::Memory)
+    .map_err(RunnerError::File)
 }
 
 pub fn write_run_report(dir: &Path, manifest: &Manifest) -> Result<(), RunnerError> {

@@ -109,14 +109,14 @@ impl ProgressLine {
         let of = total.map_or(String::new(), |t| {
             format!(
                 " of {} ({:.0}%)",
-                baton_memory::format_bytes(t),
+                baton_base::format_bytes(t),
                 done as f64 * 100.0 / t.max(1) as f64
             )
         });
         tracing::info!(
             "fetching {}: {}{of}, {:.1} MB/s",
             self.what,
-            baton_memory::format_bytes(done),
+            baton_base::format_bytes(done),
             done as f64 / secs / 1e6
         );
     }
@@ -273,11 +273,11 @@ impl Hub {
         link_blob(&link, &blob, path)?;
         let refs = dir.join("refs");
         fs::create_dir_all(&refs).map_err(io("cannot create", &refs))?;
-        baton_memory::atomic_file::write_atomic(&refs.join(revision), meta.commit.as_bytes())
+        baton_base::atomic_file::write_atomic(&refs.join(revision), meta.commit.as_bytes())
             .map_err(|e| HubError::Io {
-                action: "cannot write",
-                path: refs.join(revision),
-                source: std::io::Error::other(e.to_string()),
+                action: e.action,
+                path: e.path,
+                source: e.source,
             })?;
         Ok(link)
     }

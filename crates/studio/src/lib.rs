@@ -4,12 +4,10 @@
 //! connects them ([`storyboard`]). The stages themselves (an LLM storyboard, narration,
 //! diffusion images) land with their own issues.
 
-pub mod checksum;
 pub mod hub;
 pub mod images;
 pub mod llm;
 pub mod model_store;
-pub mod run_dir;
 pub mod scenes;
 pub mod storyboard;
 pub mod voice;

@@ -286,7 +286,7 @@ fn io(action: &'static str, path: &Path, source: std::io::Error) -> StoreError {
 
 /// The sha256 of a stored file.
 fn stored_sha256(path: &Path) -> Result<String, StoreError> {
-    crate::checksum::sha256_file(path)
+    baton_base::checksum::sha256_file(path)
         .map(|(_, sha)| sha)
         .map_err(|e| io("cannot read", path, e))
 }

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_memory::atomic_file::write_atomic;
+use baton_base::atomic_file::write_atomic;
 use baton_memory::{MemoryBackend, MemoryScope, ScopeReport};
 
 use crate::llm::{Generation, Llm, LlmError, Sampler};
-use crate::run_dir::{TopicError, run_folder_name, slug};
 use crate::storyboard::{Storyboard, StoryboardError, schema};
+use baton_base::run_dir::{TopicError, run_folder_name, slug};
 
 /// Where the LLM runs.
 pub enum Compute {
@@ -83,6 +83,8 @@ pub enum ScenesError {
     Storyboard(#[from] StoryboardError),
     #[error(transparent)]
     Memory(#[from] baton_memory::MemoryError),
+    #[error(transparent)]
+    File(#[from] baton_base::FileError),
     #[error("cannot create '{}': {source}", .path.display())]
     Create {
         path: PathBuf,

@@ -412,7 +412,7 @@ fn pump_to(
             targets,
             base: map.ptr,
             data_offset: header.data_offset,
-            page: crate::page_cache::page_size() as u64,
+            page: baton_base::page_cache::page_size() as u64,
         }),
         direct_lanes,
         made: std::sync::atomic::AtomicUsize::new(0),

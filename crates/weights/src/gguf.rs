@@ -16,7 +16,8 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 
 use crate::header::{Header, TensorEntry, file_len, sort_disjoint};
-use crate::{LoadOptions, LoadReport, PathTimes, WeightsError, page_cache, pump};
+use crate::{LoadOptions, LoadReport, PathTimes, WeightsError, pump};
+use baton_base::page_cache;
 
 /// A GGUF file's metadata and its tensors, loaded.
 pub struct GgufLoaded {

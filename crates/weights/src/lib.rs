@@ -11,7 +11,6 @@
 pub mod bench;
 pub mod gguf;
 pub mod header;
-pub mod page_cache;
 pub mod pump;
 
 #[cfg(feature = "cuda")]
@@ -98,7 +97,7 @@ impl LoadOptions {
         if self.direct_lanes > 0 {
             self.chunk_bytes
                 .max(1)
-                .next_multiple_of(page_cache::page_size())
+                .next_multiple_of(baton_base::page_cache::page_size())
         } else {
             self.chunk_bytes
         }
@@ -159,15 +158,13 @@ impl LoadReport {
     }
 
     /// The line a stage prints so the runner records this load in the run's manifest.
-    pub fn stage_line(&self) -> String {
-        stage_line(&self.path.display().to_string(), self.bytes, self.seconds)
+    pub fn stage_line(&self) -> baton_base::protocol::StageLine {
+        baton_base::protocol::StageLine::load(
+            self.path.display().to_string(),
+            self.bytes,
+            self.seconds,
+        )
     }
-}
-
-/// `baton:load BYTES SECONDS NAME`: how a stage tells the runner what it loaded and how fast;
-/// the runner keeps it in run.json under the attempt's `loads`.
-pub fn stage_line(name: &str, bytes: u64, seconds: f64) -> String {
-    format!("baton:load {bytes} {seconds:.6} {name}")
 }
 
 impl std::fmt::Display for LoadReport {
@@ -245,8 +242,8 @@ pub fn load_safetensors(
         path: path.to_path_buf(),
         source,
     })?;
-    let cached_before = page_cache::resident_share(&file).ok();
-    page_cache::advise_sequential(&file);
+    let cached_before = baton_base::page_cache::resident_share(&file).ok();
+    baton_base::page_cache::advise_sequential(&file);
     let pump_options = options.pump();
     let chunks = pump::chunks(&header, pump_options.chunk_bytes);
     let (tensors, times) = match device {

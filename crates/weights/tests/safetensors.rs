@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use baton_weights::{LoadOptions, WeightsError, bench, load_safetensors, page_cache};
+use baton_base::page_cache;
+use baton_weights::{LoadOptions, WeightsError, bench, load_safetensors};
 use candle_core::{DType, Device, Tensor};
 
 fn tensor(dtype: DType, shape: &[usize], seed: u64) -> Tensor {

@@ -21,9 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_memory::atomic_file::write_atomic;
+use baton_base::atomic_file::write_atomic;
+use baton_base::format_bytes;
 use baton_memory::peak::PeakWatch;
-use baton_memory::{MemoryBackend, MemoryScope, format_bytes};
+use baton_memory::{MemoryBackend, MemoryScope};
 use baton_weights::LoadOptions;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use serde::Serialize;
@@ -89,6 +90,8 @@ pub enum ImagesError {
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Memory(#[from] baton_memory::MemoryError),
+    #[error(transparent)]
+    File(#[from] baton_base::FileError),
     #[error("cannot encode scene {scene}'s PNG: {why}")]
     Png { scene: u32, why: String },
 }
@@ -762,7 +765,7 @@ pub fn write_images(
         return Err(ImagesError::EmptyPrompt { scene: s.index });
     }
     let out_dir = run_dir.join("3_images");
-    crate::run_dir::ensure_writable(&out_dir).map_err(|source| ImagesError::Unwritable {
+    baton_base::run_dir::ensure_writable(&out_dir).map_err(|source| ImagesError::Unwritable {
         path: out_dir.clone(),
         source,
     })?;

@@ -279,7 +279,7 @@ pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ImagesError> {
             source,
         })?;
     }
-    baton_memory::atomic_file::write_atomic(path, bytes).map_err(ImagesError::from)
+    baton_base::atomic_file::write_atomic(path, bytes).map_err(ImagesError::from)
 }
 
 /// A CLIP BPE tokenizer as diffusers ships it (vocab.json, merges.txt): CLIP's special tokens,

@@ -12,7 +12,7 @@ pub mod parler;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use baton_memory::atomic_file::write_atomic;
+use baton_base::atomic_file::write_atomic;
 use serde::Serialize;
 
 use crate::storyboard::{Storyboard, StoryboardError};
@@ -42,7 +42,9 @@ pub enum VoiceError {
     #[error("{0}")]
     Option(String),
     #[error(transparent)]
-    Write(#[from] baton_memory::MemoryError),
+    Memory(#[from] baton_memory::MemoryError),
+    #[error(transparent)]
+    Write(#[from] baton_base::FileError),
 }
 
 impl VoiceError {
@@ -311,7 +313,7 @@ pub fn write_voice(
     let board = Storyboard::load(input)?;
     let audio_dir = run_dir.join("2_audio");
     // Find out now, before any work, whether the folder takes files.
-    crate::run_dir::ensure_writable(&audio_dir).map_err(|source| VoiceError::Unwritable {
+    baton_base::run_dir::ensure_writable(&audio_dir).map_err(|source| VoiceError::Unwritable {
         path: audio_dir.clone(),
         source,
     })?;

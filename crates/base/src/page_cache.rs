@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::WeightsError;
+use crate::FileError;
 
 /// Tells the kernel the whole file will be read, in order, soon.
 pub fn advise_sequential(file: &File) {
@@ -68,22 +68,18 @@ pub fn page_size() -> usize {
 
 /// Asks the kernel to drop `path`'s clean pages from the page cache, so the next read comes from
 /// the disk. Returns the share still cached afterwards (pages another process has mapped stay).
-pub fn evict(path: &Path) -> Result<f64, WeightsError> {
+pub fn evict(path: &Path) -> Result<f64, FileError> {
     let file = open(path)?;
     // SAFETY: advice on an open descriptor.
     let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     if rc != 0 {
-        return Err(WeightsError::Read {
-            path: path.to_path_buf(),
-            offset: 0,
-            source: std::io::Error::from_raw_os_error(rc),
-        });
+        return Err(FileError::new(
+            "cannot evict from the page cache",
+            path,
+            std::io::Error::from_raw_os_error(rc),
+        ));
     }
-    resident_share(&file).map_err(|source| WeightsError::Read {
-        path: path.to_path_buf(),
-        offset: 0,
-        source,
-    })
+    resident_share(&file).map_err(FileError::with("cannot read", path))
 }
 
 /// What pulling a file into the page cache did.
@@ -111,25 +107,19 @@ impl std::fmt::Display for WarmReport {
 
 /// Reads the whole of `path` once, on `lanes` threads, so that a later load finds it in the page
 /// cache (the runner can do this for the next stage while the current one runs).
-pub fn warm(path: &Path, lanes: usize) -> Result<WarmReport, WeightsError> {
+pub fn warm(path: &Path, lanes: usize) -> Result<WarmReport, FileError> {
     let started = Instant::now();
     let file = open(path)?;
-    let io = |offset: u64| {
-        move |source| WeightsError::Read {
-            path: path.to_path_buf(),
-            offset,
-            source,
-        }
-    };
-    let cached_before = resident_share(&file).map_err(io(0))?;
+    let io = || FileError::with("cannot read", path);
+    let cached_before = resident_share(&file).map_err(io())?;
     advise_sequential(&file);
-    let len = file.metadata().map_err(io(0))?.len();
+    let len = file.metadata().map_err(io())?.len();
     const BLOCK: u64 = 8 << 20;
     let next = AtomicU64::new(0);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..lanes.max(1))
             .map(|_| {
-                scope.spawn(|| -> Result<(), WeightsError> {
+                scope.spawn(|| -> Result<(), FileError> {
                     let mut buf = vec![0u8; BLOCK as usize];
                     loop {
                         let at = next.fetch_add(BLOCK, Ordering::Relaxed);
@@ -137,7 +127,7 @@ pub fn warm(path: &Path, lanes: usize) -> Result<WarmReport, WeightsError> {
                             return Ok(());
                         }
                         let n = (len - at).min(BLOCK) as usize;
-                        file.read_exact_at(&mut buf[..n], at).map_err(io(at))?;
+                        file.read_exact_at(&mut buf[..n], at).map_err(io())?;
                     }
                 })
             })
@@ -150,13 +140,34 @@ pub fn warm(path: &Path, lanes: usize) -> Result<WarmReport, WeightsError> {
         bytes: len,
         seconds: started.elapsed().as_secs_f64(),
         cached_before,
-        cached_after: resident_share(&file).map_err(io(0))?,
+        cached_after: resident_share(&file).map_err(io())?,
     })
 }
 
-fn open(path: &Path) -> Result<File, WeightsError> {
-    File::open(path).map_err(|source| WeightsError::Open {
-        path: path.to_path_buf(),
-        source,
-    })
+fn open(path: &Path) -> Result<File, FileError> {
+    File::open(path).map_err(FileError::with("cannot open", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warming_reads_the_whole_file_and_a_missing_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weights.bin");
+        let bytes: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let report = warm(&path, 3).unwrap();
+        assert_eq!(report.bytes, bytes.len() as u64);
+        // Just read, and far smaller than this machine's memory.
+        assert!(report.cached_after > 0.99, "{report}");
+        assert!(report.to_string().contains("GB/s"), "{report}");
+        let left = evict(&path).unwrap();
+        assert!((0.0..=1.0).contains(&left));
+        let missing = dir.path().join("nope.bin");
+        let err = warm(&missing, 2).unwrap_err();
+        assert!(err.to_string().contains("nope.bin"), "{err}");
+        assert_eq!(err.source.kind(), std::io::ErrorKind::NotFound);
+    }
 }

@@ -1,11 +1,27 @@
-//! Byte sizes as people write them (`24GiB`, `4GB`, `512MiB`) and as baton prints them.
+//! Sizes and durations as people write them (`24GiB`, `4GB`, `500ms`, `10m`) and as baton
+//! prints them: one parser of each, for pipeline files, flags and environment variables alike.
 //!
 //! Binary units (KiB, MiB, GiB, TiB) are powers of 1024; decimal units (KB, MB, GB, TB) are
-//! powers of 1000, as on a GPU's data sheet. Printing always uses binary units, as nvidia-smi does.
+//! powers of 1000, as on a GPU's data sheet. Printing always uses binary units, as nvidia-smi
+//! does.
 
-use crate::MemoryError;
+use std::time::Duration;
 
-const UNITS: &[(&str, u64)] = &[
+/// A size that could not be read; the message names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad size '{value}': {why}")]
+pub struct SizeError {
+    pub value: String,
+    pub why: String,
+}
+
+/// A duration that could not be read. The message says how to write one; the caller names the
+/// field and the value, which it knows better.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DurationError(pub &'static str);
+
+const SIZE_UNITS: &[(&str, u64)] = &[
     ("tib", 1 << 40),
     ("gib", 1 << 30),
     ("mib", 1 << 20),
@@ -24,8 +40,8 @@ const UNITS: &[(&str, u64)] = &[
 /// Parses a size such as `24GiB`, `1.5 GB`, `512m` or `1048576` (bytes).
 ///
 /// A bare `G`/`M`/`K` means the binary unit, as it does for `docker` and `ulimit`.
-pub fn parse_size(text: &str) -> Result<u64, MemoryError> {
-    let bad = |why: &str| MemoryError::BadSize {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let bad = |why: &str| SizeError {
         value: text.to_string(),
         why: why.to_string(),
     };
@@ -41,7 +57,7 @@ pub fn parse_size(text: &str) -> Result<u64, MemoryError> {
     let multiplier = if unit.is_empty() {
         1
     } else {
-        UNITS
+        SIZE_UNITS
             .iter()
             .find(|(name, _)| *name == unit)
             .map(|(_, m)| *m)
@@ -69,6 +85,27 @@ pub fn format_bytes(bytes: u64) -> String {
         }
     }
     format!("{bytes} B")
+}
+
+/// The longest duration baton accepts anywhere: 30 days.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+
+/// Parses `500ms`, `5s`, `10m`, `2h`, or plain seconds (`0.5`), from 0 to 30 days. Callers
+/// that need a narrower range (a sampling interval) check it on the result.
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let t = text.trim();
+    let (number, scale) = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .iter()
+        .find_map(|(unit, scale)| t.strip_suffix(unit).map(|n| (n, *scale)))
+        .unwrap_or((t, 1.0));
+    let value: f64 = number.trim().parse().map_err(|_| {
+        DurationError("write a duration such as 500ms, 5s, 10m or 2h (a bare number is seconds)")
+    })?;
+    let seconds = value * scale;
+    if !seconds.is_finite() || seconds < 0.0 || seconds > MAX_DURATION.as_secs_f64() {
+        return Err(DurationError("use a duration from 0 to 30 days"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 #[cfg(test)]
@@ -101,5 +138,20 @@ mod tests {
         assert_eq!(format_bytes(1536), "1.5 KiB");
         assert_eq!(format_bytes(24 << 30), "24.0 GiB");
         assert_eq!(format_bytes(3 << 40), "3.0 TiB");
+    }
+
+    #[test]
+    fn durations_in_every_unit_and_bare_seconds() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("0.5").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration(" 2h ").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("720h").unwrap(), MAX_DURATION);
+        for bad in ["soon", "", "-1", "NaN", "inf", "2d", "721h", "1e9"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }
