@@ -10,6 +10,7 @@
 pub mod atomic_file;
 pub mod checksum;
 mod error;
+pub mod fault;
 pub mod page_cache;
 pub mod procfs;
 pub mod protocol;

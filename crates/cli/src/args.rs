@@ -8,6 +8,10 @@ use baton_base::parse_size;
 use baton_memory::DeviceChoice;
 use clap::{Args, Parser, Subcommand};
 
+/// The Parler-TTS model `baton voice` uses unless told otherwise (the stage program checks that
+/// its voice library agrees).
+pub const DEFAULT_VOICE_MODEL: &str = "parler-tts-mini-v1";
+
 /// Run multi-model generative pipelines on GPUs that cannot hold every model at once.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about, propagate_version = true)]
@@ -46,6 +50,45 @@ pub enum Command {
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Internal: what the stage program can tell the supervisor about this machine.
+    #[command(subcommand, hide = true)]
+    Catalog(CatalogCommand),
+}
+
+impl Command {
+    /// True for the commands the stage program `baton-stages` runs (they load models, or
+    /// compute on a GPU); `baton` hands those over to it.
+    pub fn runs_in_stage_program(&self) -> bool {
+        match self {
+            Command::Scenes(_)
+            | Command::Voice(_)
+            | Command::Images(_)
+            | Command::Models(_)
+            | Command::Demo(_)
+            | Command::Catalog(_) => true,
+            Command::Run(args) => args.mode == RunMode::Monolithic,
+            Command::Bench(bench) => !matches!(
+                bench,
+                BenchCommand::Snapshot { .. }
+                    | BenchCommand::Runner { .. }
+                    | BenchCommand::Startup { .. }
+            ),
+            Command::Resume(_)
+            | Command::Batch(_)
+            | Command::Stats(_)
+            | Command::Watch(_)
+            | Command::Sim(_) => false,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// `parler` when the neural voice's weights are on this machine, else `espeak`.
+    VoiceEngine,
+    /// The weights files the built-in stage STAGE would load now, one per line (nothing is
+    /// downloaded); its settings come from the environment, as the stage's would.
+    Weights { stage: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -57,7 +100,8 @@ pub enum DemoCommand {
     #[command(hide = true)]
     Mock {
         #[arg(long, value_enum)]
-        target: crate::switch::Target,
+        #[arg(value_parser = parse_device)]
+        target: DeviceChoice,
         #[arg(long)]
         size: u64,
         #[arg(long)]
@@ -72,8 +116,8 @@ pub struct SwitchArgs {
     pub size: u64,
     /// in-process, processes, or both side by side.
     #[arg(long, value_enum, default_value = "both")]
-    pub mode: crate::switch::Mode,
-    /// Where the mocks live: nvml (the GPU, needs a cuda build), host, sim, or auto.
+    pub mode: SwitchMode,
+    /// Where the mocks live: gpu (needs a cuda build of baton-stages), cpu (host RAM), sim, or auto.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
     /// Slack allowed between a baseline and the memory back after a release.
@@ -82,6 +126,14 @@ pub struct SwitchArgs {
     /// Never free the first mock (in-process mode), to see the verdict fail.
     #[arg(long)]
     pub inject_leak: bool,
+}
+
+/// Which way(s) the switch demo switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SwitchMode {
+    InProcess,
+    Processes,
+    Both,
 }
 
 #[derive(Debug, Args)]
@@ -111,7 +163,8 @@ pub struct PipelineArgs {
     /// Where run folders are made.
     #[arg(long, default_value = "output", value_name = "DIR")]
     pub output: PathBuf,
-    /// Where GPU stages go: nvml, sim (simulated GPUs), host (CPU only), or auto.
+    /// Where GPU stages go: gpu (NVIDIA GPUs, read through NVML), sim (simulated GPUs), cpu
+    /// (host RAM only), or auto (the GPUs when a driver answers, else host RAM).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
 }
@@ -151,9 +204,10 @@ pub struct ScenesArgs {
     /// Write into this existing run folder instead (as a stage of a pipeline: {run_dir}).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// Where the LLM runs: cpu, cuda (a cuda build), or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub compute: ComputeChoice,
+    /// Where the LLM runs: gpu (a cuda build of baton-stages), cpu, or auto (the GPU
+    /// when there is one and this build has CUDA).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub compute: DeviceChoice,
 }
 
 #[derive(Debug, Args)]
@@ -179,7 +233,7 @@ pub struct VoiceArgs {
     pub engine: VoiceEngineChoice,
     /// The Parler-TTS model: a folder (config.json, tokenizer.json, model.safetensors), or
     /// parler-tts-mini-v1 / parler-tts-large-v1 from the Hugging Face cache.
-    #[arg(long, env = "BATON_VOICE_MODEL", default_value = baton_studio::voice::parler::DEFAULT_MODEL)]
+    #[arg(long, env = "BATON_VOICE_MODEL", default_value = DEFAULT_VOICE_MODEL)]
     pub voice_model: String,
     /// How the neural voice should sound, in words, e.g. "A calm male voice, close up".
     #[arg(long, value_name = "TEXT")]
@@ -190,9 +244,10 @@ pub struct VoiceArgs {
     /// The neural engine's sampling seed: the same seed says the same clip the same way.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Where the neural engine runs: cpu, cuda (a cuda build), or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub compute: ComputeChoice,
+    /// Where the neural engine runs: gpu (a cuda build of baton-stages), cpu, or auto (the GPU
+    /// when there is one and this build has CUDA).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub compute: DeviceChoice,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -233,9 +288,10 @@ pub struct ImagesArgs {
     /// Refuse, with the numbers, a plan whose largest phase needs more than this.
     #[arg(long, value_parser = parse_size_arg)]
     pub max_vram: Option<u64>,
-    /// Where the model runs: cpu, cuda (a cuda build), or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub compute: ComputeChoice,
+    /// Where the model runs: gpu (a cuda build of baton-stages), cpu, or auto (the GPU
+    /// when there is one and this build has CUDA).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub compute: DeviceChoice,
     /// Render storyboard cards (title and narration on a plain frame) instead of generated images.
     #[arg(long)]
     pub cards: bool,
@@ -246,13 +302,6 @@ pub struct ImagesArgs {
     /// (HF_TOKEN for gated ones, such as FLUX.1 dev).
     #[arg(long)]
     pub fetch: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ComputeChoice {
-    Auto,
-    Cpu,
-    Cuda,
 }
 
 #[derive(Debug, Subcommand)]
@@ -299,8 +348,9 @@ pub struct BatchArgs {
 
 #[derive(Debug, Args)]
 pub struct DeviceArg {
-    /// Which memory to read: nvml (NVIDIA GPUs), host (system RAM), sim (simulated GPUs), or
-    /// auto (NVML when a driver answers, else host).
+    /// Which memory to read: gpu (NVIDIA GPUs, through NVML), cpu (host RAM), sim (simulated
+    /// GPUs), or auto (the GPUs when a driver answers, else host RAM). nvml and host are the
+    /// same as gpu and cpu.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
 }
@@ -413,7 +463,7 @@ pub enum BenchCommand {
         /// Size of each mock model.
         #[arg(long, default_value = "4GiB", value_parser = parse_model_size)]
         size: u64,
-        /// Where the mocks live: nvml, host, sim, or auto.
+        /// Where the mocks live: gpu, cpu, sim, or auto.
         #[arg(long, default_value = "auto", value_parser = parse_device)]
         device: DeviceChoice,
         /// Also write every run's numbers to this file as JSON.
@@ -451,9 +501,9 @@ pub enum BenchCommand {
         /// Where the random model and the run folder go.
         #[arg(long, value_name = "DIR", default_value = "target/bench-voice")]
         dir: PathBuf,
-        /// Where the model runs: cpu, cuda (a cuda build), or auto.
-        #[arg(long, value_enum, default_value = "auto")]
-        compute: ComputeChoice,
+        /// Where the model runs: gpu (a cuda build of baton-stages), cpu, or auto.
+        #[arg(long, default_value = "auto", value_parser = parse_device)]
+        compute: DeviceChoice,
     },
     /// The images stage on a model with a family's real shapes and random weights, written
     /// first: phases, peak memory and time per image.
@@ -470,15 +520,22 @@ pub enum BenchCommand {
         /// Where the random model and the run folder go.
         #[arg(long, value_name = "DIR", default_value = "target/bench-images")]
         dir: PathBuf,
-        /// Where the model runs: cpu, cuda (a cuda build), or auto.
-        #[arg(long, value_enum, default_value = "auto")]
-        compute: ComputeChoice,
+        /// Where the model runs: gpu (a cuda build of baton-stages), cpu, or auto.
+        #[arg(long, default_value = "auto", value_parser = parse_device)]
+        compute: DeviceChoice,
     },
     /// The cost of one snapshot on every backend this machine has.
     Snapshot {
         /// Timed snapshots per backend.
         #[arg(long, default_value_t = 200)]
         iterations: usize,
+    },
+    /// How long each program takes to start and answer: `baton --version`, `baton stats`,
+    /// `baton-stages --version`, as whole processes (median of --repeat runs).
+    Startup {
+        /// Runs of each command.
+        #[arg(long, default_value_t = 50)]
+        repeat: usize,
     },
 }
 
@@ -514,9 +571,10 @@ pub struct BenchLlmArgs {
     /// Scenes in the constrained storyboard; 0 skips it.
     #[arg(long, default_value_t = 6)]
     pub scenes: usize,
-    /// Where the LLM runs: cpu, cuda (a cuda build), or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub compute: ComputeChoice,
+    /// Where the LLM runs: gpu (a cuda build of baton-stages), cpu, or auto (the GPU
+    /// when there is one and this build has CUDA).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub compute: DeviceChoice,
     /// Write the model's tokenizer as tokenizer.json here (for candle's example, which needs one).
     #[arg(long, value_name = "FILE")]
     pub save_tokenizer: Option<PathBuf>,
@@ -568,9 +626,9 @@ pub struct BenchLoadArgs {
     /// The Python that runs PyTorch's load_file (skipped when it has no torch or safetensors).
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// Where the loads go: cpu, cuda (a cuda build), or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub compute: ComputeChoice,
+    /// Where the loads go: gpu (a cuda build of baton-stages), cpu, or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub compute: DeviceChoice,
     /// Also write every measurement to this file as JSON.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -1,27 +1,31 @@
-//! The `baton` command: parses arguments, calls the library crates, and maps their errors to
-//! exit codes.
+//! The `baton` command: the supervisor. It parses arguments, runs pipelines through the runner,
+//! reads devices, and hands the commands that load models (`scenes`, `voice`, `images`,
+//! `models`, `demo`, the compute benchmarks, `run --mode monolithic`) to the stage program
+//! `baton-stages`, which links the tensor libraries and CUDA that this one never does.
+//!
+//! A key design decision: the whole command line is declared here once ([`args`]) and both
+//! programs parse it, so `baton scenes --help` and a bad flag read the same whichever program
+//! runs them, and `baton` refuses bad input before it starts anything. `baton-stages` reuses
+//! [`run_main`] and [`dispatch`] for everything it does not do itself.
 //!
 //! Exit codes: 0 success; 1 the machine or the work failed; 2 the input was bad (an unknown
 //! device, a malformed size or spec, a bad interval, an unwritable path), always with a single
-//! line that names the bad value. A closed stdout (`baton stats | head`) is a clean exit.
+//! line that names the bad value. The code comes from the error itself
+//! ([`baton_base::fault`]): the first cause in its chain that knows whose fault it is. A
+//! closed stdout (`baton stats | head`) is a clean exit.
 
 pub mod args;
-mod bench;
-mod monolithic;
-mod pipeline_cmd;
-mod progress;
-mod scenes_cmd;
-mod sim_cmd;
-mod stats;
-pub mod switch;
-mod watch;
+pub mod commands;
+mod forward;
+pub mod progress;
 
 use std::io::Write;
 use std::process::ExitCode;
 
+use baton_base::fault::{Classifier, Classify, Fault, classifier, classify};
 use clap::Parser;
 
-use crate::args::{BenchCommand, Cli, Command, DemoCommand, ModelsCommand, SimCommand};
+use crate::args::{BenchCommand, Cli, Command, SimCommand};
 
 /// Bad input found outside clap: the message names the value and says what to do.
 #[derive(Debug)]
@@ -35,106 +39,91 @@ impl std::fmt::Display for BadInput {
 
 impl std::error::Error for BadInput {}
 
-/// Runs baton with the process's arguments and returns its exit code.
+impl Classify for BadInput {
+    fn fault(&self) -> Fault {
+        Fault::Input
+    }
+}
+
+/// The error types this crate's commands can fail with, for the exit code.
+pub const CLASSIFIERS: &[Classifier] = &[
+    classifier::<BadInput>,
+    classifier::<baton_memory::MemoryError>,
+    classifier::<baton_runner::RunnerError>,
+    classifier::<baton_base::FileError>,
+    classifier::<baton_base::units::SizeError>,
+    classifier::<baton_base::units::DurationError>,
+    classifier::<baton_base::run_dir::TopicError>,
+];
+
+/// Runs `baton` with the process's arguments and returns its exit code.
 pub fn main() -> ExitCode {
+    run_main(
+        |command, out| {
+            if command.runs_in_stage_program() {
+                forward::to_stage_program()
+            } else {
+                dispatch(command, out)
+            }
+        },
+        CLASSIFIERS,
+    )
+}
+
+/// Parses the arguments, runs `run` on the command with stdout, and turns what it returns into
+/// an exit code and a one-line message: the shared main of `baton` and `baton-stages`.
+/// `classifiers` name the error types `run` can return, beyond [`CLASSIFIERS`].
+pub fn run_main(
+    run: impl FnOnce(&Command, &mut dyn Write) -> anyhow::Result<()>,
+    classifiers: &[Classifier],
+) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return clap_exit(err),
     };
     init_logging(&cli.command);
     let mut stdout = std::io::stdout().lock();
-    match dispatch(&cli.command, &mut stdout) {
+    match run(&cli.command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             let _ = stdout.flush();
             eprintln!("error: {}", one_line(&err));
-            ExitCode::from(exit_code(&err))
+            ExitCode::from(exit_code(&err, classifiers))
         }
     }
 }
 
-pub(crate) fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
+/// Runs one of the supervisor's own commands. A command of the stage program's is an error
+/// here (`baton` hands those over before calling this).
+pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
+    use crate::commands::*;
     match command {
-        Command::Run(args) => pipeline_cmd::run(args, out),
-        Command::Resume(args) => pipeline_cmd::resume(args, out),
-        Command::Scenes(args) => scenes_cmd::scenes(args, out),
-        Command::Voice(args) => scenes_cmd::voice(args, out),
-        Command::Images(args) => scenes_cmd::images(args, out),
-        Command::Models(ModelsCommand::List) => scenes_cmd::models_list(out),
-        Command::Models(ModelsCommand::Fetch { name }) => scenes_cmd::models_fetch(name, out),
-        Command::Models(ModelsCommand::Warm { name }) => scenes_cmd::models_warm(name, out),
-        Command::Models(ModelsCommand::Evict { files }) => scenes_cmd::models_evict(files, out),
-        Command::Batch(args) => pipeline_cmd::batch(args, out),
+        Command::Run(args) if !command.runs_in_stage_program() => run::run(args, out),
+        Command::Resume(args) => resume::resume(args, out),
+        Command::Batch(args) => batch::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
         Command::Watch(args) => watch::watch(args),
-        Command::Sim(SimCommand::Hold(args)) => sim_cmd::hold(args, out),
-        Command::Sim(SimCommand::Reset) => sim_cmd::reset(out),
-        Command::Sim(SimCommand::Work(args)) => sim_cmd::work(args, out),
-        Command::Demo(DemoCommand::Switch(args)) => bench::demo_switch(args, out),
-        Command::Demo(DemoCommand::Mock {
-            target,
-            size,
-            label,
-        }) => switch::mock(*target, *size, label, out),
-        Command::Bench(BenchCommand::Switch {
-            repeat,
-            size,
-            device,
-            json,
-        }) => bench::switch(*repeat, *size, *device, json.as_deref(), out),
-        Command::Bench(BenchCommand::Llm(args)) => bench::llm(args, out),
-        Command::Bench(BenchCommand::Load(args)) => bench::load(args, out),
-        Command::Bench(BenchCommand::Images {
-            family,
-            scenes,
-            size,
-            dir,
-            compute,
-        }) => scenes_cmd::bench_images(family, *scenes, *size, dir, *compute, out),
-        Command::Bench(BenchCommand::Voice {
-            size,
-            scenes,
-            dir,
-            compute,
-        }) => scenes_cmd::bench_voice(size, *scenes, dir, *compute, out),
-        Command::Bench(BenchCommand::Snapshot { iterations }) => bench::snapshot(*iterations, out),
+        Command::Sim(SimCommand::Hold(args)) => sim::hold(args, out),
+        Command::Sim(SimCommand::Reset) => sim::reset(out),
+        Command::Sim(SimCommand::Work(args)) => sim::work(args, out),
+        Command::Bench(BenchCommand::Snapshot { iterations }) => {
+            bench_snapshot::snapshot(*iterations, out)
+        }
         Command::Bench(BenchCommand::Runner {
             stages,
             topics,
             stage_seconds,
-        }) => bench::runner(*stages, *topics, *stage_seconds, out),
+        }) => bench_runner::runner(*stages, *topics, *stage_seconds, out),
+        Command::Bench(BenchCommand::Startup { repeat }) => bench_startup::startup(*repeat, out),
+        _ => anyhow::bail!("this command runs in {}", baton_content::STAGES_PROGRAM),
     }
 }
 
-/// 2 for bad input, 1 for everything else.
-fn exit_code(err: &anyhow::Error) -> u8 {
-    let bad_input = err.downcast_ref::<BadInput>().is_some()
-        || err
-            .downcast_ref::<baton_memory::MemoryError>()
-            .is_some_and(|e| e.is_bad_input())
-        || err
-            .downcast_ref::<baton_runner::RunnerError>()
-            .is_some_and(|e| e.is_bad_input())
-        || err
-            .downcast_ref::<baton_studio::scenes::ScenesError>()
-            .is_some_and(|e| e.is_bad_input())
-        || err
-            .downcast_ref::<baton_studio::voice::VoiceError>()
-            .is_some_and(|e| e.is_bad_input())
-        || err
-            .downcast_ref::<baton_studio::images::ImagesError>()
-            .is_some_and(|e| e.is_bad_input())
-        || err
-            .downcast_ref::<baton_studio::model_store::StoreError>()
-            .is_some_and(|e| {
-                matches!(
-                    e,
-                    baton_studio::model_store::StoreError::BadSpec { .. }
-                        | baton_studio::model_store::StoreError::Missing(_)
-                )
-            });
-    if bad_input { 2 } else { 1 }
+/// 2 for bad input, 1 for everything else, from the first cause in the chain that knows.
+fn exit_code(err: &anyhow::Error, classifiers: &[Classifier]) -> u8 {
+    let all: Vec<Classifier> = classifiers.iter().chain(CLASSIFIERS).copied().collect();
+    classify(err.chain(), &all).exit_code()
 }
 
 /// The error and its causes on one line, each cause once.
@@ -195,7 +184,9 @@ fn init_logging(command: &Command) {
     // Benchmarks repeat the seed's log points hundreds of times; they print tables instead.
     let default = match command {
         Command::Bench(_) => "warn",
-        _ => "warn,baton_memory=info,baton_runner=info,baton=info",
+        _ => {
+            "warn,baton_memory=info,baton_runner=info,baton_studio=info,baton=info,baton_stages=info"
+        }
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

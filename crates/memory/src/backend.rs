@@ -72,25 +72,39 @@ pub(crate) fn check_index(
     }
 }
 
-/// Which backend to use, as `--device` names it.
+/// Where work runs: on a GPU, or on the CPU in host RAM. The one word for it that pipeline
+/// files (`device = "gpu"`), flags (`--device`, `--compute`) and the stages all use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A GPU: read through NVML by the supervisor, computed on through CUDA by a stage.
+    Gpu,
+    /// The CPU and host RAM, measured through `/proc`.
+    Cpu,
+}
+
+/// A device as a flag names it: a [`DeviceKind`], simulated GPUs in place of real ones, or
+/// `auto` (a GPU when a driver answers, otherwise the CPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
-    Nvml,
-    Host,
-    Sim,
-    /// NVML when a driver answers, otherwise host memory.
     Auto,
+    Gpu,
+    Cpu,
+    /// Simulated GPUs (`BATON_SIM_GPUS`): memory that test processes "allocate".
+    Sim,
 }
 
 impl std::str::FromStr for DeviceChoice {
     type Err = MemoryError;
 
+    /// `auto`, `gpu`, `cpu` or `sim`; `nvml` and `cuda` (how a GPU is read and computed on)
+    /// mean `gpu`, `host` means `cpu`, as earlier versions of baton spelled them.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "nvml" => Ok(DeviceChoice::Nvml),
-            "host" => Ok(DeviceChoice::Host),
-            "sim" => Ok(DeviceChoice::Sim),
+        match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(DeviceChoice::Auto),
+            "gpu" | "nvml" | "cuda" => Ok(DeviceChoice::Gpu),
+            "cpu" | "host" => Ok(DeviceChoice::Cpu),
+            "sim" => Ok(DeviceChoice::Sim),
             _ => Err(MemoryError::UnknownBackend {
                 value: s.to_string(),
             }),
@@ -112,8 +126,8 @@ pub fn open(choice: DeviceChoice) -> Result<Opened, MemoryError> {
         fallback_reason: None,
     };
     match choice {
-        DeviceChoice::Nvml => Ok(chosen(Arc::new(crate::nvml::NvmlBackend::open()?))),
-        DeviceChoice::Host => Ok(chosen(Arc::new(crate::host::HostBackend::new()))),
+        DeviceChoice::Gpu => Ok(chosen(Arc::new(crate::nvml::NvmlBackend::open()?))),
+        DeviceChoice::Cpu => Ok(chosen(Arc::new(crate::host::HostBackend::new()))),
         DeviceChoice::Sim => Ok(chosen(Arc::new(crate::sim::SimBackend::from_env()?))),
         DeviceChoice::Auto => match crate::nvml::NvmlBackend::open() {
             Ok(nvml) => Ok(chosen(Arc::new(nvml))),

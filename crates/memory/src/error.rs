@@ -20,7 +20,9 @@ pub enum MemoryError {
     BadSimSpec { value: String, why: String },
 
     /// A device name other than the known backends.
-    #[error("unknown device '{value}': use one of nvml, host, sim, auto")]
+    #[error(
+        "unknown device '{value}': use one of auto, gpu, cpu, sim (nvml and cuda mean gpu, host means cpu)"
+    )]
     UnknownBackend { value: String },
 
     /// A device index past the end of a backend's devices.
@@ -130,6 +132,16 @@ impl MemoryError {
             action,
             path: path.into(),
             source,
+        }
+    }
+}
+
+impl baton_base::fault::Classify for MemoryError {
+    fn fault(&self) -> baton_base::fault::Fault {
+        match self {
+            MemoryError::File(e) => e.fault(),
+            e if e.is_bad_input() => baton_base::fault::Fault::Input,
+            _ => baton_base::fault::Fault::Machine,
         }
     }
 }

@@ -22,11 +22,6 @@ mod availability;
 mod backend;
 pub mod bench;
 pub mod cache_dir;
-#[cfg(feature = "cuda")]
-pub mod cuda;
-#[cfg(not(feature = "cuda"))]
-#[path = "cuda_disabled.rs"]
-pub mod cuda;
 mod error;
 pub mod host;
 #[cfg(feature = "nvml")]
@@ -42,7 +37,7 @@ mod snapshot;
 pub use availability::{
     Availability, DEFAULT_USABLE_FRACTION, Verdict, WAIT_POLL, check_available, wait_available,
 };
-pub use backend::{DeviceChoice, MemoryBackend, Opened, open};
+pub use backend::{DeviceChoice, DeviceKind, MemoryBackend, Opened, open};
 pub use error::MemoryError;
 pub use scope::{
     DEFAULT_SETTLE, DEFAULT_TOLERANCE, Freed, MemoryScope, ScopeReport, cleanup, cleanup_model,

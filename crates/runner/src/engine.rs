@@ -17,6 +17,7 @@ use baton_memory::{DeviceSnapshot, MemoryBackend};
 
 use crate::RunnerError;
 use crate::attempt::{AttemptOutcome, AttemptPlan, log_path, run_attempt};
+use crate::catalog::StageCatalog;
 use crate::events::{Event, Observer};
 use crate::executor::{Executor, Launch};
 use crate::group::TOKEN_VAR;
@@ -55,17 +56,8 @@ const PASSED_VARS: &[&str] = &[
     "BATON_ESPEAK_DATA",
 ];
 /// Prefixes of variables a stage inherits: the GPU stack's settings (NCCL's NVLink multicast
-/// switch among them), the simulation's, and the built-in scenes stage's defaults.
-const PASSED_PREFIXES: &[&str] = &[
-    "NCCL_",
-    "NVSHMEM_",
-    "TORCH_",
-    "CUDA_",
-    "BATON_SIM_",
-    "BATON_SCENES",
-    "BATON_IMAGES_",
-    "BATON_VOICE_",
-];
+/// switch among them) and the simulation's. The catalog adds its builtins' settings.
+const PASSED_PREFIXES: &[&str] = &["NCCL_", "NVSHMEM_", "TORCH_", "CUDA_", "BATON_SIM_"];
 
 /// What the scheduler runs stages with.
 pub struct Engine {
@@ -75,6 +67,8 @@ pub struct Engine {
     pub host: Arc<dyn MemoryBackend>,
     pub executor: Arc<dyn Executor>,
     pub observer: Arc<dyn Observer>,
+    /// What the pipelines' builtins are: their weights to warm, the settings they inherit.
+    pub catalog: Arc<dyn StageCatalog>,
     pub learned: Option<LearnedNeeds>,
 }
 
@@ -356,7 +350,16 @@ impl Engine {
             launch: Launch {
                 stage: spec.name.clone(),
                 argv: argv.iter().map(|a| fill(a, &run.vars)).collect(),
-                env: stage_env(run, spec, &*pool, device, granted, number, &token),
+                env: stage_env(
+                    run,
+                    spec,
+                    &*pool,
+                    device,
+                    granted,
+                    number,
+                    &token,
+                    self.catalog.inherited_prefixes(),
+                ),
                 cwd: run.dir.clone(),
                 log: log_path(&run.dir, &spec.name),
             },
@@ -435,16 +438,19 @@ impl Engine {
                     });
                 }
             }
-            let espeak = next.env.get("BATON_VOICE_ENGINE").map(String::as_str) == Some("espeak");
-            let command = next.command.clone();
+            let builtin = match &next.command {
+                StageCommand::Builtin(b) => Some(b.name.clone()),
+                StageCommand::Argv(_) => None,
+            };
+            let (catalog, env) = (self.catalog.clone(), next.env.clone());
             let (observer, run_id) = (self.observer.clone(), run.manifest.run_id.clone());
             let (name, before) = (next.name.clone(), spec.name.clone());
             // Resolving a built-in stage's model may read and check it: not on this thread.
             let _ = std::thread::Builder::new()
                 .name(format!("warm-{name}"))
                 .spawn(move || {
-                    if !espeak {
-                        files.extend(command.builtin_weights());
+                    if let Some(builtin) = builtin {
+                        files.extend(catalog.weights(&builtin, &env));
                     }
                     if files.is_empty() {
                         return;
@@ -679,7 +685,7 @@ pub fn learned_key(spec: &StageSpec) -> String {
         StageCommand::Argv(argv) => Path::new(&argv[0])
             .file_name()
             .map_or_else(|| argv[0].clone(), |n| n.to_string_lossy().into_owned()),
-        StageCommand::Builtin(stage) => stage.name().to_string(),
+        StageCommand::Builtin(builtin) => builtin.name.clone(),
     });
     format!("{}:{model}", spec.name)
 }
@@ -696,6 +702,7 @@ pub fn attempt_token(run_dir: &Path, stage: &str, number: u32) -> String {
 }
 
 /// The complete environment of a stage: what it inherits, its `[env]`, then baton's.
+#[allow(clippy::too_many_arguments)]
 fn stage_env(
     run: &RunPlan,
     spec: &StageSpec,
@@ -704,10 +711,15 @@ fn stage_env(
     granted: u64,
     number: u32,
     token: &str,
+    inherited: &[&str],
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| {
-            PASSED_VARS.contains(&k.as_str()) || PASSED_PREFIXES.iter().any(|p| k.starts_with(p))
+            PASSED_VARS.contains(&k.as_str())
+                || PASSED_PREFIXES
+                    .iter()
+                    .chain(inherited)
+                    .any(|p| k.starts_with(p))
         })
         .filter(|(k, _)| k != "CUDA_VISIBLE_DEVICES")
         .collect();

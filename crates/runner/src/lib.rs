@@ -10,6 +10,7 @@
 //! drives all of it on simulated GPUs with real processes.
 
 pub mod attempt;
+pub mod catalog;
 pub mod engine;
 pub mod events;
 pub mod executor;
@@ -23,6 +24,7 @@ pub mod report;
 
 use std::path::PathBuf;
 
+pub use catalog::{Builtin, NoBuiltins, StageCatalog};
 pub use engine::Engine;
 pub use events::{Event, Observer, Quiet};
 pub use executor::{Executor, LocalExecutor};
@@ -94,13 +96,23 @@ impl From<baton_base::run_dir::TopicError> for RunnerError {
 impl RunnerError {
     /// True when the error is about what the user wrote.
     pub fn is_bad_input(&self) -> bool {
+        baton_base::fault::Classify::fault(self) == baton_base::fault::Fault::Input
+    }
+}
+
+impl baton_base::fault::Classify for RunnerError {
+    fn fault(&self) -> baton_base::fault::Fault {
+        use baton_base::fault::Fault;
         match self {
             RunnerError::BadTopic { .. }
             | RunnerError::BadPipeline { .. }
             | RunnerError::MissingInput { .. }
-            | RunnerError::NotARunFolder { .. } => true,
-            RunnerError::Memory(e) => e.is_bad_input(),
-            _ => false,
+            | RunnerError::NotARunFolder { .. } => Fault::Input,
+            RunnerError::Memory(e) => e.fault(),
+            RunnerError::File(e) => e.fault(),
+            RunnerError::CorruptManifest { .. }
+            | RunnerError::Spawn { .. }
+            | RunnerError::Io { .. } => Fault::Machine,
         }
     }
 }

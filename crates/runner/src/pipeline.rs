@@ -14,16 +14,10 @@ use baton_base::{parse_duration, parse_size};
 use serde::Deserialize;
 
 use crate::RunnerError;
+use crate::catalog::{Builtin, StageCatalog};
 
-/// Where a stage runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceKind {
-    /// A GPU (NVML), or a simulated one, or host RAM when the machine has no GPU.
-    Gpu,
-    /// Host RAM, measured through `/proc`.
-    Cpu,
-}
+/// Where a stage runs: the memory layer's one word for it.
+pub use baton_memory::DeviceKind;
 
 /// How much memory a stage needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,89 +31,18 @@ pub enum MemoryNeed {
 /// What a stage runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StageCommand {
-    /// One of baton's own stages (`scenes`, `voice`, `images`).
-    Builtin(baton_studio::Stage),
+    /// A builtin of the program's [`StageCatalog`], resolved when the pipeline was read.
+    Builtin(Builtin),
     /// Any program and its arguments, placeholders not yet filled in.
     Argv(Vec<String>),
 }
 
 impl StageCommand {
-    /// The weights files a built-in stage will load, as its settings (`BATON_SCENES_MODEL`,
-    /// `BATON_VOICE_MODEL`, `BATON_IMAGES_MODEL`/`_FAMILY`) resolve them now; none for other
-    /// stages, or when the model is not on this machine (nothing is downloaded).
-    pub fn builtin_weights(&self) -> Vec<std::path::PathBuf> {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        match self {
-            StageCommand::Builtin(baton_studio::Stage::Scenes) => {
-                baton_studio::model_store::ModelStore::from_env()
-                    .resolve(
-                        &var("BATON_SCENES_MODEL").unwrap_or_else(|| "smollm2".into()),
-                        false,
-                    )
-                    .ok()
-                    .into_iter()
-                    .collect()
-            }
-            StageCommand::Builtin(baton_studio::Stage::Voice) => {
-                baton_studio::voice::parler::ParlerFiles::resolve(
-                    &baton_studio::voice::parler::configured_model(),
-                )
-                .map(|f| f.weights)
-                .unwrap_or_default()
-            }
-            StageCommand::Builtin(baton_studio::Stage::Images) => {
-                baton_studio::images::ImageModel::resolve(
-                    &var("BATON_IMAGES_MODEL").unwrap_or_else(|| "sd-turbo".into()),
-                    var("BATON_IMAGES_FAMILY").as_deref(),
-                )
-                .map(|m| {
-                    m.encoders
-                        .into_iter()
-                        .flat_map(|e| e.weights)
-                        .chain([m.denoiser, m.decoder])
-                        .collect()
-                })
-                .unwrap_or_default()
-            }
-            StageCommand::Argv(_) => Vec::new(),
-        }
-    }
-
     /// The program and arguments to run, placeholders not yet filled in.
-    pub fn argv(&self) -> Vec<String> {
+    pub fn argv(&self) -> &[String] {
         match self {
-            StageCommand::Argv(argv) => argv.clone(),
-            StageCommand::Builtin(baton_studio::Stage::Scenes) => [
-                "{baton}",
-                "scenes",
-                "--topic",
-                "{topic}",
-                "--run-dir",
-                "{run_dir}",
-            ]
-            .map(String::from)
-            .to_vec(),
-            StageCommand::Builtin(baton_studio::Stage::Voice) => [
-                "{baton}",
-                "voice",
-                "--input",
-                "{run_dir}/1_scripts/{slug}_scenes.json",
-                "--run-dir",
-                "{run_dir}",
-            ]
-            .map(String::from)
-            .to_vec(),
-            StageCommand::Builtin(baton_studio::Stage::Images) => [
-                "{baton}",
-                "images",
-                "--input",
-                "{run_dir}/1_scripts/{slug}_scenes.json",
-                "--run-dir",
-                "{run_dir}",
-                "--cards-if-no-model",
-            ]
-            .map(String::from)
-            .to_vec(),
+            StageCommand::Argv(argv) => argv,
+            StageCommand::Builtin(builtin) => &builtin.argv,
         }
     }
 }
@@ -198,82 +121,24 @@ struct StageFile {
     warm: Vec<String>,
 }
 
-/// The seed's content pipeline: scenes (LLM storyboard), voice (narration), images (diffusion),
-/// each baton's own stage. This is what `baton run` runs without `--pipeline`.
-pub const CONTENT_PIPELINE: &str = r#"name = "content"
-
-[[stage]]
-name = "scenes"
-builtin = "scenes"
-outputs = ["1_scripts/{slug}_scenes.json"]
-memory = "learn"
-memory_initial = "1GiB"
-
-[[stage]]
-name = "voice"
-builtin = "voice"
-after = ["scenes"]
-inputs = ["1_scripts/{slug}_scenes.json"]
-outputs = ["2_audio/narration.wav", "2_audio/voice.json"]
-# The embedded engine (eSpeak NG) runs on the CPU.
-device = "cpu"
-memory = "learn"
-memory_initial = "256MiB"
-env = { BATON_VOICE_ENGINE = "espeak" }
-
-[[stage]]
-name = "images"
-builtin = "images"
-after = ["scenes"]
-inputs = ["1_scripts/{slug}_scenes.json"]
-outputs = ["3_images/images.json"]
-# SD-Turbo in f16, phased: its largest phase (the UNet) is about 2.5 GiB.
-memory = "learn"
-memory_initial = "6GiB"
-"#;
-
 impl Pipeline {
-    /// The built-in content pipeline.
-    pub fn content() -> Pipeline {
-        let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-        let engine = match var("BATON_VOICE_ENGINE").as_deref() {
-            Some(e) if e != "auto" => e.to_string(),
-            // The neural voice when its weights are here, as `baton voice` would choose.
-            _ => {
-                let model = baton_studio::voice::parler::configured_model();
-                if baton_studio::voice::parler::ParlerFiles::resolve(&model).is_ok() {
-                    "parler".into()
-                } else {
-                    "espeak".into()
+    /// Reads and checks a pipeline file; its builtins come from `catalog`.
+    pub fn load(path: &Path, catalog: &dyn StageCatalog) -> Result<Pipeline, RunnerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            // A path the user gave that leads nowhere is their input, not the machine's.
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => {
+                RunnerError::BadPipeline {
+                    origin: path.display().to_string(),
+                    why: format!("cannot read it ({e}); check the path"),
                 }
             }
-        };
-        Self::content_with(&engine)
-    }
-
-    /// The built-in content pipeline with voice engine `engine` (`espeak` or `parler`), which
-    /// the voice stage is told through BATON_VOICE_ENGINE: the neural one runs on the GPU, so
-    /// its stage is placed there like the others; eSpeak NG's runs on the CPU.
-    pub fn content_with(engine: &str) -> Pipeline {
-        let text = if engine == "parler" {
-            CONTENT_PIPELINE.replace(
-                "# The embedded engine (eSpeak NG) runs on the CPU.\ndevice = \"cpu\"\nmemory = \"learn\"\nmemory_initial = \"256MiB\"\nenv = { BATON_VOICE_ENGINE = \"espeak\" }",
-                "# The neural engine (Parler-TTS mini, bf16) runs on the GPU.\nmemory = \"learn\"\nmemory_initial = \"4GiB\"\nenv = { BATON_VOICE_ENGINE = \"parler\" }",
-            )
-        } else {
-            CONTENT_PIPELINE.to_string()
-        };
-        Self::parse(&text, "(built-in content pipeline)").expect("the built-in pipeline is valid")
-    }
-
-    /// Reads and checks a pipeline file.
-    pub fn load(path: &Path) -> Result<Pipeline, RunnerError> {
-        let text = std::fs::read_to_string(path).map_err(|e| RunnerError::Io {
-            action: "cannot read pipeline file",
-            path: path.to_path_buf(),
-            source: e,
+            _ => RunnerError::Io {
+                action: "cannot read pipeline file",
+                path: path.to_path_buf(),
+                source: e,
+            },
         })?;
-        let mut pipeline = Self::parse(&text, &path.display().to_string())?;
+        let mut pipeline = Self::parse(&text, &path.display().to_string(), catalog)?;
         let folder = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -284,8 +149,13 @@ impl Pipeline {
         Ok(pipeline)
     }
 
-    /// Parses and checks pipeline TOML; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Pipeline, RunnerError> {
+    /// Parses and checks pipeline TOML; `origin` names it in errors, `catalog` says what its
+    /// builtins are.
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        catalog: &dyn StageCatalog,
+    ) -> Result<Pipeline, RunnerError> {
         let bad = |why: String| RunnerError::BadPipeline {
             origin: origin.to_string(),
             why,
@@ -298,7 +168,7 @@ impl Pipeline {
         let default_retries = file.retries.unwrap_or(1);
         let mut stages = Vec::new();
         for s in file.stages {
-            stages.push(check_stage(s, default_retries).map_err(&bad)?);
+            stages.push(check_stage(s, default_retries, catalog).map_err(&bad)?);
         }
         check_graph(&stages).map_err(&bad)?;
         Ok(Pipeline {
@@ -344,7 +214,11 @@ fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     }
 }
 
-fn check_stage(s: StageFile, default_retries: u32) -> Result<StageSpec, String> {
+fn check_stage(
+    s: StageFile,
+    default_retries: u32,
+    catalog: &dyn StageCatalog,
+) -> Result<StageSpec, String> {
     let name = s.name.trim().to_string();
     if name.is_empty()
         || !name
@@ -374,11 +248,20 @@ fn check_stage(s: StageFile, default_retries: u32) -> Result<StageSpec, String> 
             StageCommand::Argv(argv)
         }
         (None, Some(builtin)) => {
-            let stage = baton_studio::Stage::ALL
-                .into_iter()
-                .find(|b| b.name() == builtin)
-                .ok_or_else(|| format!("stage '{name}': unknown builtin '{builtin}'; use one of scenes, voice, images"))?;
-            StageCommand::Builtin(stage)
+            let found = catalog.builtin(&builtin).ok_or_else(|| {
+                let names = catalog.names();
+                if names.is_empty() {
+                    format!(
+                        "stage '{name}': unknown builtin '{builtin}'; this program has no builtin stages, use command = [\"program\", \"arg\"]"
+                    )
+                } else {
+                    format!(
+                        "stage '{name}': unknown builtin '{builtin}'; use one of {}",
+                        names.join(", ")
+                    )
+                }
+            })?;
+            StageCommand::Builtin(found)
         }
     };
     let size = |field: &str, value: &str| {
@@ -422,6 +305,10 @@ fn check_stage(s: StageFile, default_retries: u32) -> Result<StageSpec, String> 
             ));
         }
     }
+    let device = s.device.unwrap_or(match &command {
+        StageCommand::Builtin(builtin) => builtin.device,
+        StageCommand::Argv(_) => DeviceKind::Gpu,
+    });
     Ok(StageSpec {
         timeout: s
             .timeout
@@ -437,7 +324,7 @@ fn check_stage(s: StageFile, default_retries: u32) -> Result<StageSpec, String> 
         after: s.after,
         memory,
         model: s.model,
-        device: s.device.unwrap_or(DeviceKind::Gpu),
+        device,
         retries: s.retries.unwrap_or(default_retries),
         env: s.env,
         warm: s.warm,
@@ -555,6 +442,7 @@ pub struct Placeholders {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::NoBuiltins;
 
     const GOOD: &str = r#"
 name = "mock"
@@ -575,35 +463,51 @@ device = "gpu"
 retries = 3
 "#;
 
-    #[test]
-    fn the_content_pipeline_is_valid() {
-        let p = Pipeline::content();
-        assert_eq!(
-            p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-            ["scenes", "voice", "images"]
-        );
+    /// A catalog with one builtin, `hold`, which runs on the CPU.
+    struct Holder;
+
+    impl StageCatalog for Holder {
+        fn builtin(&self, name: &str) -> Option<Builtin> {
+            (name == "hold").then(|| Builtin {
+                name: "hold".into(),
+                argv: vec!["{baton}".into(), "sim".into(), "hold".into(), "1GiB".into()],
+                device: DeviceKind::Cpu,
+            })
+        }
+
+        fn names(&self) -> Vec<String> {
+            vec!["hold".into()]
+        }
+
+        fn weights(&self, _: &str, _: &BTreeMap<String, String>) -> Vec<std::path::PathBuf> {
+            Vec::new()
+        }
     }
 
     #[test]
-    fn the_voice_stage_goes_where_its_engine_runs() {
-        let voice = |p: Pipeline| p.stages.into_iter().find(|s| s.name == "voice").unwrap();
-        let espeak = voice(Pipeline::content_with("espeak"));
-        assert_eq!(espeak.device, DeviceKind::Cpu);
-        assert_eq!(
-            espeak.env.get("BATON_VOICE_ENGINE").map(String::as_str),
-            Some("espeak")
+    fn builtins_come_from_the_catalog() {
+        let text = "[[stage]]\nname='a'\nbuiltin='hold'\n[[stage]]\nname='b'\nbuiltin='hold'\ndevice='gpu'\n";
+        let p = Pipeline::parse(text, "p", &Holder).unwrap();
+        assert_eq!(p.stages[0].command.argv()[1..], ["sim", "hold", "1GiB"]);
+        // The catalog's device, unless the file says otherwise.
+        assert_eq!(p.stages[0].device, DeviceKind::Cpu);
+        assert_eq!(p.stages[1].device, DeviceKind::Gpu);
+        let err = Pipeline::parse("[[stage]]\nname='a'\nbuiltin='paint'\n", "p", &Holder)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown builtin 'paint'; use one of hold"),
+            "{err}"
         );
-        let parler = voice(Pipeline::content_with("parler"));
-        assert_eq!(parler.device, DeviceKind::Gpu);
-        assert_eq!(
-            parler.env.get("BATON_VOICE_ENGINE").map(String::as_str),
-            Some("parler")
-        );
+        let err = Pipeline::parse(text, "p", &NoBuiltins)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no builtin stages"), "{err}");
     }
 
     #[test]
     fn a_good_pipeline_loads() {
-        let p = Pipeline::parse(GOOD, "test").unwrap();
+        let p = Pipeline::parse(GOOD, "test", &NoBuiltins).unwrap();
         assert_eq!(p.name, "mock");
         assert_eq!(p.reclaim_timeout, Duration::from_millis(500));
         assert_eq!(p.wait_timeout, Duration::from_secs(600));
@@ -615,7 +519,7 @@ retries = 3
     }
 
     fn error(text: &str) -> String {
-        let err = Pipeline::parse(text, "p.toml").unwrap_err();
+        let err = Pipeline::parse(text, "p.toml", &NoBuiltins).unwrap_err();
         assert!(err.is_bad_input());
         err.to_string()
     }
@@ -624,8 +528,8 @@ retries = 3
     fn sizes_in_both_units_are_accepted_and_words_are_not() {
         let with =
             |m: &str| format!("[[stage]]\nname = \"a\"\ncommand = [\"true\"]\nmemory = \"{m}\"\n");
-        assert!(Pipeline::parse(&with("12 GB"), "p").is_ok());
-        assert!(Pipeline::parse(&with("12GiB"), "p").is_ok());
+        assert!(Pipeline::parse(&with("12 GB"), "p", &NoBuiltins).is_ok());
+        assert!(Pipeline::parse(&with("12GiB"), "p", &NoBuiltins).is_ok());
         let err = error(&with("twelve"));
         assert!(
             err.contains("'twelve'") && err.contains("stage 'a'"),
@@ -667,7 +571,8 @@ retries = 3
         assert_eq!(
             Pipeline::parse(
                 "reclaim_timeout='2h'\n[[stage]]\nname='a'\ncommand=['true']\ntimeout='500ms'\n",
-                "p"
+                "p",
+                &NoBuiltins
             )
             .map(|p| (p.reclaim_timeout, p.stages[0].timeout))
             .unwrap(),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use baton_base::atomic_file::write_atomic;
 
 use crate::RunnerError;
+use crate::catalog::StageCatalog;
 use crate::engine::attempt_token;
 use crate::group::{processes_with_token, terminate};
 use crate::manifest::{
@@ -128,7 +129,10 @@ pub struct ResumeDecision {
 /// Opens a run folder to finish it: stages whose artifacts are present and match their hashes
 /// are kept, the rest (and everything downstream of them) run again. Processes a killed baton
 /// left behind are stopped first.
-pub fn resume_run(dir: &Path) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerError> {
+pub fn resume_run(
+    dir: &Path,
+    catalog: &dyn StageCatalog,
+) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerError> {
     let mut manifest = Manifest::load(dir)?;
     let dir = &dir.canonicalize().map_err(|e| RunnerError::Io {
         action: "cannot resolve",
@@ -141,7 +145,7 @@ pub fn resume_run(dir: &Path) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerEr
         path: pipeline_path.clone(),
         source: e,
     })?;
-    let pipeline = Pipeline::parse(&text, &pipeline_path.display().to_string())?;
+    let pipeline = Pipeline::parse(&text, &pipeline_path.display().to_string(), catalog)?;
     let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
     let recorded: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
     if names != recorded {

@@ -73,6 +73,18 @@ pub enum HubError {
     },
 }
 
+impl baton_base::fault::Classify for HubError {
+    /// A file the hub does not have is a name the user got wrong; being offline, refused,
+    /// cut off or given bad bytes is the machine's (or the network's) state.
+    fn fault(&self) -> baton_base::fault::Fault {
+        use baton_base::fault::Fault;
+        match self {
+            HubError::NotFound { .. } => Fault::Input,
+            _ => Fault::Machine,
+        }
+    }
+}
+
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> HubError + use<> {
     let path = path.to_path_buf();
     move |source| HubError::Io {

@@ -62,6 +62,20 @@ pub enum StoreError {
     },
 }
 
+impl baton_base::fault::Classify for StoreError {
+    /// A spec that cannot be read, or a file that is not there, is what the user named.
+    fn fault(&self) -> baton_base::fault::Fault {
+        use baton_base::fault::Fault;
+        match self {
+            StoreError::BadSpec { .. } | StoreError::Missing(_) => Fault::Input,
+            StoreError::NotFetched { .. }
+            | StoreError::Fetch { .. }
+            | StoreError::Checksum { .. }
+            | StoreError::Io { .. } => Fault::Machine,
+        }
+    }
+}
+
 /// Where fetched models live: `BATON_MODELS_DIR`, else `~/.cache/baton/models`.
 #[derive(Debug, Clone)]
 pub struct ModelStore {

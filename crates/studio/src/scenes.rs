@@ -7,36 +7,17 @@
 //! rename), so a failure leaves no partial run folder.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use baton_base::atomic_file::write_atomic;
-use baton_memory::{MemoryBackend, MemoryScope, ScopeReport};
+use baton_base::fault::{Classify, Fault};
+use baton_memory::{MemoryScope, ScopeReport};
 
 use crate::llm::{Generation, Llm, LlmError, Sampler};
 use crate::storyboard::{Storyboard, StoryboardError, schema};
 use baton_base::run_dir::{TopicError, run_folder_name, slug};
 
-/// Where the LLM runs.
-pub enum Compute {
-    Cpu,
-    /// A GPU, through this process's CUDA context (a `cuda` build).
-    Cuda(Arc<baton_memory::cuda::CudaBackend>),
-}
-
-impl Compute {
-    /// The memory backend that measures this compute, and candle's device for it.
-    pub fn open(&self) -> Result<(Arc<dyn MemoryBackend>, candle_core::Device), LlmError> {
-        Ok(match self {
-            Compute::Cpu => (
-                Arc::new(baton_memory::host::HostBackend::new()),
-                candle_core::Device::Cpu,
-            ),
-            // candle's CUDA device joins the primary context the backend already holds.
-            Compute::Cuda(cuda) => (cuda.clone(), candle_core::Device::new_cuda(0)?),
-        })
-    }
-}
+pub use crate::compute::Compute;
 
 /// Where the scenes file goes.
 pub enum Destination {
@@ -92,19 +73,16 @@ pub enum ScenesError {
     },
 }
 
-impl ScenesError {
-    /// True when the error is about what the user passed (topic, count, model file).
-    pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            ScenesError::Topic(_)
-                | ScenesError::SceneCount(_)
-                | ScenesError::Llm(
-                    LlmError::MissingModel(_)
-                        | LlmError::Unsupported { .. }
-                        | LlmError::Unreadable { .. }
-                )
-        )
+impl Classify for ScenesError {
+    /// The topic, the scene count and the model file are what the user passed.
+    fn fault(&self) -> Fault {
+        match self {
+            ScenesError::Topic(_) | ScenesError::SceneCount(_) => Fault::Input,
+            ScenesError::Llm(e) => e.fault(),
+            ScenesError::Memory(e) => e.fault(),
+            ScenesError::File(e) => e.fault(),
+            ScenesError::Storyboard(_) | ScenesError::Create { .. } => Fault::Machine,
+        }
     }
 }
 
@@ -146,7 +124,7 @@ pub fn write_scenes(
     if req.scenes == 0 || req.scenes > crate::storyboard::MAX_SCENES {
         return Err(ScenesError::SceneCount(req.scenes));
     }
-    let (backend, device) = req.compute.open()?;
+    let (backend, device) = req.compute.open().map_err(LlmError::from)?;
     crate::llm::warm_up(&device)?;
     backend.trim()?;
     // 64 MiB of slack: allocator arenas on the host, and on a GPU a kernel module the warm-up

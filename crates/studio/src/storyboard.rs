@@ -169,6 +169,19 @@ pub fn schema(scenes: Option<usize>) -> Value {
     })
 }
 
+/// The run folder a scenes file belongs to, unless `given`:
+/// `output/RUN/1_scripts/x_scenes.json` → `output/RUN`; a file elsewhere → its folder.
+pub fn run_dir_of(input: &std::path::Path, given: Option<&std::path::Path>) -> std::path::PathBuf {
+    if let Some(dir) = given {
+        return dir.to_path_buf();
+    }
+    let folder = input.parent().unwrap_or(std::path::Path::new("."));
+    match folder.file_name() {
+        Some(name) if name == "1_scripts" => folder.parent().unwrap_or(folder).to_path_buf(),
+        _ => folder.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,24 @@ pub enum WeightsError {
     Candle(#[from] candle_core::Error),
 }
 
+impl baton_base::fault::Classify for WeightsError {
+    /// A weights file that is missing, damaged or of a dtype baton cannot load is the file the
+    /// user gave; a read, a CUDA call or a device that fails is the machine's.
+    fn fault(&self) -> baton_base::fault::Fault {
+        use baton_base::fault::Fault;
+        match self {
+            WeightsError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Fault::Input
+            }
+            WeightsError::BadHeader { .. }
+            | WeightsError::BadGguf { .. }
+            | WeightsError::BadOffsets { .. }
+            | WeightsError::UnsupportedDtype { .. } => Fault::Input,
+            _ => Fault::Machine,
+        }
+    }
+}
+
 /// How a load is cut up; the defaults suit a PCIe Gen5 GPU and a file in the page cache.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadOptions {

@@ -96,19 +96,30 @@ pub enum ImagesError {
     Png { scene: u32, why: String },
 }
 
-impl ImagesError {
-    pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
+impl baton_base::fault::Classify for ImagesError {
+    /// What the user named (the scenes file, the model, sizes, options, the output folder)
+    /// is the input's; a model that is not on this machine, and what fails while drawing, the
+    /// machine's.
+    fn fault(&self) -> baton_base::fault::Fault {
+        use baton_base::fault::Fault;
+        match self {
             ImagesError::Storyboard(_)
-                | ImagesError::UnknownModel { .. }
-                | ImagesError::Incomplete { .. }
-                | ImagesError::Size { .. }
-                | ImagesError::EmptyPrompt { .. }
-                | ImagesError::MaxVram { .. }
-                | ImagesError::Option(_)
-                | ImagesError::Unwritable { .. }
-        )
+            | ImagesError::UnknownModel { .. }
+            | ImagesError::Incomplete { .. }
+            | ImagesError::Size { .. }
+            | ImagesError::EmptyPrompt { .. }
+            | ImagesError::MaxVram { .. }
+            | ImagesError::Option(_)
+            | ImagesError::Unwritable { .. } => Fault::Input,
+            ImagesError::Hub(e) => e.fault(),
+            ImagesError::Weights(e) => e.fault(),
+            ImagesError::Memory(e) => e.fault(),
+            ImagesError::File(e) => e.fault(),
+            ImagesError::NoModel { .. }
+            | ImagesError::Tokenizer(_)
+            | ImagesError::Candle(_)
+            | ImagesError::Png { .. } => Fault::Machine,
+        }
     }
 }
 

@@ -35,6 +35,20 @@ pub enum LlmError {
     Generation(String),
 }
 
+impl baton_base::fault::Classify for LlmError {
+    /// A model file that is missing, unreadable or of an architecture baton cannot run is the
+    /// one the user named; a generation that fails is the machine's or the model's.
+    fn fault(&self) -> baton_base::fault::Fault {
+        use baton_base::fault::Fault;
+        match self {
+            LlmError::MissingModel(_)
+            | LlmError::Unsupported { .. }
+            | LlmError::Unreadable { .. } => Fault::Input,
+            LlmError::BadModel(_) | LlmError::Generation(_) => Fault::Machine,
+        }
+    }
+}
+
 impl From<candle_core::Error> for LlmError {
     fn from(e: candle_core::Error) -> Self {
         LlmError::Generation(e.to_string())

@@ -41,19 +41,36 @@ pub enum VoiceError {
     Silent { scene: u32, voice: String },
     #[error("{0}")]
     Option(String),
+    /// The neural voice's model asked for is not on this machine.
+    #[error("{0}")]
+    NoModel(String),
+    #[error(transparent)]
+    Hub(#[from] crate::hub::HubError),
     #[error(transparent)]
     Memory(#[from] baton_memory::MemoryError),
     #[error(transparent)]
     Write(#[from] baton_base::FileError),
 }
 
-impl VoiceError {
-    /// Errors that are the caller's input, not the machine's fault.
-    pub fn is_bad_input(&self) -> bool {
-        matches!(
-            self,
-            VoiceError::Storyboard(_) | VoiceError::Unwritable { .. } | VoiceError::Option(_)
-        )
+impl baton_base::fault::Classify for VoiceError {
+    /// The scenes file, the output folder, the options and a voice model asked for by name
+    /// are the caller's input; an engine that is not there, or fails, and a download that
+    /// cannot be made are the machine's state.
+    fn fault(&self) -> baton_base::fault::Fault {
+        use baton_base::fault::Fault;
+        match self {
+            VoiceError::Storyboard(_)
+            | VoiceError::Unwritable { .. }
+            | VoiceError::Option(_)
+            | VoiceError::NoModel(_) => Fault::Input,
+            VoiceError::Hub(e) => e.fault(),
+            VoiceError::Memory(e) => e.fault(),
+            VoiceError::Write(e) => e.fault(),
+            VoiceError::EngineMissing(_)
+            | VoiceError::Engine { .. }
+            | VoiceError::BadAudio { .. }
+            | VoiceError::Silent { .. } => Fault::Machine,
+        }
     }
 }
 

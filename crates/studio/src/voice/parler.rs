@@ -111,7 +111,7 @@ impl ParlerFiles {
         });
         match found {
             Some(dir) => Self::in_dir(&dir),
-            None => Err(VoiceError::Option(format!(
+            None => Err(VoiceError::NoModel(format!(
                 "the voice model {spec} ({repo}) is not in the Hugging Face cache at {}; `baton models fetch {spec}` (or --fetch) downloads it",
                 snapshots.display()
             ))),
@@ -126,7 +126,7 @@ impl ParlerFiles {
     ) -> Result<ParlerFiles, VoiceError> {
         use crate::hub::HubError;
         let repo = repo_of(name)?;
-        let fail = |e: HubError| VoiceError::Option(e.to_string());
+        let fail = VoiceError::Hub;
         let mut get = |path: &str| hub.fetch(repo, "main", path, &mut |d, t| progress(path, d, t));
         let config = get("config.json").map_err(fail)?;
         get("tokenizer.json").map_err(fail)?;

@@ -1,128 +1,16 @@
-//! `baton run`, `baton resume` and `baton batch`: open the devices, plan the runs, hand them to
-//! the runner's engine, and print where everything went.
+//! `baton batch`: one run per topic, all of them on one scheduler across every device.
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use baton_base::format_bytes;
-use baton_memory::DeviceChoice;
-use baton_memory::host::HostBackend;
-use baton_runner::report::{stage_table, write_report};
-use baton_runner::{
-    Engine, LearnedNeeds, LocalExecutor, Manifest, Pipeline, RunPlan, RunState, create_run,
-    resume_run,
-};
+use baton_runner::report::write_report;
+use baton_runner::{Manifest, RunState, create_run};
 
 use crate::BadInput;
-use crate::args::{BatchArgs, PipelineArgs, ResumeArgs, RunArgs};
-use crate::progress::ProgressView;
-
-fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<Pipeline> {
-    Ok(match &args.pipeline {
-        Some(path) => Pipeline::load(path)?,
-        None => Pipeline::content(),
-    })
-}
-
-fn engine(choice: DeviceChoice, batch: bool) -> anyhow::Result<Engine> {
-    let opened = baton_memory::open(choice)?;
-    if let Some(reason) = &opened.fallback_reason {
-        eprintln!("{reason}; GPU stages run on host memory");
-    }
-    Ok(Engine {
-        gpu: opened.backend,
-        host: Arc::new(HostBackend::new()),
-        executor: Arc::new(LocalExecutor),
-        observer: Arc::new(ProgressView::new(batch)),
-        learned: Some(LearnedNeeds::from_env()),
-    })
-}
-
-/// What a finished run says: its table, where its files and report are.
-fn summarize(plan: &RunPlan, out: &mut dyn Write) -> anyhow::Result<()> {
-    let m = &plan.manifest;
-    writeln!(
-        out,
-        "\nrun {} {}",
-        m.run_id,
-        format!("{:?}", m.state).to_lowercase()
-    )?;
-    out.write_all(stage_table(m).as_bytes())?;
-    let wall = m
-        .stages
-        .iter()
-        .flat_map(|s| s.attempts.iter())
-        .filter_map(|a| a.ended_unix_ms)
-        .max()
-        .map(|end| end.saturating_sub(m.created_unix_ms));
-    if let Some(ms) = wall {
-        writeln!(out, "total {:.2}s", ms as f64 / 1000.0)?;
-    }
-    writeln!(out, "files:  {}", plan.dir.display())?;
-    writeln!(
-        out,
-        "report: {}",
-        plan.dir.join("report/index.html").display()
-    )?;
-    if let Some(error) = &m.error {
-        writeln!(out, "error:  {error}")?;
-    }
-    Ok(())
-}
-
-fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
-    let failed = plans
-        .iter()
-        .filter(|p| p.manifest.state != RunState::Succeeded)
-        .count();
-    if failed == 0 {
-        Ok(())
-    } else {
-        Err(anyhow::anyhow!(
-            "{failed} of {} run(s) failed; see the table above and the logs in each run folder",
-            plans.len()
-        ))
-    }
-}
-
-pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    if args.mode == crate::args::RunMode::Monolithic {
-        return crate::monolithic::run(args, out);
-    }
-    baton_base::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
-    let pipeline = load_pipeline(&args.common)?;
-    let engine = engine(args.common.device, false)?;
-    let mut plans = vec![create_run(
-        &args.common.output,
-        &args.topic,
-        &pipeline,
-        engine.gpu.kind().name(),
-    )?];
-    writeln!(out, "run folder: {}", plans[0].dir.display())?;
-    engine.execute(&mut plans)?;
-    summarize(&plans[0], out)?;
-    outcome(&[&plans[0]])
-}
-
-pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    // Read and check before opening devices, so a bad folder fails fast and changes nothing.
-    let recorded = Manifest::load(&args.run_dir)?;
-    let choice = match args.device {
-        Some(choice) => choice,
-        None => recorded.backend.parse()?,
-    };
-    let engine = engine(choice, false)?;
-    let (plan, decisions) = resume_run(&args.run_dir)?;
-    for d in &decisions {
-        writeln!(out, "{:<14} {}", d.stage, d.why)?;
-    }
-    let mut plans = vec![plan];
-    engine.execute(&mut plans)?;
-    summarize(&plans[0], out)?;
-    outcome(&[&plans[0]])
-}
+use crate::args::BatchArgs;
+use crate::commands::run::{engine, load_pipeline, outcome};
 
 pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let topics = read_topics(&args.topics)?;

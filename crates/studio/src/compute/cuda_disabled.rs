@@ -1,7 +1,7 @@
 //! Stand-in for the CUDA backend in builds without the `cuda` feature: every caller still
 //! compiles, and asking for CUDA says plainly that this build cannot do it.
 
-use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError};
+use baton_memory::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError};
 
 /// False: this build has no CUDA support.
 pub const COMPILED: bool = false;
@@ -28,7 +28,7 @@ impl MemoryBackend for CudaBackend {
     }
 
     fn context_overhead(&self) -> u64 {
-        crate::nvml::CUDA_CONTEXT_OVERHEAD
+        baton_memory::nvml::CUDA_CONTEXT_OVERHEAD
     }
 }
 

@@ -2,6 +2,8 @@
 //! pipeline with a tiny random LLM (the test writes it), the embedded voice, and storyboard
 //! cards because no image model is available, every stage in its own process.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -9,7 +11,7 @@ use baton_studio::llm::tiny::write_tiny_llama;
 
 /// `baton` with every setting a test run needs: private state, tiny models, no hub.
 fn baton(dir: &Path, model: &Path) -> Command {
-    let exe = Path::new(env!("CARGO_BIN_EXE_baton"));
+    let exe = &common::baton_exe();
     let mut cmd = Command::new(exe);
     cmd.current_dir(dir)
         .env("BATON_SIM_DIR", dir.join("sim"))

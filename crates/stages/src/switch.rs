@@ -16,16 +16,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use baton_base::format_bytes;
-use baton_memory::cuda::{CudaBackend, CudaBlock};
 use baton_memory::host::HostBackend;
 use baton_memory::sim::{SimAllocation, SimBackend};
 use baton_memory::{DeviceChoice, MemoryBackend, MemoryScope};
+use baton_studio::compute::{CudaBackend, CudaBlock};
 use serde::Serialize;
 
-use crate::BadInput;
+use baton::BadInput;
 
-/// Where the mock models live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+/// Where the mock models live: what a [`DeviceChoice`] comes to once chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     Cuda,
@@ -43,31 +43,23 @@ impl Target {
     }
 }
 
-/// Which way(s) to switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    InProcess,
-    Processes,
-    Both,
-}
-
 /// Picks where the mocks live, and says why in one line.
 pub fn choose_target(choice: DeviceChoice) -> anyhow::Result<(Target, String)> {
     let gpu = || baton_memory::nvml::NvmlBackend::open().map(|n| n.description());
     Ok(match choice {
         DeviceChoice::Sim => (Target::Sim, "on simulated GPUs (--device sim)".to_string()),
-        DeviceChoice::Host => (Target::Host, "on host memory (--device host)".to_string()),
-        DeviceChoice::Nvml => {
+        DeviceChoice::Cpu => (Target::Host, "on host memory (--device cpu)".to_string()),
+        DeviceChoice::Gpu => {
             let found = gpu()?;
-            if !baton_memory::cuda::COMPILED {
+            if !baton_studio::compute::COMPILED {
                 bail!(
-                    "--device nvml needs CUDA to allocate the mock models, and this baton was built without CUDA; rebuild with --features cuda, or use --device host"
+                    "--device gpu needs CUDA to allocate the mock models, and this baton-stages was built without CUDA; rebuild it with --features cuda, or use --device cpu"
                 );
             }
             (Target::Cuda, format!("on the GPU ({found})"))
         }
         DeviceChoice::Auto => match gpu() {
-            Ok(found) if baton_memory::cuda::COMPILED => {
+            Ok(found) if baton_studio::compute::COMPILED => {
                 (Target::Cuda, format!("on the GPU ({found})"))
             }
             Ok(found) => (
@@ -81,11 +73,12 @@ pub fn choose_target(choice: DeviceChoice) -> anyhow::Result<(Target, String)> {
     })
 }
 
-/// A mock model's memory, wherever it lives. Dropping it frees it.
+/// A mock model's memory, wherever it lives. It is only ever held, never read: dropping it
+/// frees it.
 pub enum Mock {
-    Host(Vec<u8>),
-    Sim(SimAllocation),
-    Cuda(CudaBlock),
+    Host(#[allow(dead_code)] Vec<u8>),
+    Sim(#[allow(dead_code)] SimAllocation),
+    Cuda(#[allow(dead_code)] CudaBlock),
 }
 
 /// Fills `bytes` of host memory with pseudo-random data, touching every page.
@@ -446,7 +439,17 @@ fn spawn_mock(target: Target, size: u64, label: &str) -> anyhow::Result<Child> {
 
 /// `baton demo mock`: one mock model in this process; says `resident` once it is, and exits
 /// when its standard input closes.
-pub fn mock(target: Target, size: u64, label: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn mock(
+    target: DeviceChoice,
+    size: u64,
+    label: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let target = match target {
+        DeviceChoice::Gpu => Target::Cuda,
+        DeviceChoice::Sim => Target::Sim,
+        DeviceChoice::Cpu | DeviceChoice::Auto => Target::Host,
+    };
     let place = Place::in_process(target)?;
     let model = place.allocate(size, label)?;
     writeln!(out, "resident")?;

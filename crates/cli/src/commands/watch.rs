@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::BadInput;
 use crate::args::WatchArgs;
-use crate::stats::header;
+use crate::commands::stats::header;
 
 /// Readings kept per device for the history graph.
 const HISTORY: usize = 600;

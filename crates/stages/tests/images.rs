@@ -4,6 +4,8 @@
 //! transformer, the autoencoder). The real loading, encoding, sampling and decoding path, the
 //! phases, the PNGs' metadata, and every bad input.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -38,7 +40,7 @@ fn model_of(family: &'static str) -> PathBuf {
 
 /// `baton images` with a tiny `family` model, on the CPU.
 fn images_with(family: &'static str, dir: &Path, input: &Path, extra: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
+    Command::new(common::baton_exe())
         .current_dir(dir)
         .env("HF_HOME", dir.join("no-hub"))
         .arg("images")
@@ -212,7 +214,7 @@ fn bad_input_is_refused_and_nothing_is_written() {
         2,
         &["--max-vram is 1.0 MiB", "text encoder", "unet", "vae"],
     );
-    let unknown = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let unknown = Command::new(common::baton_exe())
         .current_dir(dir.path())
         .arg("images")
         .arg("--input")
@@ -228,7 +230,7 @@ fn bad_input_is_refused_and_nothing_is_written() {
             "sd-turbo, sdxl-turbo, flux-schnell, flux-dev, sd-2.1, sd-1.5",
         ],
     );
-    let offline = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let offline = Command::new(common::baton_exe())
         .current_dir(dir.path())
         .env("HF_HOME", dir.path().join("empty-hub"))
         .arg("images")
@@ -242,7 +244,7 @@ fn bad_input_is_refused_and_nothing_is_written() {
         &["no image model", "stabilityai/sd-turbo", "--cards"],
     );
     // --fetch goes to the hub, unless told not to connect.
-    let no_network = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let no_network = Command::new(common::baton_exe())
         .current_dir(dir.path())
         .env("HF_HOME", dir.path().join("empty-hub"))
         .env("HF_HUB_OFFLINE", "1")
@@ -263,7 +265,7 @@ fn bad_input_is_refused_and_nothing_is_written() {
     );
     let half = dir.path().join("half-model");
     std::fs::create_dir_all(half.join("unet")).unwrap();
-    let incomplete = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let incomplete = Command::new(common::baton_exe())
         .current_dir(dir.path())
         .arg("images")
         .arg("--input")

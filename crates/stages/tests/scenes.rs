@@ -1,6 +1,8 @@
 //! `baton scenes` end to end with a tiny random llama the test writes itself, and every bad
 //! input refused before anything is written.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -8,7 +10,7 @@ use baton_studio::llm::tiny::write_tiny_llama;
 use baton_studio::storyboard::Storyboard;
 
 fn scenes(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_baton"))
+    Command::new(common::baton_exe())
         .current_dir(dir)
         .env("BATON_MODELS_DIR", dir.join("store"))
         .args(["scenes", "--compute", "cpu", "--output", "out"])
@@ -115,7 +117,7 @@ device = "cpu"
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+    let out = Command::new(common::baton_exe())
         .current_dir(dir.path())
         .env("BATON_STATE_DIR", dir.path().join("state"))
         .args([

@@ -10,7 +10,7 @@
 
 use candle_core::cuda_backend::cudarc::driver::result;
 
-use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError, ProcessMemory};
+use baton_memory::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError, ProcessMemory};
 
 /// True in builds with the `cuda` feature.
 pub const COMPILED: bool = true;
@@ -93,7 +93,7 @@ impl MemoryBackend for CudaBackend {
     }
 
     fn context_overhead(&self) -> u64 {
-        crate::nvml::CUDA_CONTEXT_OVERHEAD
+        baton_memory::nvml::CUDA_CONTEXT_OVERHEAD
     }
 
     fn trim(&self) -> Result<(), MemoryError> {

@@ -4,13 +4,15 @@
 //! random model the test writes: chosen by --engine, run inside a scope guard with the seed's
 //! log points, its clips written the same way.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use baton_studio::wav::{self, Audio};
 
 fn baton(dir: &Path) -> Command {
-    let exe = Path::new(env!("CARGO_BIN_EXE_baton"));
+    let exe = &common::baton_exe();
     let mut cmd = Command::new(exe);
     cmd.current_dir(dir)
         .env("BATON_ESPEAK", exe.with_file_name("baton-espeak"))

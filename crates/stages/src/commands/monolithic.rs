@@ -18,7 +18,7 @@ use baton_memory::{MemoryBackend, MemoryScope};
 use baton_runner::pipeline::{Placeholders, fill};
 use clap::Parser;
 
-use crate::args::{Cli, RunArgs};
+use baton::args::{Cli, RunArgs};
 
 /// What one stage did, for the summary and `monolithic.json`.
 #[derive(serde::Serialize)]
@@ -35,9 +35,9 @@ struct StageRecord {
 
 /// The device this process computes on, as the stages will find it.
 fn backend() -> (Arc<dyn MemoryBackend>, String) {
-    if baton_memory::cuda::COMPILED
+    if baton_studio::compute::COMPILED
         && baton_memory::nvml::NvmlBackend::open().is_ok()
-        && let Ok(cuda) = baton_memory::cuda::CudaBackend::open(0)
+        && let Ok(cuda) = baton_studio::compute::CudaBackend::open(0)
     {
         // Kernel modules and the cuBLAS workspace, once loaded, stay with the context until the
         // process exits, whatever a stage frees: load them before the first stage, so that they
@@ -58,7 +58,7 @@ fn backend() -> (Arc<dyn MemoryBackend>, String) {
 
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     if args.common.pipeline.is_some() {
-        return Err(crate::BadInput(
+        return Err(baton::BadInput(
             "--mode monolithic runs the built-in content pipeline; drop --pipeline, or use --mode processes"
                 .into(),
         )
@@ -76,7 +76,12 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "run folder: {} (monolithic: every stage in this process, memory measured on {what})",
         run_dir.display()
     )?;
-    let pipeline = baton_runner::Pipeline::content();
+    // This program is the stage program: the stages' argv name it, and the voice engine is
+    // the one `baton voice` would choose here.
+    let catalog = baton_content::ContentCatalog::new(std::env::current_exe()?);
+    let engine = baton_content::VoiceEngine::from_env()
+        .unwrap_or_else(crate::commands::catalog::local_voice_engine);
+    let pipeline = baton_content::pipeline(engine, &catalog);
     // The placeholders the runner fills, for the built-in stages' arguments.
     let vars = Placeholders {
         topic: args.topic.clone(),

@@ -1,0 +1,98 @@
+//! `baton run`: one topic through a pipeline, every stage its own process; and what `run`,
+//! `resume` and `batch` share: the devices opened, the engine, the closing table.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use baton_memory::DeviceChoice;
+use baton_memory::host::HostBackend;
+use baton_runner::report::stage_table;
+use baton_runner::{Engine, LearnedNeeds, LocalExecutor, Pipeline, RunPlan, RunState, create_run};
+
+use crate::args::{PipelineArgs, RunArgs};
+use crate::progress::ProgressView;
+
+pub(crate) fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<Pipeline> {
+    Ok(match &args.pipeline {
+        Some(path) => Pipeline::load(path, &baton_content::ContentCatalog::default())?,
+        None => baton_content::ContentCatalog::default().pipeline(),
+    })
+}
+
+pub(crate) fn engine(choice: DeviceChoice, batch: bool) -> anyhow::Result<Engine> {
+    let opened = baton_memory::open(choice)?;
+    if let Some(reason) = &opened.fallback_reason {
+        eprintln!("{reason}; GPU stages run on host memory");
+    }
+    Ok(Engine {
+        gpu: opened.backend,
+        host: Arc::new(HostBackend::new()),
+        executor: Arc::new(LocalExecutor),
+        observer: Arc::new(ProgressView::new(batch)),
+        learned: Some(LearnedNeeds::from_env()),
+        catalog: Arc::new(baton_content::ContentCatalog::default()),
+    })
+}
+
+/// What a finished run says: its table, where its files and report are.
+pub(crate) fn summarize(plan: &RunPlan, out: &mut dyn Write) -> anyhow::Result<()> {
+    let m = &plan.manifest;
+    writeln!(
+        out,
+        "\nrun {} {}",
+        m.run_id,
+        format!("{:?}", m.state).to_lowercase()
+    )?;
+    out.write_all(stage_table(m).as_bytes())?;
+    let wall = m
+        .stages
+        .iter()
+        .flat_map(|s| s.attempts.iter())
+        .filter_map(|a| a.ended_unix_ms)
+        .max()
+        .map(|end| end.saturating_sub(m.created_unix_ms));
+    if let Some(ms) = wall {
+        writeln!(out, "total {:.2}s", ms as f64 / 1000.0)?;
+    }
+    writeln!(out, "files:  {}", plan.dir.display())?;
+    writeln!(
+        out,
+        "report: {}",
+        plan.dir.join("report/index.html").display()
+    )?;
+    if let Some(error) = &m.error {
+        writeln!(out, "error:  {error}")?;
+    }
+    Ok(())
+}
+
+pub(crate) fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
+    let failed = plans
+        .iter()
+        .filter(|p| p.manifest.state != RunState::Succeeded)
+        .count();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!(
+            "{failed} of {} run(s) failed; see the table above and the logs in each run folder",
+            plans.len()
+        ))
+    }
+}
+
+pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    baton_base::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
+    let pipeline = load_pipeline(&args.common)?;
+    let engine = engine(args.common.device, false)?;
+    let mut plans = vec![create_run(
+        &args.common.output,
+        &args.topic,
+        &pipeline,
+        engine.gpu.kind().name(),
+    )?];
+    writeln!(out, "run folder: {}", plans[0].dir.display())?;
+    engine.execute(&mut plans)?;
+    summarize(&plans[0], out)?;
+    outcome(&[&plans[0]])
+}

@@ -1,0 +1,96 @@
+//! `baton models list|fetch|warm|evict`: the model store, the Hugging Face cache and the page
+//! cache, as a user sees them.
+
+use std::io::Write;
+
+use baton_base::format_bytes;
+use baton_studio::model_store::ModelStore;
+
+use crate::fetch::from_hub;
+
+pub fn models_list(out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = ModelStore::from_env();
+    writeln!(out, "model store: {}", store.dir().display())?;
+    for (name, about, bytes) in store.list() {
+        let state = bytes.map_or("not fetched".to_string(), |b| {
+            format!("fetched, {}", format_bytes(b))
+        });
+        writeln!(out, "{name:<12} {state:<22} {about}")?;
+    }
+    writeln!(
+        out,
+        "image models (Hugging Face cache: {}):",
+        baton_studio::hub::cache_dir().display()
+    )?;
+    for fam in baton_studio::images::family::FAMILIES {
+        let state = match baton_studio::images::ImageModel::resolve(fam.name, None) {
+            Ok(_) => "in the cache",
+            Err(_) => "not fetched",
+        };
+        writeln!(
+            out,
+            "{:<12} {state:<22} {} ({})",
+            fam.name, fam.about, fam.repo
+        )?;
+    }
+    writeln!(out, "voice models (Hugging Face cache):")?;
+    for (name, repo) in baton_studio::voice::parler::MODELS {
+        let state = match baton_studio::voice::parler::ParlerFiles::resolve(name) {
+            Ok(_) => "in the cache",
+            Err(_) => "not fetched",
+        };
+        writeln!(
+            out,
+            "{name:<20} {state:<14} Parler-TTS ({repo}); `baton voice` uses it when here"
+        )?;
+    }
+    Ok(())
+}
+
+pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    if baton_studio::images::family::FAMILIES
+        .iter()
+        .any(|f| f.name == name)
+    {
+        let model = from_hub(name, out, |hub, progress| {
+            baton_studio::images::ImageModel::fetch(name, hub, progress)
+        })??;
+        writeln!(out, "{name}: {} (every file checked)", model.dir.display())?;
+        return Ok(());
+    }
+    if let Some((voice, repo)) = baton_studio::voice::parler::MODELS
+        .iter()
+        .find(|(n, _)| *n == name)
+    {
+        let files = from_hub(&format!("{voice} ({repo})"), out, |hub, progress| {
+            baton_studio::voice::parler::ParlerFiles::fetch(voice, hub, progress)
+        })??;
+        writeln!(out, "{name}: {} (every file checked)", files.dir.display())?;
+        return Ok(());
+    }
+    let store = ModelStore::from_env();
+    let path = store.resolve(name, true)?;
+    writeln!(out, "{name}: {} (checksum verified)", path.display())?;
+    Ok(())
+}
+
+pub fn models_warm(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+    // Warming never downloads: a model that is not here yet has nothing to warm.
+    let path = ModelStore::from_env().resolve(name, false)?;
+    let report = baton_base::page_cache::warm(&path, 8)?;
+    writeln!(out, "{}: {report}", path.display())?;
+    Ok(())
+}
+
+pub fn models_evict(files: &[std::path::PathBuf], out: &mut dyn Write) -> anyhow::Result<()> {
+    for f in files {
+        let left = baton_base::page_cache::evict(f)?;
+        writeln!(
+            out,
+            "{}: {:.0}% still in the page cache",
+            f.display(),
+            left * 100.0
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `baton scenes`: the storyboard, from an LLM.
+
+use std::io::{IsTerminal, Write};
+
+use baton_base::format_bytes;
+use baton_base::protocol::StageLine;
+use baton_studio::compute::Compute;
+use baton_studio::llm::Sampler;
+use baton_studio::model_store::ModelStore;
+use baton_studio::scenes::{Destination, ScenesRequest, write_scenes};
+
+use baton::args::ScenesArgs;
+
+pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    // Refuse a bad topic before fetching a model or loading anything.
+    baton_base::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
+    let store = ModelStore::from_env();
+    let model = store.resolve(&args.model, true)?;
+    let (compute, where_) = Compute::choose(args.compute)?;
+    writeln!(
+        out,
+        "writing {} scenes about '{}' with {} {where_}",
+        args.scenes,
+        args.topic,
+        model.display()
+    )?;
+    out.flush()?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {pos} tokens {per_sec} {elapsed}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    });
+    let mut on_token = |n: usize| {
+        if let Some(bar) = &bar {
+            bar.set_position(n as u64);
+        }
+    };
+    let outcome = write_scenes(
+        ScenesRequest {
+            topic: &args.topic,
+            scenes: args.scenes,
+            model: &model,
+            tokenizer: args.tokenizer.as_deref(),
+            sampler: Sampler {
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+                max_tokens: args.max_tokens,
+                repeat_penalty: args.repeat_penalty,
+            },
+            compute,
+            destination: match &args.run_dir {
+                Some(dir) => Destination::RunDir(dir.clone()),
+                None => Destination::NewRun(args.output.clone()),
+            },
+        },
+        &mut on_token,
+    );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let o = outcome?;
+    let g = &o.generation;
+    writeln!(
+        out,
+        "storyboard: \"{}\", {} scenes",
+        o.storyboard.title,
+        o.storyboard.scenes.len()
+    )?;
+    for s in &o.storyboard.scenes {
+        writeln!(
+            out,
+            "  {}. {} ({:.0}s): {}",
+            s.index, s.title, s.duration_seconds, s.narration
+        )?;
+    }
+    let model_bytes = std::fs::metadata(&model).map_or(0, |m| m.len());
+    writeln!(
+        out,
+        "tokens: {} prompt + {} generated in {:.2}s: {:.1} tokens/s (model, {}, loaded in {:.2}s on {}: {:.2} GB/s)",
+        g.prompt_tokens,
+        g.tokens,
+        g.decode_time.as_secs_f64(),
+        g.tokens_per_second(),
+        format_bytes(model_bytes),
+        o.load_seconds,
+        o.device,
+        model_bytes as f64 / o.load_seconds.max(1e-9) / 1e9
+    )?;
+    if args.run_dir.is_some() {
+        // As a stage: the runner keeps this load in run.json.
+        writeln!(
+            out,
+            "{}",
+            StageLine::load(model.display().to_string(), model_bytes, o.load_seconds)
+        )?;
+    }
+    writeln!(out, "memory after loading: {}", o.after_load)?;
+    writeln!(out, "memory after generation: {}", o.after_generation)?;
+    writeln!(out, "{}", o.reclaim)?;
+    writeln!(out, "file: {}", o.file.display())?;
+    Ok(())
+}
