@@ -10,6 +10,8 @@ use crate::fetch::from_hub;
 
 pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     use baton_studio::images::{ImageModel, ImagesError, ImagesOptions, write_cards};
+    // Refuse a bad scenes file before looking for a model or loading anything.
+    baton_studio::storyboard::Storyboard::load(&args.input).map_err(ImagesError::from)?;
     let run_dir = baton_studio::storyboard::run_dir_of(&args.input, args.run_dir.as_deref());
     let cards = |why: &str, out: &mut dyn Write| -> anyhow::Result<()> {
         let (w, h) = (args.width.unwrap_or(512), args.height.unwrap_or(512));
