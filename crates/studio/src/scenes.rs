@@ -66,6 +66,8 @@ pub enum ScenesError {
     Memory(#[from] baton_memory::MemoryError),
     #[error(transparent)]
     File(#[from] baton_base::FileError),
+    #[error(transparent)]
+    Compute(#[from] crate::compute::ComputeError),
     #[error("cannot create '{}': {source}", .path.display())]
     Create {
         path: PathBuf,
@@ -81,6 +83,7 @@ impl Classify for ScenesError {
             ScenesError::Llm(e) => e.fault(),
             ScenesError::Memory(e) => e.fault(),
             ScenesError::File(e) => e.fault(),
+            ScenesError::Compute(e) => e.fault(),
             ScenesError::Storyboard(_) | ScenesError::Create { .. } => Fault::Machine,
         }
     }
@@ -124,7 +127,7 @@ pub fn write_scenes(
     if req.scenes == 0 || req.scenes > crate::storyboard::MAX_SCENES {
         return Err(ScenesError::SceneCount(req.scenes));
     }
-    let (backend, device) = req.compute.open().map_err(LlmError::from)?;
+    let (backend, device) = req.compute.open()?;
     crate::llm::warm_up(&device)?;
     backend.trim()?;
     // 64 MiB of slack: allocator arenas on the host, and on a GPU a kernel module the warm-up

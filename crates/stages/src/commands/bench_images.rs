@@ -5,6 +5,8 @@ use std::io::Write;
 
 use baton_studio::compute::Compute;
 
+use crate::commands::images::{DrawingView, print_manifest};
+
 use crate::commands::bench_board::{check_bench_scenes, write_bench_storyboard};
 
 /// `baton bench images`: a model with `family`'s real shapes and random weights, written
@@ -28,7 +30,7 @@ pub fn bench_images(
     })?;
     check_bench_scenes(scenes)?;
     let (compute, where_) = Compute::choose(choice)?;
-    let dtype = if matches!(compute, baton_studio::scenes::Compute::Cuda(_)) {
+    let dtype = if matches!(compute, Compute::Cuda(_)) {
         fam.gpu_dtype()
     } else {
         candle_core::DType::F32
@@ -63,13 +65,26 @@ pub fn bench_images(
     let input = write_bench_storyboard(&run_dir, scenes, &|_| "Benchmark narration.", &|i| {
         prompts[i % prompts.len()]
     })?;
-    let options = ImagesOptions {
-        width: Some(size),
-        height: Some(size),
-        steps: None,
-        guidance: None,
-        seed: 42,
-        max_vram: None,
+    let request = baton_studio::images::stage::ImagesRequest {
+        input: &input,
+        run_dir: &run_dir,
+        model: &model.dir.to_string_lossy(),
+        family: Some(family),
+        options: ImagesOptions {
+            width: Some(size),
+            height: Some(size),
+            steps: None,
+            guidance: None,
+            seed: 42,
+            max_vram: None,
+        },
+        compute: choice,
+        cards: false,
+        cards_if_no_model: false,
     };
-    crate::commands::images::draw(&input, &run_dir, &model, &compute, &options, false, out)
+    let mut view = DrawingView::new(&input, false);
+    let drawn =
+        baton_studio::images::stage::draw(&request, &model, &compute, &mut |e| view.event(e, out));
+    view.finish(out)?;
+    print_manifest(&drawn?, &run_dir, false, out)
 }

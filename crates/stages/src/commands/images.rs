@@ -1,145 +1,192 @@
-//! `baton images`: a picture for every scene, or storyboard cards when there is no model.
+//! `baton images`: a picture for every scene, or storyboard cards when there is no model, shown
+//! as the images stage says it: a progress bar per image on a terminal, protocol lines as a
+//! stage of a run, then the phases' table.
 
 use std::io::{IsTerminal, Write};
 
 use baton_base::format_bytes;
 use baton_base::protocol::StageLine;
-use baton_studio::compute::Compute;
+use baton_studio::images::stage::{ImagesEvent, ImagesOutcome, ImagesRequest, run_images};
+use baton_studio::images::{ImageModel, ImagesManifest, ImagesOptions, Progress};
 
 use crate::fetch::from_hub;
 
 pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    use baton_studio::images::{ImageModel, ImagesError, ImagesOptions, write_cards};
-    // Refuse a bad scenes file before looking for a model or loading anything.
-    baton_studio::storyboard::Storyboard::load(&args.input).map_err(ImagesError::from)?;
     let run_dir = baton_studio::storyboard::run_dir_of(&args.input, args.run_dir.as_deref());
-    let cards = |why: &str, out: &mut dyn Write| -> anyhow::Result<()> {
-        let (w, h) = (args.width.unwrap_or(512), args.height.unwrap_or(512));
-        let manifest = write_cards(&args.input, &run_dir, w, h, why)?;
-        writeln!(
-            out,
-            "{} storyboard cards {w}x{h} in {} (cards, not generated images)",
-            manifest.images.len(),
-            run_dir.join("3_images").display()
-        )?;
-        Ok(())
+    let request = ImagesRequest {
+        input: &args.input,
+        run_dir: &run_dir,
+        model: &args.model,
+        family: args.family.as_deref(),
+        options: ImagesOptions {
+            width: args.width,
+            height: args.height,
+            steps: args.steps,
+            guidance: args.guidance,
+            seed: args.seed,
+            max_vram: args.max_vram,
+        },
+        compute: args.compute,
+        cards: args.cards,
+        cards_if_no_model: args.cards_if_no_model,
     };
-    if args.cards {
-        return cards("--cards", out);
+    // As a stage of a run (a run folder given), the runner reads the protocol lines.
+    let stage = args.run_dir.is_some();
+    let out = std::cell::RefCell::new(out);
+    let mut fetch = || {
+        from_hub(&args.model, &mut **out.borrow_mut(), |hub, progress| {
+            ImageModel::fetch(&args.model, hub, progress)
+        })
+        .map_err(|e| baton_studio::images::ImagesError::Option(e.to_string()))?
+    };
+    let mut view = DrawingView::new(&args.input, stage);
+    let outcome = run_images(
+        &request,
+        args.fetch.then_some(&mut fetch as &mut dyn FnMut() -> _),
+        &mut |event| view.event(event, &mut **out.borrow_mut()),
+    );
+    let out = out.into_inner();
+    view.finish(out)?;
+    match outcome? {
+        ImagesOutcome::Drawn(manifest) => print_manifest(&manifest, &run_dir, stage, out),
+        ImagesOutcome::Cards { manifest, .. } => {
+            writeln!(
+                out,
+                "{} storyboard cards {}x{} in {} (cards, not generated images)",
+                manifest.images.len(),
+                manifest.width,
+                manifest.height,
+                run_dir.join("3_images").display()
+            )?;
+            Ok(())
+        }
     }
-    let model = match ImageModel::resolve(&args.model, args.family.as_deref()) {
-        Ok(model) => model,
-        Err(ImagesError::NoModel { .. })
-            if args.fetch
-                && baton_studio::images::family::FAMILIES
-                    .iter()
-                    .any(|f| f.name == args.model) =>
-        {
-            from_hub(&args.model, out, |hub, progress| {
-                ImageModel::fetch(&args.model, hub, progress)
-            })??
-        }
-        Err(ImagesError::NoModel { why, .. }) if args.cards_if_no_model => {
-            let banner = format!(
-                "!!! NO IMAGE MODEL: {why}.\n!!! Rendering STORYBOARD CARDS (title and narration on a plain frame), NOT generated images.\n!!! For pictures, run `baton models fetch sd-turbo` (or another family), or pass --model DIR."
-            );
-            eprintln!("{banner}");
-            writeln!(out, "{banner}")?;
-            if args.run_dir.is_some() {
-                // As a stage: the runner repeats this in its own output and keeps it in run.json.
-                writeln!(
-                    out,
-                    "{}",
-                    StageLine::warn(format!(
-                        "NO IMAGE MODEL ({why}): 3_images/ holds STORYBOARD CARDS, not generated images"
-                    ))
-                )?;
-            }
-            return cards(&why, out);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let (compute, where_) = Compute::choose(args.compute)?;
-    writeln!(
-        out,
-        "drawing {} with {} ({}) {where_}",
-        args.input.display(),
-        model.family.name,
-        model.dir.display()
-    )?;
-    let options = ImagesOptions {
-        width: args.width,
-        height: args.height,
-        steps: args.steps,
-        guidance: args.guidance,
-        seed: args.seed,
-        max_vram: args.max_vram,
-    };
-    draw(
-        &args.input,
-        &run_dir,
-        &model,
-        &compute,
-        &options,
-        args.run_dir.is_some(),
-        out,
-    )
 }
 
-/// Runs the images stage with a progress bar per image, then prints its phases.
-pub(crate) fn draw(
-    input: &std::path::Path,
+/// What the images stage's events look like: a bar per image on a terminal, the stage's
+/// protocol lines when it runs as a stage of a run.
+pub(crate) struct DrawingView {
+    input: String,
+    bar: Option<indicatif::ProgressBar>,
+    stage: bool,
+    /// Protocol lines, written once drawing ends (the bar owns the terminal until then).
+    lines: Vec<String>,
+    failed: Option<std::io::Error>,
+}
+
+impl DrawingView {
+    pub(crate) fn new(input: &std::path::Path, stage: bool) -> DrawingView {
+        let bar = (!stage && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} steps {elapsed}",
+                )
+                .expect("valid template"),
+            );
+            bar
+        });
+        DrawingView {
+            input: input.display().to_string(),
+            bar,
+            stage,
+            lines: Vec::new(),
+            failed: None,
+        }
+    }
+
+    pub(crate) fn event(&mut self, event: ImagesEvent, out: &mut dyn Write) {
+        let written = match event {
+            ImagesEvent::Drawing { family, dir, place } => {
+                writeln!(
+                    out,
+                    "drawing {} with {family} ({}) {place}",
+                    self.input,
+                    dir.display()
+                )
+            }
+            ImagesEvent::NoModel { why } => {
+                let banner = format!(
+                    "!!! NO IMAGE MODEL: {why}.\n!!! Rendering STORYBOARD CARDS (title and narration on a plain frame), NOT generated images.\n!!! For pictures, run `baton models fetch sd-turbo` (or another family), or pass --model DIR."
+                );
+                eprintln!("{banner}");
+                writeln!(out, "{banner}").and_then(|()| {
+                    if self.stage {
+                        // As a stage: the runner repeats this in its own output and keeps it
+                        // in run.json.
+                        writeln!(
+                            out,
+                            "{}",
+                            StageLine::warn(format!(
+                                "NO IMAGE MODEL ({why}): 3_images/ holds STORYBOARD CARDS, not generated images"
+                            ))
+                        )
+                    } else {
+                        Ok(())
+                    }
+                })
+            }
+            ImagesEvent::Progress(Progress::Phase(name)) => {
+                self.lines.push(format!("phase: {name}"));
+                Ok(())
+            }
+            ImagesEvent::Progress(Progress::Warning(w)) => {
+                match &self.bar {
+                    Some(bar) => bar.suspend(|| eprintln!("warning: {w}")),
+                    None => eprintln!("warning: {w}"),
+                }
+                Ok(())
+            }
+            ImagesEvent::Progress(Progress::Step {
+                scene,
+                scenes,
+                step,
+                steps,
+            }) => {
+                if let Some(bar) = &self.bar {
+                    bar.set_length(steps as u64);
+                    bar.set_message(format!("scene {scene}"));
+                    bar.set_position(step as u64);
+                } else if self.stage && step == steps {
+                    self.lines.push(
+                        StageLine::progress(
+                            scene as u64,
+                            scenes as u64,
+                            format!("drew scene {scene}"),
+                        )
+                        .to_string(),
+                    );
+                }
+                Ok(())
+            }
+        };
+        if let Err(e) = written {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    /// Clears the bar and writes the protocol lines gathered while drawing.
+    pub(crate) fn finish(self, out: &mut dyn Write) -> anyhow::Result<()> {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        if let Some(e) = self.failed {
+            return Err(e.into());
+        }
+        for line in self.lines.iter().filter(|l| l.starts_with("baton:")) {
+            writeln!(out, "{line}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The phases' table and every image, from `images.json`'s record.
+pub(crate) fn print_manifest(
+    manifest: &ImagesManifest,
     run_dir: &std::path::Path,
-    model: &baton_studio::images::ImageModel,
-    compute: &baton_studio::scenes::Compute,
-    options: &baton_studio::images::ImagesOptions,
     stage: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    use baton_studio::images::{Progress, write_images};
-    let bar = (!stage && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps {elapsed}")
-                .expect("valid template"),
-        );
-        bar
-    });
-    let mut lines: Vec<String> = Vec::new();
-    let manifest = write_images(input, run_dir, model, compute, options, &mut |p| match p {
-        Progress::Phase(name) => lines.push(format!("phase: {name}")),
-        Progress::Warning(w) => {
-            if let Some(bar) = &bar {
-                bar.suspend(|| eprintln!("warning: {w}"));
-            } else {
-                eprintln!("warning: {w}");
-            }
-        }
-        Progress::Step {
-            scene,
-            scenes,
-            step,
-            steps,
-        } => {
-            if let Some(bar) = &bar {
-                bar.set_length(steps as u64);
-                bar.set_message(format!("scene {scene}"));
-                bar.set_position(step as u64);
-            } else if stage && step == steps {
-                lines.push(
-                    StageLine::progress(scene as u64, scenes as u64, format!("drew scene {scene}"))
-                        .to_string(),
-                );
-            }
-        }
-    });
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    let manifest = manifest?;
-    for line in lines.iter().filter(|l| l.starts_with("baton:")) {
-        writeln!(out, "{line}")?;
-    }
     writeln!(
         out,
         "{:<13} {:>10} {:>8} {:>9} {:>8} {:>12} {:>12}  RECLAIM",

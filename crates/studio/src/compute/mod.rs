@@ -35,16 +35,17 @@ impl Compute {
     }
 
     /// The memory backend that measures this compute, and candle's device for it.
-    pub fn open(
-        &self,
-    ) -> Result<(Arc<dyn MemoryBackend>, candle_core::Device), candle_core::Error> {
+    pub fn open(&self) -> Result<(Arc<dyn MemoryBackend>, candle_core::Device), ComputeError> {
         Ok(match self {
             Compute::Cpu => (
                 Arc::new(baton_memory::host::HostBackend::new()),
                 candle_core::Device::Cpu,
             ),
             // candle's CUDA device joins the primary context the backend already holds.
-            Compute::Cuda(cuda) => (cuda.clone(), candle_core::Device::new_cuda(0)?),
+            Compute::Cuda(cuda) => (
+                cuda.clone(),
+                candle_core::Device::new_cuda(0).map_err(|e| ComputeError::Device(Box::new(e)))?,
+            ),
         })
     }
 
@@ -80,8 +81,17 @@ pub enum ComputeError {
         "--compute sim: simulated GPUs only hold memory, they compute nothing; use gpu, cpu or auto"
     )]
     Simulated,
+    // Boxed: the stages' error enums carry this one, and stay small.
     #[error(transparent)]
-    Memory(#[from] MemoryError),
+    Memory(Box<MemoryError>),
+    #[error("cannot open the GPU for computing: {0}")]
+    Device(Box<candle_core::Error>),
+}
+
+impl From<MemoryError> for ComputeError {
+    fn from(e: MemoryError) -> Self {
+        ComputeError::Memory(Box::new(e))
+    }
 }
 
 impl baton_base::fault::Classify for ComputeError {
@@ -89,7 +99,7 @@ impl baton_base::fault::Classify for ComputeError {
         match self {
             ComputeError::Simulated => baton_base::fault::Fault::Input,
             // A GPU that will not open is the machine's, never the input's.
-            ComputeError::Memory(_) => baton_base::fault::Fault::Machine,
+            ComputeError::Memory(_) | ComputeError::Device(_) => baton_base::fault::Fault::Machine,
         }
     }
 }

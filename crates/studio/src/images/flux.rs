@@ -8,8 +8,9 @@ use candle_transformers::models::flux::WithForward;
 use candle_transformers::models::{flux as cflux, t5};
 
 use super::family::Flux;
+use super::phase::{Conditioning, Job, Loads};
 use super::tokenize::{CLIP_TOKENS, clip_tokens, t5_tokens};
-use super::{Conditioning, ImagesError, Job, Loads, gaussian};
+use super::{ImagesError, gaussian};
 use crate::storyboard::Storyboard;
 
 /// Every scene's prompt through CLIP-L (pooled), then through T5, each encoder released before

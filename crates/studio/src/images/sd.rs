@@ -10,8 +10,9 @@ use candle_core::{D, Module, Tensor};
 use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
 
 use super::family::Sd;
+use super::phase::{Conditioning, Job, Loads};
 use super::tokenize::{CLIP_TOKENS, clip_tokens};
-use super::{Conditioning, ImagesError, Job, Loads, gaussian};
+use super::{ImagesError, gaussian};
 use crate::storyboard::Storyboard;
 
 /// Every scene's prompt through each text encoder in turn (each released before the next

@@ -8,6 +8,9 @@
 
 pub mod gguf_tokenizer;
 pub mod model;
+/// Test models: a tiny random llama or qwen2 GGUF. Tests, here and in the crates that test
+/// through the stage program, turn on the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
 pub mod tiny;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@
 //! child process) and a neural engine sit behind the same call.
 
 pub mod parler;
+pub mod stage;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -47,6 +48,8 @@ pub enum VoiceError {
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
     #[error(transparent)]
+    Compute(#[from] crate::compute::ComputeError),
+    #[error(transparent)]
     Memory(#[from] baton_memory::MemoryError),
     #[error(transparent)]
     Write(#[from] baton_base::FileError),
@@ -64,6 +67,7 @@ impl baton_base::fault::Classify for VoiceError {
             | VoiceError::Option(_)
             | VoiceError::NoModel(_) => Fault::Input,
             VoiceError::Hub(e) => e.fault(),
+            VoiceError::Compute(e) => e.fault(),
             VoiceError::Memory(e) => e.fault(),
             VoiceError::Write(e) => e.fault(),
             VoiceError::EngineMissing(_)
