@@ -3,7 +3,7 @@
 //! loader, and PyTorch's `safetensors.torch.load_file(device="cuda")` in a child process.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use std::collections::HashMap;
@@ -140,28 +140,18 @@ fn fill_counted(
     Ok(())
 }
 
-/// Writes `path` whole: `write` fills a temporary file beside it, which is synced and renamed
-/// over `path`; on an error the temporary file is removed and `path` is untouched.
+/// Writes `path` whole (`baton_base::atomic_file`): `write` fills a temporary file beside it,
+/// through a large buffer; on an error `path` is untouched.
 fn write_whole(
     path: &Path,
     write: &mut dyn FnMut(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<(), WeightsError> {
-    let tmp = PathBuf::from(format!("{}.part", path.display()));
-    let result = (|| -> std::io::Result<()> {
-        let mut file = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&tmp)?);
-        write(&mut file)?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|source| WeightsError::Read {
-        path: path.to_path_buf(),
-        offset: 0,
-        source,
-    })
+    baton_base::atomic_file::write_atomic_with(path, |file| {
+        let mut buffered = std::io::BufWriter::with_capacity(8 << 20, file);
+        write(&mut buffered)?;
+        buffered.flush()
+    })?;
+    Ok(())
 }
 
 /// GGUF's id for a block type (ggml's `ggml_type`).

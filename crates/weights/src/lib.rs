@@ -63,6 +63,8 @@ pub enum WeightsError {
     Device(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    File(#[from] baton_base::FileError),
 }
 
 impl baton_base::fault::Classify for WeightsError {
