@@ -4,8 +4,9 @@
 //! The supervisor links no CUDA, so it should start in the same few milliseconds in every
 //! build; the stage program of a `cuda` build pays the loader's work for cuBLAS, cuRAND and the
 //! CUDA runtime at every start. Each command also runs with `LD_LIBRARY_PATH` removed: the
-//! supervisor must still start then (a machine with only the NVIDIA driver installed), the
-//! stage program of a `cuda` build must not.
+//! supervisor must start then too (a machine with only the NVIDIA driver installed); the stage
+//! program of a `cuda` build starts only where the CUDA libraries are in the loader's default
+//! path.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
