@@ -192,10 +192,6 @@ impl ContentCatalog {
         ContentCatalog { program }
     }
 
-    pub fn program(&self) -> &std::path::Path {
-        &self.program
-    }
-
     /// The voice engine the content pipeline places: `BATON_VOICE_ENGINE` when it names one,
     /// else the neural voice when its weights are on this machine (as `baton voice` would
     /// choose), else eSpeak NG.
@@ -345,21 +341,25 @@ mod tests {
 
     #[test]
     fn answers_are_read_one_per_line_with_the_stage_environment() {
-        // A stand-in stage program: prints its arguments and one variable, a line each.
-        let dir = tempfile::tempdir().unwrap();
-        let program = dir.path().join("baton-stages");
-        std::fs::write(
-            &program,
-            "#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done\necho \"$BATON_VOICE_ENGINE\"\n",
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let catalog = ContentCatalog::new(program);
-        let env = BTreeMap::from([("BATON_VOICE_ENGINE".to_string(), "espeak".to_string())]);
+        // A stand-in stage program that needs no file of its own: `printenv A B C` prints the
+        // values of the variables named by its arguments, one per line, so the stage
+        // environment decides the answer.
+        let catalog = ContentCatalog::new("printenv".into());
+        let env = BTreeMap::from([
+            ("catalog".to_string(), "/models/a.safetensors".to_string()),
+            ("weights".to_string(), "/models/b.safetensors".to_string()),
+            ("images".to_string(), "/models/c.safetensors".to_string()),
+        ]);
         assert_eq!(
-            catalog.weights("voice", &env),
-            ["catalog", "weights", "voice", "espeak"].map(PathBuf::from)
+            catalog.weights("images", &env),
+            [
+                "/models/a.safetensors",
+                "/models/b.safetensors",
+                "/models/c.safetensors"
+            ]
+            .map(PathBuf::from)
         );
+        // A program that fails (printenv of an unset name exits 1) answers nothing.
+        assert!(catalog.weights("images", &BTreeMap::new()).is_empty());
     }
 }
