@@ -3,13 +3,19 @@
 
 use std::io::{IsTerminal, Write};
 
+/// The error of a fetch whose first line could not be written (a closed pipe, mostly), as the
+/// stages' error types carry it.
+pub(crate) fn unwritable(e: std::io::Error) -> baton_base::FileError {
+    baton_base::FileError::new("cannot write", "standard output", e)
+}
+
 /// Runs `fetch` against the hub from the environment, saying what is fetched where, with a
 /// progress bar per file on a terminal (a log line every few seconds otherwise).
 pub(crate) fn from_hub<T>(
     what: &str,
     out: &mut dyn Write,
     fetch: impl FnOnce(&baton_studio::hub::Hub, &mut dyn FnMut(&str, u64, Option<u64>)) -> T,
-) -> anyhow::Result<T> {
+) -> std::io::Result<T> {
     let hub = baton_studio::hub::Hub::from_env();
     writeln!(
         out,

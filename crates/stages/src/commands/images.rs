@@ -9,7 +9,7 @@ use baton_base::protocol::StageLine;
 use baton_studio::images::stage::{ImagesEvent, ImagesOutcome, ImagesRequest, run_images};
 use baton_studio::images::{ImageModel, ImagesManifest, ImagesOptions, Progress};
 
-use crate::fetch::from_hub;
+use crate::fetch::{from_hub, unwritable};
 
 pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let run_dir = baton_studio::storyboard::run_dir_of(&args.input, args.run_dir.as_deref());
@@ -37,7 +37,7 @@ pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
         from_hub(&args.model, &mut **out.borrow_mut(), |hub, progress| {
             ImageModel::fetch(&args.model, hub, progress)
         })
-        .map_err(|e| baton_studio::images::ImagesError::Option(e.to_string()))?
+        .map_err(|e| baton_studio::images::ImagesError::File(unwritable(e)))?
     };
     let mut view = DrawingView::new(&args.input, stage);
     let outcome = run_images(

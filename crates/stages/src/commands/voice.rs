@@ -8,7 +8,7 @@ use baton_studio::voice::VoiceOptions;
 use baton_studio::voice::parler::ParlerFiles;
 use baton_studio::voice::stage::{EngineChoice, VoiceEvent, VoiceRequest, run_voice};
 
-use crate::fetch::from_hub;
+use crate::fetch::{from_hub, unwritable};
 
 pub fn voice(args: &baton::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     use baton::args::VoiceEngineChoice;
@@ -41,7 +41,7 @@ pub fn voice(args: &baton::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
             &mut **out.borrow_mut(),
             |hub, progress| ParlerFiles::fetch(&args.voice_model, hub, progress),
         )
-        .map_err(|e| baton_studio::voice::VoiceError::Option(e.to_string()))?
+        .map_err(|e| baton_studio::voice::VoiceError::Write(unwritable(e)))?
     };
     let mut failed_write: Option<std::io::Error> = None;
     let input = args.input.display().to_string();
