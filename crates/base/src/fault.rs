@@ -14,6 +14,9 @@ pub enum Fault {
     Input,
     /// The machine or the work failed. Exit code 1.
     Machine,
+    /// A signal stopped the work (Ctrl-C is SIGINT, 2). Exit code 128 + the signal, as a shell
+    /// reports a process the signal killed: 130 for SIGINT, 143 for SIGTERM.
+    Interrupted(i32),
 }
 
 impl Fault {
@@ -21,6 +24,7 @@ impl Fault {
         match self {
             Fault::Input => 2,
             Fault::Machine => 1,
+            Fault::Interrupted(signal) => (128 + signal).clamp(129, 255) as u8,
         }
     }
 }
@@ -107,6 +111,8 @@ mod tests {
         assert_eq!(classify(chain(), &[]), Fault::Machine);
         assert_eq!(Fault::Input.exit_code(), 2);
         assert_eq!(Fault::Machine.exit_code(), 1);
+        assert_eq!(Fault::Interrupted(2).exit_code(), 130);
+        assert_eq!(Fault::Interrupted(15).exit_code(), 143);
     }
 
     #[test]

@@ -8,10 +8,6 @@ use baton_base::parse_size;
 use baton_memory::DeviceChoice;
 use clap::{Args, Parser, Subcommand};
 
-/// The Parler-TTS model `baton voice` uses unless told otherwise (the stage program checks that
-/// its voice library agrees).
-pub const DEFAULT_VOICE_MODEL: &str = "parler-tts-mini-v1";
-
 /// Run multi-model generative pipelines on GPUs that cannot hold every model at once.
 #[derive(Debug, Parser)]
 #[command(name = "baton", version, about, propagate_version = true)]
@@ -233,7 +229,7 @@ pub struct VoiceArgs {
     pub engine: VoiceEngineChoice,
     /// The Parler-TTS model: a folder (config.json, tokenizer.json, model.safetensors), or
     /// parler-tts-mini-v1 / parler-tts-large-v1 from the Hugging Face cache.
-    #[arg(long, env = "BATON_VOICE_MODEL", default_value = DEFAULT_VOICE_MODEL)]
+    #[arg(long, env = "BATON_VOICE_MODEL", default_value = baton_content::DEFAULT_VOICE_MODEL)]
     pub voice_model: String,
     /// How the neural voice should sound, in words, e.g. "A calm male voice, close up".
     #[arg(long, value_name = "TEXT")]

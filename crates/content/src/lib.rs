@@ -88,6 +88,10 @@ pub fn stages_program() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(STAGES_PROGRAM))
 }
 
+/// The Parler-TTS model the voice stage runs unless `BATON_VOICE_MODEL` says otherwise (the
+/// stage program checks that its voice library agrees).
+pub const DEFAULT_VOICE_MODEL: &str = "parler-tts-mini-v1";
+
 /// The stage program's file name.
 pub const STAGES_PROGRAM: &str = "baton-stages";
 
@@ -107,7 +111,8 @@ name = "voice"
 builtin = "voice"
 after = ["scenes"]
 inputs = ["1_scripts/{slug}_scenes.json"]
-outputs = ["2_audio/narration.wav", "2_audio/voice.json"]
+# Every file in 2_audio/ is the stage's: each scene's clip, the narration and voice.json.
+outputs = ["2_audio/"]
 {voice}
 
 [[stage]]
@@ -115,7 +120,8 @@ name = "images"
 builtin = "images"
 after = ["scenes"]
 inputs = ["1_scripts/{slug}_scenes.json"]
-outputs = ["3_images/images.json"]
+# Every file in 3_images/ is the stage's: each scene's picture and images.json.
+outputs = ["3_images/"]
 # SD-Turbo in f16, phased: its largest phase (the UNet) is about 2.5 GiB.
 memory = "learn"
 memory_initial = "6GiB"
@@ -272,6 +278,36 @@ impl StageCatalog for ContentCatalog {
             .collect()
     }
 
+    fn model(&self, name: &str, env: &BTreeMap<String, String>) -> Option<String> {
+        // The stage's `[env]` over baton's own, as the stage will see them.
+        let setting = |key: &str| {
+            env.get(key)
+                .cloned()
+                .or_else(|| std::env::var(key).ok())
+                .filter(|v| !v.is_empty())
+        };
+        // A path names its model by its last part: `/models/flux1-dev` → `flux1-dev`.
+        let short = |spec: String| {
+            std::path::Path::new(&spec)
+                .file_name()
+                .map_or(spec.clone(), |n| n.to_string_lossy().into_owned())
+        };
+        Some(match Stage::named(name)? {
+            Stage::Scenes => {
+                short(setting("BATON_SCENES_MODEL").unwrap_or_else(|| "smollm2".into()))
+            }
+            Stage::Images => {
+                short(setting("BATON_IMAGES_MODEL").unwrap_or_else(|| "sd-turbo".into()))
+            }
+            Stage::Voice => match setting("BATON_VOICE_ENGINE").as_deref() {
+                Some("espeak") => "espeak".into(),
+                _ => short(
+                    setting("BATON_VOICE_MODEL").unwrap_or_else(|| DEFAULT_VOICE_MODEL.into()),
+                ),
+            },
+        })
+    }
+
     fn inherited_prefixes(&self) -> &[&str] {
         // The stages' settings: a user who sets BATON_SCENES_MODEL for `baton run` means it
         // for the scenes stage.
@@ -327,6 +363,38 @@ mod tests {
             parler.env.get("BATON_VOICE_ENGINE").map(String::as_str),
             Some("parler")
         );
+    }
+
+    #[test]
+    fn each_model_has_its_own_learned_need() {
+        let c = catalog();
+        let env = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let flux = c.model("images", &env(&[("BATON_IMAGES_MODEL", "flux-schnell")]));
+        let sd = c.model(
+            "images",
+            &env(&[("BATON_IMAGES_MODEL", "/models/sd-turbo")]),
+        );
+        assert_eq!(flux.as_deref(), Some("flux-schnell"));
+        assert_eq!(sd.as_deref(), Some("sd-turbo"));
+        assert_eq!(
+            c.model("voice", &env(&[("BATON_VOICE_ENGINE", "espeak")]))
+                .as_deref(),
+            Some("espeak")
+        );
+        assert_eq!(
+            c.model(
+                "scenes",
+                &env(&[("BATON_SCENES_MODEL", "/m/qwen2.5-3b.gguf")])
+            )
+            .as_deref(),
+            Some("qwen2.5-3b.gguf")
+        );
+        assert_eq!(c.model("paint", &env(&[])), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use baton_memory::{DeviceSnapshot, MemoryBackend};
 
 use crate::events::{Event, Observer};
 use crate::executor::{Executor, Launch, LineSink};
-use crate::group::{Membership, terminate};
+use crate::group::Membership;
 use crate::manifest::{
     Artifact, Attempt, LoadRecord, Orphan, ReclaimRecord, Sample, collect_artifacts, unix_ms,
 };
@@ -168,7 +168,7 @@ pub fn run_attempt(
             && started.elapsed() >= limit
         {
             timed_out = true;
-            terminate(&membership.live_members(), Duration::from_secs(2));
+            membership.stop(Duration::from_secs(2));
         }
     };
     attempt.ended_unix_ms = Some(unix_ms());
@@ -290,7 +290,7 @@ fn reclaim(
                 }
             }
         }
-        terminate(&members, Duration::from_secs(1));
+        membership.stop(Duration::from_secs(1));
     }
     let check_unowned = backend.attributes_all_memory();
     loop {

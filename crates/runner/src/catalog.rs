@@ -37,6 +37,14 @@ pub trait StageCatalog: Send + Sync {
     /// scheduler's: resolving may read and check a model.
     fn weights(&self, name: &str, env: &BTreeMap<String, String>) -> Vec<PathBuf>;
 
+    /// The model the builtin `name` will run with the stage environment `env` (layered over
+    /// baton's own), for the key its learned memory need is kept under: `flux-schnell` and
+    /// `sd-turbo` are different needs of one `images` stage. Called on the scheduler's thread:
+    /// read settings, never files. `None` keys the need by the builtin's name alone.
+    fn model(&self, _name: &str, _env: &BTreeMap<String, String>) -> Option<String> {
+        None
+    }
+
     /// Prefixes of environment variables every stage inherits from baton, besides the runner's
     /// own list: the settings of the catalog's stages (`BATON_SCENES_MODEL`, …).
     fn inherited_prefixes(&self) -> &[&str] {

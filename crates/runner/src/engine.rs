@@ -21,8 +21,10 @@ use crate::catalog::StageCatalog;
 use crate::events::{Event, Observer};
 use crate::executor::{Executor, Launch};
 use crate::group::TOKEN_VAR;
+use crate::interrupt;
 use crate::learned::LearnedNeeds;
 use crate::manifest::{Attempt, RunState, StageState};
+use crate::outputs::{STALE_DIR, set_aside};
 use crate::pipeline::{DeviceKind, MemoryNeed, StageCommand, StageSpec, fill};
 use crate::placement::{DeviceLoad, Placement, place};
 use crate::plan::RunPlan;
@@ -88,6 +90,8 @@ enum Message {
 struct Running {
     run: usize,
     stage: String,
+    /// The stage's process group (its main process's PID), once it started.
+    group: Option<u32>,
     pool: DeviceKind,
     index: usize,
     granted: u64,
@@ -115,16 +119,47 @@ impl Engine {
             .iter()
             .map(|r| r.manifest.state != RunState::Running)
             .collect();
+        // Set once a signal asks baton to stop: when the stages were sent SIGTERM.
+        let mut stopping: Option<(Instant, bool)> = None;
         loop {
             while let Ok(message) = rx.try_recv() {
                 self.handle(message, runs, &mut running, &mut tries)?;
             }
-            self.skip_blocked(runs)?;
-            // Start what can start before writing reports: a free GPU should not wait for
-            // another run's paperwork.
-            self.schedule(runs, &mut running, &mut tries, &tx)?;
+            match (interrupt::requested(), &mut stopping) {
+                (None, _) => {
+                    self.skip_blocked(runs)?;
+                    // Start what can start before writing reports: a free GPU should not wait
+                    // for another run's paperwork.
+                    self.schedule(runs, &mut running, &mut tries, &tx)?;
+                }
+                (Some(signal), None) => {
+                    for run in runs
+                        .iter()
+                        .filter(|r| r.manifest.state == RunState::Running)
+                    {
+                        self.observer.event(&Event::Notice {
+                            run: &run.manifest.run_id,
+                            message: &format!(
+                                "{}: stopping every running stage (a second one stops baton at once)",
+                                interrupt::name(signal)
+                            ),
+                        });
+                    }
+                    signal_groups(&running, libc::SIGTERM);
+                    stopping = Some((Instant::now(), false));
+                }
+                (Some(_), Some((since, killed))) => {
+                    if !*killed && since.elapsed() >= STOP_GRACE {
+                        signal_groups(&running, libc::SIGKILL);
+                        *killed = true;
+                    }
+                }
+            }
             for (i, run) in runs.iter_mut().enumerate() {
-                if !finished[i] && run_is_over(run) && !running.iter().any(|r| r.run == i) {
+                let over = run_is_over(run)
+                    || run.write_error.is_some()
+                    || (stopping.is_some() && run.manifest.state == RunState::Running);
+                if !finished[i] && over && !running.iter().any(|r| r.run == i) {
                     finished[i] = true;
                     self.finish_run(run)?;
                 }
@@ -152,7 +187,7 @@ impl Engine {
             MemoryNeed::Learned { initial } => self
                 .learned
                 .as_ref()
-                .and_then(|l| l.need(&learned_key(spec)))
+                .and_then(|l| l.need(&learned_key(spec, &*self.catalog)))
                 .unwrap_or(initial),
         }
     }
@@ -238,6 +273,27 @@ impl Engine {
                     Placement::Place { index } => {
                         entry.waiting_since = None;
                         entry.last_said = None;
+                        // Every attempt starts from nothing at its outputs.
+                        let outputs: Vec<String> =
+                            spec.outputs.iter().map(|o| fill(o, &run.vars)).collect();
+                        match set_aside(&run.dir, &spec.name, &outputs) {
+                            Ok(moved) if !moved.is_empty() => {
+                                self.observer.event(&Event::Notice {
+                                    run: &run.manifest.run_id,
+                                    message: &format!(
+                                        "stage '{}': moved what an earlier attempt left ({}) to {STALE_DIR}/{}/ before it starts again",
+                                        spec.name,
+                                        moved.join(", "),
+                                        spec.name
+                                    ),
+                                });
+                            }
+                            Ok(_) => {}
+                            Err(err) => {
+                                self.fail_stage(run, &spec.name, err.to_string())?;
+                                continue;
+                            }
+                        }
                         let snapshot = &loads
                             .iter()
                             .find(|l| l.snapshot.index == index)
@@ -248,6 +304,7 @@ impl Engine {
                         running.push(Running {
                             run: run_index,
                             stage: spec.name.clone(),
+                            group: None,
                             pool: spec.device,
                             index,
                             granted,
@@ -292,7 +349,7 @@ impl Engine {
                             entry.last_said = Some(Instant::now());
                             record.state = StageState::Waiting;
                             record.note = Some(reason.clone());
-                            run.manifest.save(&run.dir)?;
+                            self.save(run);
                             self.observer.event(&Event::Waiting {
                                 run: &run.manifest.run_id,
                                 stage: &spec.name,
@@ -330,17 +387,12 @@ impl Engine {
             device.index,
             granted,
         ));
-        run.manifest.save(&run.dir)?;
+        self.save(run);
         std::fs::create_dir_all(run.dir.join("logs")).map_err(|e| RunnerError::Io {
             action: "cannot create",
             path: run.dir.join("logs"),
             source: e,
         })?;
-        for output in &spec.outputs {
-            if let Some(parent) = run.dir.join(fill(output, &run.vars)).parent() {
-                let _ = std::fs::create_dir_all(parent);
-            }
-        }
         self.warm_next(run, spec);
         let argv = spec.command.argv();
         let plan = AttemptPlan {
@@ -487,6 +539,12 @@ impl Engine {
     ) -> Result<(), RunnerError> {
         match message {
             Message::Started { run, stage, pid } => {
+                if let Some(r) = running
+                    .iter_mut()
+                    .find(|r| r.run == run && r.stage == stage)
+                {
+                    r.group = Some(pid);
+                }
                 // Kept in memory until the attempt ends: resume finds an interrupted attempt's
                 // processes by its token, so this costs no manifest write.
                 let run = &mut runs[run];
@@ -518,11 +576,14 @@ impl Engine {
                     None => {
                         let record = run.manifest.stage_mut(&stage);
                         record.artifacts = artifacts;
+                        // Only an attempt that ran as planned teaches a need: one that warned
+                        // (fell back to cards, say) peaked at what it did instead.
                         if let Some(learned) = &self.learned
                             && matches!(spec.memory, MemoryNeed::Learned { .. })
                             && attempt.peak_bytes > 0
-                            && let Err(err) =
-                                learned.record(&learned_key(&spec), attempt.peak_bytes)
+                            && attempt.warnings.is_empty()
+                            && let Err(err) = learned
+                                .record(&learned_key(&spec, &*self.catalog), attempt.peak_bytes)
                         {
                             tracing::warn!(
                                 "could not store the learned memory need of '{stage}': {err}"
@@ -530,6 +591,13 @@ impl Engine {
                         }
                         (StageState::Succeeded, None)
                     }
+                    Some(why) if interrupt::requested().is_some() => (
+                        StageState::Failed,
+                        Some(format!(
+                            "interrupted by {}: {why}",
+                            interrupt::name(interrupt::requested().unwrap_or_default())
+                        )),
+                    ),
                     Some(why) => {
                         if attempt.out_of_memory
                             && retriable
@@ -576,7 +644,7 @@ impl Engine {
                         note.clone().unwrap_or_default()
                     ));
                 }
-                run.manifest.save(&run.dir)?;
+                self.save(run);
                 if let Some(message) = note.as_deref() {
                     self.observer.event(&Event::Notice {
                         run: &run.manifest.run_id,
@@ -600,12 +668,31 @@ impl Engine {
         }
     }
 
+    /// Writes a run's manifest. A run whose manifest cannot be written fails on its own, with
+    /// the reason kept in memory for the summary: it starts nothing more, and every other run
+    /// of a batch goes on.
+    fn save(&self, run: &mut RunPlan) {
+        if run.write_error.is_some() {
+            return;
+        }
+        if let Err(err) = run.manifest.save(&run.dir) {
+            let why = format!("cannot write its manifest: {err}");
+            self.observer.event(&Event::Notice {
+                run: &run.manifest.run_id,
+                message: &format!("run fails: {why}; other runs go on"),
+            });
+            run.manifest.state = RunState::Failed;
+            run.manifest.error = Some(why.clone());
+            run.write_error = Some(why);
+        }
+    }
+
     fn fail_stage(&self, run: &mut RunPlan, stage: &str, why: String) -> Result<(), RunnerError> {
         let record = run.manifest.stage_mut(stage);
         record.state = StageState::Failed;
         record.note = Some(why.clone());
         run.manifest.error = Some(format!("stage '{stage}': {why}"));
-        run.manifest.save(&run.dir)?;
+        self.save(run);
         self.observer.event(&Event::Notice {
             run: &run.manifest.run_id,
             message: &format!("stage '{stage}' failed: {why}"),
@@ -635,27 +722,37 @@ impl Engine {
                 let record = run.manifest.stage_mut(&stage);
                 record.state = StageState::Skipped;
                 record.note = Some(format!("not run: stage '{dep}' did not succeed"));
-                run.manifest.save(&run.dir)?;
+                self.save(run);
             }
         }
         Ok(())
     }
 
     fn finish_run(&self, run: &mut RunPlan) -> Result<(), RunnerError> {
-        let succeeded = run
-            .manifest
-            .stages
-            .iter()
-            .all(|s| s.state == StageState::Succeeded);
-        run.manifest.state = if succeeded {
-            RunState::Succeeded
-        } else {
-            RunState::Failed
+        let succeeded = run.write_error.is_none()
+            && run
+                .manifest
+                .stages
+                .iter()
+                .all(|s| s.state == StageState::Succeeded);
+        let interrupted =
+            interrupt::requested().filter(|_| !succeeded && run.write_error.is_none());
+        run.manifest.state = match (succeeded, interrupted) {
+            (true, _) => RunState::Succeeded,
+            (false, Some(_)) => RunState::Interrupted,
+            (false, None) => RunState::Failed,
         };
         if succeeded {
             run.manifest.error = None;
         }
-        run.manifest.save(&run.dir)?;
+        if let Some(signal) = interrupted {
+            run.manifest.error = Some(format!(
+                "interrupted by {}; `baton resume {}` finishes it",
+                interrupt::name(signal),
+                run.dir.display()
+            ));
+        }
+        self.save(run);
         if let Err(err) = crate::report::write_run_report(&run.dir, &run.manifest) {
             tracing::warn!(
                 "could not write the report of {}: {err}",
@@ -670,6 +767,19 @@ impl Engine {
     }
 }
 
+/// How long stages get to end on SIGTERM, when baton is interrupted, before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Sends `signal` to the process group of every running stage.
+fn signal_groups(running: &[Running], signal: i32) {
+    for group in running.iter().filter_map(|r| r.group) {
+        // SAFETY: kill has no memory-safety preconditions; a negative PID names a group.
+        unsafe {
+            libc::kill(-(group as i32), signal);
+        }
+    }
+}
+
 fn run_is_over(run: &RunPlan) -> bool {
     run.manifest.stages.iter().all(|s| {
         matches!(
@@ -679,13 +789,16 @@ fn run_is_over(run: &RunPlan) -> bool {
     })
 }
 
-/// The key a learned need is stored under: stage name and model (or program).
-pub fn learned_key(spec: &StageSpec) -> String {
+/// The key a learned need is stored under: the stage's name and its model (the pipeline's
+/// `model = …`, else the model the catalog says a builtin runs, else the program).
+pub fn learned_key(spec: &StageSpec, catalog: &dyn StageCatalog) -> String {
     let model = spec.model.clone().unwrap_or_else(|| match &spec.command {
         StageCommand::Argv(argv) => Path::new(&argv[0])
             .file_name()
             .map_or_else(|| argv[0].clone(), |n| n.to_string_lossy().into_owned()),
-        StageCommand::Builtin(builtin) => builtin.name.clone(),
+        StageCommand::Builtin(builtin) => catalog
+            .model(&builtin.name, &spec.env)
+            .unwrap_or_else(|| builtin.name.clone()),
     });
     format!("{}:{model}", spec.name)
 }

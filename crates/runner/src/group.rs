@@ -84,6 +84,60 @@ pub fn processes_with_token(token: &str) -> Vec<u32> {
 /// True when `pid` no longer runs (exited, a zombie, or dead).
 pub use procfs::is_gone as is_zombie;
 
+impl Membership {
+    /// True while a live process (not a zombie waiting to be reaped) is left in the stage's
+    /// process group.
+    fn group_alive(&self) -> bool {
+        // SAFETY: signal 0 only asks whether the group exists; a negative PID names a group.
+        let exists = unsafe { libc::kill(-(self.pgid as i32), 0) == 0 };
+        // A group of zombies still exists for the kernel until they are reaped.
+        exists
+            && procfs::pids()
+                .into_iter()
+                .any(|pid| procfs::stat(pid).is_some_and(|s| s.pgrp == self.pgid && !s.is_gone()))
+    }
+
+    /// The stage's processes that left its group (`setsid`) but carry its token.
+    fn escapees(&self) -> Vec<u32> {
+        self.live_members()
+            .into_iter()
+            .filter(|&pid| procfs::stat(pid).is_some_and(|s| s.pgrp != self.pgid))
+            .collect()
+    }
+
+    /// Stops the whole stage: SIGTERM to its process group at once (the kernel delivers it to
+    /// every member, however many it forked since), and to each escapee carrying its token;
+    /// SIGKILL, after `grace`, to whatever of either is left. Returns how many processes still
+    /// needed SIGKILL (a group counts as one).
+    pub fn stop(&self, grace: std::time::Duration) -> usize {
+        let signal_group = |signal| {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(-(self.pgid as i32), signal);
+            }
+        };
+        signal_group(libc::SIGTERM);
+        let escapees = self.escapees();
+        for &pid in &escapees {
+            // SAFETY: as above.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+        let start = std::time::Instant::now();
+        let alive = || self.group_alive() || escapees.iter().any(|&p| !is_zombie(p));
+        while start.elapsed() < grace && alive() {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut stubborn = 0;
+        if self.group_alive() {
+            signal_group(libc::SIGKILL);
+            stubborn += 1;
+        }
+        stubborn + terminate(&escapees, std::time::Duration::ZERO).len()
+    }
+}
+
 /// Sends `signal` to each PID, then waits up to `grace` for them to go; returns those that
 /// were still alive after SIGKILL was needed.
 pub fn terminate(pids: &[u32], grace: std::time::Duration) -> Vec<u32> {

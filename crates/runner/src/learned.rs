@@ -1,7 +1,11 @@
-//! Memory needs learned from earlier runs: the peak a stage reached last time, per stage and
-//! model, kept in `learned.json` in baton's state folder (`BATON_STATE_DIR`, else
-//! `~/.cache/baton`). A stage whose pipeline says `memory = "learn"` is placed with that peak
-//! plus 10% headroom.
+//! Memory needs learned from earlier runs: the peaks a stage reached in its last few successful
+//! attempts, per stage and model, kept in `learned.json` in baton's state folder
+//! (`BATON_STATE_DIR`, else `~/.cache/baton`). A stage whose pipeline says `memory = "learn"`
+//! is placed with the highest of them plus 10% headroom.
+//!
+//! A key design decision: the key names the model, not only the stage (`images:flux-schnell`,
+//! not `images:images`), and one small run never lowers the need below what a larger one just
+//! took; the engine records only attempts that succeeded as planned (no fallback warnings).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -13,6 +17,26 @@ use crate::RunnerError;
 
 /// Headroom added to a learned peak.
 const HEADROOM: f64 = 1.10;
+/// How many recent peaks are kept per key.
+const KEPT: usize = 5;
+
+/// What `learned.json` holds for a key: the recent peaks, oldest first. Files written before
+/// the history was kept hold one number, read as a history of one.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+enum Peaks {
+    One(u64),
+    Recent(Vec<u64>),
+}
+
+impl Peaks {
+    fn recent(self) -> Vec<u64> {
+        match self {
+            Peaks::One(peak) => vec![peak],
+            Peaks::Recent(peaks) => peaks,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct LearnedNeeds {
@@ -36,21 +60,25 @@ impl LearnedNeeds {
         self.dir.join("learned.json")
     }
 
-    fn read(path: &Path) -> BTreeMap<String, u64> {
+    fn read(path: &Path) -> BTreeMap<String, Peaks> {
         std::fs::read(path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
 
-    /// The need to place `key` with: the learned peak plus headroom, if any was learned.
+    /// The need to place `key` with: the highest recent peak plus headroom, if any was
+    /// learned.
     pub fn need(&self, key: &str) -> Option<u64> {
         Self::read(&self.path())
-            .get(key)
-            .map(|&peak| (peak as f64 * HEADROOM) as u64)
+            .remove(key)?
+            .recent()
+            .into_iter()
+            .max()
+            .map(|peak| (peak as f64 * HEADROOM) as u64)
     }
 
-    /// Stores the peak of a successful attempt.
+    /// Adds the peak of an attempt that succeeded as planned to `key`'s recent peaks.
     pub fn record(&self, key: &str, peak: u64) -> Result<(), RunnerError> {
         let io = |action, e| RunnerError::Io {
             action,
@@ -66,7 +94,11 @@ impl LearnedNeeds {
             .map_err(|e| io("cannot open lock in", e))?;
         lock.lock().map_err(|e| io("cannot lock", e))?;
         let mut all = Self::read(&self.path());
-        all.insert(key.to_string(), peak);
+        let mut recent = all.remove(key).map(Peaks::recent).unwrap_or_default();
+        recent.push(peak);
+        let drop = recent.len().saturating_sub(KEPT);
+        recent.drain(..drop);
+        all.insert(key.to_string(), Peaks::Recent(recent));
         let bytes = serde_json::to_vec_pretty(&all).expect("map serializes");
         write_atomic(&self.path(), &bytes).map_err(RunnerError::File)
     }
@@ -87,10 +119,37 @@ mod tests {
             learned.need("images:flux"),
             Some(((10u64 << 30) as f64 * 1.1) as u64)
         );
+        // A smaller run does not lower the need while the larger peak is recent.
         learned.record("images:flux", 8 << 30).unwrap();
+        assert_eq!(
+            learned.need("images:flux"),
+            Some(((10u64 << 30) as f64 * 1.1) as u64)
+        );
+        // Once it is five runs old, it is forgotten.
+        for _ in 0..4 {
+            learned.record("images:flux", 8 << 30).unwrap();
+        }
         assert_eq!(
             learned.need("images:flux"),
             Some(((8u64 << 30) as f64 * 1.1) as u64)
         );
+        assert_eq!(
+            learned.need("scenes:smollm2"),
+            Some(((1u64 << 30) as f64 * 1.1) as u64)
+        );
+    }
+
+    #[test]
+    fn a_file_of_single_peaks_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("learned.json"),
+            r#"{"images:images": 1000}"#,
+        )
+        .unwrap();
+        let learned = LearnedNeeds::new(dir.path().to_path_buf());
+        assert_eq!(learned.need("images:images"), Some(1100));
+        learned.record("images:images", 500).unwrap();
+        assert_eq!(learned.need("images:images"), Some(1100));
     }
 }

@@ -15,8 +15,11 @@ pub mod engine;
 pub mod events;
 pub mod executor;
 pub mod group;
+pub mod interrupt;
 pub mod learned;
+pub mod lock;
 pub mod manifest;
+pub mod outputs;
 pub mod pipeline;
 pub mod placement;
 pub mod plan;
@@ -52,6 +55,17 @@ pub enum RunnerError {
     /// A folder that baton did not make as a run folder.
     #[error("'{}' is not a baton run folder: it has no run.json; pass a folder that `baton run` made, under output/", .path.display())]
     NotARunFolder { path: PathBuf },
+
+    /// A signal stopped the runs; they are written as interrupted and can be resumed.
+    #[error("interrupted by {}: every running stage was stopped and its memory proved back; resume with: {resume}", crate::interrupt::name(*.signal))]
+    Interrupted { signal: i32, resume: String },
+
+    /// A run folder another baton is working on.
+    #[error("run folder '{}' is in use by {}; wait for it to finish, or stop it first", .run_dir.display(), match .holder { Some(pid) => format!("baton pid {pid}"), None => "another baton".to_string() })]
+    Locked {
+        run_dir: PathBuf,
+        holder: Option<u32>,
+    },
 
     /// A `run.json` that cannot be trusted.
     #[error("run manifest '{}' is corrupt ({why}); nothing was changed. Restore it, or start a new run", .path.display())]
@@ -107,9 +121,11 @@ impl baton_base::fault::Classify for RunnerError {
             RunnerError::BadTopic { .. }
             | RunnerError::BadPipeline { .. }
             | RunnerError::MissingInput { .. }
-            | RunnerError::NotARunFolder { .. } => Fault::Input,
+            | RunnerError::NotARunFolder { .. }
+            | RunnerError::Locked { .. } => Fault::Input,
             RunnerError::Memory(e) => e.fault(),
             RunnerError::File(e) => e.fault(),
+            RunnerError::Interrupted { signal, .. } => Fault::Interrupted(*signal),
             RunnerError::CorruptManifest { .. }
             | RunnerError::Spawn { .. }
             | RunnerError::Io { .. } => Fault::Machine,

@@ -36,6 +36,8 @@ pub enum RunState {
     Running,
     Succeeded,
     Failed,
+    /// Stopped by Ctrl-C or SIGTERM; `baton resume` finishes it.
+    Interrupted,
 }
 
 /// A process killed because it still held memory after its stage ended.
@@ -249,10 +251,18 @@ impl Manifest {
     }
 }
 
-/// Records the artifacts `outputs` (relative paths) of a run folder; a missing one is an error
-/// that names it.
+/// Records the artifacts `outputs` (relative paths; a folder output stands for every file in
+/// it) of a run folder; a missing one is an error that names it.
 pub fn collect_artifacts(run_dir: &Path, outputs: &[String]) -> Result<Vec<Artifact>, String> {
-    outputs
+    let mut files = Vec::new();
+    for output in outputs {
+        if crate::outputs::is_folder(output) {
+            files.extend(crate::outputs::files_in(run_dir, output)?);
+        } else {
+            files.push(output.clone());
+        }
+    }
+    files
         .iter()
         .map(|rel| {
             let path: PathBuf = run_dir.join(rel);

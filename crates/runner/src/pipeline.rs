@@ -196,6 +196,24 @@ impl Pipeline {
         self.stages.iter().find(|s| s.name == name)
     }
 
+    /// The stages in an order where every stage comes after all it runs after (the file's
+    /// order where that already holds). The graph has no cycle: `parse` refused those.
+    pub fn in_dependency_order(&self) -> Vec<&StageSpec> {
+        let mut placed: Vec<&StageSpec> = Vec::with_capacity(self.stages.len());
+        while placed.len() < self.stages.len() {
+            let next = self
+                .stages
+                .iter()
+                .find(|s| {
+                    !placed.iter().any(|p| p.name == s.name)
+                        && s.after.iter().all(|d| placed.iter().any(|p| &p.name == d))
+                })
+                .expect("a checked pipeline has no cycle");
+            placed.push(next);
+        }
+        placed
+    }
+
     /// Outputs of all stages, as written (placeholders unfilled).
     pub fn produced(&self) -> impl Iterator<Item = &str> {
         self.stages
@@ -419,13 +437,34 @@ fn duration_field(field: &str, value: Option<&str>, default: Duration) -> Result
 }
 
 /// Fills `{topic}`, `{slug}`, `{run_dir}`, `{pipeline_dir}` and `{baton}` in one argument or
-/// path.
+/// path, in one pass: a value put in is never read again, so a topic that contains
+/// `{run_dir}` reaches the stage as the user wrote it. Any other `{…}` is left as it is.
 pub fn fill(text: &str, vars: &Placeholders) -> String {
-    text.replace("{topic}", &vars.topic)
-        .replace("{slug}", &vars.slug)
-        .replace("{run_dir}", &vars.run_dir)
-        .replace("{pipeline_dir}", &vars.pipeline_dir)
-        .replace("{baton}", &vars.baton)
+    let names: [(&str, &str); 5] = [
+        ("{topic}", &vars.topic),
+        ("{slug}", &vars.slug),
+        ("{run_dir}", &vars.run_dir),
+        ("{pipeline_dir}", &vars.pipeline_dir),
+        ("{baton}", &vars.baton),
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        match names.iter().find(|(name, _)| rest.starts_with(name)) {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &rest[name.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The values placeholders take in one run.
@@ -598,5 +637,15 @@ retries = 3
             fill("{baton} --topic {topic}", &vars),
             "/bin/baton --topic Cyberpunk Tokyo"
         );
+        // One pass: a value that holds a placeholder's name arrives unchanged.
+        let tricky = Placeholders {
+            topic: "a{run_dir}b {baton}".into(),
+            ..vars.clone()
+        };
+        assert_eq!(
+            fill("--topic {topic}", &tricky),
+            "--topic a{run_dir}b {baton}"
+        );
+        assert_eq!(fill("{x} {{topic}} {", &vars), "{x} {Cyberpunk Tokyo} {");
     }
 }

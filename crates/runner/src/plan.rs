@@ -13,6 +13,7 @@ use crate::RunnerError;
 use crate::catalog::StageCatalog;
 use crate::engine::attempt_token;
 use crate::group::{processes_with_token, terminate};
+use crate::lock::RunLock;
 use crate::manifest::{
     MANIFEST_FILE, Manifest, PIPELINE_FILE, RunState, StageState, verify_artifacts,
 };
@@ -26,6 +27,10 @@ pub struct RunPlan {
     pub pipeline: Pipeline,
     pub manifest: Manifest,
     pub vars: Placeholders,
+    /// This process's hold on the run folder, for as long as the plan lives.
+    pub lock: RunLock,
+    /// Set when the run's manifest could not be written: the run failed for that reason alone.
+    pub write_error: Option<String>,
 }
 
 fn baton_exe() -> String {
@@ -99,6 +104,7 @@ pub fn create_run(
             }
         }
     };
+    let lock = RunLock::acquire(&dir)?;
     write_atomic(&dir.join(PIPELINE_FILE), pipeline.source.as_bytes())
         .map_err(RunnerError::File)?;
     let manifest = Manifest::new(&run_id, topic, &slug, pipeline, backend);
@@ -114,6 +120,8 @@ pub fn create_run(
         dir,
         pipeline: pipeline.clone(),
         manifest,
+        lock,
+        write_error: None,
     })
 }
 
@@ -133,12 +141,15 @@ pub fn resume_run(
     dir: &Path,
     catalog: &dyn StageCatalog,
 ) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerError> {
-    let mut manifest = Manifest::load(dir)?;
+    Manifest::load(dir)?;
     let dir = &dir.canonicalize().map_err(|e| RunnerError::Io {
         action: "cannot resolve",
         path: dir.to_path_buf(),
         source: e,
     })?;
+    // Nothing changes before the folder is ours: a second resume of it is refused here.
+    let lock = RunLock::acquire(dir)?;
+    let mut manifest = Manifest::load(dir)?;
     let pipeline_path = dir.join(PIPELINE_FILE);
     let text = fs::read_to_string(&pipeline_path).map_err(|e| RunnerError::Io {
         action: "cannot read",
@@ -178,7 +189,9 @@ pub fn resume_run(
     }
     let mut decisions = Vec::new();
     let mut rerun: Vec<String> = Vec::new();
-    for spec in &pipeline.stages {
+    // Upstream first, whatever the file's order: a stage whose upstream runs again (directly
+    // or through another stage) runs again too.
+    for spec in pipeline.in_dependency_order() {
         let record = manifest.stage_mut(&spec.name);
         let upstream = spec.after.iter().find(|d| rerun.contains(d));
         let (kept, why) = match (record.state, upstream) {
@@ -233,6 +246,8 @@ pub fn resume_run(
             pipeline,
             manifest,
             vars,
+            lock,
+            write_error: None,
         },
         decisions,
     ))

@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn the_command_line_and_the_voice_library_agree_on_the_default_voice() {
         assert_eq!(
-            baton::args::DEFAULT_VOICE_MODEL,
+            baton_content::DEFAULT_VOICE_MODEL,
             baton_studio::voice::parler::DEFAULT_MODEL
         );
     }

@@ -101,6 +101,43 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
         "{images_attempt}"
     );
     assert!(run.join("report/index.html").is_file());
+
+    // Every file the stages wrote is in the manifest: a scene's picture and clip deleted
+    // later make resume run voice and images again, and keep the storyboard.
+    let artifacts = |stage: usize| {
+        manifest["stages"][stage]["artifacts"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(artifacts(1), 2 + 2, "{manifest}"); // 2 clips, narration.wav, voice.json
+    assert_eq!(artifacts(2), 2 + 1, "{manifest}"); // 2 cards, images.json
+    std::fs::remove_file(run.join("3_images/scene_02.png")).unwrap();
+    std::fs::remove_file(run.join("2_audio/scene_02.wav")).unwrap();
+    let out = baton(dir.path(), &model)
+        .arg("resume")
+        .arg(&run)
+        .output()
+        .unwrap();
+    let resumed = self::said(&out);
+    assert!(out.status.success(), "{resumed}");
+    assert!(
+        resumed.contains("'2_audio/scene_02.wav' is gone"),
+        "{resumed}"
+    );
+    assert!(
+        resumed.contains("'3_images/scene_02.png' is gone"),
+        "{resumed}"
+    );
+    assert!(run.join("3_images/scene_02.png").is_file());
+    assert!(run.join("2_audio/scene_02.wav").is_file());
+    let after = self::manifest(&run);
+    let attempts = |stage: usize| after["stages"][stage]["attempts"].as_array().unwrap().len();
+    assert_eq!(
+        (attempts(0), attempts(1), attempts(2)),
+        (1, 2, 2),
+        "{after}"
+    );
 }
 
 #[test]

@@ -20,6 +20,8 @@ pub(crate) fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<Pipeline> {
 }
 
 pub(crate) fn engine(choice: DeviceChoice, batch: bool) -> anyhow::Result<Engine> {
+    // From here on Ctrl-C and SIGTERM stop the stages cleanly and leave resumable runs.
+    baton_runner::interrupt::install();
     let opened = baton_memory::open(choice)?;
     if let Some(reason) = &opened.fallback_reason {
         eprintln!("{reason}; GPU stages run on host memory");
@@ -67,6 +69,18 @@ pub(crate) fn summarize(plan: &RunPlan, out: &mut dyn Write) -> anyhow::Result<(
 }
 
 pub(crate) fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
+    let interrupted: Vec<String> = plans
+        .iter()
+        .filter(|p| p.manifest.state == RunState::Interrupted)
+        .map(|p| format!("baton resume {}", p.dir.display()))
+        .collect();
+    if let (Some(signal), false) = (baton_runner::interrupt::requested(), interrupted.is_empty()) {
+        return Err(baton_runner::RunnerError::Interrupted {
+            signal,
+            resume: interrupted.join("; "),
+        }
+        .into());
+    }
     let failed = plans
         .iter()
         .filter(|p| p.manifest.state != RunState::Succeeded)
