@@ -99,6 +99,7 @@ pub fn run_attempt(
     );
     let before = plan.backend.device(plan.device_index).ok();
     let unexplained_before = before.as_ref().map_or(0, unexplained);
+    let mut accounting = Accounting::new(before.as_ref());
     write_header(&plan.launch.log, plan);
 
     let heard: Arc<Mutex<Heard>> = Arc::default();
@@ -152,7 +153,7 @@ pub fn run_attempt(
         if Instant::now() >= next_sample {
             next_sample += SAMPLE_EVERY;
             if let Ok(snapshot) = plan.backend.device(plan.device_index) {
-                let ours = held_by(&snapshot, &mut membership);
+                let ours = accounting.held(&snapshot, &mut membership, plan, observer);
                 attempt.peak_bytes = attempt.peak_bytes.max(ours);
                 attempt.timeline.push((unix_ms(), snapshot.used, ours));
                 live.store(ours, Ordering::Relaxed);
@@ -181,8 +182,10 @@ pub fn run_attempt(
     let reclaim = reclaim(
         plan,
         &mut membership,
+        &mut accounting,
         unexplained_before,
         &mut attempt.timeline,
+        observer,
     );
     let reclaimed = exited.elapsed();
     process.finish_output(Duration::from_millis(500));
@@ -215,6 +218,9 @@ pub fn run_attempt(
             )
         })
         .unwrap_or_default();
+    // A peak read per device is an estimate: it is said in the manifest (and, being a
+    // warning, teaches no learned need).
+    attempt.warnings.extend(accounting.said.take());
 
     // Hashing runs here, not on the scheduler's thread: large outputs must not hold up the
     // placement of other stages.
@@ -262,6 +268,64 @@ fn held_by(snapshot: &DeviceSnapshot, membership: &mut Membership) -> u64 {
         .sum()
 }
 
+/// How a stage's memory is read off its device: by the PIDs of its processes, or, where the
+/// device lists processes that this PID namespace cannot see (baton in a container, whose
+/// NVML reports the host's PIDs), as the device's use above its level before the stage.
+struct Accounting {
+    before_used: u64,
+    per_device: bool,
+    /// What was said when the fallback began (once per attempt), for the manifest too.
+    said: Option<String>,
+}
+
+impl Accounting {
+    fn new(before: Option<&DeviceSnapshot>) -> Accounting {
+        Accounting {
+            before_used: before.map_or(0, |s| s.used),
+            per_device: false,
+            said: None,
+        }
+    }
+
+    fn held(
+        &mut self,
+        snapshot: &DeviceSnapshot,
+        membership: &mut Membership,
+        plan: &AttemptPlan,
+        observer: &dyn Observer,
+    ) -> u64 {
+        let by_pid = held_by(snapshot, membership);
+        if !self.per_device
+            && by_pid == 0
+            && plan.backend.attributes_all_memory()
+            && !snapshot.processes.is_empty()
+            && snapshot
+                .processes
+                .iter()
+                .all(|p| baton_base::procfs::stat(p.pid).is_none())
+        {
+            self.per_device = true;
+        }
+        if self.per_device && self.said.is_none() {
+            let message = format!(
+                "stage '{}': {} lists processes this PID namespace cannot see (is baton in a container?); the stage's memory is taken as {}'s use above its level before the stage, which counts any other stage placed there too",
+                plan.stage, plan.device_label, plan.device_label
+            );
+            tracing::warn!("{message}");
+            observer.event(&Event::Notice {
+                run: &plan.run_id,
+                message: &message,
+            });
+            self.said = Some(message);
+        }
+        if self.per_device {
+            snapshot.used.saturating_sub(self.before_used)
+        } else {
+            by_pid
+        }
+    }
+}
+
 /// Used memory that no listed process explains.
 fn unexplained(snapshot: &DeviceSnapshot) -> u64 {
     let listed: u64 = snapshot.processes.iter().filter_map(|p| p.bytes).sum();
@@ -271,8 +335,10 @@ fn unexplained(snapshot: &DeviceSnapshot) -> u64 {
 fn reclaim(
     plan: &AttemptPlan,
     membership: &mut Membership,
+    accounting: &mut Accounting,
     unexplained_before: u64,
     timeline: &mut Vec<Sample>,
+    observer: &dyn Observer,
 ) -> ReclaimRecord {
     let exited = Instant::now();
     let backend = plan.backend.as_ref();
@@ -315,7 +381,7 @@ fn reclaim(
                 continue;
             }
         };
-        let ours = held_by(&snapshot, membership);
+        let ours = accounting.held(&snapshot, membership, plan, observer);
         let extra = unexplained(&snapshot).saturating_sub(unexplained_before);
         timeline.push((unix_ms(), snapshot.used, ours));
         let leaked = if check_unowned && extra > LEAK_TOLERANCE {
@@ -503,5 +569,85 @@ mod tests {
         ));
         assert!(is_oom_line("CUDA_ERROR_OUT_OF_MEMORY"));
         assert!(!is_oom_line("memory freed"));
+    }
+
+    /// A GPU as NVML shows it from inside a container: its processes have the host's PIDs,
+    /// which this namespace has no process for. The stage holds 3 GiB while its flag file
+    /// exists.
+    struct ForeignPids {
+        flag: std::path::PathBuf,
+    }
+
+    impl baton_memory::MemoryBackend for ForeignPids {
+        fn kind(&self) -> baton_memory::BackendKind {
+            baton_memory::BackendKind::Nvml
+        }
+
+        fn snapshot(&self) -> Result<Vec<DeviceSnapshot>, baton_memory::MemoryError> {
+            let held = if self.flag.exists() { 3u64 << 30 } else { 0 };
+            Ok(vec![DeviceSnapshot {
+                backend: baton_memory::BackendKind::Nvml,
+                index: 0,
+                name: "GPU in a container".into(),
+                uuid: "GPU-x".into(),
+                total: 24 << 30,
+                used: (1 << 30) + held,
+                free: (23 << 30) - held,
+                reserved: 0,
+                utilization: None,
+                // A host PID: no process of this namespace has it (PIDs stop below 2^22).
+                processes: vec![baton_memory::ProcessMemory {
+                    pid: 4_000_000,
+                    name: "python3".into(),
+                    bytes: Some(held + (1 << 30)),
+                }],
+            }])
+        }
+
+        fn context_overhead(&self) -> u64 {
+            0
+        }
+    }
+
+    #[test]
+    fn where_the_device_lists_pids_this_namespace_cannot_see_memory_is_read_per_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("holding");
+        let plan = AttemptPlan {
+            run_id: "r".into(),
+            stage: "train".into(),
+            number: 1,
+            launch: Launch {
+                stage: "train".into(),
+                argv: ["sh", "-c", "touch holding; sleep 0.5; rm holding"]
+                    .map(String::from)
+                    .to_vec(),
+                env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+                cwd: dir.path().to_path_buf(),
+                log: dir.path().join("train.log"),
+            },
+            token: format!("test-{}", std::process::id()),
+            backend: Arc::new(ForeignPids { flag }),
+            device_index: 0,
+            device_label: "gpu0".into(),
+            granted: 4 << 30,
+            timeout: None,
+            reclaim_timeout: Duration::from_secs(2),
+            outputs: Vec::new(),
+        };
+        let outcome = run_attempt(
+            &plan,
+            &crate::executor::LocalExecutor,
+            &crate::events::Quiet,
+            &AtomicU64::new(0),
+            &|_| {},
+        );
+        let a = &outcome.attempt;
+        assert_eq!(a.failure, None, "{a:?}");
+        // The device's use above its level before the stage, not the 0 a PID match gives.
+        assert_eq!(a.peak_bytes, 3 << 30, "{a:?}");
+        assert!(a.reclaim.as_ref().unwrap().verified);
+        assert_eq!(a.warnings.len(), 1, "said once: {:?}", a.warnings);
+        assert!(a.warnings[0].contains("cannot see"), "{:?}", a.warnings);
     }
 }
