@@ -563,3 +563,34 @@ outputs = ["count.txt"]
     );
     assert_eq!(sim_used(d), 0, "simulated memory left behind (seed {seed})");
 }
+
+#[test]
+fn outputs_that_lead_out_of_the_run_folder_are_refused_before_anything_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for (output, topic) in [
+        ("{run_dir}/../../x.json", "t"),
+        ("{pipeline_dir}/x.json", "t"),
+        ("{topic}/f.txt", ".."),
+    ] {
+        let pipeline = write(
+            d,
+            "p.toml",
+            &format!(
+                "[[stage]]\nname = \"out\"\ncommand = [\"sh\", \"-c\", \"echo x > '{output}'\"]\noutputs = [\"{output}\"]\n"
+            ),
+        );
+        let out = baton(d, "1x24GiB")
+            .current_dir(d)
+            .args(["run", "--device", "sim", "--topic", topic, "--pipeline"])
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{output}: {err}");
+        assert!(err.contains("is outside the run folder"), "{output}: {err}");
+        assert!(runs(d).is_empty(), "no run folder for {output}");
+        assert!(!d.join("x.json").exists() && !d.join("f.txt").exists());
+        let _ = std::fs::remove_dir_all(d.join("output"));
+    }
+}

@@ -381,12 +381,9 @@ impl Engine {
         let token = attempt_token(&run.dir, &spec.name, number);
         record.state = StageState::Running;
         record.note = None;
-        record.attempts.push(Attempt::begin(
-            number,
-            &device.label(),
-            device.index,
-            granted,
-        ));
+        let mut attempt = Attempt::begin(number, &device.label(), device.index, granted);
+        attempt.token = token.clone();
+        record.attempts.push(attempt);
         self.save(run);
         std::fs::create_dir_all(run.dir.join("logs")).map_err(|e| RunnerError::Io {
             action: "cannot create",
@@ -804,14 +801,17 @@ pub fn learned_key(spec: &StageSpec, catalog: &dyn StageCatalog) -> String {
 }
 
 /// Marks every process of one attempt (see [`crate::group`]). It names the run by its folder,
-/// resolved, not by its id: two batons that start runs of the same topic in the same second (in
-/// different output folders) get the same run id, and must not take each other's processes for
-/// their own. A resume of the folder computes the same token.
+/// resolved, not by its id (two batons that start runs of the same topic in the same second,
+/// in different output folders, get the same run id), and the baton process that started it
+/// (its PID and start time), so no other baton ever takes the attempt's processes for its own.
+/// The manifest keeps it, for `baton resume` to find what an interrupted attempt left.
 pub fn attempt_token(run_dir: &Path, stage: &str, number: u32) -> String {
     let run_dir = run_dir
         .canonicalize()
         .unwrap_or_else(|_| run_dir.to_path_buf());
-    format!("{}/{stage}/{number}", run_dir.display())
+    let me = std::process::id();
+    let since = baton_base::procfs::stat(me).map_or(0, |s| s.start_ticks);
+    format!("{}/{stage}/{number}@{me}.{since}", run_dir.display())
 }
 
 /// The complete environment of a stage: what it inherits, its `[env]`, then baton's.

@@ -75,6 +75,10 @@ pub struct Attempt {
     /// The bytes placement granted (need plus context overhead).
     pub granted_bytes: u64,
     pub pid: Option<u32>,
+    /// The `BATON_STAGE_TOKEN` every process of the attempt carries: how `baton resume` finds
+    /// what an interrupted attempt left running. Unique to the baton process that started it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
     pub started_unix_ms: u64,
     pub ended_unix_ms: Option<u64>,
     pub exit_code: Option<i32>,
@@ -113,6 +117,7 @@ impl Attempt {
             device_index,
             granted_bytes,
             pid: None,
+            token: String::new(),
             started_unix_ms: unix_ms(),
             ended_unix_ms: None,
             exit_code: None,

@@ -16,6 +16,55 @@ use crate::RunnerError;
 /// Where leftovers go, inside the run folder.
 pub const STALE_DIR: &str = ".baton/stale";
 
+/// `path` (relative to `run_dir`, or absolute), resolved the way the filesystem will resolve
+/// it: `..` taken back, and the symbolic links of the part that exists followed. An error
+/// naming it when that lands outside `run_dir`.
+pub fn inside(run_dir: &Path, path: &str) -> Result<PathBuf, String> {
+    let outside = || {
+        format!(
+            "'{path}' is outside the run folder {}; use a path inside it",
+            run_dir.display()
+        )
+    };
+    let root = normalize(&std::path::absolute(run_dir).map_err(|e| e.to_string())?);
+    let full = normalize(&root.join(path.trim_end_matches('/')));
+    if !full.starts_with(&root) {
+        return Err(outside());
+    }
+    // Follow the links of what exists: the deepest existing ancestor, resolved, must still
+    // be in the (resolved) run folder.
+    let real_root = root.canonicalize().unwrap_or_else(|_| root.clone());
+    let mut existing = full.as_path();
+    while fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+    }
+    if existing.starts_with(&root)
+        && let Ok(real) = existing.canonicalize()
+        && !real.starts_with(&real_root)
+    {
+        return Err(outside());
+    }
+    Ok(full)
+}
+
+/// `a/b/../c` → `a/c`, without touching the filesystem.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// True when `output` (as a pipeline writes it) names a folder.
 pub fn is_folder(output: &str) -> bool {
     output.ends_with('/')
@@ -37,6 +86,13 @@ pub fn set_aside(
             source,
         }
     };
+    // A stage may have made a link that leads out; nothing is moved or created through it.
+    for output in outputs {
+        inside(run_dir, output).map_err(|why| RunnerError::BadPipeline {
+            origin: format!("stage '{stage}'"),
+            why: format!("its output {why}"),
+        })?;
+    }
     let stale = run_dir.join(STALE_DIR).join(stage);
     let present: Vec<&String> = outputs
         .iter()
@@ -135,6 +191,28 @@ mod tests {
         // Nothing there: nothing moved, the last leftovers stay.
         assert!(set_aside(run, "draw", &outputs).unwrap().is_empty());
         assert!(stale.join("out.txt").exists());
+    }
+
+    #[test]
+    fn paths_are_judged_where_they_lead_links_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        fs::create_dir_all(run.join("3_images")).unwrap();
+        assert!(inside(&run, "3_images/scene_01.png").is_ok());
+        assert!(inside(&run, "a/../b.txt").is_ok());
+        let full = run.display().to_string();
+        assert!(inside(&run, &format!("{full}/x.json")).is_ok());
+        for bad in ["../x.json", "a/../../x.json", "/etc/x.json"] {
+            let err = inside(&run, bad).unwrap_err();
+            assert!(err.contains(&format!("'{bad}'")), "{err}");
+        }
+        assert!(inside(&run, &format!("{full}/../../x.json")).is_err());
+        std::os::unix::fs::symlink(dir.path(), run.join("out")).unwrap();
+        assert!(inside(&run, "out/x.json").is_err(), "a link that leads out");
+        // Refused before anything is made through it.
+        let err = set_aside(&run, "s", &["out/new/x.json".to_string()]).unwrap_err();
+        assert!(err.to_string().contains("outside the run folder"), "{err}");
+        assert!(!dir.path().join("new").exists());
     }
 
     #[test]

@@ -126,12 +126,12 @@ impl Pipeline {
     pub fn load(path: &Path, catalog: &dyn StageCatalog) -> Result<Pipeline, RunnerError> {
         let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
             // A path the user gave that leads nowhere is their input, not the machine's.
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory => {
-                RunnerError::BadPipeline {
-                    origin: path.display().to_string(),
-                    why: format!("cannot read it ({e}); check the path"),
-                }
-            }
+            std::io::ErrorKind::NotFound
+            | std::io::ErrorKind::IsADirectory
+            | std::io::ErrorKind::InvalidData => RunnerError::BadPipeline {
+                origin: path.display().to_string(),
+                why: format!("cannot read it ({e}); check the path"),
+            },
             _ => RunnerError::Io {
                 action: "cannot read pipeline file",
                 path: path.to_path_buf(),

@@ -11,7 +11,6 @@ use baton_base::atomic_file::write_atomic;
 
 use crate::RunnerError;
 use crate::catalog::StageCatalog;
-use crate::engine::attempt_token;
 use crate::group::{processes_with_token, terminate};
 use crate::lock::RunLock;
 use crate::manifest::{
@@ -63,6 +62,7 @@ pub fn create_run(
         pipeline_dir: pipeline.dir.clone(),
         baton: baton_exe(),
     };
+    check_paths(pipeline, &probe_vars, &output.join(&name))?;
     for spec in &pipeline.stages {
         for input in spec
             .inputs
@@ -125,6 +125,39 @@ pub fn create_run(
     })
 }
 
+/// Refuses, naming it, any output that leads outside `run_dir` once its placeholders are
+/// filled and its links followed, and any input that does so without being written as a path
+/// of its own (absolute, or under `{pipeline_dir}`): a topic `..` cannot steer a file out.
+fn check_paths(
+    pipeline: &Pipeline,
+    vars: &Placeholders,
+    run_dir: &Path,
+) -> Result<(), RunnerError> {
+    for spec in &pipeline.stages {
+        let outside = |what: &str, why: String| RunnerError::BadPipeline {
+            origin: format!("stage '{}'", spec.name),
+            why: format!("its {what} {why}"),
+        };
+        for output in &spec.outputs {
+            crate::outputs::inside(run_dir, &fill(output, vars))
+                .map_err(|why| outside("output", why))?;
+        }
+        for input in &spec.inputs {
+            if input.starts_with('/') || input.starts_with("{pipeline_dir}") {
+                continue;
+            }
+            crate::outputs::inside(run_dir, &fill(input, vars))
+                .map_err(|why| outside("input", why))?;
+        }
+    }
+    Ok(())
+}
+
+/// The token of an attempt recorded by a baton that did not keep tokens in `run.json`.
+fn legacy_token(run_dir: &Path, stage: &str, number: u32) -> String {
+    format!("{}/{stage}/{number}", run_dir.display())
+}
+
 /// What resuming decided for each stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumeDecision {
@@ -157,6 +190,14 @@ pub fn resume_run(
         source: e,
     })?;
     let pipeline = Pipeline::parse(&text, &pipeline_path.display().to_string(), catalog)?;
+    let vars = Placeholders {
+        topic: manifest.topic.clone(),
+        slug: manifest.slug.clone(),
+        run_dir: dir.display().to_string(),
+        pipeline_dir: manifest.pipeline_dir.clone(),
+        baton: baton_exe(),
+    };
+    check_paths(&pipeline, &vars, dir)?;
     let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
     let recorded: Vec<&str> = manifest.stages.iter().map(|s| s.name.as_str()).collect();
     if names != recorded {
@@ -174,7 +215,13 @@ pub fn resume_run(
         if matches!(record.state, StageState::Running)
             && let Some(attempt) = record.attempts.last()
         {
-            let token = attempt_token(dir, &record.name, attempt.number);
+            // Attempts recorded before tokens were kept named their run folder, stage and
+            // number alone.
+            let token = if attempt.token.is_empty() {
+                legacy_token(dir, &record.name, attempt.number)
+            } else {
+                attempt.token.clone()
+            };
             let leftovers = processes_with_token(&token);
             if !leftovers.is_empty() {
                 tracing::warn!(
@@ -233,13 +280,6 @@ pub fn resume_run(
     manifest.state = RunState::Running;
     manifest.error = None;
     manifest.save(dir)?;
-    let vars = Placeholders {
-        topic: manifest.topic.clone(),
-        slug: manifest.slug.clone(),
-        run_dir: dir.display().to_string(),
-        pipeline_dir: manifest.pipeline_dir.clone(),
-        baton: baton_exe(),
-    };
     Ok((
         RunPlan {
             dir: dir.to_path_buf(),
