@@ -77,6 +77,11 @@ pub fn run_main(
     run: impl FnOnce(&Command, &mut dyn Write) -> anyhow::Result<()>,
     classifiers: &[Classifier],
 ) -> ExitCode {
+    // A stage's keeper: baton's own, before any parsing (see baton_runner::keeper).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(baton_runner::keeper::KEEP_ARG) {
+        std::process::exit(baton_runner::keeper::run(&args[2..]));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => return clap_exit(err),

@@ -46,47 +46,6 @@ fn attempts(m: &serde_json::Value, stage: usize) -> usize {
     m["stages"][stage]["attempts"].as_array().unwrap().len()
 }
 
-/// Live processes started for the run folder `run` (every stage process has it in
-/// `BATON_RUN_DIR`).
-fn processes_of(run: &Path) -> Vec<u32> {
-    let needle = format!("BATON_RUN_DIR={}", run.display()).into_bytes();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| {
-                    !s.rsplit(')')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start()
-                        .starts_with('Z')
-                })
-                .unwrap_or(false);
-            alive
-                && std::fs::read(format!("/proc/{pid}/environ"))
-                    .map(|env| env.split(|&b| b == 0).any(|v| v == needle.as_slice()))
-                    .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// Memory held on the simulated GPUs of `dir`.
-fn sim_used(dir: &Path) -> u64 {
-    let out = baton(dir, "1x24GiB")
-        .args(["stats", "--device", "sim", "--json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    report["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["used"].as_u64().unwrap())
-        .sum()
-}
-
 /// Waits until `run.json` in the only run folder says `stage` (an index) is running.
 fn wait_until_running(dir: &Path, stage: usize) -> PathBuf {
     let start = Instant::now();
@@ -232,7 +191,9 @@ command = ["true"]
         .spawn()
         .unwrap();
     let run = wait_until_running(d, 1);
-    common::eventually("the stage to hold its memory", || sim_used(d) >= 2 << 30);
+    common::eventually("the stage to hold its memory", || {
+        common::sim_used(d) >= 2 << 30
+    });
     let started = Instant::now();
     signal(child.id(), sig);
     let out = child.wait_with_output().unwrap();
@@ -271,8 +232,8 @@ fn ctrl_c_stops_the_stages_writes_the_run_as_interrupted_and_says_how_to_resume(
         m["stages"][1]["attempts"][0]["reclaim"]["verified"], true,
         "{m}"
     );
-    assert!(processes_of(&run).is_empty());
-    assert_eq!(sim_used(d), 0);
+    assert!(common::processes_of(&run).is_empty());
+    assert_eq!(common::sim_used(d), 0);
 }
 
 #[test]
@@ -281,7 +242,7 @@ fn sigterm_is_an_interrupt_too_and_exits_143() {
     let (out, run) = interrupted_run(dir.path(), libc::SIGTERM);
     assert_eq!(out.status.code(), Some(143), "{}", said(&out));
     assert_eq!(manifest(&run)["state"], "interrupted");
-    assert!(processes_of(&run).is_empty());
+    assert!(common::processes_of(&run).is_empty());
 }
 
 #[test]
@@ -397,7 +358,11 @@ retries = 2
             .contains("after 3 attempt(s)"),
         "{m}"
     );
-    assert!(processes_of(&run).is_empty(), "{:?}", processes_of(&run));
+    assert!(
+        common::processes_of(&run).is_empty(),
+        "{:?}",
+        common::processes_of(&run)
+    );
 }
 
 #[test]
@@ -517,7 +482,7 @@ outputs = ["count.txt"]
                     let stage = runs(d)
                         .into_iter()
                         .find(|r| !finished.contains(r))
-                        .and_then(|run| processes_of(&run).first().copied());
+                        .and_then(|run| common::processes_of(&run).first().copied());
                     match stage {
                         // A stage dies on its own; baton goes on (and fails the run: no
                         // retries), then the run is resumed.
@@ -553,7 +518,7 @@ outputs = ["count.txt"]
             "10"
         );
         common::eventually("every stage process of the run to be gone", || {
-            processes_of(&run).is_empty()
+            common::processes_of(&run).is_empty()
         });
         finished.push(run);
     }
@@ -561,7 +526,11 @@ outputs = ["count.txt"]
         "{baton_kills} kills of baton and {stage_kills} of stages over {} runs",
         finished.len()
     );
-    assert_eq!(sim_used(d), 0, "simulated memory left behind (seed {seed})");
+    assert_eq!(
+        common::sim_used(d),
+        0,
+        "simulated memory left behind (seed {seed})"
+    );
 }
 
 #[test]

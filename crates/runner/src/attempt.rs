@@ -637,7 +637,7 @@ mod tests {
         };
         let outcome = run_attempt(
             &plan,
-            &crate::executor::LocalExecutor,
+            &crate::executor::LocalExecutor::default(),
             &crate::events::Quiet,
             &AtomicU64::new(0),
             &|_| {},

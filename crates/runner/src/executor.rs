@@ -80,8 +80,22 @@ pub trait Executor: Send + Sync {
 }
 
 /// Runs stages as child processes of baton.
-#[derive(Debug, Default)]
-pub struct LocalExecutor;
+#[derive(Debug, Default, Clone)]
+pub struct LocalExecutor {
+    /// Baton's executable, to run each stage under a keeper ([`crate::keeper`]) so that none
+    /// of its descendants outlives baton; `None` runs the stage program directly (its own
+    /// children then survive a baton that is killed).
+    pub keeper: Option<PathBuf>,
+}
+
+impl LocalExecutor {
+    /// Stages under the keeper that `keeper` (baton's own executable) runs.
+    pub fn kept(keeper: PathBuf) -> LocalExecutor {
+        LocalExecutor {
+            keeper: Some(keeper),
+        }
+    }
+}
 
 impl Executor for LocalExecutor {
     fn launch(
@@ -100,9 +114,13 @@ impl Executor for LocalExecutor {
             })?;
         let log = Arc::new(Mutex::new(log));
         let parent = std::process::id();
-        let mut command = Command::new(&launch.argv[0]);
+        let argv = match &self.keeper {
+            Some(keeper) => crate::keeper::wrap(keeper, parent, &launch.argv),
+            None => launch.argv.clone(),
+        };
+        let mut command = Command::new(&argv[0]);
         command
-            .args(&launch.argv[1..])
+            .args(&argv[1..])
             .env_clear()
             .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&launch.cwd)

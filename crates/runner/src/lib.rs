@@ -16,6 +16,7 @@ pub mod events;
 pub mod executor;
 pub mod group;
 pub mod interrupt;
+pub mod keeper;
 pub mod learned;
 pub mod lock;
 pub mod manifest;

@@ -30,7 +30,7 @@ pub fn runner(
         let engine = Engine {
             gpu: sim.clone(),
             host: Arc::new(baton_memory::host::HostBackend::new()),
-            executor: Arc::new(LocalExecutor),
+            executor: Arc::new(LocalExecutor::kept(std::env::current_exe()?)),
             observer: Arc::new(Quiet),
             learned: None,
             catalog: Arc::new(baton_runner::NoBuiltins),

@@ -29,7 +29,7 @@ pub(crate) fn engine(choice: DeviceChoice, batch: bool) -> anyhow::Result<Engine
     Ok(Engine {
         gpu: opened.backend,
         host: Arc::new(HostBackend::new()),
-        executor: Arc::new(LocalExecutor),
+        executor: Arc::new(LocalExecutor::kept(std::env::current_exe()?)),
         observer: Arc::new(ProgressView::new(batch)),
         learned: Some(LearnedNeeds::from_env()),
         catalog: Arc::new(baton_content::ContentCatalog::default()),

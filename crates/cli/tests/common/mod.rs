@@ -79,3 +79,44 @@ pub fn kill_pid(pid: u32) {
 }
 
 pub const GIB: u64 = 1 << 30;
+
+/// Live processes started for the run folder `run` (every stage process has it in
+/// `BATON_RUN_DIR`).
+pub fn processes_of(run: &Path) -> Vec<u32> {
+    let needle = format!("BATON_RUN_DIR={}", run.display()).into_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    !s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false);
+            alive
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.split(|&b| b == 0).any(|v| v == needle.as_slice()))
+                    .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Memory held on the simulated GPUs of `dir`.
+pub fn sim_used(dir: &Path) -> u64 {
+    let out = baton(dir, "1x24GiB")
+        .args(["stats", "--device", "sim", "--json"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["used"].as_u64().unwrap())
+        .sum()
+}
