@@ -50,4 +50,32 @@ kill -INT $pid; wait $pid; echo "exit code $?"
 grep -v " INFO " "$WORK/int.log" | tail -6
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
 peaks "$(ls -d "$WORK"/int/*/)run.json"
+section "kill -9 of baton while the stage's shell holds a PyTorch grandchild of 4 GiB"
+cat > "$WORK/hold.py" <<'PY'
+import time, torch
+x = torch.empty(4 << 30, dtype=torch.uint8, device="cuda")
+x.fill_(1)
+torch.cuda.synchronize()
+print("holding", flush=True)
+time.sleep(60)
+PY
+cat > "$WORK/family.toml" <<'TOML'
+[[stage]]
+name = "family"
+command = ["sh", "-c", "sh -c 'python3 {pipeline_dir}/hold.py' & wait"]
+memory = "6GiB"
+TOML
+$B run --device gpu --pipeline "$WORK/family.toml" --topic family --output "$WORK/family" > "$WORK/family.log" 2>&1 &
+pid=$!
+for _ in $(seq 150); do grep -q holding "$WORK"/family/*/logs/family.log 2>/dev/null && break; sleep 0.1; done
+echo "before: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
+nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
+kill -9 $pid; t0=$(date +%s.%N)
+while :; do
+    used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)
+    now=$(date +%s.%N)
+    if [ "$used" -lt 100 ]; then echo "back to ${used} MiB $(python3 -c "print(f'{($now - $t0)*1000:.0f}')") ms after kill -9"; break; fi
+    if python3 -c "import sys; sys.exit(0 if $now - $t0 > 5 else 1)"; then echo "still ${used} MiB 5 s after kill -9"; break; fi
+done
+ps -eo pid,ppid,pgid,comm | grep -E "python3|sh$" | grep -v grep || true
 rm -rf "$WORK"

@@ -109,3 +109,70 @@ fn a_fatal_error_of_baton_takes_the_whole_family_with_it() {
     assert_eq!(status.code(), Some(1));
     nothing_left_a_second_later(dir.path(), &run, ended);
 }
+
+#[test]
+fn memory_held_by_an_escapee_without_baton_s_environment_is_named_by_the_stage_that_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The first stage leaves a process that dropped its environment (no token, no run
+    // folder): invisible to reclaim. The second stage then waits for its memory.
+    let pipeline = r#"wait_timeout = "1s"
+[[stage]]
+name = "leaver"
+command = ["sh", "-c", "setsid env -i BATON_SIM_DIR=\"$BATON_SIM_DIR\" BATON_SIM_GPUS=\"$BATON_SIM_GPUS\" {baton} sim hold 21GiB --seconds 30 >/dev/null 2>&1 & sleep 0.5"]
+[[stage]]
+name = "needs"
+after = ["leaver"]
+command = ["true"]
+memory = "8GiB"
+"#;
+    std::fs::write(d.join("p.toml"), pipeline).unwrap();
+    let out = baton(d, "1x24GiB")
+        .current_dir(d)
+        .args([
+            "run",
+            "--device",
+            "sim",
+            "--topic",
+            "t",
+            "--pipeline",
+            "p.toml",
+        ])
+        .output()
+        .unwrap();
+    // The escapee, found by the simulation folder it holds memory in.
+    let needle = format!("BATON_SIM_DIR={}", d.display()).into_bytes();
+    let escapee: Vec<u32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|v| v == needle.as_slice()))
+                .unwrap_or(false)
+                && !std::fs::read(format!("/proc/{pid}/environ"))
+                    .map(|env| env.windows(13).any(|w| w == b"BATON_RUN_DIR"))
+                    .unwrap_or(true)
+        })
+        .collect();
+    for &pid in &escapee {
+        common::kill_pid(pid);
+    }
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(escapee.len(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "held there by processes that are not baton's stages: pid {} (baton) 21.0 GiB",
+            escapee[0]
+        )),
+        "{err}"
+    );
+    // Its context said once.
+    assert!(!err.contains("stage 'needs': stage 'needs'"), "{err}");
+    assert!(
+        !err.contains("stage 'needs' failed: stage 'needs'"),
+        "{err}"
+    );
+}

@@ -249,12 +249,30 @@ impl Engine {
                 let loads: Vec<DeviceLoad> = devices
                     .into_iter()
                     .map(|snapshot| {
-                        let tracked = running
-                            .iter()
-                            .filter(|r| r.pool == spec.device && r.index == snapshot.index)
+                        let here = || {
+                            running
+                                .iter()
+                                .filter(|r| r.pool == spec.device && r.index == snapshot.index)
+                        };
+                        let tracked = here()
                             .map(|r| r.granted.max(r.live.load(Ordering::Relaxed)))
                             .sum();
-                        DeviceLoad { snapshot, tracked }
+                        let groups: Vec<u32> = here().filter_map(|r| r.group).collect();
+                        let outside = snapshot
+                            .processes
+                            .iter()
+                            .filter(|p| p.bytes.unwrap_or(0) > 0)
+                            .filter(|p| {
+                                !baton_base::procfs::stat(p.pid)
+                                    .is_some_and(|s| groups.contains(&s.pgrp))
+                            })
+                            .cloned()
+                            .collect();
+                        DeviceLoad {
+                            snapshot,
+                            tracked,
+                            outside,
+                        }
                     })
                     .collect();
                 let need = self.need_of(&spec);
@@ -688,11 +706,18 @@ impl Engine {
         let record = run.manifest.stage_mut(stage);
         record.state = StageState::Failed;
         record.note = Some(why.clone());
-        run.manifest.error = Some(format!("stage '{stage}': {why}"));
+        // Said once: a reason that already names the stage ("stage 'a' needs …") is not
+        // prefixed with it again.
+        let about = format!("stage '{stage}'");
+        let (error, notice) = match why.strip_prefix(&about) {
+            Some(_) => (why.clone(), format!("failed: {why}")),
+            None => (format!("{about}: {why}"), format!("{about} failed: {why}")),
+        };
+        run.manifest.error = Some(error);
         self.save(run);
         self.observer.event(&Event::Notice {
             run: &run.manifest.run_id,
-            message: &format!("stage '{stage}' failed: {why}"),
+            message: &notice,
         });
         Ok(())
     }

@@ -7,7 +7,7 @@
 //! the most room wins, which spreads stages over GPUs and lets small stages share one.
 
 use baton_base::format_bytes;
-use baton_memory::{DEFAULT_USABLE_FRACTION, DeviceSnapshot};
+use baton_memory::{DEFAULT_USABLE_FRACTION, DeviceSnapshot, ProcessMemory};
 
 /// A device as placement sees it: a reading, and what baton's running stages claim on it.
 #[derive(Debug, Clone)]
@@ -15,6 +15,9 @@ pub struct DeviceLoad {
     pub snapshot: DeviceSnapshot,
     /// Bytes granted to (or held by, if more) stages baton runs there now.
     pub tracked: u64,
+    /// Processes holding memory there that are none of baton's running stages: named when a
+    /// stage waits, since nothing baton does will free their memory.
+    pub outside: Vec<ProcessMemory>,
 }
 
 impl DeviceLoad {
@@ -88,13 +91,33 @@ pub fn place(
     let rooms: Vec<String> = could_ever
         .iter()
         .map(|d| {
-            format!(
+            let mut room = format!(
                 "{} has {} free, {} claimed by running stages, so {} can be handed out",
                 d.snapshot.label(),
                 format_bytes(d.snapshot.free),
                 format_bytes(d.tracked),
                 format_bytes(usable(d.room()))
-            )
+            );
+            if !d.outside.is_empty() {
+                let holders: Vec<String> = d
+                    .outside
+                    .iter()
+                    .take(5)
+                    .map(|p| {
+                        format!(
+                            "pid {} ({}) {}",
+                            p.pid,
+                            p.name,
+                            p.bytes.map_or("?".into(), format_bytes)
+                        )
+                    })
+                    .collect();
+                room.push_str(&format!(
+                    "; held there by processes that are not baton's stages: {}",
+                    holders.join(", ")
+                ));
+            }
+            room
         })
         .collect();
     Placement::Wait {
@@ -124,6 +147,7 @@ mod tests {
                 processes: vec![],
             },
             tracked,
+            outside: vec![],
         }
     }
 
@@ -167,7 +191,24 @@ mod tests {
                     "{reason}"
                 );
                 assert!(reason.contains("sim0 has 4.0 GiB free"), "{reason}");
+                assert!(!reason.contains("not baton's stages"), "{reason}");
             }
+            other => panic!("{other:?}"),
+        }
+        // Memory held by a process that is none of baton's stages is named.
+        let mut busy = load(0, 24 * GIB, 3 * GIB, 0);
+        busy.outside = vec![ProcessMemory {
+            pid: 4242,
+            name: "python3".into(),
+            bytes: Some(21 * GIB),
+        }];
+        match place("images", 12 * GIB, GIB / 2, &[busy], &[]) {
+            Placement::Wait { reason } => assert!(
+                reason.contains(
+                    "held there by processes that are not baton's stages: pid 4242 (python3) 21.0 GiB"
+                ),
+                "{reason}"
+            ),
             other => panic!("{other:?}"),
         }
         match place("flux", 30 * GIB, GIB / 2, &devices, &[]) {

@@ -104,11 +104,23 @@ pub fn create_run(
             }
         }
     };
-    let lock = RunLock::acquire(&dir)?;
-    write_atomic(&dir.join(PIPELINE_FILE), pipeline.source.as_bytes())
-        .map_err(RunnerError::File)?;
-    let manifest = Manifest::new(&run_id, topic, &slug, pipeline, backend);
-    manifest.save(&dir)?;
+    // A run folder exists only once it is written: one that cannot be (a full disk) is taken
+    // back, not left empty.
+    let made = (|| {
+        let lock = RunLock::acquire(&dir)?;
+        write_atomic(&dir.join(PIPELINE_FILE), pipeline.source.as_bytes())
+            .map_err(RunnerError::File)?;
+        let manifest = Manifest::new(&run_id, topic, &slug, pipeline, backend);
+        manifest.save(&dir)?;
+        Ok::<_, RunnerError>((lock, manifest))
+    })();
+    let (lock, manifest) = match made {
+        Ok(made) => made,
+        Err(err) => {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(err);
+        }
+    };
     Ok(RunPlan {
         vars: Placeholders {
             topic: topic.to_string(),
