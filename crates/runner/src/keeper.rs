@@ -160,13 +160,13 @@ fn parent_gone(parent: i32) -> bool {
 /// SIGKILLs the keeper's group and every descendant, re-parented or not, until none is left.
 fn kill_everything(me: u32) {
     for _ in 0..200 {
-        // SAFETY: kill has no memory-safety preconditions. The keeper leads the group; it is
-        // spared by killing descendants by PID and the group's other members by PID too.
+        // By PID, not by group: the keeper leads the group and must outlive the killing.
         let victims = descendants(me);
         if victims.is_empty() {
             return;
         }
         for pid in victims {
+            // SAFETY: kill has no memory-safety preconditions.
             unsafe {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
