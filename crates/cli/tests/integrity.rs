@@ -24,6 +24,16 @@ fn said(out: &Output) -> String {
     )
 }
 
+/// `baton run` of the pipeline file `pipeline` for `topic`, on simulated GPUs, to its end.
+fn run_pipeline(d: &Path, topic: &str, pipeline: &Path) -> Output {
+    baton(d, "1x24GiB")
+        .current_dir(d)
+        .args(["run", "--device", "sim", "--topic", topic, "--pipeline"])
+        .arg(pipeline)
+        .output()
+        .unwrap()
+}
+
 fn manifest(run: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap()
 }
@@ -87,12 +97,7 @@ outputs = ["out.txt"]
 retries = 1
 "#,
     );
-    let out = baton(d, "1x24GiB")
-        .current_dir(d)
-        .args(["run", "--device", "sim", "--topic", "t", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = run_pipeline(d, "t", &pipeline);
     assert!(out.status.success(), "{}", said(&out));
     let run = runs(d).pop().unwrap();
     assert_eq!(
@@ -265,12 +270,7 @@ command = ["sh", "-c", "echo fresh > data.txt"]
 outputs = ["data.txt"]
 "#,
     );
-    let out = baton(d, "1x24GiB")
-        .current_dir(d)
-        .args(["run", "--device", "sim", "--topic", "t", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = run_pipeline(d, "t", &pipeline);
     assert!(out.status.success(), "{}", said(&out));
     let run = runs(d).pop().unwrap();
     std::fs::write(run.join("data.txt"), "tampered\n").unwrap();
@@ -303,12 +303,7 @@ fn a_topic_that_looks_like_a_placeholder_arrives_as_written() {
         "[[stage]]\nname = \"echo\"\ncommand = [\"sh\", \"-c\", \"printf %s \\\"$0\\\" > topic.txt\", \"{topic}\"]\noutputs = [\"topic.txt\"]\n",
     );
     let topic = "Tom & Jerry {run_dir} {baton}";
-    let out = baton(d, "1x24GiB")
-        .current_dir(d)
-        .args(["run", "--device", "sim", "--topic", topic, "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = run_pipeline(d, topic, &pipeline);
     assert!(out.status.success(), "{}", said(&out));
     let run = runs(d).pop().unwrap();
     assert_eq!(
@@ -336,12 +331,7 @@ retries = 2
 "#,
     );
     let started = Instant::now();
-    let out = baton(d, "1x24GiB")
-        .current_dir(d)
-        .args(["run", "--device", "sim", "--topic", "t", "--pipeline"])
-        .arg(&pipeline)
-        .output()
-        .unwrap();
+    let out = run_pipeline(d, "t", &pipeline);
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     assert!(started.elapsed() < Duration::from_secs(20));
     let run = runs(d).pop().unwrap();
@@ -549,12 +539,7 @@ fn outputs_that_lead_out_of_the_run_folder_are_refused_before_anything_is_made()
                 "[[stage]]\nname = \"out\"\ncommand = [\"sh\", \"-c\", \"echo x > '{output}'\"]\noutputs = [\"{output}\"]\n"
             ),
         );
-        let out = baton(d, "1x24GiB")
-            .current_dir(d)
-            .args(["run", "--device", "sim", "--topic", topic, "--pipeline"])
-            .arg(&pipeline)
-            .output()
-            .unwrap();
+        let out = run_pipeline(d, topic, &pipeline);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{output}: {err}");
         assert!(err.contains("is outside the run folder"), "{output}: {err}");

@@ -140,21 +140,10 @@ memory = "8GiB"
         ])
         .output()
         .unwrap();
-    // The escapee, found by the simulation folder it holds memory in.
-    let needle = format!("BATON_SIM_DIR={}", d.display()).into_bytes();
-    let escapee: Vec<u32> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|&b| b == 0).any(|v| v == needle.as_slice()))
-                .unwrap_or(false)
-                && !std::fs::read(format!("/proc/{pid}/environ"))
-                    .map(|env| env.windows(13).any(|w| w == b"BATON_RUN_DIR"))
-                    .unwrap_or(true)
-        })
-        .collect();
+    // The escapee: it holds memory in this test's simulation, and has no run folder.
+    let escapee = common::processes_with(&format!("BATON_SIM_DIR={}", d.display()), |env| {
+        !env.windows(13).any(|w| w == b"BATON_RUN_DIR")
+    });
     for &pid in &escapee {
         common::kill_pid(pid);
     }

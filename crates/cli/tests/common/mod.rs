@@ -83,7 +83,13 @@ pub const GIB: u64 = 1 << 30;
 /// Live processes started for the run folder `run` (every stage process has it in
 /// `BATON_RUN_DIR`).
 pub fn processes_of(run: &Path) -> Vec<u32> {
-    let needle = format!("BATON_RUN_DIR={}", run.display()).into_bytes();
+    processes_with(&format!("BATON_RUN_DIR={}", run.display()), |_| true)
+}
+
+/// Live processes whose environment holds the entry `entry` (`NAME=value`) and passes `also`
+/// (given the whole environment).
+pub fn processes_with(entry: &str, also: impl Fn(&[u8]) -> bool) -> Vec<u32> {
+    let needle = entry.as_bytes();
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -100,7 +106,7 @@ pub fn processes_of(run: &Path) -> Vec<u32> {
                 .unwrap_or(false);
             alive
                 && std::fs::read(format!("/proc/{pid}/environ"))
-                    .map(|env| env.split(|&b| b == 0).any(|v| v == needle.as_slice()))
+                    .map(|env| env.split(|&b| b == 0).any(|v| v == needle) && also(&env))
                     .unwrap_or(false)
         })
         .collect()
