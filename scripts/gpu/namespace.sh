@@ -44,7 +44,7 @@ fi
 section "SIGINT to baton while the stage holds 4 GiB"
 $B run --device gpu --pipeline "$WORK/p.toml" --topic interrupted --output "$WORK/int" > "$WORK/int.log" 2>&1 &
 pid=$!
-for _ in $(seq 100); do grep -q holding "$WORK"/int/*/logs/torch.log 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do grep -qx holding "$WORK"/int/*/logs/torch.log 2>/dev/null && break; sleep 0.1; done
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
 kill -INT $pid; wait $pid; echo "exit code $?"
 grep -v " INFO " "$WORK/int.log" | tail -6
@@ -67,7 +67,7 @@ memory = "6GiB"
 TOML
 $B run --device gpu --pipeline "$WORK/family.toml" --topic family --output "$WORK/family" > "$WORK/family.log" 2>&1 &
 pid=$!
-for _ in $(seq 150); do grep -q holding "$WORK"/family/*/logs/family.log 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 150); do grep -qx holding "$WORK"/family/*/logs/family.log 2>/dev/null && break; sleep 0.1; done
 echo "before: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader)"
 nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader
 kill -9 $pid; t0=$(date +%s.%N)
@@ -77,5 +77,7 @@ while :; do
     if [ "$used" -lt 100 ]; then echo "back to ${used} MiB $(python3 -c "print(f'{($now - $t0)*1000:.0f}')") ms after kill -9"; break; fi
     if python3 -c "import sys; sys.exit(0 if $now - $t0 > 5 else 1)"; then echo "still ${used} MiB 5 s after kill -9"; break; fi
 done
-ps -eo pid,ppid,pgid,comm | grep -E "python3|sh$" | grep -v grep || true
+sleep 0.5
+echo "python3 and sh processes 0.5 s later (Z: a zombie, dead and waiting to be reaped):"
+ps -eo stat,pid,ppid,pgid,comm | awk 'NR == 1 || $5 == "python3" || $5 == "sh"' || true
 rm -rf "$WORK"

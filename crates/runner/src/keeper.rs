@@ -157,12 +157,14 @@ fn parent_gone(parent: i32) -> bool {
     unsafe { libc::getppid() != parent }
 }
 
-/// SIGKILLs the keeper's group and every descendant, re-parented or not, until none is left.
+/// SIGKILLs the keeper's group and every descendant, re-parented or not, until none is left,
+/// and reaps its children: a keeper that left zombies would hand them to an init that, in a
+/// container, may never reap them.
 fn kill_everything(me: u32) {
-    for _ in 0..200 {
+    for _ in 0..500 {
         // By PID, not by group: the keeper leads the group and must outlive the killing.
         let victims = descendants(me);
-        if victims.is_empty() {
+        if victims.is_empty() && no_children_left() {
             return;
         }
         for pid in victims {
@@ -171,11 +173,20 @@ fn kill_everything(me: u32) {
                 libc::kill(pid as i32, libc::SIGKILL);
             }
         }
-        // Reap the ones that were our children, so they do not linger as zombies.
-        let mut status = 0;
-        // SAFETY: as in run.
-        while unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } > 0 {}
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Reaps every child that has ended; true once the keeper has no child at all.
+fn no_children_left() -> bool {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid with a valid status pointer; WNOHANG never blocks.
+        match unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } {
+            pid if pid > 0 => continue,
+            0 => return false,
+            _ => return true,
+        }
     }
 }
 
