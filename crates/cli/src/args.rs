@@ -520,6 +520,10 @@ pub enum BenchCommand {
         #[arg(long, default_value = "auto", value_parser = parse_device)]
         compute: DeviceChoice,
     },
+    /// Storyboards for a list of topics, judged as a reader would: scenes that repeat each
+    /// other, narration off the topic, image prompts that copy the narration, markup; with
+    /// tokens per second and failures.
+    Scenes(BenchScenesArgs),
     /// The cost of one snapshot on every backend this machine has.
     Snapshot {
         /// Timed snapshots per backend.
@@ -533,6 +537,33 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         repeat: usize,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchScenesArgs {
+    /// A text file with one topic per line (blank lines and # comments skipped).
+    #[arg(long, value_name = "FILE")]
+    pub topics: PathBuf,
+    /// The model, as `baton scenes --model` takes it.
+    #[arg(long, env = "BATON_SCENES_MODEL", default_value = "smollm2")]
+    pub model: String,
+    /// Scenes per storyboard.
+    #[arg(long, default_value_t = 6)]
+    pub scenes: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 3000)]
+    pub max_tokens: usize,
+    /// Write every storyboard here, one JSON file per topic.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Where the model runs: gpu (a cuda build of baton-stages), cpu, or auto.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub compute: DeviceChoice,
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         }) => bench_switch::switch(*repeat, *size, *device, json.as_deref(), out),
         Command::Bench(BenchCommand::Llm(args)) => bench_llm::llm(args, out),
         Command::Bench(BenchCommand::Load(args)) => bench_load::load(args, out),
+        Command::Bench(BenchCommand::Scenes(args)) => bench_scenes::bench_scenes(args, out),
         Command::Bench(BenchCommand::Images {
             family,
             scenes,

@@ -11,6 +11,7 @@ pub mod hub;
 pub mod images;
 pub mod llm;
 pub mod model_store;
+pub mod quality;
 pub mod scenes;
 pub mod storyboard;
 pub mod voice;

@@ -14,7 +14,7 @@ use baton_base::fault::{Classify, Fault};
 use baton_memory::{MemoryScope, ScopeReport};
 
 use crate::llm::{Generation, Llm, LlmError, Sampler};
-use crate::storyboard::{Storyboard, StoryboardError, schema};
+use crate::storyboard::{Scene, Storyboard, StoryboardError};
 use baton_base::run_dir::{TopicError, run_folder_name, slug};
 
 pub use crate::compute::Compute;
@@ -91,31 +91,233 @@ impl Classify for ScenesError {
 
 const SYSTEM: &str = "You write storyboards for short narrated videos. Answer with JSON only.";
 
-fn user_prompt(topic: &str, scenes: usize) -> String {
-    format!(
-        "Write a storyboard of {scenes} scenes about: {topic}\n\
-         Give it a title. For each scene give: a short title; one or two sentences of narration \
-         to be read aloud; an image prompt describing what to draw (subject, setting, light, \
-         style); and a duration in seconds, between 4 and 8."
-    )
+/// Tries a scene gets (new seed each) to come out unlike the scenes before it.
+const SCENE_TRIES: u64 = 3;
+/// Tries a part of the storyboard gets (new seed each) when it runs past the token limit.
+const FINISH_TRIES: u64 = 3;
+
+/// A string schema for words to be read or printed: no markup, path or bracket characters
+/// (`quality::MARKUP`, and parentheses, which bracketed years come in), no line breaks, never
+/// blank at either end.
+fn words_schema(max: usize) -> serde_json::Value {
+    let mut class = String::from("\\s()");
+    for c in crate::quality::MARKUP {
+        if "[]\\^-".contains(*c) {
+            class.push('\\');
+        }
+        class.push(*c);
+    }
+    serde_json::json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": max,
+        "pattern": format!("^[^{class}]([^{inner}\\n]*[^{class}])?$", inner = class.replacen("\\s", "", 1)),
+    })
 }
 
-/// The chat prompt that asks `llm` for a storyboard of `scenes` scenes about `topic`, and the
-/// JSON Schema its output is constrained to.
-pub fn storyboard_request(
-    llm: &Llm,
-    topic: &str,
-    scenes: usize,
-) -> Result<(String, serde_json::Value), LlmError> {
-    let prompt = llm.chat_prompt(SYSTEM, &user_prompt(topic, scenes))?;
-    // Compact JSON: with whitespace left free, a small model can spend its whole budget on it.
-    let mut constraint = schema(Some(scenes));
-    constraint["x-guidance"] = serde_json::json!({
+/// The constraint of one generation: compact JSON, or a small model spends its budget on
+/// whitespace.
+fn compact(mut schema: serde_json::Value) -> serde_json::Value {
+    schema["x-guidance"] = serde_json::json!({
         "whitespace_flexible": false,
         "item_separator": ", ",
         "key_separator": ": "
     });
-    Ok((prompt, constraint))
+    schema
+}
+
+fn outline_prompt(topic: &str, scenes: usize) -> String {
+    format!(
+        "Plan a narrated video of {scenes} scenes about: {topic}\n\
+         Give the video a short title, and for each scene one sentence saying what happens in \
+         it. Every scene shows something different about {topic}; together they tell one \
+         story, from its beginning to its end."
+    )
+}
+
+fn scene_prompt(topic: &str, title: &str, outline: &[String], k: usize) -> String {
+    let plan: String = outline
+        .iter()
+        .enumerate()
+        .map(|(i, line)| format!("{}. {line}\n", i + 1))
+        .collect();
+    format!(
+        "A narrated video about {topic}, titled \"{title}\". Its scenes:\n{plan}\
+         Write scene {k}: {}\n\
+         Give: a short title; the narration, one or two sentences to be read aloud, about \
+         {topic}, saying something no other scene says; an image prompt that describes the \
+         picture (who or what, where, the light, the style) in words of its own, not the \
+         narration's; and a duration in seconds, from 4 to 8.",
+        outline[k - 1]
+    )
+}
+
+/// The plan of a storyboard: its title and one line per scene.
+#[derive(serde::Deserialize)]
+struct Outline {
+    title: String,
+    outline: Vec<String>,
+}
+
+/// One scene as the model writes it (the index is not its to choose).
+#[derive(serde::Deserialize)]
+struct Written {
+    title: String,
+    narration: String,
+    image_prompt: String,
+    duration_seconds: f64,
+}
+
+/// Runs one constrained generation, with another seed when it does not finish in time (the
+/// unfinished text goes to the log), and adds its counts to `total`.
+fn generate_part<T: serde::de::DeserializeOwned>(
+    llm: &mut Llm,
+    what: &str,
+    user: &str,
+    schema: &serde_json::Value,
+    sampler: &Sampler,
+    total: &mut Generation,
+    on_token: &mut dyn FnMut(usize),
+) -> Result<T, ScenesError> {
+    let prompt = llm.chat_prompt(SYSTEM, user)?;
+    let mut last = None;
+    for retry in 0..FINISH_TRIES {
+        let seeded = Sampler {
+            seed: sampler.seed.wrapping_add(retry * 7919),
+            ..sampler.clone()
+        };
+        let before = total.tokens;
+        match llm.generate_json(&prompt, schema.clone(), &seeded, &mut |n| {
+            on_token(before + n)
+        }) {
+            Ok(g) => {
+                total.prompt_tokens += g.prompt_tokens;
+                total.tokens += g.tokens;
+                total.prompt_time += g.prompt_time;
+                total.decode_time += g.decode_time;
+                return serde_json::from_str(&g.text).map_err(|e| {
+                    StoryboardError::Invalid(format!("the model's {what} is not usable: {e}"))
+                        .into()
+                });
+            }
+            Err(LlmError::Unfinished { tokens, partial }) => {
+                tracing::warn!(
+                    "the {what} was not finished after {tokens} tokens (seed {}); trying another seed. What it wrote: {partial}",
+                    seeded.seed
+                );
+                total.tokens += tokens;
+                last = Some(LlmError::Unfinished { tokens, partial });
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last.expect("at least one try").into())
+}
+
+/// Writes a storyboard of `scenes` scenes about `topic` the way small models do it well: a
+/// title and a one-line outline first, then each scene on its own with the topic and the
+/// outline in its prompt. A scene that repeats an earlier one (word trigrams) or whose image
+/// prompt copies its narration is written again with another seed; the least repetitive of
+/// its tries is kept. Titles and narrations are words only, by construction (no markup, paths
+/// or brackets), and the repetition penalty applies to words, never to the JSON.
+pub fn generate_storyboard(
+    llm: &mut Llm,
+    topic: &str,
+    scenes: usize,
+    sampler: &Sampler,
+    on_token: &mut dyn FnMut(usize),
+) -> Result<(Storyboard, Generation), ScenesError> {
+    let mut total = Generation {
+        text: String::new(),
+        prompt_tokens: 0,
+        tokens: 0,
+        prompt_time: std::time::Duration::ZERO,
+        decode_time: std::time::Duration::ZERO,
+    };
+    let outline_schema = compact(serde_json::json!({
+        "type": "object",
+        "properties": {
+            "title": words_schema(80),
+            "outline": {"type": "array", "minItems": scenes, "maxItems": scenes, "items": words_schema(160)}
+        },
+        "required": ["title", "outline"],
+        "additionalProperties": false
+    }));
+    let plan: Outline = generate_part(
+        llm,
+        "outline",
+        &outline_prompt(topic, scenes),
+        &outline_schema,
+        sampler,
+        &mut total,
+        on_token,
+    )?;
+    let scene_schema = compact(serde_json::json!({
+        "type": "object",
+        "properties": {
+            "title": words_schema(60),
+            "narration": words_schema(300),
+            "image_prompt": words_schema(240),
+            "duration_seconds": {"type": "number", "minimum": 4, "maximum": 8}
+        },
+        "required": ["title", "narration", "image_prompt", "duration_seconds"],
+        "additionalProperties": false
+    }));
+    let mut written: Vec<Scene> = Vec::with_capacity(scenes);
+    for k in 1..=scenes {
+        let user = scene_prompt(topic, &plan.title, &plan.outline, k);
+        let mut best: Option<(f64, Scene)> = None;
+        for attempt in 0..SCENE_TRIES {
+            let seeded = Sampler {
+                seed: sampler.seed.wrapping_add(1000 * k as u64 + attempt),
+                ..sampler.clone()
+            };
+            let w: Written = generate_part(
+                llm,
+                &format!("scene {k}"),
+                &user,
+                &scene_schema,
+                &seeded,
+                &mut total,
+                on_token,
+            )?;
+            let scene = Scene {
+                index: k as u32,
+                title: w.title.trim().to_string(),
+                narration: w.narration.trim().to_string(),
+                image_prompt: w.image_prompt.trim().to_string(),
+                duration_seconds: w.duration_seconds,
+            };
+            let overlap = written
+                .iter()
+                .map(|s| crate::quality::trigram_overlap(&s.narration, &scene.narration))
+                .fold(0.0, f64::max);
+            // A copied image prompt counts as a repeat: it is what draws the picture.
+            let score = if crate::quality::prompt_copies_narration(&scene) {
+                overlap.max(1.0)
+            } else {
+                overlap
+            };
+            if best.as_ref().is_none_or(|(b, _)| score < *b) {
+                best = Some((score, scene));
+            }
+            if score < crate::quality::MAX_OVERLAP {
+                break;
+            }
+            tracing::info!(
+                "scene {k} repeats an earlier one ({:.0}% of its word trigrams); writing it again",
+                score * 100.0
+            );
+        }
+        written.push(best.expect("at least one try").1);
+    }
+    let board = Storyboard {
+        topic: topic.trim().to_string(),
+        title: plan.title.trim().to_string(),
+        scenes: written,
+    };
+    total.text = serde_json::to_string(&board).expect("a storyboard serializes");
+    Ok((board, total))
 }
 
 /// Generates, validates and writes a storyboard for `req.topic`.
@@ -140,8 +342,8 @@ pub fn write_scenes(
         .first()
         .map(|d| d.summary())
         .unwrap_or_default();
-    let (prompt, constraint) = storyboard_request(&llm, req.topic, req.scenes)?;
-    let generation = llm.generate_json(&prompt, constraint, &req.sampler, on_token)?;
+    let (mut storyboard, generation) =
+        generate_storyboard(&mut llm, req.topic, req.scenes, &req.sampler, on_token)?;
     let after_generation = baton_memory::log_snapshot(backend.as_ref(), "after scene generation")?
         .first()
         .map(|d| d.summary())
@@ -150,18 +352,7 @@ pub fn write_scenes(
     drop(llm);
     let reclaim = scope.finish()?;
 
-    let mut storyboard: Storyboard = serde_json::from_str(&generation.text).map_err(|e| {
-        StoryboardError::Invalid(format!("the model's output is not a storyboard: {e}"))
-    })?;
-    // The schema fixes the shape; the topic and the numbering are not the model's to choose.
     storyboard.topic = req.topic.trim().to_string();
-    storyboard.title = storyboard.title.trim().to_string();
-    for (i, s) in storyboard.scenes.iter_mut().enumerate() {
-        s.index = i as u32 + 1;
-        for text in [&mut s.title, &mut s.narration, &mut s.image_prompt] {
-            *text = text.trim().to_string();
-        }
-    }
     storyboard.validate(Some(req.scenes))?;
 
     let run_dir = match req.destination {

@@ -137,3 +137,61 @@ fn a_qwen2_model_loads_and_writes_valid_json_too() {
     assert_eq!(board.scenes.len(), 2);
     assert!(write_tiny(&path, 5, "mamba").is_err());
 }
+
+#[test]
+fn the_storyboard_is_planned_then_written_scene_by_scene_in_words_only() {
+    use baton_studio::quality::has_markup;
+    use baton_studio::scenes::generate_storyboard;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(&path, 11).unwrap();
+    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let mut seen = 0;
+    let (board, g) = generate_storyboard(&mut llm, "Cyberpunk Tokyo", 3, &sampler(5), &mut |n| {
+        seen = n
+    })
+    .unwrap();
+    assert_eq!(board.topic, "Cyberpunk Tokyo");
+    assert_eq!(board.scenes.len(), 3);
+    board.validate(Some(3)).unwrap();
+    for (i, s) in board.scenes.iter().enumerate() {
+        assert_eq!(s.index as usize, i + 1);
+        assert!((4.0..=8.0).contains(&s.duration_seconds), "{s:?}");
+        // Random weights, yet no markup: the constraint allows words only.
+        for text in [&s.title, &s.narration] {
+            assert!(!has_markup(text) && !text.contains(['(', ')']), "{text:?}");
+        }
+    }
+    assert!(!has_markup(&board.title), "{:?}", board.title);
+    // The outline and every scene were generated (at least four constrained parts), and the
+    // progress count covers all of them.
+    assert!(g.tokens >= seen && seen > 0, "{} {seen}", g.tokens);
+    let (again, _) =
+        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 3, &sampler(5), &mut |_| {}).unwrap();
+    assert_eq!(again, board, "the same seed writes the same storyboard");
+}
+
+#[test]
+fn a_storyboard_that_does_not_finish_is_tried_again_and_then_fails_naming_the_limit() {
+    use baton_studio::scenes::{ScenesError, generate_storyboard};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(&path, 11).unwrap();
+    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let tight = Sampler {
+        max_tokens: 5,
+        ..sampler(1)
+    };
+    let err = generate_storyboard(&mut llm, "Cyberpunk Tokyo", 2, &tight, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ScenesError::Llm(LlmError::Unfinished { tokens: 5, .. })
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("not finished after 5 tokens"),
+        "{err}"
+    );
+}

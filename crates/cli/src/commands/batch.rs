@@ -107,7 +107,8 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     outcome(&plans.iter().collect::<Vec<_>>())
 }
 
-fn read_topics(path: &Path) -> anyhow::Result<Vec<String>> {
+/// The topics of a topics file: one per line, blank lines and `#` comments skipped.
+pub fn read_topics(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         BadInput(format!(
             "cannot read topics file '{}': {e}; pass a text file with one topic per line",

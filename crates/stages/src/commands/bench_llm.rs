@@ -11,7 +11,7 @@ use baton_studio::compute::Compute;
 pub fn llm(args: &baton::args::BenchLlmArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     use baton_studio::llm::{Generation, Llm, Sampler};
     use baton_studio::model_store::ModelStore;
-    use baton_studio::scenes::storyboard_request;
+    use baton_studio::scenes::generate_storyboard;
 
     if args.repeat == 0 || args.tokens < 2 {
         return Err(baton::BadInput(format!(
@@ -92,7 +92,6 @@ pub fn llm(args: &baton::args::BenchLlmArgs, out: &mut dyn Write) -> anyhow::Res
     let text_median = median(runs);
     let mut rows = vec![("free text (candle example's loop)", text_median)];
     if args.scenes > 0 {
-        let (prompt, schema) = storyboard_request(&llm, "Cyberpunk Tokyo", args.scenes)?;
         let constrained = Sampler {
             temperature: 0.7,
             top_p: 0.9,
@@ -102,7 +101,14 @@ pub fn llm(args: &baton::args::BenchLlmArgs, out: &mut dyn Write) -> anyhow::Res
         };
         let mut runs = Vec::new();
         for _ in 0..args.repeat {
-            runs.push(llm.generate_json(&prompt, schema.clone(), &constrained, &mut |_| {})?);
+            let (_, g) = generate_storyboard(
+                &mut llm,
+                "Cyberpunk Tokyo",
+                args.scenes,
+                &constrained,
+                &mut |_| {},
+            )?;
+            runs.push(g);
         }
         rows.push(("storyboard JSON (baton scenes)", median(runs)));
     }

@@ -4,6 +4,7 @@ pub mod bench_board;
 pub mod bench_images;
 pub mod bench_llm;
 pub mod bench_load;
+pub mod bench_scenes;
 pub mod bench_switch;
 pub mod bench_voice;
 pub mod catalog;

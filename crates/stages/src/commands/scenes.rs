@@ -48,7 +48,7 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             sampler: Sampler {
                 temperature: args.temperature,
                 top_p: args.top_p,
-                seed: args.seed,
+                seed: attempt_seed(args),
                 max_tokens: args.max_tokens,
                 repeat_penalty: args.repeat_penalty,
             },
@@ -104,4 +104,15 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "{}", o.reclaim)?;
     writeln!(out, "file: {}", o.file.display())?;
     Ok(())
+}
+
+/// The seed of this attempt: as a stage of a run that retries it, attempt N samples with seed +
+/// N - 1, so a retry does not write the same failing text again, and stays reproducible.
+fn attempt_seed(args: &ScenesArgs) -> u64 {
+    let attempt = std::env::var("BATON_ATTEMPT")
+        .ok()
+        .and_then(|a| a.parse::<u64>().ok())
+        .filter(|_| args.run_dir.is_some())
+        .unwrap_or(1);
+    args.seed.wrapping_add(attempt.saturating_sub(1))
 }

@@ -36,6 +36,12 @@ pub enum LlmError {
     BadModel(String),
     #[error("generation failed: {0}")]
     Generation(String),
+    /// The JSON was not finished within the token limit (or the context): what was written
+    /// so far, for the log, and the limit.
+    #[error(
+        "the JSON was not finished after {tokens} tokens; raise the limit or ask for fewer scenes"
+    )]
+    Unfinished { tokens: usize, partial: String },
 }
 
 impl baton_base::fault::Classify for LlmError {
@@ -47,7 +53,9 @@ impl baton_base::fault::Classify for LlmError {
             LlmError::MissingModel(_)
             | LlmError::Unsupported { .. }
             | LlmError::Unreadable { .. } => Fault::Input,
-            LlmError::BadModel(_) | LlmError::Generation(_) => Fault::Machine,
+            LlmError::BadModel(_) | LlmError::Generation(_) | LlmError::Unfinished { .. } => {
+                Fault::Machine
+            }
         }
     }
 }
@@ -72,6 +80,10 @@ pub struct Llm {
     pub file_bytes: u64,
     /// How the weights came onto the device (baton's loader: bytes, seconds, GB/s).
     pub load: baton_weights::LoadReport,
+    /// Per token id: true when the token is words (a letter, and none of JSON's structure:
+    /// quotes, braces, brackets, colons). Only those are penalised for repeating, so the
+    /// penalty can never break the JSON around them.
+    free_text: Vec<bool>,
 }
 
 impl Llm {
@@ -148,8 +160,17 @@ impl Llm {
                 .cloned()
                 .unwrap_or_default()
         };
+        let free_text = (0..n_vocab as u32)
+            .map(|id| {
+                text.tokenizer.id_to_token(id).is_some_and(|t| {
+                    t.chars().any(char::is_alphabetic)
+                        && !t.contains(['"', '{', '}', '[', ']', ':', '<', '>'])
+                })
+            })
+            .collect();
         Ok(Llm {
             weights,
+            free_text,
             bos_text: token_text(text.bos),
             eos_text: token_text(Some(text.eos)),
             tokenizer: text.tokenizer,
@@ -271,10 +292,10 @@ impl Llm {
                     "{} tokens: {in_mask:.2?} computing masks, {in_forward:.2?} in the model",
                     out.len()
                 );
-                return Err(LlmError::Generation(format!(
-                    "the JSON was not finished after {} tokens; raise the limit or ask for fewer scenes",
-                    options.max_tokens
-                )));
+                return Err(LlmError::Unfinished {
+                    tokens: out.len(),
+                    partial: self.tokenizer.decode(&out, true).unwrap_or_default(),
+                });
             }
             let t = Instant::now();
             let mask = matcher
@@ -288,10 +309,12 @@ impl Llm {
                     *v = f32::NEG_INFINITY;
                 }
             }
-            // Small models loop; make the recent tokens less likely (llama.cpp's penalty).
+            // Small models loop; make the recent words less likely (llama.cpp's penalty), but
+            // never the JSON's own structure, which must repeat.
             let recent = &out[out.len().saturating_sub(REPEAT_WINDOW)..];
             for &id in recent {
-                if let Some(v) = values.get_mut(id as usize)
+                if self.free_text.get(id as usize) == Some(&true)
+                    && let Some(v) = values.get_mut(id as usize)
                     && v.is_finite()
                 {
                     *v = if *v > 0.0 {

@@ -1,0 +1,225 @@
+//! What makes a storyboard worth narrating, measured: scenes that do not repeat each other,
+//! narration about the topic, image prompts that describe a picture instead of copying the
+//! narration, and text without markup, paths or bracketed years.
+//!
+//! The scenes stage uses these checks to resample a scene that fails them, and `baton bench
+//! scenes` reports them over a list of topics, so the figures in docs/scenes.md and the
+//! generator's own judgement are the same code.
+
+use std::collections::HashSet;
+
+use crate::storyboard::{Scene, Storyboard};
+
+/// Scenes whose narrations share this share of word trigrams (or more) repeat each other.
+pub const MAX_OVERLAP: f64 = 0.5;
+
+/// Words that say nothing of a topic.
+const STOPWORDS: &[&str] = &[
+    "the", "and", "for", "with", "from", "into", "onto", "about", "over", "under", "after",
+    "before", "that", "this", "these", "those", "its", "their", "his", "her", "our", "your",
+    "last", "first", "what", "when", "where", "how", "why", "who", "was", "were", "are", "has",
+    "have", "had", "but", "not", "all", "one", "two", "out", "off", "via", "per", "than", "then",
+    "a", "an", "of", "in", "on", "at", "to", "by", "as", "or", "is", "it", "be",
+];
+
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .map(|w| w.trim_matches('\'').to_lowercase())
+        .filter(|w| !w.is_empty())
+        .collect()
+}
+
+fn trigrams(text: &str) -> HashSet<[String; 3]> {
+    let w = words(text);
+    w.windows(3)
+        .map(|t| [t[0].clone(), t[1].clone(), t[2].clone()])
+        .collect()
+}
+
+/// The share of word trigrams two texts have in common, over the smaller text's trigrams
+/// (0 when either has none): 1.0 when one repeats the other.
+pub fn trigram_overlap(a: &str, b: &str) -> f64 {
+    let (a, b) = (trigrams(a), trigrams(b));
+    let smaller = a.len().min(b.len());
+    if smaller == 0 {
+        return 0.0;
+    }
+    a.intersection(&b).count() as f64 / smaller as f64
+}
+
+/// The highest trigram overlap between any two scenes' narrations.
+pub fn max_overlap(scenes: &[Scene]) -> f64 {
+    let mut worst = 0.0f64;
+    for (i, a) in scenes.iter().enumerate() {
+        for b in &scenes[i + 1..] {
+            worst = worst.max(trigram_overlap(&a.narration, &b.narration));
+        }
+    }
+    worst
+}
+
+/// The words of `topic` that say what it is about (no stopwords, at least three letters).
+pub fn content_words(topic: &str) -> Vec<String> {
+    words(topic)
+        .into_iter()
+        .filter(|w| w.chars().count() >= 3 && !STOPWORDS.contains(&w.as_str()))
+        .collect()
+}
+
+/// True when `text` uses `word` or an obvious form of it (`lighthouse`, `lighthouses`,
+/// `keeper's`): a word of the text that starts with the word's first letters.
+fn uses(text: &[String], word: &str) -> bool {
+    let stem: String = word
+        .chars()
+        .take(word.chars().count().clamp(3, 6))
+        .collect();
+    text.iter().any(|w| w.starts_with(&stem))
+}
+
+/// True when the narration uses at least one of the topic's content words (any, when the
+/// topic has none).
+pub fn mentions_topic(board: &Storyboard) -> bool {
+    let wanted = content_words(&board.topic);
+    let said: Vec<String> = board
+        .scenes
+        .iter()
+        .flat_map(|s| words(&s.narration))
+        .collect();
+    wanted.is_empty() || wanted.iter().any(|w| uses(&said, w))
+}
+
+/// True when a scene's image prompt is its narration, or a piece of it, instead of a picture.
+pub fn prompt_copies_narration(scene: &Scene) -> bool {
+    let norm = |t: &str| words(t).join(" ");
+    let (prompt, narration) = (norm(&scene.image_prompt), norm(&scene.narration));
+    !prompt.is_empty() && narration.contains(&prompt)
+}
+
+/// Characters that make text markup, a path or a placeholder rather than words to be read.
+pub const MARKUP: &[char] = &[
+    '<', '>', '[', ']', '{', '}', '/', '\\', '|', '#', '*', '_', '~', '`', '@', '^', '=',
+];
+
+/// True when `text` holds markup, a path, an HTML entity or a bracketed year: what no one
+/// reads aloud or prints on a title card.
+pub fn has_markup(text: &str) -> bool {
+    if text.contains(MARKUP) || text.contains("&#") || text.contains("http") {
+        return true;
+    }
+    // (2019), [1999]: a year in brackets the topic did not ask for.
+    let chars: Vec<char> = text.chars().collect();
+    chars.windows(6).any(|w| {
+        matches!(w[0], '(' | '[')
+            && w[1..5].iter().all(char::is_ascii_digit)
+            && matches!(w[5], ')' | ']')
+    })
+}
+
+/// The quality figures of one storyboard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quality {
+    /// The highest trigram overlap between two scenes' narrations.
+    pub max_overlap: f64,
+    pub mentions_topic: bool,
+    /// Scenes whose image prompt copies their narration.
+    pub copied_prompts: usize,
+    /// Titles and narrations with markup, paths or bracketed years.
+    pub markup: usize,
+}
+
+impl Quality {
+    pub fn of(board: &Storyboard) -> Quality {
+        Quality {
+            max_overlap: max_overlap(&board.scenes),
+            mentions_topic: mentions_topic(board),
+            copied_prompts: board
+                .scenes
+                .iter()
+                .filter(|s| prompt_copies_narration(s))
+                .count(),
+            markup: std::iter::once(&board.title)
+                .chain(board.scenes.iter().flat_map(|s| [&s.title, &s.narration]))
+                .filter(|t| has_markup(t))
+                .count(),
+        }
+    }
+
+    /// True when the storyboard passes every check.
+    pub fn good(&self) -> bool {
+        self.max_overlap < MAX_OVERLAP
+            && self.mentions_topic
+            && self.copied_prompts == 0
+            && self.markup == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scene(narration: &str, prompt: &str) -> Scene {
+        Scene {
+            index: 1,
+            title: "A".into(),
+            narration: narration.into(),
+            image_prompt: prompt.into(),
+            duration_seconds: 5.0,
+        }
+    }
+
+    #[test]
+    fn repeated_narration_is_caught_and_different_narration_is_not() {
+        let a = "The lighthouses are a beacon of light and light is a beacon of light.";
+        assert!(trigram_overlap(a, a) > 0.99);
+        let b = "The lighthouses are a beacon of light and light is a beacon of hope tonight.";
+        assert!(trigram_overlap(a, b) >= MAX_OVERLAP);
+        let c = "At dawn the keeper climbs the stairs one last time and puts out the lamp.";
+        assert!(trigram_overlap(a, c) < 0.1);
+        assert_eq!(trigram_overlap("two words", a), 0.0);
+    }
+
+    #[test]
+    fn the_topic_is_found_in_its_obvious_forms() {
+        let board = |narration: &str| Storyboard {
+            topic: "A lighthouse keeper's last night".into(),
+            title: "T".into(),
+            scenes: vec![scene(narration, "a lamp")],
+        };
+        assert_eq!(
+            content_words("A lighthouse keeper's last night"),
+            ["lighthouse", "keeper's", "night"]
+        );
+        assert!(mentions_topic(&board("The lighthouses stand dark.")));
+        assert!(mentions_topic(&board("Old keepers never sleep.")));
+        assert!(!mentions_topic(&board("The city of the dead awaits.")));
+    }
+
+    #[test]
+    fn prompts_that_copy_the_narration_and_markup_are_caught() {
+        assert!(prompt_copies_narration(&scene(
+            "Rain falls on neon streets at night.",
+            "neon streets"
+        )));
+        assert!(!prompt_copies_narration(&scene(
+            "Rain falls on neon streets at night.",
+            "a wet street, neon signs, night, cinematic"
+        )));
+        for bad in [
+            "Lighthouse keeper at dawn (2019)",
+            "]",
+            "/lighthouse.jpg",
+            "<img src=",
+            "&#39;s",
+            "**bold**",
+        ] {
+            assert!(has_markup(bad), "{bad}");
+        }
+        for fine in [
+            "Dawn at the lighthouse",
+            "Tom & Jerry's last night",
+            "It's 1999, and rain falls.",
+        ] {
+            assert!(!has_markup(fine), "{fine}");
+        }
+    }
+}
