@@ -194,6 +194,14 @@ pub struct ScenesArgs {
     /// Makes recently written tokens less likely (1.0: off); small models repeat themselves.
     #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// Words added to every scene's image prompt, for one look across the pictures (empty:
+    /// none).
+    #[arg(
+        long,
+        env = "BATON_SCENES_STYLE",
+        default_value = "cinematic, detailed, soft light"
+    )]
+    pub style: String,
     /// Where the run folder is made.
     #[arg(long, default_value = "output", value_name = "DIR")]
     pub output: PathBuf,

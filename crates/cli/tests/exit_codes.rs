@@ -220,6 +220,21 @@ fn scenes_exit_codes() {
         ),
         "--compute sim",
     );
+    bad_input(
+        baton(
+            d,
+            &[
+                "scenes",
+                "--topic",
+                "x",
+                "--model",
+                &model,
+                "--style",
+                "<b>bold</b>",
+            ],
+        ),
+        "bad --style '<b>bold</b>'",
+    );
     if !has_gpu(d) {
         // A GPU asked for that this machine (or this build) cannot open is never bad input.
         let out = baton(

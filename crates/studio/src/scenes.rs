@@ -33,6 +33,8 @@ pub struct ScenesRequest<'a> {
     pub model: &'a Path,
     pub tokenizer: Option<&'a Path>,
     pub sampler: Sampler,
+    /// Added to every image prompt (`, style`), for one look across the pictures.
+    pub style: &'a str,
     pub compute: Compute,
     pub destination: Destination,
 }
@@ -58,6 +60,10 @@ pub enum ScenesError {
     Topic(#[from] TopicError),
     #[error("bad --scenes {0}: use 1 to {max}", max = crate::storyboard::MAX_SCENES)]
     SceneCount(usize),
+    #[error(
+        "bad --style '{0}': use at most {MAX_STYLE} characters of words, such as \"watercolor, soft light\""
+    )]
+    Style(String),
     #[error(transparent)]
     Llm(#[from] LlmError),
     #[error("the model's storyboard cannot be used ({0}); try another --seed or a larger model")]
@@ -79,7 +85,9 @@ impl Classify for ScenesError {
     /// The topic, the scene count and the model file are what the user passed.
     fn fault(&self) -> Fault {
         match self {
-            ScenesError::Topic(_) | ScenesError::SceneCount(_) => Fault::Input,
+            ScenesError::Topic(_) | ScenesError::SceneCount(_) | ScenesError::Style(_) => {
+                Fault::Input
+            }
             ScenesError::Llm(e) => e.fault(),
             ScenesError::Memory(e) => e.fault(),
             ScenesError::File(e) => e.fault(),
@@ -90,6 +98,10 @@ impl Classify for ScenesError {
 }
 
 const SYSTEM: &str = "You write storyboards for short narrated videos. Answer with JSON only.";
+
+/// The longest `--style`: with the longest image prompt the model may write, it stays within
+/// the storyboard's limit.
+const MAX_STYLE: usize = 56;
 
 /// Tries a scene gets (new seed each) to come out unlike the scenes before it.
 const SCENE_TRIES: u64 = 3;
@@ -329,6 +341,9 @@ pub fn write_scenes(
     if req.scenes == 0 || req.scenes > crate::storyboard::MAX_SCENES {
         return Err(ScenesError::SceneCount(req.scenes));
     }
+    if req.style.chars().count() > MAX_STYLE || crate::quality::has_markup(req.style) {
+        return Err(ScenesError::Style(req.style.to_string()));
+    }
     let (backend, device) = req.compute.open()?;
     crate::llm::warm_up(&device)?;
     backend.trim()?;
@@ -353,6 +368,12 @@ pub fn write_scenes(
     let reclaim = scope.finish()?;
 
     storyboard.topic = req.topic.trim().to_string();
+    let style = req.style.trim();
+    if !style.is_empty() {
+        for s in &mut storyboard.scenes {
+            s.image_prompt = format!("{}, {style}", s.image_prompt.trim_end_matches(['.', ',']));
+        }
+    }
     storyboard.validate(Some(req.scenes))?;
 
     let run_dir = match req.destination {

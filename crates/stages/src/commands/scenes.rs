@@ -52,6 +52,7 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 max_tokens: args.max_tokens,
                 repeat_penalty: args.repeat_penalty,
             },
+            style: &args.style,
             compute,
             destination: match &args.run_dir {
                 Some(dir) => Destination::RunDir(dir.clone()),
