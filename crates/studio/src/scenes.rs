@@ -177,7 +177,7 @@ struct Written {
     title: String,
     narration: String,
     image_prompt: String,
-    duration_seconds: f64,
+    duration_seconds: u32,
 }
 
 /// Runs one constrained generation, with another seed when it does not finish in time (the
@@ -270,7 +270,8 @@ pub fn generate_storyboard(
             "title": words_schema(60),
             "narration": words_schema(300),
             "image_prompt": words_schema(240),
-            "duration_seconds": {"type": "number", "minimum": 4, "maximum": 8}
+            // Whole seconds: a number with decimals lets a small model write digits forever.
+            "duration_seconds": {"type": "integer", "minimum": 4, "maximum": 8}
         },
         "required": ["title", "narration", "image_prompt", "duration_seconds"],
         "additionalProperties": false
@@ -298,7 +299,7 @@ pub fn generate_storyboard(
                 title: w.title.trim().to_string(),
                 narration: w.narration.trim().to_string(),
                 image_prompt: w.image_prompt.trim().to_string(),
-                duration_seconds: w.duration_seconds,
+                duration_seconds: f64::from(w.duration_seconds),
             };
             let overlap = written
                 .iter()
