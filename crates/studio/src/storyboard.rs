@@ -13,10 +13,19 @@ use serde_json::{Value, json};
 /// Scenes a storyboard may have.
 pub const MAX_SCENES: usize = 50;
 const MAX_TOPIC: usize = 500;
-const MAX_TITLE: usize = 120;
-const MAX_SCENE_TITLE: usize = 80;
-const MAX_NARRATION: usize = 400;
-const MAX_IMAGE_PROMPT: usize = 300;
+const MAX_TITLE: usize = limits::TITLE;
+const MAX_SCENE_TITLE: usize = limits::SCENE_TITLE;
+const MAX_NARRATION: usize = limits::NARRATION;
+const MAX_IMAGE_PROMPT: usize = limits::IMAGE_PROMPT;
+
+/// The longest text each field may hold, in characters (the scenes stage keeps what the model
+/// writes within them).
+pub mod limits {
+    pub const TITLE: usize = 120;
+    pub const SCENE_TITLE: usize = 120;
+    pub const NARRATION: usize = 400;
+    pub const IMAGE_PROMPT: usize = 320;
+}
 const MAX_DURATION: f64 = 60.0;
 
 /// One scene: what is said over it and what is drawn for it.

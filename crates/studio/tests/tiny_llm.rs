@@ -195,3 +195,45 @@ fn a_storyboard_that_does_not_finish_is_tried_again_and_then_fails_naming_the_li
         "{err}"
     );
 }
+
+#[test]
+fn a_gemma3_model_reads_its_sentencepiece_tokenizer_and_writes_valid_json() {
+    use baton_studio::llm::tiny::write_tiny_gemma3;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny-gemma3.gguf");
+    write_tiny_gemma3(&path, 9).unwrap();
+    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    assert_eq!(llm.arch, "gemma3");
+    // Pieces merge by score ("▁the" is one token), anything else falls back to bytes, and
+    // both decode to the same text.
+    let text = "in the scene, Zürich ☃\n\"title\"";
+    let enc = llm.tokenizer.encode(text, false).unwrap();
+    assert!(
+        enc.get_tokens().iter().any(|t| t == "\u{2581}the"),
+        "{:?}",
+        enc.get_tokens()
+    );
+    assert!(
+        enc.get_tokens().iter().any(|t| t == "scene"),
+        "{:?}",
+        enc.get_tokens()
+    );
+    assert!(enc.get_tokens().iter().any(|t| t.starts_with("<0x")));
+    assert_eq!(llm.tokenizer.decode(enc.get_ids(), true).unwrap(), text);
+    // No template in the file: Gemma's turns, the system text inside the first user turn.
+    let prompt = llm
+        .chat_prompt("You write storyboards.", "Cyberpunk Tokyo")
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<bos><start_of_turn>user\nYou write storyboards.\n\nCyberpunk Tokyo<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let ids = llm.tokenizer.encode(prompt.as_str(), false).unwrap();
+    assert_eq!(ids.get_ids()[0], 2, "<bos> is its token");
+    let out = llm
+        .generate_json(&prompt, schema(Some(2)), &sampler(3), &mut |_| {})
+        .unwrap();
+    let board: Storyboard =
+        serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {}", out.text));
+    assert_eq!(board.scenes.len(), 2);
+}

@@ -3,8 +3,8 @@
 //!
 //! The key design decision: the constraint is applied to the logits, not checked afterwards, so
 //! even a model with random weights writes JSON that parses and validates; a real model only
-//! makes it sensible. Architectures: `llama` (SmolLM2, Llama 3.x) and `qwen2`. The tokenizer and
-//! chat template come from the GGUF metadata, or from a `tokenizer.json` beside it.
+//! makes it sensible. Architectures: `llama` (SmolLM2, Llama 3.x), `qwen2` and `gemma3`. The
+//! tokenizer and chat template come from the GGUF metadata, or from a `tokenizer.json` beside it.
 
 pub mod gguf_tokenizer;
 pub mod model;
@@ -30,7 +30,7 @@ pub enum LlmError {
     MissingModel(PathBuf),
     #[error("'{}' is not a readable GGUF file ({why}); it may be truncated or of another format: fetch it again", .path.display())]
     Unreadable { path: PathBuf, why: String },
-    #[error("'{}' is a '{arch}' model, which baton cannot run; use a llama (SmolLM2, Llama 3.x) or qwen2 GGUF", .path.display())]
+    #[error("'{}' is a '{arch}' model, which baton cannot run; use a llama (SmolLM2, Llama 3.x), qwen2 or gemma3 GGUF", .path.display())]
     Unsupported { path: PathBuf, arch: String },
     #[error("the model cannot be used: {0}")]
     BadModel(String),
@@ -103,7 +103,7 @@ impl Llm {
         let started = std::time::Instant::now();
         let content = baton_weights::read_gguf(path).map_err(|e| unreadable(e.to_string()))?;
         let arch = model::architecture(&content);
-        if arch != "llama" && arch != "qwen2" {
+        if !model::ARCHITECTURES.contains(&arch.as_str()) {
             return Err(LlmError::Unsupported {
                 path: path.to_path_buf(),
                 arch,
@@ -203,11 +203,22 @@ impl Llm {
         Ok(logits.squeeze(0)?)
     }
 
-    /// The prompt for a system and a user message, through the model's chat template (ChatML
-    /// when the model has none).
+    /// The prompt for a system and a user message, through the model's chat template (when
+    /// the file has none: Gemma's turns for gemma3, which has no system role, else ChatML).
     pub fn chat_prompt(&self, system: &str, user: &str) -> Result<String, LlmError> {
+        self.chat(&[("system", system), ("user", user)])
+    }
+
+    /// The prompt for a conversation of (role, content) turns, "system", "user" and
+    /// "assistant", ready for the assistant's next turn: earlier assistant turns show a small
+    /// model what an answer looks like.
+    pub fn chat(&self, turns: &[(&str, &str)]) -> Result<String, LlmError> {
         let template = self.chat_template.clone().unwrap_or_else(|| {
-            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}".into()
+            if self.arch == "gemma3" {
+                GEMMA_TEMPLATE.into()
+            } else {
+                CHATML_TEMPLATE.into()
+            }
         });
         let mut env = minijinja::Environment::new();
         env.add_function(
@@ -221,10 +232,10 @@ impl Llm {
         );
         env.add_template("chat", &template)
             .map_err(|e| LlmError::BadModel(format!("its chat template does not parse: {e}")))?;
-        let messages = [
-            minijinja::context! { role => "system", content => system },
-            minijinja::context! { role => "user", content => user },
-        ];
+        let messages: Vec<minijinja::Value> = turns
+            .iter()
+            .map(|(role, content)| minijinja::context! { role => role, content => content })
+            .collect();
         env.get_template("chat")
             .and_then(|t| {
                 t.render(minijinja::context! {
@@ -482,12 +493,14 @@ pub fn warm_up(device: &Device) -> Result<(), LlmError> {
 
 /// candle's own quantized llama or qwen2 (`from_gguf`: it reads its tensors itself) on the same
 /// file: the logits after `tokens` and the seconds its load took. What `baton bench llm` checks
-/// baton's model against, on whatever device it runs.
+/// baton's model against, on whatever device it runs. None for gemma3: candle's quantized gemma3
+/// is not Gemma 3 (SiLU for GELU), so baton's is checked against candle's full-precision gemma3
+/// in the tests instead.
 pub fn candle_reference(
     path: &Path,
     device: &Device,
     tokens: &[u32],
-) -> Result<(Vec<f32>, f64), LlmError> {
+) -> Result<Option<(Vec<f32>, f64)>, LlmError> {
     use candle_transformers::models::{quantized_llama, quantized_qwen2};
     let unreadable = |why: String| LlmError::Unreadable {
         path: path.to_path_buf(),
@@ -513,6 +526,7 @@ pub fn candle_reference(
             let seconds = started.elapsed().as_secs_f64();
             (m.forward(&x, 0)?, seconds)
         }
+        "gemma3" => return Ok(None),
         _ => {
             return Err(LlmError::Unsupported {
                 path: path.to_path_buf(),
@@ -524,8 +538,15 @@ pub fn candle_reference(
         .squeeze(0)?
         .to_dtype(candle_core::DType::F32)?
         .to_vec1()?;
-    Ok((logits, seconds))
+    Ok(Some((logits, seconds)))
 }
+
+/// ChatML, for a model whose file carries no template.
+const CHATML_TEMPLATE: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// Gemma's turns (its files often carry no template): no system role, so the system text opens
+/// the first user turn; the assistant is the "model".
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}<start_of_turn>user\n{{ m.content }}\n\n{% elif m.role == 'user' %}{% if not (loop.index0 == 1 and messages[0].role == 'system') %}<start_of_turn>user\n{% endif %}{{ m.content }}<end_of_turn>\n{% else %}<start_of_turn>model\n{{ m.content }}<end_of_turn>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}";
 
 /// How many recent tokens the repeat penalty looks at.
 const REPEAT_WINDOW: usize = 64;

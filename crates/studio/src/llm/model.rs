@@ -1,11 +1,15 @@
-//! The llama-family transformer (llama, qwen2) over quantized tensors that baton's loader has
-//! already put on the device: candle's quantized llama and qwen2 read their own tensors out of
-//! the file (one pageable copy each), so they cannot take tensors that came through the lanes.
+//! The llama-family transformer (llama, qwen2, gemma3) over quantized tensors that baton's
+//! loader has already put on the device: candle's quantized models read their own tensors out
+//! of the file (one pageable copy each), so they cannot take tensors that came through the lanes.
 //!
 //! The computation is candle's, op for op (its `quantized_llama` and `quantized_qwen2`): the
-//! tests hold the logits equal, bit for bit, on the same file. The one difference between the
-//! two architectures is data: qwen2 adds biases to q, k and v and rotates halves (NeoX), llama
-//! rotates interleaved pairs.
+//! tests hold the logits equal, bit for bit, on the same file. The differences between the
+//! architectures are data: qwen2 adds biases to q, k and v and rotates halves (NeoX), llama
+//! rotates interleaved pairs. gemma3 adds norms on q and k and after attention and the MLP,
+//! scales the embeddings, uses GELU, and lets five of every six layers see only a sliding window
+//! of recent tokens (with their own rotary base). Its reference is candle's full-precision
+//! `gemma3` (HF semantics), not candle's `quantized_gemma3`, whose MLP uses SiLU where the model
+//! was trained with GELU, and whose decoding ignores the sliding window.
 
 use std::collections::HashMap;
 
@@ -18,6 +22,9 @@ use candle_transformers::utils::{build_causal_mask, repeat_kv};
 
 use super::LlmError;
 
+/// The architectures baton runs, as `general.architecture` names them.
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
+
 /// What the GGUF metadata says about the network.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -26,13 +33,37 @@ pub struct Config {
     pub n_kv_head: usize,
     pub n_layer: usize,
     pub embedding: usize,
+    /// Width of one attention head (gemma3's is not `embedding / n_head`).
+    pub head_dim: usize,
     pub rope_dim: usize,
     pub rope_base: f32,
-    /// Rotate halves (qwen2) instead of interleaved pairs (llama).
+    /// Rotate halves (qwen2, gemma3) instead of interleaved pairs (llama).
     pub rope_neox: bool,
     pub rms_eps: f64,
     /// Positions the rotary tables cover.
     pub context: usize,
+    /// gemma3: how far back the sliding-window layers see, which layers those are (all but
+    /// every `sliding_pattern`-th), and their rotary base.
+    pub sliding: Option<Sliding>,
+}
+
+/// gemma3's local attention layers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sliding {
+    pub window: usize,
+    pub pattern: usize,
+    pub rope_base: f32,
+}
+
+impl Config {
+    fn gemma(&self) -> bool {
+        self.arch == "gemma3"
+    }
+
+    /// Whether layer `i` sees only the sliding window.
+    pub fn is_sliding(&self, i: usize) -> bool {
+        self.sliding.is_some_and(|s| !(i + 1).is_multiple_of(s.pattern))
+    }
 }
 
 /// The file's `general.architecture` ("unknown" when it has none).
@@ -92,32 +123,66 @@ impl Config {
             )));
         }
         let qwen2 = arch == "qwen2";
+        let gemma = arch == "gemma3";
+        let head_dim = if gemma {
+            int("attention.key_length")?
+        } else {
+            embedding / n_head
+        };
+        let sliding = if gemma {
+            let pattern = int("attention.sliding_window_type").unwrap_or(GEMMA_SLIDING_PATTERN);
+            if pattern == 0 {
+                return Err(LlmError::BadModel(
+                    "'gemma3.attention.sliding_window_type' is 0".into(),
+                ));
+            }
+            Some(Sliding {
+                window: int("attention.sliding_window")?.max(1),
+                pattern,
+                rope_base: float("rope.local_freq_base").unwrap_or(10_000.0),
+            })
+        } else {
+            None
+        };
         Ok(Config {
             arch: arch.to_string(),
             n_head,
             n_kv_head,
             n_layer: int("block_count")?,
             embedding,
-            rope_dim: if qwen2 {
-                embedding / n_head
+            head_dim,
+            rope_dim: if qwen2 || gemma {
+                head_dim
             } else {
                 int("rope.dimension_count")?
             },
-            rope_base: float("rope.freq_base").unwrap_or(10_000.0),
-            rope_neox: qwen2,
+            rope_base: float("rope.freq_base").unwrap_or(if gemma {
+                1_000_000.0
+            } else {
+                10_000.0
+            }),
+            rope_neox: qwen2 || gemma,
             rms_eps: f64::from(float("attention.layer_norm_rms_epsilon")?),
-            context: if qwen2 {
-                int("context_length")?
+            context: if qwen2 || gemma {
+                int("context_length")?.min(MAX_CONTEXT)
             } else {
                 LLAMA_CONTEXT
             },
+            sliding,
         })
     }
 
     pub fn head_dim(&self) -> usize {
-        self.embedding / self.n_head
+        self.head_dim
     }
 }
+
+/// gemma3: every sixth layer attends to everything, when the file does not say otherwise.
+const GEMMA_SLIDING_PATTERN: usize = 6;
+
+/// The rotary tables are built for at most this many positions (a storyboard needs a few
+/// thousand; a 128k table would hold gigabytes).
+const MAX_CONTEXT: usize = 32_768;
 
 struct Layer {
     wq: QMatMul,
@@ -126,6 +191,11 @@ struct Layer {
     wo: QMatMul,
     /// qwen2's biases on q, k and v.
     bias: Option<[Tensor; 3]>,
+    /// gemma3's norms: on q and k per head, after attention, after the MLP.
+    qk_norm: Option<[RmsNorm; 2]>,
+    post_norm: Option<[RmsNorm; 2]>,
+    /// Sees only the last `window` tokens (gemma3's local layers).
+    window: Option<usize>,
     attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
     gate: QMatMul,
@@ -134,17 +204,24 @@ struct Layer {
     kv_cache: Option<(Tensor, Tensor)>,
 }
 
-/// A loaded llama or qwen2, ready for `forward`.
+/// A loaded llama, qwen2 or gemma3, ready for `forward`.
 pub struct LlamaLike {
     config: Config,
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
     output: QMatMul,
+    /// Rotary tables: the global ones, and the sliding layers' (gemma3).
+    rope: Rotary,
+    local_rope: Option<Rotary>,
+    neg_inf: Tensor,
+    /// (new tokens, all tokens, window) → mask.
+    masks: HashMap<(usize, usize, Option<usize>), Tensor>,
+}
+
+struct Rotary {
     cos: Tensor,
     sin: Tensor,
-    neg_inf: Tensor,
-    masks: HashMap<(usize, usize), Tensor>,
 }
 
 /// Takes tensors out of a loaded file by name, saying which one is missing.
@@ -203,7 +280,27 @@ impl LlamaLike {
             } else {
                 None
             };
+            let (qk_norm, post_norm) = if config.gemma() {
+                (
+                    Some([
+                        take.norm(&format!("{p}.attn_q_norm.weight"), eps)?,
+                        take.norm(&format!("{p}.attn_k_norm.weight"), eps)?,
+                    ]),
+                    Some([
+                        take.norm(&format!("{p}.post_attention_norm.weight"), eps)?,
+                        take.norm(&format!("{p}.post_ffw_norm.weight"), eps)?,
+                    ]),
+                )
+            } else {
+                (None, None)
+            };
             layers.push(Layer {
+                qk_norm,
+                post_norm,
+                window: config
+                    .sliding
+                    .filter(|_| config.is_sliding(i))
+                    .map(|s| s.window),
                 wq: take.matmul(&format!("{p}.attn_q.weight"))?,
                 wk: take.matmul(&format!("{p}.attn_k.weight"))?,
                 wv: take.matmul(&format!("{p}.attn_v.weight"))?,
@@ -217,7 +314,25 @@ impl LlamaLike {
                 kv_cache: None,
             });
         }
-        let (cos, sin) = rotary_tables(config.rope_dim, config.rope_base, config.context, device)?;
+        // gemma3's reference computes the angles' base in f64, the llama family's in f32.
+        let wide = config.gemma();
+        let rope = rotary_tables(
+            config.rope_dim,
+            config.rope_base,
+            config.context,
+            wide,
+            device,
+        )?;
+        let local_rope = match config.sliding {
+            Some(s) => Some(rotary_tables(
+                config.rope_dim,
+                s.rope_base,
+                config.context,
+                wide,
+                device,
+            )?),
+            None => None,
+        };
         Ok(LlamaLike {
             neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
             config,
@@ -225,8 +340,8 @@ impl LlamaLike {
             layers,
             norm,
             output,
-            cos,
-            sin,
+            rope,
+            local_rope,
             masks: HashMap::new(),
         })
     }
@@ -239,29 +354,38 @@ impl LlamaLike {
     /// sits at `index_pos`; the key/value cache keeps what came before.
     pub fn forward(&mut self, x: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
         let (_batch, seq_len) = x.dims2()?;
-        let mask = if seq_len == 1 {
-            None
-        } else {
-            let key = (seq_len, index_pos + seq_len);
-            let mask = match self.masks.entry(key) {
-                std::collections::hash_map::Entry::Occupied(e) => e.get().clone(),
-                std::collections::hash_map::Entry::Vacant(e) => e
-                    .insert(build_causal_mask(seq_len, index_pos, x.device())?)
-                    .clone(),
-            };
-            Some(mask)
-        };
+        let gemma = self.config.gemma();
         let mut h = self.embed.forward(x)?;
+        if gemma {
+            h = (h * (self.config.embedding as f64).sqrt())?;
+        }
         for i in 0..self.layers.len() {
+            let mask = if seq_len == 1 {
+                None
+            } else {
+                Some(self.mask(seq_len, index_pos, self.layers[i].window, x.device())?)
+            };
             let residual = h.clone();
             let normed = self.layers[i].attn_norm.forward(&h)?;
-            let attn = self.attention(i, &normed, mask.as_ref(), index_pos)?;
-            let h1 = (attn + residual)?;
+            let mut attn = self.attention(i, &normed, mask.as_ref(), index_pos)?;
             let layer = &self.layers[i];
+            if let Some([after_attention, _]) = &layer.post_norm {
+                attn = after_attention.forward(&attn)?;
+            }
+            let h1 = (attn + residual)?;
             let normed = layer.ffn_norm.forward(&h1)?;
             let gate = layer.gate.forward(&normed)?;
             let up = layer.up.forward(&normed)?;
-            let mlp = layer.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
+            // gemma3 was trained with GELU (tanh form), the llama family with SiLU.
+            let act = if gemma {
+                gate.gelu()?
+            } else {
+                candle_nn::ops::silu(&gate)?
+            };
+            let mut mlp = layer.down.forward(&(act * up)?)?;
+            if let Some([_, after_mlp]) = &layer.post_norm {
+                mlp = after_mlp.forward(&mlp)?;
+            }
             h = (mlp + h1)?;
         }
         let h = self.norm.forward(&h)?;
@@ -269,10 +393,44 @@ impl LlamaLike {
         self.output.forward(&last)
     }
 
-    fn rotate(&self, x: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
+    /// The mask for `seq_len` new tokens after `index_pos` cached ones: a token sees itself and
+    /// those before it, and in a sliding layer only the last `window` of them (HF's rule).
+    fn mask(
+        &mut self,
+        seq_len: usize,
+        index_pos: usize,
+        window: Option<usize>,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let key = (seq_len, index_pos + seq_len, window);
+        if let Some(mask) = self.masks.get(&key) {
+            return Ok(mask.clone());
+        }
+        let mask = match window {
+            None => build_causal_mask(seq_len, index_pos, device)?,
+            Some(window) => {
+                let kv_len = index_pos + seq_len;
+                let values: Vec<u8> = (0..seq_len)
+                    .flat_map(|i| {
+                        let at = index_pos + i;
+                        (0..kv_len).map(move |j| u8::from(j > at || at - j >= window))
+                    })
+                    .collect();
+                Tensor::from_slice(&values, (seq_len, kv_len), device)?
+            }
+        };
+        self.masks.insert(key, mask.clone());
+        Ok(mask)
+    }
+
+    fn rotate(&self, x: &Tensor, index_pos: usize, local: bool) -> candle_core::Result<Tensor> {
         let (_b, _h, seq_len, _d) = x.dims4()?;
-        let cos = self.cos.narrow(0, index_pos, seq_len)?;
-        let sin = self.sin.narrow(0, index_pos, seq_len)?;
+        let table = match (&self.local_rope, local) {
+            (Some(local), true) => local,
+            _ => &self.rope,
+        };
+        let cos = table.cos.narrow(0, index_pos, seq_len)?;
+        let sin = table.sin.narrow(0, index_pos, seq_len)?;
         let x = x.contiguous()?;
         if self.config.rope_neox {
             candle_nn::rotary_emb::rope(&x, &cos, &sin)
@@ -288,7 +446,7 @@ impl LlamaLike {
         mask: Option<&Tensor>,
         index_pos: usize,
     ) -> candle_core::Result<Tensor> {
-        let (b, seq_len, n_embd) = x.dims3()?;
+        let (b, seq_len, _) = x.dims3()?;
         let (n_head, n_kv, head_dim) = (
             self.config.n_head,
             self.config.n_kv_head,
@@ -303,14 +461,19 @@ impl LlamaLike {
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let q = q.reshape((b, seq_len, n_head, head_dim))?.transpose(1, 2)?;
-        let k = k.reshape((b, seq_len, n_kv, head_dim))?.transpose(1, 2)?;
+        let mut q = q.reshape((b, seq_len, n_head, head_dim))?.transpose(1, 2)?;
+        let mut k = k.reshape((b, seq_len, n_kv, head_dim))?.transpose(1, 2)?;
         let v = v
             .reshape((b, seq_len, n_kv, head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = self.rotate(&q, index_pos)?;
-        let k = self.rotate(&k, index_pos)?;
+        if let Some([q_norm, k_norm]) = &layer.qk_norm {
+            q = q_norm.forward(&q.contiguous()?)?;
+            k = k_norm.forward(&k.contiguous()?)?;
+        }
+        let window = layer.window;
+        let q = self.rotate(&q, index_pos, window.is_some())?;
+        let k = self.rotate(&k, index_pos, window.is_some())?;
         let layer = &mut self.layers[i];
         let (k, v) = match &layer.kv_cache {
             Some((k_cache, v_cache)) if index_pos > 0 => (
@@ -320,6 +483,15 @@ impl LlamaLike {
             _ => (k, v),
         };
         layer.kv_cache = Some((k.clone(), v.clone()));
+        // One new token in a sliding layer sees only the window's last keys (the mask does this
+        // for several).
+        let (k, v) = match window {
+            Some(w) if seq_len == 1 && k.dim(2)? > w => {
+                let from = k.dim(2)? - w;
+                (k.narrow(2, from, w)?, v.narrow(2, from, w)?)
+            }
+            _ => (k, v),
+        };
         let k = repeat_kv(k, n_head / n_kv)?;
         let v = repeat_kv(v, n_head / n_kv)?;
         let att = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
@@ -332,21 +504,31 @@ impl LlamaLike {
         };
         let att = candle_nn::ops::softmax_last_dim(&att)?;
         let y = att.matmul(&v.contiguous()?)?;
-        let y = y.transpose(1, 2)?.reshape((b, seq_len, n_embd))?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, seq_len, n_head * head_dim))?;
         layer.wo.forward(&y)
     }
 }
 
-/// cos and sin of every position's rotation angles, as candle computes them.
+/// cos and sin of every position's rotation angles, as candle computes them (its gemma3 raises
+/// the base in f64: `wide`).
 fn rotary_tables(
     dim: usize,
     base: f32,
     positions: usize,
+    wide: bool,
     device: &Device,
-) -> candle_core::Result<(Tensor, Tensor)> {
+) -> candle_core::Result<Rotary> {
     let theta: Vec<f32> = (0..dim)
         .step_by(2)
-        .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
+        .map(|i| {
+            if wide {
+                1f32 / f64::from(base).powf(i as f64 / dim as f64) as f32
+            } else {
+                1f32 / base.powf(i as f32 / dim as f32)
+            }
+        })
         .collect();
     let n = theta.len();
     let theta = Tensor::new(theta.as_slice(), device)?;
@@ -354,7 +536,10 @@ fn rotary_tables(
         .to_dtype(DType::F32)?
         .reshape((positions, 1))?
         .matmul(&theta.reshape((1, n))?)?;
-    Ok((angles.cos()?, angles.sin()?))
+    Ok(Rotary {
+        cos: angles.cos()?,
+        sin: angles.sin()?,
+    })
 }
 
 #[cfg(test)]
@@ -421,6 +606,184 @@ mod tests {
     #[test]
     fn qwen2_logits_equal_candles_bit_for_bit() {
         same_logits_as_candle("qwen2");
+    }
+
+    /// candle's full-precision gemma3 (Hugging Face's names and norms, which store weight - 1)
+    /// on the same tiny file's tensors.
+    fn candle_gemma3(path: &std::path::Path) -> candle_transformers::models::gemma3::Model {
+        use crate::llm::tiny::{self, gemma3 as g};
+        let mut file = std::fs::File::open(path).unwrap();
+        let content = Content::read(&mut file).unwrap();
+        let mut hf = HashMap::new();
+        for name in content.tensor_infos.keys() {
+            let t = content
+                .tensor(&mut file, name, &Device::Cpu)
+                .unwrap()
+                .dequantize(&Device::Cpu)
+                .unwrap();
+            let (to, norm) = match name.as_str() {
+                "token_embd.weight" => ("model.embed_tokens.weight".to_string(), false),
+                "output_norm.weight" => ("model.norm.weight".to_string(), true),
+                _ => {
+                    let rest = name.strip_prefix("blk.").unwrap();
+                    let (layer, what) = rest.split_once('.').unwrap();
+                    let (part, norm) = match what {
+                        "attn_q.weight" => ("self_attn.q_proj", false),
+                        "attn_k.weight" => ("self_attn.k_proj", false),
+                        "attn_v.weight" => ("self_attn.v_proj", false),
+                        "attn_output.weight" => ("self_attn.o_proj", false),
+                        "attn_q_norm.weight" => ("self_attn.q_norm", true),
+                        "attn_k_norm.weight" => ("self_attn.k_norm", true),
+                        "attn_norm.weight" => ("input_layernorm", true),
+                        "post_attention_norm.weight" => ("post_attention_layernorm", true),
+                        "ffn_norm.weight" => ("pre_feedforward_layernorm", true),
+                        "post_ffw_norm.weight" => ("post_feedforward_layernorm", true),
+                        "ffn_gate.weight" => ("mlp.gate_proj", false),
+                        "ffn_up.weight" => ("mlp.up_proj", false),
+                        "ffn_down.weight" => ("mlp.down_proj", false),
+                        other => panic!("unexpected tensor {other}"),
+                    };
+                    (format!("model.layers.{layer}.{part}.weight"), norm)
+                }
+            };
+            hf.insert(to, if norm { (t - 1.0).unwrap() } else { t });
+        }
+        let vocab = hf["model.embed_tokens.weight"].dim(0).unwrap();
+        let config: candle_transformers::models::gemma3::Config =
+            serde_json::from_value(serde_json::json!({
+                "attention_bias": false,
+                "head_dim": g::HEAD_DIM,
+                "hidden_activation": "gelu_pytorch_tanh",
+                "hidden_size": tiny::DIM,
+                "intermediate_size": tiny::FF,
+                "num_attention_heads": tiny::HEADS,
+                "num_hidden_layers": g::LAYERS,
+                "num_key_value_heads": tiny::KV_HEADS,
+                "rms_norm_eps": g::EPS,
+                "rope_theta": g::ROPE_BASE,
+                "rope_local_base_freq": g::LOCAL_ROPE_BASE,
+                "vocab_size": vocab,
+                "final_logit_softcapping": null,
+                "attn_logit_softcapping": null,
+                "query_pre_attn_scalar": g::HEAD_DIM,
+                "sliding_window": g::WINDOW,
+                "sliding_window_pattern": g::PATTERN,
+                "max_position_embeddings": 4096
+            }))
+            .unwrap();
+        let vb = candle_nn::VarBuilder::from_tensors(hf, DType::F32, &Device::Cpu);
+        candle_transformers::models::gemma3::Model::new(false, &config, vb).unwrap()
+    }
+
+    fn tiny_gemma3(dir: &tempfile::TempDir) -> LlamaLike {
+        let path = dir.path().join("gemma3.gguf");
+        crate::llm::tiny::write_tiny_gemma3(&path, 5).unwrap();
+        let mut loaded =
+            baton_weights::load_gguf(&path, &Device::Cpu, &Default::default()).unwrap();
+        LlamaLike::new(&loaded.content, &mut loaded.tensors, &Device::Cpu).unwrap()
+    }
+
+    fn max_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// A 3-token prompt, then six tokens one by one: the local layers' window (4) is passed, so
+    /// what they forget is checked too.
+    fn gemma_steps(mut step: impl FnMut(&Tensor, usize) -> Tensor) -> Vec<Vec<f32>> {
+        let prompt = Tensor::new(&[[2u32, 40, 41]], &Device::Cpu).unwrap();
+        let mut out = vec![step(&prompt, 0)];
+        for (pos, id) in [(3usize, 12u32), (4, 77), (5, 9), (6, 200), (7, 31), (8, 64)] {
+            let x = Tensor::new(&[[id]], &Device::Cpu).unwrap();
+            out.push(step(&x, pos));
+        }
+        out.iter()
+            .map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn gemma3_logits_equal_candles_full_precision_gemma3() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ours = tiny_gemma3(&dir);
+        assert_eq!(ours.config().head_dim, crate::llm::tiny::gemma3::HEAD_DIM);
+        assert!(ours.config().is_sliding(0) && !ours.config().is_sliding(1));
+        let mine = gemma_steps(|x, pos| ours.forward(x, pos).unwrap());
+        let mut theirs_model = candle_gemma3(&dir.path().join("gemma3.gguf"));
+        // candle's gemma3 cannot take several tokens at once (its cache refuses the transposed
+        // values), so it reads the prompt one token at a time: the same computation.
+        let theirs = gemma_steps(|x, pos| {
+            let ids = x.flatten_all().unwrap().to_vec1::<u32>().unwrap();
+            let mut logits = None;
+            for (k, id) in ids.into_iter().enumerate() {
+                let one = Tensor::new(&[[id]], &Device::Cpu).unwrap();
+                logits = Some(theirs_model.forward(&one, pos + k).unwrap());
+            }
+            logits.unwrap()
+        });
+        assert!(mine.iter().flatten().all(|x| x.is_finite()));
+        assert_ne!(mine[5], mine[6]);
+        // candle's gemma3 normalises in separate ops where baton uses the fused RMS norm, so
+        // the last bits differ; a wrong norm, activation, window or rotation is off by far more.
+        let diff = max_difference(&mine, &theirs);
+        let scale = theirs.iter().flatten().fold(0f32, |m, x| m.max(x.abs()));
+        assert!(
+            diff <= 1e-4 * scale.max(1.0),
+            "max |difference| {diff} (logits up to {scale})"
+        );
+    }
+
+    #[test]
+    fn gemma3_sees_the_same_window_whether_tokens_come_at_once_or_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids = [2u32, 40, 41, 12, 77, 9, 200, 31, 64];
+        let mut model = tiny_gemma3(&dir);
+        let all = model
+            .forward(&Tensor::new(&[ids], &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        // Three at once after six: the mask's window, with cached tokens before it.
+        model
+            .forward(
+                &Tensor::new(&ids[..6], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                0,
+            )
+            .unwrap();
+        let chunked = model
+            .forward(
+                &Tensor::new(&ids[6..], &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+                6,
+            )
+            .unwrap();
+        let mut last = None;
+        for (pos, &id) in ids.iter().enumerate() {
+            last = Some(
+                model
+                    .forward(&Tensor::new(&[[id]], &Device::Cpu).unwrap(), pos)
+                    .unwrap(),
+            );
+        }
+        let v = |t: &Tensor| vec![t.flatten_all().unwrap().to_vec1::<f32>().unwrap()];
+        assert!(max_difference(&v(&all), &v(&last.unwrap())) < 1e-4);
+        assert!(max_difference(&v(&all), &v(&chunked)) < 1e-4);
+        // And the window matters: without it the last logits are different.
+        let mut wide = tiny_gemma3(&dir);
+        for layer in &mut wide.layers {
+            layer.window = None;
+        }
+        let unwindowed = wide
+            .forward(&Tensor::new(&[ids], &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        assert!(max_difference(&v(&all), &v(&unwindowed)) > 1e-3);
     }
 
     #[test]
