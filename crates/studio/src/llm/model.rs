@@ -62,7 +62,8 @@ impl Config {
 
     /// Whether layer `i` sees only the sliding window.
     pub fn is_sliding(&self, i: usize) -> bool {
-        self.sliding.is_some_and(|s| !(i + 1).is_multiple_of(s.pattern))
+        self.sliding
+            .is_some_and(|s| !(i + 1).is_multiple_of(s.pattern))
     }
 }
 
@@ -316,11 +317,17 @@ impl LlamaLike {
         }
         // gemma3's reference computes the angles' base in f64, the llama family's in f32.
         let wide = config.gemma();
+        // Llama 3.1's long-context scaling: llama.cpp's files carry per-frequency divisors.
+        let factors = match take.q("rope_freqs.weight") {
+            Ok(q) => Some(q.dequantize(&Device::Cpu)?.to_vec1::<f32>()?),
+            Err(_) => None,
+        };
         let rope = rotary_tables(
             config.rope_dim,
             config.rope_base,
             config.context,
             wide,
+            factors.as_deref(),
             device,
         )?;
         let local_rope = match config.sliding {
@@ -329,6 +336,7 @@ impl LlamaLike {
                 s.rope_base,
                 config.context,
                 wide,
+                None,
                 device,
             )?),
             None => None,
@@ -512,21 +520,27 @@ impl LlamaLike {
 }
 
 /// cos and sin of every position's rotation angles, as candle computes them (its gemma3 raises
-/// the base in f64: `wide`).
+/// the base in f64: `wide`), each frequency divided by its factor when the file gives them
+/// (llama.cpp's `rope_freqs`).
 fn rotary_tables(
     dim: usize,
     base: f32,
     positions: usize,
     wide: bool,
+    factors: Option<&[f32]>,
     device: &Device,
 ) -> candle_core::Result<Rotary> {
     let theta: Vec<f32> = (0..dim)
         .step_by(2)
         .map(|i| {
-            if wide {
+            let theta = if wide {
                 1f32 / f64::from(base).powf(i as f64 / dim as f64) as f32
             } else {
                 1f32 / base.powf(i as f32 / dim as f32)
+            };
+            match factors.and_then(|f| f.get(i / 2)) {
+                Some(factor) if *factor > 0.0 => theta / factor,
+                _ => theta,
             }
         })
         .collect();
