@@ -26,6 +26,9 @@ pub enum Command {
     Voice(VoiceArgs),
     /// Draw a picture for every scene with a Stable Diffusion model, one model on the device at a time.
     Images(ImagesArgs),
+    /// Make the run's video: every scene's picture for its narration's length, the narration as
+    /// the sound track, one subtitle per scene (4_video/, through ffmpeg).
+    Video(VideoArgs),
     /// Models baton knows, and fetching them into its store.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -59,6 +62,7 @@ impl Command {
             Command::Scenes(_)
             | Command::Voice(_)
             | Command::Images(_)
+            | Command::Video(_)
             | Command::Models(_)
             | Command::Demo(_)
             | Command::Catalog(_) => true,
@@ -233,10 +237,16 @@ pub struct VoiceArgs {
     /// Sample rate of the WAV files, in Hz.
     #[arg(long, default_value_t = 22050)]
     pub sample_rate: u32,
-    /// The engine: espeak (embedded, CPU, always there), parler (Parler-TTS, neural: needs its
-    /// weights), or auto: parler when its weights are found, else espeak.
+    /// The engine: piper (neural, CPU, fetched from the Python package index on first use),
+    /// parler (Parler-TTS, neural: needs its weights), espeak (embedded, CPU, always there,
+    /// robotic), or auto: parler when its weights are found, else piper, else espeak with a
+    /// loud notice.
     #[arg(long, value_enum, env = "BATON_VOICE_ENGINE", default_value = "auto")]
     pub engine: VoiceEngineChoice,
+    /// The Piper voice: piper-joe (the default, fetched on first use) or a FILE.onnx with its
+    /// FILE.onnx.json beside it.
+    #[arg(long, env = "BATON_VOICE_PIPER", default_value = "piper-joe")]
+    pub piper_voice: String,
     /// The Parler-TTS model: a folder (config.json, tokenizer.json, model.safetensors), or
     /// parler-tts-mini-v1 / parler-tts-large-v1 from the Hugging Face cache.
     #[arg(long, env = "BATON_VOICE_MODEL", default_value = baton_content::DEFAULT_VOICE_MODEL)]
@@ -259,8 +269,42 @@ pub struct VoiceArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum VoiceEngineChoice {
     Auto,
+    Piper,
     Espeak,
     Parler,
+}
+
+#[derive(Debug, Args)]
+pub struct VideoArgs {
+    /// The scenes file, e.g. output/…/1_scripts/cyberpunk_tokyo_scenes.json; its run folder
+    /// holds 2_audio/ (with voice.json) and 3_images/.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// The run folder to write 4_video/ into (default: the one the scenes file is in).
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// The frame's shape: 16:9 (landscape), 9:16 (portrait) or 1:1.
+    #[arg(long, env = "BATON_VIDEO_ASPECT", default_value = "16:9")]
+    pub aspect: String,
+    /// The frame's short side in pixels: 1080 for 1080p, 720 for 720p.
+    #[arg(long, env = "BATON_VIDEO_RESOLUTION", default_value_t = 1080)]
+    pub resolution: u32,
+    /// Frames per second.
+    #[arg(long, env = "BATON_VIDEO_FPS", default_value_t = 30)]
+    pub fps: u32,
+    /// Seconds each crossfade between scenes lasts (0: cuts).
+    #[arg(long, default_value_t = 0.5)]
+    pub crossfade: f64,
+    /// Draw the subtitles into the picture as well (they are always a track of the mp4 and an
+    /// .srt beside it).
+    #[arg(long, env = "BATON_VIDEO_BURN_SUBTITLES")]
+    pub burn_subtitles: bool,
+    /// x264's quality: lower is better and larger (18-28 is usual).
+    #[arg(long, default_value_t = 20)]
+    pub crf: u32,
+    /// x264's speed: ultrafast … veryslow.
+    #[arg(long, env = "BATON_VIDEO_PRESET", default_value = "veryfast")]
+    pub preset: String,
 }
 
 #[derive(Debug, Args)]

@@ -24,16 +24,19 @@ pub enum Stage {
     Voice,
     /// A diffusion model draws each scene: `3_images/scene_NN.png`.
     Images,
+    /// ffmpeg makes the video: `4_video/{slug}.mp4` and `{slug}.srt`.
+    Video,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::Scenes, Stage::Voice, Stage::Images];
+    pub const ALL: [Stage; 4] = [Stage::Scenes, Stage::Voice, Stage::Images, Stage::Video];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Scenes => "scenes",
             Stage::Voice => "voice",
             Stage::Images => "images",
+            Stage::Video => "video",
         }
     }
 
@@ -48,6 +51,7 @@ impl Stage {
             Stage::Scenes => "1_scripts",
             Stage::Voice => "2_audio",
             Stage::Images => "3_images",
+            Stage::Video => "4_video",
         }
     }
 
@@ -70,6 +74,13 @@ impl Stage {
                 "--run-dir",
                 "{run_dir}",
                 "--cards-if-no-model",
+            ],
+            Stage::Video => &[
+                "video",
+                "--input",
+                "{run_dir}/1_scripts/{slug}_scenes.json",
+                "--run-dir",
+                "{run_dir}",
             ],
         }
     }
@@ -125,6 +136,17 @@ outputs = ["3_images/"]
 # SD-Turbo in f16, phased: its largest phase (the UNet) is about 2.5 GiB.
 memory = "learn"
 memory_initial = "6GiB"
+
+[[stage]]
+name = "video"
+builtin = "video"
+after = ["voice", "images"]
+inputs = ["1_scripts/{slug}_scenes.json", "2_audio/", "3_images/"]
+# The mp4, its subtitles and video.json. ffmpeg encodes on the CPU.
+outputs = ["4_video/"]
+device = "cpu"
+memory = "learn"
+memory_initial = "1GiB"
 "#;
 
 const ESPEAK_VOICE: &str = r#"# The embedded engine (eSpeak NG) runs on the CPU.
@@ -132,6 +154,13 @@ device = "cpu"
 memory = "learn"
 memory_initial = "256MiB"
 env = { BATON_VOICE_ENGINE = "espeak" }"#;
+
+const PIPER_VOICE: &str = r#"# The offline neural engine (Piper, through ONNX Runtime) runs on the CPU; `auto` lets the
+# stage fall back to eSpeak NG, loudly, when the voice cannot be fetched.
+device = "cpu"
+memory = "learn"
+memory_initial = "768MiB"
+env = { BATON_VOICE_ENGINE = "auto" }"#;
 
 const PARLER_VOICE: &str = r#"# The neural engine (Parler-TTS mini, bf16) runs on the GPU.
 memory = "learn"
@@ -143,6 +172,8 @@ env = { BATON_VOICE_ENGINE = "parler" }"#;
 pub enum VoiceEngine {
     /// eSpeak NG, embedded: on the CPU.
     Espeak,
+    /// Piper, neural, fetched on first use: on the CPU.
+    Piper,
     /// Parler-TTS, neural: on the GPU.
     Parler,
 }
@@ -152,6 +183,7 @@ impl VoiceEngine {
     pub fn from_env() -> Option<VoiceEngine> {
         match std::env::var("BATON_VOICE_ENGINE").ok()?.as_str() {
             "parler" => Some(VoiceEngine::Parler),
+            "piper" => Some(VoiceEngine::Piper),
             "espeak" => Some(VoiceEngine::Espeak),
             _ => None,
         }
@@ -160,16 +192,18 @@ impl VoiceEngine {
     pub fn name(self) -> &'static str {
         match self {
             VoiceEngine::Espeak => "espeak",
+            VoiceEngine::Piper => "piper",
             VoiceEngine::Parler => "parler",
         }
     }
 }
 
-/// The built-in content pipeline with the voice stage set up for `engine`: the neural one runs
-/// on the GPU, so its stage is placed there like the others; eSpeak NG's runs on the CPU.
+/// The built-in content pipeline with the voice stage set up for `engine`: Parler-TTS runs on
+/// the GPU, so its stage is placed there like the others; Piper and eSpeak NG run on the CPU.
 pub fn pipeline(engine: VoiceEngine, catalog: &ContentCatalog) -> Pipeline {
     let voice = match engine {
         VoiceEngine::Espeak => ESPEAK_VOICE,
+        VoiceEngine::Piper => PIPER_VOICE,
         VoiceEngine::Parler => PARLER_VOICE,
     };
     Pipeline::parse(
@@ -199,8 +233,8 @@ impl ContentCatalog {
     }
 
     /// The voice engine the content pipeline places: `BATON_VOICE_ENGINE` when it names one,
-    /// else the neural voice when its weights are on this machine (as `baton voice` would
-    /// choose), else eSpeak NG.
+    /// else Parler-TTS when its weights are on this machine (as `baton voice` would choose),
+    /// else Piper (which falls back to eSpeak NG, loudly, when it cannot be fetched).
     pub fn voice_engine(&self) -> VoiceEngine {
         if let Some(engine) = VoiceEngine::from_env() {
             return engine;
@@ -209,7 +243,7 @@ impl ContentCatalog {
             Some(lines) if lines.first().map(String::as_str) == Some("parler") => {
                 VoiceEngine::Parler
             }
-            _ => VoiceEngine::Espeak,
+            _ => VoiceEngine::Piper,
         }
     }
 
@@ -299,11 +333,14 @@ impl StageCatalog for ContentCatalog {
             Stage::Images => {
                 short(setting("BATON_IMAGES_MODEL").unwrap_or_else(|| "sd-turbo".into()))
             }
+            Stage::Video => "ffmpeg".into(),
             Stage::Voice => match setting("BATON_VOICE_ENGINE").as_deref() {
                 Some("espeak") => "espeak".into(),
-                _ => short(
+                Some("parler") => short(
                     setting("BATON_VOICE_MODEL").unwrap_or_else(|| DEFAULT_VOICE_MODEL.into()),
                 ),
+                // Piper, asked for or as `auto` picks it in the content pipeline.
+                _ => short(setting("BATON_VOICE_PIPER").unwrap_or_else(|| "piper-joe".into())),
             },
         })
     }
@@ -311,7 +348,13 @@ impl StageCatalog for ContentCatalog {
     fn inherited_prefixes(&self) -> &[&str] {
         // The stages' settings: a user who sets BATON_SCENES_MODEL for `baton run` means it
         // for the scenes stage.
-        &["BATON_SCENES", "BATON_IMAGES_", "BATON_VOICE_"]
+        &[
+            "BATON_SCENES",
+            "BATON_IMAGES_",
+            "BATON_VOICE_",
+            "BATON_VIDEO_",
+            "BATON_FFMPEG",
+        ]
     }
 }
 
@@ -329,7 +372,10 @@ mod tests {
         let mut sorted = folders.clone();
         sorted.sort();
         assert_eq!(folders, sorted);
-        assert_eq!(Stage::ALL.map(Stage::name), ["scenes", "voice", "images"]);
+        assert_eq!(
+            Stage::ALL.map(Stage::name),
+            ["scenes", "voice", "images", "video"]
+        );
     }
 
     #[test]
@@ -337,7 +383,7 @@ mod tests {
         let p = pipeline(VoiceEngine::Espeak, &catalog());
         assert_eq!(
             p.stages.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
-            ["scenes", "voice", "images"]
+            ["scenes", "voice", "images", "video"]
         );
         // Every builtin runs the stage program, which reads the storyboard scenes wrote.
         assert_eq!(p.stages[0].command.argv()[0], "/opt/baton/baton-stages");
@@ -346,6 +392,9 @@ mod tests {
             ["voice", "--input"].map(String::from)
         );
         assert_eq!(p.stages[2].inputs, p.stages[0].outputs);
+        // The video waits for the narration and the pictures, and reads both folders.
+        assert_eq!(p.stages[3].after, ["voice", "images"]);
+        assert_eq!(p.stages[3].device, DeviceKind::Cpu);
     }
 
     #[test]

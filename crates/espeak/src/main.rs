@@ -10,8 +10,15 @@
 //! ```
 //! Output: 16-bit mono PCM WAV at the engine's rate (22050 Hz), written whole (temporary name,
 //! then rename). Exit 0 on success, 2 for bad arguments, 1 when synthesis fails.
+//!
+//! ```text
+//! baton-espeak --ipa [--data DIR] [--voice en-us] < text
+//! ```
+//! Output: the text's phonemes in IPA on standard output, one sentence a line, the way Piper's
+//! voices were trained on them (`piper.phonemize_espeak`): each clause's phonemes followed by
+//! its punctuation, and a space after `,` `:` `;`. This is what baton's Piper voice reads.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,6 +26,8 @@ use espeak_ng::{EspeakNg, Parameter};
 
 struct Args {
     out: PathBuf,
+    /// Print phonemes instead of writing audio.
+    ipa: bool,
     /// Where the bundled voice data is unpacked (baton passes its cache folder).
     data: PathBuf,
     voice: String,
@@ -28,7 +37,7 @@ struct Args {
 
 fn usage(why: &str) -> ExitCode {
     eprintln!(
-        "baton-espeak: {why}\nusage: baton-espeak --out FILE.wav [--data DIR] [--voice en-us] [--rate 80-450] [--pitch 0-100] < text"
+        "baton-espeak: {why}\nusage: baton-espeak --out FILE.wav [--data DIR] [--voice en-us] [--rate 80-450] [--pitch 0-100] < text\n       baton-espeak --ipa [--data DIR] [--voice en-us] < text"
     );
     ExitCode::from(2)
 }
@@ -36,6 +45,7 @@ fn usage(why: &str) -> ExitCode {
 fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut args = Args {
         out: PathBuf::new(),
+        ipa: false,
         data: std::env::temp_dir().join(format!("baton-espeak-data-{}", env!("CARGO_PKG_VERSION"))),
         voice: "en-us".into(),
         rate: 175,
@@ -45,6 +55,7 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
         let mut value = || argv.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--out" => args.out = PathBuf::from(value()?),
+            "--ipa" => args.ipa = true,
             "--data" => args.data = PathBuf::from(value()?),
             "--voice" => args.voice = value()?,
             "--rate" => {
@@ -66,8 +77,8 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             other => return Err(format!("unknown argument '{other}'")),
         }
     }
-    if args.out.as_os_str().is_empty() {
-        return Err("--out FILE.wav is required".into());
+    if args.out.as_os_str().is_empty() && !args.ipa {
+        return Err("--out FILE.wav (or --ipa) is required".into());
     }
     Ok(args)
 }
@@ -116,6 +127,72 @@ fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
     out
 }
 
+/// The text split where eSpeak NG ends a clause: after `.` `!` `?` `,` `:` `;` when a space or
+/// the end follows. Each clause comes with its terminator, if it has one.
+fn clauses(text: &str) -> Vec<(&str, Option<char>)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let ends = matches!(c, '.' | '!' | '?' | ',' | ':' | ';')
+            && chars.peek().is_none_or(|(_, next)| next.is_whitespace());
+        if ends {
+            out.push((&text[start..i], Some(c)));
+            start = i + c.len_utf8();
+        }
+    }
+    out.push((&text[start..], None));
+    out.retain(|(clause, end)| !clause.trim().is_empty() || end.is_some());
+    out
+}
+
+/// Phonemes a sentence a line, as Piper's phonemizer writes them: a clause's IPA (language
+/// switch flags such as `(fr)` removed), then its punctuation; `, : ;` continue the sentence
+/// after a space, `. ! ?` end it.
+fn sentences(engine: &EspeakNg, text: &str) -> Result<Vec<String>, String> {
+    let mut done = Vec::new();
+    let mut sentence = String::new();
+    for (clause, end) in clauses(text) {
+        let ipa = if clause.trim().is_empty() {
+            String::new()
+        } else {
+            engine
+                .text_to_phonemes(clause.trim())
+                .map_err(|e| format!("phonemizing '{clause}' failed: {e}"))?
+        };
+        let mut flags = false;
+        for c in ipa.trim().chars() {
+            match c {
+                '(' => flags = true,
+                ')' if flags => flags = false,
+                // A clause eSpeak NG split further comes back on several lines.
+                '\n' if !flags => sentence.push(' '),
+                _ if !flags => sentence.push(c),
+                _ => {}
+            }
+        }
+        match end {
+            Some(c @ (',' | ':' | ';')) => {
+                sentence.push(c);
+                sentence.push(' ');
+            }
+            Some(c) => {
+                sentence.push(c);
+                done.push(std::mem::take(&mut sentence));
+            }
+            None => {}
+        }
+    }
+    if !sentence.trim().is_empty() {
+        done.push(sentence);
+    }
+    Ok(done
+        .into_iter()
+        .map(|s| s.trim_end().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
 fn run(args: &Args) -> Result<(), String> {
     let mut text = String::new();
     std::io::stdin()
@@ -129,6 +206,13 @@ fn run(args: &Args) -> Result<(), String> {
         .map_err(|e| format!("cannot unpack the voice data into {}: {e}", dir.display()))?;
     let mut engine = EspeakNg::with_data_dir(&args.voice, dir)
         .map_err(|e| format!("voice '{}': {e}", args.voice))?;
+    if args.ipa {
+        let mut out = std::io::stdout().lock();
+        for sentence in sentences(&engine, text.trim())? {
+            writeln!(out, "{sentence}").map_err(|e| format!("cannot write: {e}"))?;
+        }
+        return Ok(());
+    }
     engine.set_parameter(Parameter::Rate, args.rate);
     engine.set_parameter(Parameter::Pitch, args.pitch);
     let (samples, rate) = engine

@@ -1,5 +1,5 @@
 //! `baton-stages`: the stage program. It runs the commands that load models or compute on a
-//! GPU (`scenes`, `voice`, `images`, `models`, `demo`, `run --mode monolithic` and the compute
+//! GPU (`scenes`, `voice`, `images`, `video`, `models`, `demo`, `run --mode monolithic` and the compute
 //! benchmarks), as the runner's built-in stages and when `baton` hands a user's command over.
 //!
 //! A key design decision: this is the only program that links the tensor libraries, and in a
@@ -23,6 +23,7 @@ use baton_base::fault::{Classifier, classifier};
 const CLASSIFIERS: &[Classifier] = &[
     classifier::<baton_studio::scenes::ScenesError>,
     classifier::<baton_studio::voice::VoiceError>,
+    classifier::<baton_studio::video::VideoError>,
     classifier::<baton_studio::images::ImagesError>,
     classifier::<baton_studio::model_store::StoreError>,
     classifier::<baton_studio::compute::ComputeError>,
@@ -44,6 +45,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Scenes(args) => scenes::scenes(args, out),
         Command::Voice(args) => voice::voice(args, out),
         Command::Images(args) => images::images(args, out),
+        Command::Video(args) => video::video(args, out),
         Command::Models(ModelsCommand::List) => models::models_list(out),
         Command::Models(ModelsCommand::Fetch { name }) => models::models_fetch(name, out),
         Command::Models(ModelsCommand::Warm { name }) => models::models_warm(name, out),

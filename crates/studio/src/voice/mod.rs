@@ -8,6 +8,7 @@
 //! child process) and a neural engine sit behind the same call.
 
 pub mod parler;
+pub mod piper;
 pub mod stage;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub enum VoiceError {
     NoModel(String),
     #[error(transparent)]
     Hub(#[from] crate::hub::HubError),
+    /// A Piper voice or ONNX Runtime could not be had from the model store.
+    #[error(transparent)]
+    Store(#[from] crate::model_store::StoreError),
     #[error(transparent)]
     Compute(#[from] crate::compute::ComputeError),
     #[error(transparent)]
@@ -67,6 +71,7 @@ impl baton_base::fault::Classify for VoiceError {
             | VoiceError::Option(_)
             | VoiceError::NoModel(_) => Fault::Input,
             VoiceError::Hub(e) => e.fault(),
+            VoiceError::Store(e) => e.fault(),
             VoiceError::Compute(e) => e.fault(),
             VoiceError::Memory(e) => e.fault(),
             VoiceError::Write(e) => e.fault(),
@@ -156,6 +161,45 @@ impl Espeak {
             program,
             data: baton_memory::cache_dir::baton_cache_dir("BATON_ESPEAK_DATA", "espeak-ng-data"),
         })
+    }
+}
+
+impl Espeak {
+    /// `text`'s phonemes in eSpeak NG's IPA, a sentence an item, as Piper's voices read them
+    /// (`baton-espeak --ipa`).
+    pub fn phonemes(&self, text: &str, voice: &str) -> Result<Vec<String>, String> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(&self.program)
+            .arg("--ipa")
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--voice", voice])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
+        // The text is short (a scene's narration): written whole before the output is read.
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(text.as_bytes())
+            .map_err(|e| format!("cannot hand it the text: {e}"))?;
+        let done = child.wait_with_output().map_err(|e| e.to_string())?;
+        if !done.status.success() {
+            return Err(String::from_utf8_lossy(&done.stderr).trim().to_string());
+        }
+        let sentences: Vec<String> = String::from_utf8_lossy(&done.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if sentences.is_empty() {
+            return Err(format!("no phonemes for '{text}'"));
+        }
+        Ok(sentences)
     }
 }
 

