@@ -8,8 +8,10 @@
 //! the stage program can tell (is a Parler-TTS model on this machine? which files will the
 //! images stage load?) this crate asks it, as a child process, through `baton-stages catalog`.
 
+pub mod report;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use baton_runner::pipeline::DeviceKind;
@@ -343,6 +345,10 @@ impl StageCatalog for ContentCatalog {
                 _ => short(setting("BATON_VOICE_PIPER").unwrap_or_else(|| "piper-joe".into())),
             },
         })
+    }
+
+    fn report_html(&self, run_dir: &Path) -> Option<String> {
+        report::report_html(run_dir)
     }
 
     fn inherited_prefixes(&self) -> &[&str] {

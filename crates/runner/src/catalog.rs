@@ -8,7 +8,7 @@
 //! of plain commands needs none ([`NoBuiltins`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::pipeline::DeviceKind;
 
@@ -42,6 +42,13 @@ pub trait StageCatalog: Send + Sync {
     /// `sd-turbo` are different needs of one `images` stage. Called on the scheduler's thread:
     /// read settings, never files. `None` keys the need by the builtin's name alone.
     fn model(&self, _name: &str, _env: &BTreeMap<String, String>) -> Option<String> {
+        None
+    }
+
+    /// HTML showing what the catalog's stages made in the run folder `run_dir` (a storyboard's
+    /// scenes with their pictures and clips, say), for the run's `report/index.html`, which
+    /// lies in `run_dir/report/`. `None`: the report shows the stages' files by their kind.
+    fn report_html(&self, _run_dir: &Path) -> Option<String> {
         None
     }
 

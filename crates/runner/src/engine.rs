@@ -775,7 +775,8 @@ impl Engine {
             ));
         }
         self.save(run);
-        if let Err(err) = crate::report::write_run_report(&run.dir, &run.manifest) {
+        let made = self.catalog.report_html(&run.dir);
+        if let Err(err) = crate::report::write_run_report(&run.dir, &run.manifest, made) {
             tracing::warn!(
                 "could not write the report of {}: {err}",
                 run.manifest.run_id

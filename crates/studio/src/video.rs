@@ -320,13 +320,19 @@ fn wrap(text: &str, width: usize) -> String {
     out
 }
 
-/// `BATON_FFMPEG`, else `ffmpeg` on the `PATH`.
-pub fn find_ffmpeg() -> Option<PathBuf> {
+/// `BATON_FFMPEG` (which must be a file), else `ffmpeg` on the `PATH`, else None.
+pub fn find_ffmpeg() -> Result<Option<PathBuf>, VideoError> {
     if let Some(p) = std::env::var_os("BATON_FFMPEG").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
-        return p.is_file().then_some(p);
+        if !p.is_file() {
+            return Err(VideoError::Option(format!(
+                "BATON_FFMPEG='{}' is not a file; point it at the ffmpeg program, or unset it to use the one on the PATH",
+                p.display()
+            )));
+        }
+        return Ok(Some(p));
     }
-    find_on_path("ffmpeg")
+    Ok(find_on_path("ffmpeg"))
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -450,7 +456,7 @@ pub fn run_video(
         encode_seconds: 0.0,
         ffmpeg: None,
     };
-    let Some(ffmpeg) = find_ffmpeg() else {
+    let Some(ffmpeg) = find_ffmpeg()? else {
         let why = format!("ffmpeg is not installed: {INSTALL_FFMPEG}");
         on(VideoEvent::Skipped { why: why.clone() });
         manifest.skipped = Some(why);

@@ -86,7 +86,7 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         "batch_{}",
         baton_base::run_dir::timestamp(std::time::SystemTime::now())
     ));
-    write_report(&report_dir, "baton batch", &manifests)?;
+    write_report(&report_dir, "baton batch", &manifests, &[])?;
     let ok = plans
         .iter()
         .filter(|p| p.manifest.state == RunState::Succeeded)

@@ -15,3 +15,67 @@ pub fn baton_exe() -> PathBuf {
     );
     exe
 }
+
+/// One model store for every test of this crate, so what is fetched from the Python package
+/// index (the Piper voice, ONNX Runtime) is fetched once.
+pub fn shared_models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("baton-models")
+}
+
+/// `ffprobe`'s answer for one entry of a file, e.g. `format=duration`.
+pub fn ffprobe(file: &std::path::Path, entries: &str, streams: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new("ffprobe");
+    cmd.args(["-v", "error"]);
+    if let Some(s) = streams {
+        cmd.args(["-select_streams", s]);
+    }
+    let out = cmd
+        .args(["-show_entries", entries, "-of", "default=nw=1:nk=1"])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs (CI installs ffmpeg: scripts/ci-deps.sh)");
+    assert!(
+        out.status.success(),
+        "ffprobe {}: {:?}",
+        file.display(),
+        out
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The run's video: H.264 + AAC + a subtitle track, as long as `narration.wav` within 0.1 s,
+/// and an `.srt` with one cue per scene.
+pub fn assert_video_matches_narration(run: &std::path::Path, slug: &str, scenes: usize) {
+    let mp4 = run.join(format!("4_video/{slug}.mp4"));
+    let narration = run.join("2_audio/narration.wav");
+    let seconds =
+        |f: &std::path::Path| -> f64 { ffprobe(f, "format=duration", None).parse().unwrap() };
+    let (video, audio) = (seconds(&mp4), seconds(&narration));
+    assert!(
+        (video - audio).abs() <= 0.1,
+        "video {video}s, narration {audio}s"
+    );
+    assert_eq!(ffprobe(&mp4, "stream=codec_name", Some("v:0")), "h264");
+    assert_eq!(ffprobe(&mp4, "stream=codec_name", Some("a:0")), "aac");
+    assert_eq!(ffprobe(&mp4, "stream=codec_name", Some("s:0")), "mov_text");
+    // The audio track plays: it decodes whole, and is as long as the narration.
+    let track: f64 = ffprobe(&mp4, "stream=duration", Some("a:0"))
+        .parse()
+        .unwrap();
+    assert!(
+        (track - audio).abs() <= 0.1,
+        "audio track {track}s vs {audio}s"
+    );
+    let decoded = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&mp4)
+        .args(["-map", "0:a", "-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success() && decoded.stderr.is_empty(),
+        "{decoded:?}"
+    );
+    let srt = std::fs::read_to_string(run.join(format!("4_video/{slug}.srt"))).unwrap();
+    assert_eq!(srt.matches(" --> ").count(), scenes, "{srt}");
+}

@@ -184,7 +184,7 @@ impl Espeak {
             .stdin
             .take()
             .expect("piped")
-            .write_all(text.as_bytes())
+            .write_all(speakable_years(text).as_bytes())
             .map_err(|e| format!("cannot hand it the text: {e}"))?;
         let done = child.wait_with_output().map_err(|e| e.to_string())?;
         if !done.status.success() {
@@ -229,7 +229,7 @@ impl VoiceEngine for Espeak {
                 .stdin
                 .take()
                 .expect("piped")
-                .write_all(text.as_bytes())
+                .write_all(speakable_years(text).as_bytes())
                 .map_err(|e| format!("cannot hand it the text: {e}"))?;
             let done = child.wait_with_output().map_err(|e| e.to_string())?;
             if !done.status.success() {
@@ -448,4 +448,114 @@ pub fn write_voice(
     let json = serde_json::to_vec_pretty(&manifest).expect("the manifest serializes");
     write_atomic(&audio_dir.join("voice.json"), &json)?;
     Ok(manifest)
+}
+
+/// Years and decades as people read them aloud ("1969" → "nineteen sixty-nine", "1920s" →
+/// "nineteen twenties"), for the eSpeak NG front end, which reads a four-digit number as a
+/// quantity ("one thousand nine hundred and sixty-nine"). Only whole tokens of four digits
+/// from 1100 to 1999 and 2010 to 2099 are years; other numbers are left to the engine.
+pub fn speakable_years(text: &str) -> String {
+    const ONES: [&str; 20] = [
+        "oh",
+        "one",
+        "two",
+        "three",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+        "nine",
+        "ten",
+        "eleven",
+        "twelve",
+        "thirteen",
+        "fourteen",
+        "fifteen",
+        "sixteen",
+        "seventeen",
+        "eighteen",
+        "nineteen",
+    ];
+    const TENS: [&str; 10] = [
+        "", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety",
+    ];
+    let two = |n: usize| -> String {
+        match n {
+            0..=19 => ONES[n].to_string(),
+            _ if n.is_multiple_of(10) => TENS[n / 10].to_string(),
+            _ => format!("{}-{}", TENS[n / 10], ONES[n % 10]),
+        }
+    };
+    let plural = |word: String| -> String {
+        match word.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{word}s"),
+        }
+    };
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut i = 0;
+    while i < chars.len() {
+        let boundary_before = i == 0 || !chars[i - 1].is_alphanumeric();
+        let digits = chars[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(boundary_before && digits == 4) {
+            // Copy a whole run of digits (or one other character) as it is.
+            let step = digits.max(1);
+            out.extend(&chars[i..i + step]);
+            i += step;
+            continue;
+        }
+        let year: usize = chars[i..i + 4]
+            .iter()
+            .collect::<String>()
+            .parse()
+            .expect("four digits");
+        let rest = &chars[i + 4..];
+        let decade = rest.first() == Some(&'s') && rest.get(1).is_none_or(|c| !c.is_alphanumeric());
+        let after_ok = decade || rest.first().is_none_or(|c| !c.is_alphanumeric());
+        let is_year = (1100..=1999).contains(&year) || (2010..=2099).contains(&year);
+        if !(after_ok && is_year) {
+            out.extend(&chars[i..i + 4]);
+            i += 4;
+            continue;
+        }
+        let (hi, lo) = (year / 100, year % 100);
+        let words = match (lo, decade) {
+            (0, false) => format!("{} hundred", two(hi)),
+            (0, true) => format!("{} hundreds", two(hi)),
+            (1..=9, false) => format!("{} oh {}", two(hi), ONES[lo]),
+            (_, false) => format!("{} {}", two(hi), two(lo)),
+            (_, true) => format!("{} {}", two(hi), plural(two(lo))),
+        };
+        out.push_str(&words);
+        i += 4 + usize::from(decade);
+    }
+    out
+}
+
+#[cfg(test)]
+mod years_tests {
+    use super::speakable_years;
+
+    #[test]
+    fn years_and_decades_are_read_as_people_read_them() {
+        assert_eq!(
+            speakable_years("In 1969, two men walked on the moon."),
+            "In nineteen sixty-nine, two men walked on the moon."
+        );
+        assert_eq!(
+            speakable_years("A jazz club in 1920s New York"),
+            "A jazz club in nineteen twenties New York"
+        );
+        assert_eq!(
+            speakable_years("1905 and 1800s and 2026."),
+            "nineteen oh five and eighteen hundreds and twenty twenty-six."
+        );
+        // Not years: other lengths, quantities, codes.
+        assert_eq!(
+            speakable_years("12345 people, 2005, 3000 ships, 1969a, A1969, 19.69"),
+            "12345 people, 2005, 3000 ships, 1969a, A1969, 19.69"
+        );
+    }
 }

@@ -222,6 +222,11 @@ impl Piper {
         (ids, missing)
     }
 
+    /// The program that turns text into this voice's phonemes.
+    pub fn phonemizer(&self) -> &Espeak {
+        &self.phonemizer
+    }
+
     /// Samples for one sentence's ids, with `[noise_scale, length_scale, noise_w]`.
     pub fn synthesize_ids(&self, ids: &[i64], scales: [f32; 3]) -> Result<Vec<f32>, String> {
         let n = ids.len();
