@@ -34,9 +34,14 @@ pub fn report_html(run_dir: &Path) -> Option<String> {
     match video {
         Some(name) => {
             let srt = name.trim_end_matches(".mp4").to_string() + ".srt";
+            // The first scene's picture stands for the video until it plays.
+            let poster = ["3_images/scene_01.png"]
+                .into_iter()
+                .find(|p| run_dir.join(p).is_file())
+                .map_or(String::new(), |p| format!(" poster=\"../{p}\""));
             let _ = writeln!(
                 out,
-                "<video id=\"video\" controls preload=\"metadata\" width=\"640\" src=\"../4_video/{n}\"></video>\n<p>video: <a href=\"../4_video/{n}\">{n}</a> · subtitles: <a href=\"../4_video/{s}\">{s}</a></p>",
+                "<video id=\"video\" controls preload=\"metadata\" width=\"640\"{poster} src=\"../4_video/{n}\"></video>\n<p>video: <a href=\"../4_video/{n}\">{n}</a> · subtitles: <a href=\"../4_video/{s}\">{s}</a></p>",
                 n = escape(&name),
                 s = escape(&srt)
             );

@@ -604,7 +604,11 @@ impl Engine {
                                 "could not store the learned memory need of '{stage}': {err}"
                             );
                         }
-                        (StageState::Succeeded, None)
+                        // What the stage fell back to (cards, a plainer voice, no video) is
+                        // its note: the final table and run.json show it.
+                        let note =
+                            (!attempt.warnings.is_empty()).then(|| attempt.warnings.join("; "));
+                        (StageState::Succeeded, note)
                     }
                     Some(why) if interrupt::requested().is_some() => (
                         StageState::Failed,

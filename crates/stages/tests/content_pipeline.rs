@@ -105,6 +105,19 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
         "{voice}"
     );
     common::assert_video_matches_narration(&run, "cyberpunk_tokyo", 2);
+    // The fallback is the stage's note, in run.json and in the final table's NOTE column.
+    assert!(
+        stages[2]["note"]
+            .as_str()
+            .unwrap()
+            .contains("STORYBOARD CARDS"),
+        "{manifest}"
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("images ") && l.contains("NO IMAGE MODEL")),
+        "{said}"
+    );
     let images_attempt = &stages[2]["attempts"][0];
     assert!(
         images_attempt["warnings"][0]
@@ -114,6 +127,7 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
         "{images_attempt}"
     );
     assert!(run.join("report/index.html").is_file());
+    report_shows_the_run(&run);
 
     // Every file the stages wrote is in the manifest: a scene's picture and clip deleted
     // later make resume run voice and images again, and keep the storyboard.
@@ -153,6 +167,36 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
         "{after}"
     );
     common::assert_video_matches_narration(&run, "cyberpunk_tokyo", 2);
+}
+
+/// The report, as a browser draws it: the warnings box first, then the video, and every
+/// scene's picture as a thumbnail beside its text and clip player.
+fn report_shows_the_run(run: &Path) {
+    let page = run.join("report/index.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for needle in [
+        "class=\"warnings\"",
+        "STORYBOARD CARDS",
+        "src=\"../4_video/cyberpunk_tokyo.mp4\"",
+        "src=\"../3_images/scene_01.png\"",
+        "src=\"../3_images/scene_02.png\"",
+        "src=\"../2_audio/scene_02.wav\"",
+    ] {
+        assert!(html.contains(needle), "{needle} not in {html}");
+    }
+    let (w, h, rgba) = common::screenshot(&page, 1280, 2400);
+    assert_eq!((w, h), (1280, 2400));
+    let pixels: Vec<&[u8]> = rgba.chunks(4).collect();
+    let count = |f: &dyn Fn(&[u8]) -> bool| pixels.iter().filter(|p| f(p)).count();
+    // The warnings box's yellow (#fff3cd).
+    let warning = count(&|p| p[..3] == [0xff, 0xf3, 0xcd]);
+    // The storyboard cards drawn as thumbnails: their dark blue, over two 256-pixel images.
+    let card = count(&|p| p[0] < 40 && p[2] > 50 && p[2] > p[0] + 25);
+    assert!(warning > 5_000, "warnings box: {warning} pixels");
+    assert!(card > 2 * 150 * 150, "card thumbnails: {card} pixels");
+    // The memory chart is drawn (vram.svg): its axis and lines are not the page's white.
+    let ink = count(&|p| p[..3] != [255, 255, 255]);
+    assert!(ink > card + warning, "{ink}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ fn piper(dir: &Path) -> (Piper, PiperFiles) {
     let store = ModelStore::new(common::shared_models_dir());
     let files = PiperFiles::resolve("piper-joe", &store, true).expect("fetch the Piper voice");
     let espeak = Espeak {
-        program: Path::new(env!("CARGO_BIN_EXE_baton-stages")).with_file_name("baton-espeak"),
+        program: common::espeak_exe(),
         data: dir.join("espeak"),
     };
     (Piper::load(&files, espeak).unwrap(), files)

@@ -440,7 +440,11 @@ impl ModelStore {
                         continue;
                     }
                     let spec = format!("pip:{}/{name}", package.file_name().to_string_lossy());
-                    if !KNOWN.iter().any(|k| k.spec == spec) {
+                    // A known voice's config is part of that voice.
+                    if !KNOWN
+                        .iter()
+                        .any(|k| k.spec == spec || format!("{}.json", k.spec) == spec)
+                    {
                         rows.push((spec.clone(), spec, f.metadata().ok().map(|m| m.len())));
                     }
                 }

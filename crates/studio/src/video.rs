@@ -655,8 +655,6 @@ fn ffmpeg_args(
         "yuv420p".into(),
         "-r".into(),
         fps.to_string(),
-        "-frames:v".into(),
-        timeline.frames.to_string(),
         "-c:a".into(),
         "aac".into(),
         "-b:a".into(),

