@@ -122,9 +122,52 @@ fn words_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
     })
 }
 
+/// The narration's schema: words, as [`words_schema`], one of which is a word of the topic (or
+/// an obvious form of it: `bees`, `keeper's`, `Tokyo's`), so a small model cannot drift off
+/// the topic; any words when the topic has none worth naming.
+fn narration_schema(topic_words: &[String]) -> serde_json::Value {
+    if topic_words.is_empty() {
+        return words_schema(NARRATION_WORDS);
+    }
+    let forms: Vec<String> = topic_words
+        .iter()
+        .map(|w| w.trim_end_matches("'s"))
+        .filter(|w| !w.is_empty() && w.chars().all(char::is_alphanumeric))
+        .map(|w| {
+            let mut c = w.chars();
+            let first = c.next().expect("content words are not empty");
+            let rest: String = c.collect();
+            format!("[{}{}]{rest}", first.to_lowercase(), first.to_uppercase())
+        })
+        .collect();
+    if forms.is_empty() {
+        return words_schema(NARRATION_WORDS);
+    }
+    // The topic's word, a plural or a possessive, then a closing mark.
+    let topic = format!("(?:{})(?:s|es)?(?:'s)?[.,;:!?]?", forms.join("|"));
+    // A few words before it, more after: at most NARRATION_WORDS' longest in all.
+    let (before, after) = (NARRATION_TOPIC_BEFORE, NARRATION_TOPIC_AFTER);
+    let (after_min, after_max) = (after.start(), after.end());
+    serde_json::json!({
+        "type": "string",
+        // The last word ends the sentence: a narration is read aloud, and one cut off at a
+        // comma by the word limit sounds broken.
+        "pattern": format!("^(?:{WORD} ){{0,{before}}}{topic}(?: {WORD}){{{after_min},{after_max}}} {LAST_WORD}$"),
+    })
+}
+
+/// At most this many words come before the topic's word in a narration, and this many after.
+const NARRATION_TOPIC_BEFORE: usize = 6;
+const NARRATION_TOPIC_AFTER: std::ops::RangeInclusive<usize> = 5..=10;
+const _: () = assert!(
+    NARRATION_TOPIC_BEFORE + 1 + *NARRATION_TOPIC_AFTER.end() + 1 <= *NARRATION_WORDS.end()
+);
+
 /// One word: at most `MAX_WORD` characters.
 const WORD: &str = "[\\p{L}\\p{N}]{1,12}(['-]\\p{L}{1,6})?[.,;:!?]?";
 const MAX_WORD: usize = 12 + 7 + 1;
+/// A sentence's last word: as [`WORD`], ending with a full stop, `!` or `?`.
+const LAST_WORD: &str = "[\\p{L}\\p{N}]{1,12}(['-]\\p{L}{1,6})?[.!?]";
 
 /// The longest text a words schema of `words` words admits.
 const fn longest(words: usize) -> usize {
@@ -293,12 +336,14 @@ struct Written {
 
 /// Runs one constrained generation, with another seed when it does not finish in time (the
 /// unfinished text goes to the log), and adds its counts to `total`.
+#[allow(clippy::too_many_arguments)]
 fn generate_part<T: serde::de::DeserializeOwned>(
     llm: &mut Llm,
     what: &str,
     turns: &[(String, String)],
     schema: &serde_json::Value,
     sampler: &Sampler,
+    avoid: &[u32],
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<T, ScenesError> {
@@ -314,7 +359,7 @@ fn generate_part<T: serde::de::DeserializeOwned>(
             ..sampler.clone()
         };
         let before = total.tokens;
-        match llm.generate_json(&prompt, schema.clone(), &seeded, &mut |n| {
+        match llm.generate_json_avoiding(&prompt, schema.clone(), &seeded, avoid, &mut |n| {
             on_token(before + n)
         }) {
             Ok(g) => {
@@ -354,6 +399,8 @@ pub fn generate_storyboard(
     sampler: &Sampler,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<(Storyboard, Generation), ScenesError> {
+    // From an empty cache, so the same seed writes the same storyboard whatever ran before.
+    llm.forget()?;
     let mut total = Generation {
         text: String::new(),
         prompt_tokens: 0,
@@ -376,14 +423,16 @@ pub fn generate_storyboard(
         &outline_turns(topic, scenes),
         &outline_schema,
         sampler,
+        &[],
         &mut total,
         on_token,
     )?;
+    let topic_words = crate::quality::content_words(topic);
     let scene_schema = compact(serde_json::json!({
         "type": "object",
         "properties": {
             "title": words_schema(TITLE_WORDS),
-            "narration": words_schema(NARRATION_WORDS),
+            "narration": narration_schema(&topic_words),
             "image_prompt": words_schema(IMAGE_PROMPT_WORDS),
             // Whole seconds: a number with decimals lets a small model write digits forever.
             "duration_seconds": {"type": "integer", "minimum": 4, "maximum": 8}
@@ -394,6 +443,15 @@ pub fn generate_storyboard(
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
     for k in 1..=scenes {
         let turns = scene_turns(topic, &plan.title, &plan.outline, k);
+        // The words earlier scenes (and the worked example) used, but the topic's: this scene
+        // should find its own.
+        let said: String = written
+            .iter()
+            .map(|s| s.narration.as_str())
+            .chain([example::NARRATION])
+            .collect::<Vec<_>>()
+            .join(" ");
+        let avoid = llm.word_tokens(&said, &topic_words);
         let mut best: Option<(f64, Scene)> = None;
         for attempt in 0..SCENE_TRIES {
             let seeded = Sampler {
@@ -406,6 +464,7 @@ pub fn generate_storyboard(
                 &turns,
                 &scene_schema,
                 &seeded,
+                &avoid,
                 &mut total,
                 on_token,
             )?;

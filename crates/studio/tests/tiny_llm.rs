@@ -161,6 +161,14 @@ fn the_storyboard_is_planned_then_written_scene_by_scene_in_words_only() {
         for text in [&s.title, &s.narration] {
             assert!(!has_markup(text) && !text.contains(['(', ')']), "{text:?}");
         }
+        // Random weights, yet every narration names the topic: the constraint asks for one
+        // of its words.
+        let lower = s.narration.to_lowercase();
+        assert!(
+            lower.contains("cyberpunk") || lower.contains("tokyo"),
+            "{:?}",
+            s.narration
+        );
     }
     assert!(!has_markup(&board.title), "{:?}", board.title);
     // The outline and every scene were generated (at least four constrained parts), and the
@@ -236,4 +244,52 @@ fn a_gemma3_model_reads_its_sentencepiece_tokenizer_and_writes_valid_json() {
     let board: Storyboard =
         serde_json::from_str(&out.text).unwrap_or_else(|e| panic!("{e}: {}", out.text));
     assert_eq!(board.scenes.len(), 2);
+}
+
+#[test]
+fn a_prompt_that_shares_its_start_with_the_last_one_gives_what_a_fresh_model_gives() {
+    use baton_studio::llm::tiny::write_tiny_gemma3;
+    let dir = tempfile::tempdir().unwrap();
+    let llama = dir.path().join("tiny.gguf");
+    let gemma = dir.path().join("tiny-gemma3.gguf");
+    write_tiny_llama(&llama, 4).unwrap();
+    write_tiny_gemma3(&gemma, 4).unwrap();
+    let greedy = Sampler {
+        temperature: 0.0,
+        ..sampler(1)
+    };
+    // A short string: greedy random weights would otherwise write one forever.
+    let schema = serde_json::json!({"type": "object",
+        "properties": {"a": {"type": "string", "maxLength": 24}},
+        "required": ["a"], "additionalProperties": false,
+        "x-guidance": {"whitespace_flexible": false}});
+    // Long enough that gemma3's sliding window is crossed while the cache is reused.
+    let shared = "Write a storyboard about the sea at night. ".repeat(6);
+    let (first, second) = (
+        format!("{shared}Scene one."),
+        format!("{shared}Scene two, please."),
+    );
+    for path in [&llama, &gemma] {
+        let mut warm = Llm::load(path, &Device::Cpu, None).unwrap();
+        warm.generate_json(&first, schema.clone(), &greedy, &mut |_| {})
+            .unwrap();
+        // The second prompt reuses the first's cached start, and a third goes back to a
+        // shorter one.
+        let reused = warm
+            .generate_json(&second, schema.clone(), &greedy, &mut |_| {})
+            .unwrap();
+        let back = warm
+            .generate_json(&shared, schema.clone(), &greedy, &mut |_| {})
+            .unwrap();
+        let mut fresh = Llm::load(path, &Device::Cpu, None).unwrap();
+        let expected = fresh
+            .generate_json(&second, schema.clone(), &greedy, &mut |_| {})
+            .unwrap();
+        assert_eq!(reused.text, expected.text, "{}", path.display());
+        fresh.forget().unwrap();
+        let expected = fresh
+            .generate_json(&shared, schema.clone(), &greedy, &mut |_| {})
+            .unwrap();
+        assert_eq!(back.text, expected.text, "{}", path.display());
+    }
 }

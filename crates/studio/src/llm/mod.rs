@@ -84,6 +84,12 @@ pub struct Llm {
     /// quotes, braces, brackets, colons). Only those are penalised for repeating, so the
     /// penalty can never break the JSON around them.
     free_text: Vec<bool>,
+    /// The constraint engine over this model's tokenizer, built on the first constrained
+    /// generation and kept: building it walks the whole vocabulary, which costs more than a
+    /// scene's generation on a CPU, and a storyboard is written in many parts.
+    constraints: std::sync::OnceLock<std::sync::Arc<ParserFactory>>,
+    /// The tokens whose keys and values the model's cache holds, in order.
+    cached: Vec<u32>,
 }
 
 impl Llm {
@@ -181,6 +187,8 @@ impl Llm {
             device: device.clone(),
             file_bytes,
             load: loaded.report,
+            constraints: std::sync::OnceLock::new(),
+            cached: Vec::new(),
         })
     }
 
@@ -198,9 +206,37 @@ impl Llm {
     }
 
     fn forward(&mut self, input: &[u32], pos: usize) -> Result<Tensor, LlmError> {
+        // What the cache holds past `pos` belongs to another sequence.
+        if pos < self.cached.len() {
+            self.weights.truncate_cache(pos)?;
+        }
+        self.cached.truncate(pos);
         let x = Tensor::new(input, &self.device)?.unsqueeze(0)?;
         let logits = self.weights.forward(&x, pos)?;
+        self.cached.extend_from_slice(input);
         Ok(logits.squeeze(0)?)
+    }
+
+    /// The logits after `prompt`, computing only what the cache does not already hold: the
+    /// parts of a storyboard share their system text and worked example, which on a CPU cost
+    /// more to read than the answer costs to write.
+    fn prefill(&mut self, prompt: &[u32]) -> Result<Tensor, LlmError> {
+        let shared = self
+            .cached
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            // The last prompt token is always computed: its logits are the answer's start.
+            .min(prompt.len().saturating_sub(1));
+        self.forward(&prompt[shared..], shared)
+    }
+
+    /// Drops the cache: the next generation computes its whole prompt.
+    pub fn forget(&mut self) -> Result<(), LlmError> {
+        self.weights.truncate_cache(0)?;
+        self.cached.clear();
+        Ok(())
     }
 
     /// The prompt for a system and a user message, through the model's chat template (when
@@ -256,20 +292,68 @@ impl Llm {
         options: &Sampler,
         on_token: &mut dyn FnMut(usize),
     ) -> Result<Generation, LlmError> {
-        let tok_env = toktrie_hf_tokenizers::ByteTokenizer::from_tokenizer(self.tokenizer.clone())
-            .and_then(|mut b| {
-                b.set_eos_token(self.eos);
-                b.into_tok_env(Some(self.n_vocab))
+        self.generate_json_avoiding(prompt, schema, options, &[], on_token)
+    }
+
+    /// The token ids of `text`'s longer words (four letters or more), for
+    /// [`Llm::generate_json_avoiding`]: what an earlier scene said, so the next one says
+    /// something else. Words in `keep` (the topic's) are left out: those should repeat.
+    pub fn word_tokens(&self, text: &str, keep: &[String]) -> Vec<u32> {
+        let Ok(encoding) = self.tokenizer.encode(text, false) else {
+            return Vec::new();
+        };
+        let mut ids: Vec<u32> = encoding
+            .get_ids()
+            .iter()
+            .copied()
+            .filter(|&id| {
+                self.tokenizer.decode(&[id], false).is_ok_and(|t| {
+                    let t = t.trim().to_lowercase();
+                    t.chars().filter(|c| c.is_alphabetic()).count() >= 4
+                        && !keep.iter().any(|k| k.starts_with(&t) || t.starts_with(k))
+                })
             })
-            .map_err(|e| {
-                LlmError::BadModel(format!(
-                    "its tokenizer cannot drive the JSON constraint: {e}"
-                ))
-            })?;
-        let factory =
-            ParserFactory::new_simple(&tok_env).map_err(|e| LlmError::Generation(e.to_string()))?;
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// [`Llm::generate_json`], with the tokens in `avoid` made less likely (the penalty
+    /// [`AVOID_PENALTY`], on word tokens only, never the JSON's structure).
+    pub fn generate_json_avoiding(
+        &mut self,
+        prompt: &str,
+        schema: serde_json::Value,
+        options: &Sampler,
+        avoid: &[u32],
+        on_token: &mut dyn FnMut(usize),
+    ) -> Result<Generation, LlmError> {
+        let built = Instant::now();
+        let factory = match self.constraints.get() {
+            Some(factory) => factory.clone(),
+            None => {
+                let tok_env =
+                    toktrie_hf_tokenizers::ByteTokenizer::from_tokenizer(self.tokenizer.clone())
+                        .and_then(|mut b| {
+                            b.set_eos_token(self.eos);
+                            b.into_tok_env(Some(self.n_vocab))
+                        })
+                        .map_err(|e| {
+                            LlmError::BadModel(format!(
+                                "its tokenizer cannot drive the JSON constraint: {e}"
+                            ))
+                        })?;
+                let factory = ParserFactory::new_simple(&tok_env)
+                    .map_err(|e| LlmError::Generation(e.to_string()))?;
+                self.constraints
+                    .get_or_init(|| std::sync::Arc::new(factory))
+                    .clone()
+            }
+        };
         let mut matcher =
             Matcher::new(factory.create_parser(TopLevelGrammar::from_json_schema(schema)));
+        tracing::debug!("constraint ready in {:.2?}", built.elapsed());
         if let Some(err) = matcher.get_error() {
             return Err(LlmError::Generation(format!(
                 "the JSON constraint cannot be built: {err}"
@@ -283,7 +367,7 @@ impl Llm {
             .to_vec();
         let mut sampler = options.logits_processor(true);
         let start = Instant::now();
-        let mut logits = self.forward(&prompt_tokens, 0)?;
+        let mut logits = self.prefill(&prompt_tokens)?;
         let prompt_time = start.elapsed();
         let mut out: Vec<u32> = Vec::new();
         let decode_start = Instant::now();
@@ -332,6 +416,18 @@ impl Llm {
                         *v / options.repeat_penalty
                     } else {
                         *v * options.repeat_penalty
+                    };
+                }
+            }
+            for &id in avoid {
+                if self.free_text.get(id as usize) == Some(&true)
+                    && let Some(v) = values.get_mut(id as usize)
+                    && v.is_finite()
+                {
+                    *v = if *v > 0.0 {
+                        *v / AVOID_PENALTY
+                    } else {
+                        *v * AVOID_PENALTY
                     };
                 }
             }
@@ -550,6 +646,11 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}{% if m.role
 
 /// How many recent tokens the repeat penalty looks at.
 const REPEAT_WINDOW: usize = 64;
+
+/// How much less likely [`Llm::generate_json_avoiding`] makes an avoided token: enough that a
+/// small model finds other words for a scene it would otherwise copy, not so much that it
+/// writes nonsense to escape them.
+pub const AVOID_PENALTY: f32 = 1.4;
 
 /// How tokens are chosen.
 #[derive(Debug, Clone)]

@@ -360,6 +360,21 @@ impl LlamaLike {
 
     /// The logits of the last position of `x` (batch, sequence of token ids), whose first token
     /// sits at `index_pos`; the key/value cache keeps what came before.
+    /// Keeps the first `len` positions of every layer's key/value cache and drops the rest, so
+    /// the next `forward` can start at `len`: a prompt that shares its beginning with the
+    /// last one computes only what differs.
+    pub fn truncate_cache(&mut self, len: usize) -> candle_core::Result<()> {
+        for layer in &mut self.layers {
+            layer.kv_cache = match layer.kv_cache.take() {
+                Some((k, v)) if len > 0 && k.dim(2)? >= len => {
+                    Some((k.narrow(2, 0, len)?, v.narrow(2, 0, len)?))
+                }
+                _ => None,
+            };
+        }
+        Ok(())
+    }
+
     pub fn forward(&mut self, x: &Tensor, index_pos: usize) -> candle_core::Result<Tensor> {
         let (_batch, seq_len) = x.dims2()?;
         let gemma = self.config.gemma();
