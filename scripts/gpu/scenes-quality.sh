@@ -37,14 +37,9 @@ if want gemma; then
     tar -C "$WORK" -czf "$OUT/gemma.tgz" gemma
 fi
 if want monolithic; then
-    section "monolithic, 3 scenes (scenes stage only)"
-    cat > "$WORK/p.toml" <<TOML
-name = "scenes-only"
-[[stage]]
-name = "scenes"
-builtin = "scenes"
-TOML
-    BATON_SCENES=3 BATON_SCENES_MODEL=$SMOL $NOW/baton run --mode monolithic --pipeline "$WORK/p.toml" \
-        --topic "A lighthouse keeper's last night" --output "$WORK/mono" 2>&1 | grep -v INFO | tail -12
+    section "monolithic, 3 scenes (the built-in pipeline; eSpeak NG voice, cards, video if ffmpeg is here)"
+    BATON_SCENES=3 BATON_SCENES_MODEL=$SMOL BATON_VOICE_ENGINE=espeak $NOW/baton run --mode monolithic \
+        --topic "A lighthouse keeper's last night" --output "$WORK/mono" 2>&1 | grep -v INFO | tail -14
+    cp "$WORK"/mono/*/1_scripts/*_scenes.json "$OUT/monolithic-scenes.json" 2>/dev/null
 fi
 rm -rf "$WORK"

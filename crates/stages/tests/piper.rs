@@ -140,3 +140,22 @@ fn a_voice_file_without_its_config_is_refused_by_name() {
         .to_string();
     assert!(err.contains("'no-such-voice'"), "{err}");
 }
+
+#[test]
+fn a_runtime_that_is_not_onnx_runtime_is_refused_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ModelStore::new(common::shared_models_dir());
+    // The real voice, with a "runtime" that is not a shared library at all.
+    let mut files = PiperFiles::resolve("piper-joe", &store, true).unwrap();
+    files.runtime = dir.path().join("libonnxruntime.so");
+    std::fs::write(&files.runtime, b"not a library").unwrap();
+    let espeak = Espeak {
+        program: common::espeak_exe(),
+        data: dir.path().join("espeak"),
+    };
+    let err = Piper::load(&files, espeak).err().unwrap().to_string();
+    assert!(
+        err.contains("libonnxruntime.so") && err.contains("BATON_ONNXRUNTIME"),
+        "{err}"
+    );
+}

@@ -125,7 +125,15 @@ fn words_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
 /// The narration's schema: words, as [`words_schema`], one of which is a word of the topic (or
 /// an obvious form of it: `bees`, `keeper's`, `Tokyo's`), so a small model cannot drift off
 /// the topic; any words when the topic has none worth naming.
-fn narration_schema(topic_words: &[String]) -> serde_json::Value {
+fn narration_schema(topic: &str, topic_words: &[String]) -> serde_json::Value {
+    // A name (a word capitalised inside the topic: Tokyo, Paris) is written capitalised only.
+    let is_name = |w: &str| {
+        topic.split_whitespace().skip(1).any(|t| {
+            let t = t.trim_matches(|c: char| !c.is_alphanumeric());
+            t.to_lowercase().trim_end_matches("'s") == w
+                && t.chars().next().is_some_and(char::is_uppercase)
+        })
+    };
     if topic_words.is_empty() {
         return words_schema(NARRATION_WORDS);
     }
@@ -137,7 +145,11 @@ fn narration_schema(topic_words: &[String]) -> serde_json::Value {
             let mut c = w.chars();
             let first = c.next().expect("content words are not empty");
             let rest: String = c.collect();
-            format!("[{}{}]{rest}", first.to_lowercase(), first.to_uppercase())
+            if is_name(w) {
+                format!("{}{rest}", first.to_uppercase())
+            } else {
+                format!("[{}{}]{rest}", first.to_lowercase(), first.to_uppercase())
+            }
         })
         .collect();
     if forms.is_empty() {
@@ -164,10 +176,12 @@ const _: () = assert!(
 );
 
 /// One word: at most `MAX_WORD` characters.
-const WORD: &str = "[\\p{L}\\p{N}]{1,12}(['-]\\p{L}{1,6})?[.,;:!?]?";
+/// It starts with a letter: a small model left free to write digits writes lists of them
+/// ("5, 1, 5, 1, 2, 3"), and numbers read better spelled out.
+const WORD: &str = "\\p{L}[\\p{L}\\p{N}]{0,11}(['-]\\p{L}{1,6})?[.,;:!?]?";
 const MAX_WORD: usize = 12 + 7 + 1;
 /// A sentence's last word: as [`WORD`], ending with a full stop, `!` or `?`.
-const LAST_WORD: &str = "[\\p{L}\\p{N}]{1,12}(['-]\\p{L}{1,6})?[.!?]";
+const LAST_WORD: &str = "\\p{L}[\\p{L}\\p{N}]{0,11}(['-]\\p{L}{1,6})?[.!?]";
 
 /// The longest text a words schema of `words` words admits.
 const fn longest(words: usize) -> usize {
@@ -343,7 +357,7 @@ fn generate_part<T: serde::de::DeserializeOwned>(
     turns: &[(String, String)],
     schema: &serde_json::Value,
     sampler: &Sampler,
-    avoid: &[u32],
+    avoid: (&[u32], f32),
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<T, ScenesError> {
@@ -386,6 +400,86 @@ fn generate_part<T: serde::de::DeserializeOwned>(
     Err(last.expect("at least one try").into())
 }
 
+/// How much less likely a scene's words make the same words in the scenes after it (logits
+/// divided by this, then by more at each rewrite): enough that a small model finds other
+/// words for a scene it would otherwise copy, not so much that it writes nonsense to escape.
+const AVOID_PENALTY: f32 = 1.4;
+
+/// An image prompt for a scene whose prompt only repeated its narration: asked on its own,
+/// with the narration's words made less likely, so it names what the picture shows; after
+/// two tries that still copy, the scene's title and the topic.
+fn describe_picture(
+    llm: &mut Llm,
+    topic: &str,
+    scene: &Scene,
+    topic_words: &[String],
+    sampler: &Sampler,
+    total: &mut Generation,
+    on_token: &mut dyn FnMut(usize),
+) -> Result<String, ScenesError> {
+    #[derive(serde::Deserialize)]
+    struct Picture {
+        image_prompt: String,
+    }
+    let schema = compact(serde_json::json!({
+        "type": "object",
+        "properties": {"image_prompt": words_schema(IMAGE_PROMPT_WORDS)},
+        "required": ["image_prompt"],
+        "additionalProperties": false
+    }));
+    let ask = |narration: &str| {
+        format!(
+            "A scene of a narrated video about {topic}. Its narration: \"{narration}\"\n\
+             Describe the picture shown during it for an image generator, in words of your own, \
+             not the narration's: who or what, where, the light."
+        )
+    };
+    let turns = vec![
+        ("system".to_string(), SYSTEM.to_string()),
+        ("user".to_string(), ask(example::NARRATION)),
+        (
+            "assistant".to_string(),
+            compact_json(&serde_json::json!({"image_prompt": example::IMAGE_PROMPT})),
+        ),
+        ("user".to_string(), ask(&scene.narration)),
+    ];
+    let avoid = llm.word_tokens(&scene.narration, topic_words);
+    for attempt in 0..2u64 {
+        let seeded = Sampler {
+            seed: sampler
+                .seed
+                .wrapping_add(7 * scene.index as u64 + 5000 + attempt),
+            ..sampler.clone()
+        };
+        let picture: Picture = generate_part(
+            llm,
+            &format!("picture of scene {}", scene.index),
+            &turns,
+            &schema,
+            &seeded,
+            (&avoid, 2.0 + attempt as f32),
+            total,
+            on_token,
+        )?;
+        let prompt = picture.image_prompt.trim().to_string();
+        let candidate = Scene {
+            image_prompt: prompt.clone(),
+            ..scene.clone()
+        };
+        if !crate::quality::prompt_copies_narration(&candidate) {
+            return Ok(prompt);
+        }
+    }
+    tracing::info!(
+        "scene {}'s image prompt kept copying its narration; using its title and the topic",
+        scene.index
+    );
+    Ok(format!(
+        "{}, {topic}",
+        scene.title.trim_end_matches(['.', ',', '!', '?'])
+    ))
+}
+
 /// Writes a storyboard of `scenes` scenes about `topic` the way small models do it well: a
 /// title and a one-line outline first, then each scene on its own with the topic and the
 /// outline in its prompt. A scene that repeats an earlier one (word trigrams) or whose image
@@ -423,7 +517,7 @@ pub fn generate_storyboard(
         &outline_turns(topic, scenes),
         &outline_schema,
         sampler,
-        &[],
+        (&[], 1.0),
         &mut total,
         on_token,
     )?;
@@ -432,7 +526,7 @@ pub fn generate_storyboard(
         "type": "object",
         "properties": {
             "title": words_schema(TITLE_WORDS),
-            "narration": narration_schema(&topic_words),
+            "narration": narration_schema(topic, &topic_words),
             "image_prompt": words_schema(IMAGE_PROMPT_WORDS),
             // Whole seconds: a number with decimals lets a small model write digits forever.
             "duration_seconds": {"type": "integer", "minimum": 4, "maximum": 8}
@@ -464,7 +558,8 @@ pub fn generate_storyboard(
                 &turns,
                 &scene_schema,
                 &seeded,
-                &avoid,
+                // Harder at each try: the last one found the earlier scenes' words again.
+                (&avoid, AVOID_PENALTY + 0.4 * attempt as f32),
                 &mut total,
                 on_token,
             )?;
@@ -501,7 +596,19 @@ pub fn generate_storyboard(
                 score * 100.0
             );
         }
-        written.push(best.expect("at least one try").1);
+        let mut scene = best.expect("at least one try").1;
+        if crate::quality::prompt_copies_narration(&scene) {
+            scene.image_prompt = describe_picture(
+                llm,
+                topic,
+                &scene,
+                &topic_words,
+                sampler,
+                &mut total,
+                on_token,
+            )?;
+        }
+        written.push(scene);
     }
     let board = Storyboard {
         topic: topic.trim().to_string(),

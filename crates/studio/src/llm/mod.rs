@@ -220,7 +220,14 @@ impl Llm {
     /// The logits after `prompt`, computing only what the cache does not already hold: the
     /// parts of a storyboard share their system text and worked example, which on a CPU cost
     /// more to read than the answer costs to write.
+    ///
+    /// On the CPU only: there a prompt costs seconds; on a GPU it costs milliseconds, and the
+    /// whole prompt is computed as it always was, so the GPU path keeps the kernels and
+    /// numbers measured on it.
     fn prefill(&mut self, prompt: &[u32]) -> Result<Tensor, LlmError> {
+        if !self.device.is_cpu() {
+            return self.forward(prompt, 0);
+        }
         let shared = self
             .cached
             .iter()
@@ -292,7 +299,7 @@ impl Llm {
         options: &Sampler,
         on_token: &mut dyn FnMut(usize),
     ) -> Result<Generation, LlmError> {
-        self.generate_json_avoiding(prompt, schema, options, &[], on_token)
+        self.generate_json_avoiding(prompt, schema, options, (&[], 1.0), on_token)
     }
 
     /// The token ids of `text`'s longer words (four letters or more), for
@@ -319,14 +326,15 @@ impl Llm {
         ids
     }
 
-    /// [`Llm::generate_json`], with the tokens in `avoid` made less likely (the penalty
-    /// [`AVOID_PENALTY`], on word tokens only, never the JSON's structure).
+    /// [`Llm::generate_json`], with the tokens in `avoid` made less likely: their logits are
+    /// divided by `penalty` (a positive one; multiplied, a negative one), on word tokens only,
+    /// never the JSON's structure.
     pub fn generate_json_avoiding(
         &mut self,
         prompt: &str,
         schema: serde_json::Value,
         options: &Sampler,
-        avoid: &[u32],
+        (avoid, penalty): (&[u32], f32),
         on_token: &mut dyn FnMut(usize),
     ) -> Result<Generation, LlmError> {
         let built = Instant::now();
@@ -344,8 +352,14 @@ impl Llm {
                                 "its tokenizer cannot drive the JSON constraint: {e}"
                             ))
                         })?;
-                let factory = ParserFactory::new_simple(&tok_env)
+                let mut factory = ParserFactory::new_simple(&tok_env)
                     .map_err(|e| LlmError::Generation(e.to_string()))?;
+                // A storyboard's word-counted fields are large regexes, and Gemma's vocabulary
+                // is 262k tokens: the default budget (200k fuel a token) ran out on one step of
+                // "A jazz club in 1920s New York". A heavy step now costs ~0.1 s instead.
+                let limits = factory.limits_mut();
+                limits.step_lexer_fuel = 5_000_000;
+                limits.initial_lexer_fuel = 10_000_000;
                 self.constraints
                     .get_or_init(|| std::sync::Arc::new(factory))
                     .clone()
@@ -424,11 +438,7 @@ impl Llm {
                     && let Some(v) = values.get_mut(id as usize)
                     && v.is_finite()
                 {
-                    *v = if *v > 0.0 {
-                        *v / AVOID_PENALTY
-                    } else {
-                        *v * AVOID_PENALTY
-                    };
+                    *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
                 }
             }
             let masked = Tensor::new(values.as_slice(), &Device::Cpu)?;
@@ -646,11 +656,6 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}{% if m.role
 
 /// How many recent tokens the repeat penalty looks at.
 const REPEAT_WINDOW: usize = 64;
-
-/// How much less likely [`Llm::generate_json_avoiding`] makes an avoided token: enough that a
-/// small model finds other words for a scene it would otherwise copy, not so much that it
-/// writes nonsense to escape them.
-pub const AVOID_PENALTY: f32 = 1.4;
 
 /// How tokens are chosen.
 #[derive(Debug, Clone)]

@@ -131,6 +131,7 @@ pub struct Piper {
 /// Loads ONNX Runtime from `runtime` once per process; a second call with another file is
 /// refused (one runtime per process).
 fn load_runtime(runtime: &Path) -> Result<(), VoiceError> {
+    check_runtime(runtime)?;
     static LOADED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let first = LOADED.get_or_init(|| runtime.to_path_buf());
     if first != runtime {
@@ -144,6 +145,50 @@ fn load_runtime(runtime: &Path) -> Result<(), VoiceError> {
         .commit()
         .map_err(|e| runtime_error(runtime, e))?;
     Ok(())
+}
+
+/// The oldest ONNX Runtime whose C API `ort` (2.0.0-rc.10) was written for.
+const OLDEST_RUNTIME_MINOR: u32 = 22;
+
+/// Opens the library, reads its version and checks it is 1.22 or newer: `ort` panics on a
+/// library it cannot open or an older one, and a voice stage must fail (or fall back) with a
+/// message instead.
+fn check_runtime(runtime: &Path) -> Result<(), VoiceError> {
+    #[repr(C)]
+    struct ApiBase {
+        get_api: unsafe extern "C" fn(u32) -> *const std::ffi::c_void,
+        get_version_string: unsafe extern "C" fn() -> *const std::ffi::c_char,
+    }
+    // SAFETY: loading runs the library's initialisers; it is ONNX Runtime's own library from
+    // the store (checked against its wheel's RECORD) or the one BATON_ONNXRUNTIME names.
+    let lib =
+        unsafe { libloading::Library::new(runtime) }.map_err(|e| runtime_error(runtime, e))?;
+    // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release, and returns
+    // a pointer to a static struct whose first two members are these functions.
+    let version = unsafe {
+        let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ApiBase> = lib
+            .get(b"OrtGetApiBase")
+            .map_err(|e| runtime_error(runtime, e))?;
+        let base = get_base();
+        if base.is_null() {
+            return Err(runtime_error(runtime, "OrtGetApiBase returned nothing"));
+        }
+        let text = ((*base).get_version_string)();
+        std::ffi::CStr::from_ptr(text)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let minor = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse::<u32>().ok());
+    match minor {
+        Some(m) if version.starts_with("1.") && m >= OLDEST_RUNTIME_MINOR => Ok(()),
+        _ => Err(runtime_error(
+            runtime,
+            format!("it is version {version}, older than 1.{OLDEST_RUNTIME_MINOR}"),
+        )),
+    }
 }
 
 fn runtime_error(runtime: &Path, e: impl std::fmt::Display) -> VoiceError {
