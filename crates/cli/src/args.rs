@@ -197,8 +197,9 @@ pub struct ScenesArgs {
     /// Give up when the JSON is not finished after this many tokens.
     #[arg(long, env = "BATON_SCENES_MAX_TOKENS", default_value_t = 3000)]
     pub max_tokens: usize,
-    /// Makes recently written tokens less likely (1.0: off); small models repeat themselves.
-    #[arg(long, default_value_t = 1.0)]
+    /// Makes recently written words less likely (1.0: off); small models repeat themselves. It
+    /// applies to word tokens only, never the JSON's structure.
+    #[arg(long, env = "BATON_SCENES_REPEAT_PENALTY", default_value_t = 1.15)]
     pub repeat_penalty: f32,
     /// Words added to every scene's image prompt, for one look across the pictures (empty:
     /// none).
@@ -613,7 +614,7 @@ pub struct BenchScenesArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 0.7)]
     pub temperature: f64,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.15)]
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 3000)]
     pub max_tokens: usize,

@@ -171,9 +171,8 @@ fn narration_schema(topic: &str, topic_words: &[String]) -> serde_json::Value {
 /// At most this many words come before the topic's word in a narration, and this many after.
 const NARRATION_TOPIC_BEFORE: usize = 6;
 const NARRATION_TOPIC_AFTER: std::ops::RangeInclusive<usize> = 5..=10;
-const _: () = assert!(
-    NARRATION_TOPIC_BEFORE + 1 + *NARRATION_TOPIC_AFTER.end() + 1 <= *NARRATION_WORDS.end()
-);
+const _: () =
+    assert!(NARRATION_TOPIC_BEFORE + *NARRATION_TOPIC_AFTER.end() + 2 <= *NARRATION_WORDS.end());
 
 /// One word: at most `MAX_WORD` characters.
 /// It starts with a letter: a small model left free to write digits writes lists of them

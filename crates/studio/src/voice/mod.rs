@@ -168,12 +168,27 @@ impl Espeak {
     /// `text`'s phonemes in eSpeak NG's IPA, a sentence an item, as Piper's voices read them
     /// (`baton-espeak --ipa`).
     pub fn phonemes(&self, text: &str, voice: &str) -> Result<Vec<String>, String> {
+        let stdout = self.run(&["--ipa", "--voice", voice], text)?;
+        let sentences: Vec<String> = String::from_utf8_lossy(&stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        if sentences.is_empty() {
+            return Err(format!("no phonemes for '{text}'"));
+        }
+        Ok(sentences)
+    }
+
+    /// Runs `baton-espeak ARGS --data DIR` with `text` (years written out) on its standard
+    /// input, and returns what it printed; its error output is the error.
+    fn run(&self, args: &[&str], text: &str) -> Result<Vec<u8>, String> {
         use std::io::Write;
         let mut child = std::process::Command::new(&self.program)
-            .arg("--ipa")
+            .args(args)
             .arg("--data")
             .arg(&self.data)
-            .args(["--voice", voice])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -190,16 +205,7 @@ impl Espeak {
         if !done.status.success() {
             return Err(String::from_utf8_lossy(&done.stderr).trim().to_string());
         }
-        let sentences: Vec<String> = String::from_utf8_lossy(&done.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .map(String::from)
-            .collect();
-        if sentences.is_empty() {
-            return Err(format!("no phonemes for '{text}'"));
-        }
-        Ok(sentences)
+        Ok(done.stdout)
     }
 }
 
@@ -209,32 +215,23 @@ impl VoiceEngine for Espeak {
     }
 
     fn speak(&self, text: &str, options: &VoiceOptions) -> Result<Audio, String> {
-        use std::io::Write;
         let dir = tempdir_in(&std::env::temp_dir()).map_err(|e| e.to_string())?;
         let out = dir.join("clip.wav");
         let rate = (175.0 * options.speed).round().clamp(80.0, 450.0) as u32;
         let result = (|| {
-            let mut child = std::process::Command::new(&self.program)
-                .arg("--out")
-                .arg(&out)
-                .arg("--data")
-                .arg(&self.data)
-                .args(["--voice", &options.voice, "--rate", &rate.to_string()])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
-            child
-                .stdin
-                .take()
-                .expect("piped")
-                .write_all(speakable_years(text).as_bytes())
-                .map_err(|e| format!("cannot hand it the text: {e}"))?;
-            let done = child.wait_with_output().map_err(|e| e.to_string())?;
-            if !done.status.success() {
-                return Err(String::from_utf8_lossy(&done.stderr).trim().to_string());
-            }
+            let out_arg = out.display().to_string();
+            let rate = rate.to_string();
+            self.run(
+                &[
+                    "--out",
+                    &out_arg,
+                    "--voice",
+                    &options.voice,
+                    "--rate",
+                    &rate,
+                ],
+                text,
+            )?;
             wav::read(&out).map_err(|e| e.to_string())
         })();
         let _ = std::fs::remove_dir_all(&dir);
