@@ -162,7 +162,7 @@ const PIPER_VOICE: &str = r#"# The offline neural engine (Piper, through ONNX Ru
 device = "cpu"
 memory = "learn"
 memory_initial = "768MiB"
-env = { BATON_VOICE_ENGINE = "auto" }"#;
+env = { BATON_VOICE_ENGINE = "{engine}" }"#;
 
 const PARLER_VOICE: &str = r#"# The neural engine (Parler-TTS mini, bf16) runs on the GPU.
 memory = "learn"
@@ -203,9 +203,15 @@ impl VoiceEngine {
 /// The built-in content pipeline with the voice stage set up for `engine`: Parler-TTS runs on
 /// the GPU, so its stage is placed there like the others; Piper and eSpeak NG run on the CPU.
 pub fn pipeline(engine: VoiceEngine, catalog: &ContentCatalog) -> Pipeline {
+    // Piper asked for by name must speak or fail; Piper chosen here may fall back.
+    let piper = if VoiceEngine::from_env() == Some(VoiceEngine::Piper) {
+        PIPER_VOICE.replace("{engine}", "piper")
+    } else {
+        PIPER_VOICE.replace("{engine}", "auto")
+    };
     let voice = match engine {
         VoiceEngine::Espeak => ESPEAK_VOICE,
-        VoiceEngine::Piper => PIPER_VOICE,
+        VoiceEngine::Piper => &piper,
         VoiceEngine::Parler => PARLER_VOICE,
     };
     Pipeline::parse(
