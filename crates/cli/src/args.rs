@@ -246,7 +246,7 @@ pub struct VoiceArgs {
     pub engine: VoiceEngineChoice,
     /// The Piper voice: piper-joe (the default, fetched on first use) or a FILE.onnx with its
     /// FILE.onnx.json beside it.
-    #[arg(long, env = "BATON_VOICE_PIPER", default_value = "piper-joe")]
+    #[arg(long, env = "BATON_VOICE_PIPER", default_value = baton_content::DEFAULT_PIPER_VOICE)]
     pub piper_voice: String,
     /// The Parler-TTS model: a folder (config.json, tokenizer.json, model.safetensors), or
     /// parler-tts-mini-v1 / parler-tts-large-v1 from the Hugging Face cache.

@@ -105,6 +105,10 @@ pub fn stages_program() -> PathBuf {
 /// stage program checks that its voice library agrees).
 pub const DEFAULT_VOICE_MODEL: &str = "parler-tts-mini-v1";
 
+/// The Piper voice the voice stage speaks with unless `BATON_VOICE_PIPER` says otherwise (the
+/// stage program checks that its voice library agrees).
+pub const DEFAULT_PIPER_VOICE: &str = "piper-joe";
+
 /// The stage program's file name.
 pub const STAGES_PROGRAM: &str = "baton-stages";
 
@@ -348,7 +352,9 @@ impl StageCatalog for ContentCatalog {
                     setting("BATON_VOICE_MODEL").unwrap_or_else(|| DEFAULT_VOICE_MODEL.into()),
                 ),
                 // Piper, asked for or as `auto` picks it in the content pipeline.
-                _ => short(setting("BATON_VOICE_PIPER").unwrap_or_else(|| "piper-joe".into())),
+                _ => short(
+                    setting("BATON_VOICE_PIPER").unwrap_or_else(|| DEFAULT_PIPER_VOICE.into()),
+                ),
             },
         })
     }

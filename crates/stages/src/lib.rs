@@ -92,5 +92,9 @@ mod tests {
             baton_content::DEFAULT_VOICE_MODEL,
             baton_studio::voice::parler::DEFAULT_MODEL
         );
+        assert_eq!(
+            baton_content::DEFAULT_PIPER_VOICE,
+            baton_studio::voice::piper::DEFAULT_VOICE
+        );
     }
 }

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::said;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -40,14 +42,6 @@ fn only_run(dir: &Path) -> std::path::PathBuf {
         .next()
         .unwrap()
         .path()
-}
-
-fn said(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn manifest(run: &Path) -> serde_json::Value {

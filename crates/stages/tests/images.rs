@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::said as text;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -74,14 +76,6 @@ fn storyboard(dir: &Path, prompts: &[&str]) -> PathBuf {
 /// `baton images` with the tiny SD model at 2 steps.
 fn images(dir: &Path, input: &Path, extra: &[&str]) -> Output {
     images_with("tiny-sd", dir, input, &[&["--steps", "2"], extra].concat())
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Size and text chunks of a PNG, after decoding every pixel.

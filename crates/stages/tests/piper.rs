@@ -10,16 +10,25 @@ use std::process::Command;
 
 use baton_studio::model_store::ModelStore;
 use baton_studio::voice::Espeak;
-use baton_studio::voice::piper::{Piper, PiperFiles};
+use baton_studio::voice::piper::{DEFAULT_VOICE, Piper, PiperFiles};
 
-fn piper(dir: &Path) -> (Piper, PiperFiles) {
+/// The default voice's files, fetched into the tests' shared store on first use.
+fn voice_files() -> PiperFiles {
     let store = ModelStore::new(common::shared_models_dir());
-    let files = PiperFiles::resolve("piper-joe", &store, true).expect("fetch the Piper voice");
-    let espeak = Espeak {
+    PiperFiles::resolve(DEFAULT_VOICE, &store, true).expect("fetch the Piper voice")
+}
+
+/// The phonemizer, with its data unpacked into `dir`.
+fn espeak(dir: &Path) -> Espeak {
+    Espeak {
         program: common::espeak_exe(),
         data: dir.join("espeak"),
-    };
-    (Piper::load(&files, espeak).unwrap(), files)
+    }
+}
+
+fn piper(dir: &Path) -> (Piper, PiperFiles) {
+    let files = voice_files();
+    (Piper::load(&files, espeak(dir)).unwrap(), files)
 }
 
 /// Python with onnxruntime (the version baton loads) and numpy, installed once per build
@@ -144,16 +153,14 @@ fn a_voice_file_without_its_config_is_refused_by_name() {
 #[test]
 fn a_runtime_that_is_not_onnx_runtime_is_refused_not_a_crash() {
     let dir = tempfile::tempdir().unwrap();
-    let store = ModelStore::new(common::shared_models_dir());
     // The real voice, with a "runtime" that is not a shared library at all.
-    let mut files = PiperFiles::resolve("piper-joe", &store, true).unwrap();
+    let mut files = voice_files();
     files.runtime = dir.path().join("libonnxruntime.so");
     std::fs::write(&files.runtime, b"not a library").unwrap();
-    let espeak = Espeak {
-        program: common::espeak_exe(),
-        data: dir.path().join("espeak"),
-    };
-    let err = Piper::load(&files, espeak).err().unwrap().to_string();
+    let err = Piper::load(&files, espeak(dir.path()))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
         err.contains("libonnxruntime.so") && err.contains("BATON_ONNXRUNTIME"),
         "{err}"

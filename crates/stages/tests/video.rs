@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::said;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -21,13 +23,20 @@ fn baton(dir: &Path) -> Command {
     cmd
 }
 
-fn said(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `baton video ARGS --input INPUT`, with `configure` setting anything else first.
+fn video(dir: &Path, input: &Path, args: &[&str], configure: impl FnOnce(&mut Command)) -> Output {
+    let mut cmd = baton(dir);
+    configure(&mut cmd);
+    cmd.arg("video")
+        .args(args)
+        .arg("--input")
+        .arg(input)
+        .output()
+        .unwrap()
 }
+
+/// The small, quick video the tests make: same filters and encoders as 1080p.
+const SMALL: [&str; 4] = ["--resolution", "240", "--fps", "15"];
 
 /// A run folder with a narrated, carded storyboard of `n` scenes; returns the scenes file.
 fn narrated_run(dir: &Path, n: usize) -> PathBuf {
@@ -70,20 +79,12 @@ fn the_video_lasts_as_long_as_the_narration_in_every_aspect() {
     let input = narrated_run(dir.path(), 3);
     let run = dir.path().join("run");
     for (aspect, size) in [("16:9", "426x240"), ("9:16", "240x426"), ("1:1", "240x240")] {
-        let out = baton(dir.path())
-            .args([
-                "video",
-                "--resolution",
-                "240",
-                "--fps",
-                "15",
-                "--aspect",
-                aspect,
-            ])
-            .arg("--input")
-            .arg(&input)
-            .output()
-            .unwrap();
+        let out = video(
+            dir.path(),
+            &input,
+            &[&SMALL[..], &["--aspect", aspect]].concat(),
+            |_| {},
+        );
         assert!(out.status.success(), "{}", said(&out));
         common::assert_video_matches_narration(&run, "cyberpunk_tokyo", 3);
         let mp4 = run.join("4_video/cyberpunk_tokyo.mp4");
@@ -110,19 +111,12 @@ fn the_video_lasts_as_long_as_the_narration_in_every_aspect() {
 
     // Burned-in subtitles change the picture, not the timing.
     let plain = frame(&run, 1.0);
-    let out = baton(dir.path())
-        .args([
-            "video",
-            "--resolution",
-            "240",
-            "--fps",
-            "15",
-            "--burn-subtitles",
-        ])
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = video(
+        dir.path(),
+        &input,
+        &[&SMALL[..], &["--burn-subtitles"]].concat(),
+        |_| {},
+    );
     assert!(out.status.success(), "{}", said(&out));
     common::assert_video_matches_narration(&run, "cyberpunk_tokyo", 3);
     assert_ne!(plain, frame(&run, 1.0));
@@ -144,14 +138,10 @@ fn frame(run: &Path, t: f64) -> Vec<u8> {
 fn without_ffmpeg_the_video_is_skipped_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let input = narrated_run(dir.path(), 2);
-    let out = baton(dir.path())
-        // A PATH with no ffmpeg on it.
-        .env("PATH", dir.path().join("empty"))
-        .args(["video"])
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
+    // A PATH with no ffmpeg on it.
+    let out = video(dir.path(), &input, &[], |cmd| {
+        cmd.env("PATH", dir.path().join("empty"));
+    });
     let said = said(&out);
     assert!(out.status.success(), "{said}");
     assert!(
@@ -173,13 +163,7 @@ fn bad_input_is_refused_by_name_with_nothing_written() {
     let input = narrated_run(dir.path(), 1);
     let run = dir.path().join("run");
     let refused = |args: &[&str], needle: &str| {
-        let out = baton(dir.path())
-            .arg("video")
-            .args(args)
-            .arg("--input")
-            .arg(&input)
-            .output()
-            .unwrap();
+        let out = video(dir.path(), &input, args, |_| {});
         let said = said(&out);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {said}");
         assert!(said.contains(needle), "{args:?}: {said}");

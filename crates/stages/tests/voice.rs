@@ -6,8 +6,10 @@
 
 mod common;
 
+use common::said as text;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use baton_studio::wav::{self, Audio};
 
@@ -23,14 +25,6 @@ fn baton(dir: &Path) -> Command {
         .env_remove("BATON_VOICE_MODEL")
         .env_remove("BATON_VOICE_ENGINE");
     cmd
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 const SHORT: &str = "Rain falls on Shinjuku.";

@@ -63,7 +63,7 @@ fn stage_weights(stage: Stage) -> Vec<PathBuf> {
         }
         // Piper's voice, when it is in the store (nothing is fetched here).
         Stage::Voice => baton_studio::voice::piper::PiperFiles::resolve(
-            &var("BATON_VOICE_PIPER").unwrap_or_else(|| "piper-joe".into()),
+            &var("BATON_VOICE_PIPER").unwrap_or_else(|| baton_content::DEFAULT_PIPER_VOICE.into()),
             &ModelStore::from_env(),
             false,
         )

@@ -16,6 +16,15 @@ pub fn baton_exe() -> PathBuf {
     exe
 }
 
+/// What a command printed, standard output then standard error, for assertions' messages.
+pub fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// `baton-espeak`, built beside baton by `cargo test --workspace`.
 pub fn espeak_exe() -> PathBuf {
     let exe = baton_exe().with_file_name("baton-espeak");

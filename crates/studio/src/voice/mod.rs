@@ -136,6 +136,7 @@ pub trait VoiceEngine {
 }
 
 /// eSpeak NG, through the `baton-espeak` program (GPL-3.0, so kept in its own binary).
+#[derive(Debug, Clone)]
 pub struct Espeak {
     pub program: PathBuf,
     /// Where it unpacks its voice data.

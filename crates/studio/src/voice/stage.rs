@@ -167,13 +167,7 @@ pub fn run_voice(
 fn piper(request: &VoiceRequest, phonemizer: &Espeak) -> Result<Piper, VoiceError> {
     let store = crate::model_store::ModelStore::from_env();
     let files = PiperFiles::resolve(request.piper_voice, &store, request.fetch_piper)?;
-    Piper::load(
-        &files,
-        Espeak {
-            program: phonemizer.program.clone(),
-            data: phonemizer.data.clone(),
-        },
-    )
+    Piper::load(&files, phonemizer.clone())
 }
 
 fn narrate(
