@@ -336,9 +336,17 @@ pub struct ImagesArgs {
     /// Scene N uses seed + N: the same seed draws the same pictures.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Refuse, with the numbers, a plan whose largest phase needs more than this.
+    /// The device memory the stage may use, its CUDA context counted (default, as a stage of a
+    /// run on a GPU: the budget the runner granted, BATON_MEMORY_BUDGET). FLUX's transformer
+    /// streams its blocks from host memory when it does not fit; what does not fit even then is
+    /// refused, with the plan, before anything loads.
     #[arg(long, value_parser = parse_size_arg)]
     pub max_vram: Option<u64>,
+    /// How FLUX's transformer holds its weights: auto (resident if it fits --max-vram, else
+    /// streamed a block at a time from pinned host memory), resident, or streamed.
+    #[arg(long, env = "BATON_IMAGES_WEIGHTS", default_value = "auto",
+          value_parser = ["auto", "resident", "streamed"])]
+    pub weights: String,
     /// Where the model runs: gpu (a cuda build of baton-stages), cpu, or auto (the GPU
     /// when there is one and this build has CUDA).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
@@ -574,6 +582,18 @@ pub enum BenchCommand {
         /// Where the model runs: gpu (a cuda build of baton-stages), cpu, or auto.
         #[arg(long, default_value = "auto", value_parser = parse_device)]
         compute: DeviceChoice,
+        /// Denoising steps (default: the family's).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// A budget: each way of holding the weights (--weights) runs under it, beside a
+        /// resident run without it, and the table compares their time, peak and pixels.
+        #[arg(long, value_parser = parse_size_arg)]
+        max_vram: Option<u64>,
+        /// The ways to run, in order (auto, resident, streamed); the first is the one the
+        /// others' pictures are compared with. Default: resident, then streamed when
+        /// --max-vram is given; auto otherwise.
+        #[arg(long, value_delimiter = ',', value_parser = ["auto", "resident", "streamed"])]
+        weights: Vec<String>,
     },
     /// Storyboards for a list of topics, judged as a reader would: scenes that repeat each
     /// other, narration off the topic, image prompts that copy the narration, markup; with

@@ -73,7 +73,22 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
             size,
             dir,
             compute,
-        }) => bench_images::bench_images(family, *scenes, *size, dir, *compute, out),
+            steps,
+            max_vram,
+            weights,
+        }) => bench_images::bench_images(
+            &bench_images::BenchImages {
+                family,
+                scenes: *scenes,
+                size: *size,
+                dir,
+                choice: *compute,
+                steps: *steps,
+                max_vram: *max_vram,
+                weights,
+            },
+            out,
+        ),
         Command::Bench(BenchCommand::Voice {
             size,
             scenes,

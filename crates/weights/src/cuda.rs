@@ -28,9 +28,9 @@ fn cuda_err(call: &'static str) -> impl Fn(result::DriverError) -> WeightsError 
 }
 
 /// Page-locked host memory from `cuMemHostAlloc`, freed on drop.
-struct Pinned {
-    ptr: *mut u8,
-    len: usize,
+pub(crate) struct Pinned {
+    pub(crate) ptr: *mut u8,
+    pub(crate) len: usize,
 }
 
 // SAFETY: a plain allocation owned by one lane at a time.
@@ -53,6 +53,107 @@ impl Pinned {
             ptr: ptr as *mut u8,
             len,
         })
+    }
+}
+
+impl Pinned {
+    /// `len` bytes of ordinary (cached) page-locked memory for copies to `device`.
+    pub(crate) fn for_device(device: &CudaDevice, len: usize) -> Result<Pinned, WeightsError> {
+        device
+            .cuda_stream()
+            .context()
+            .bind_to_thread()
+            .map_err(cuda_err("cuCtxSetCurrent"))?;
+        Pinned::new(len, false)
+    }
+}
+
+// SAFETY: after the load writes it, the memory is only read (by copies and by `bytes`).
+unsafe impl Sync for Pinned {}
+
+/// A stream that copies host weights to the device beside the compute stream.
+pub(crate) struct Copier {
+    stream: Arc<CudaStream>,
+}
+
+/// The event after an upload's copies; dropping it is safe at any time (CUDA keeps an event's
+/// pending work).
+pub(crate) struct CopyDone(CudaEvent);
+
+// SAFETY: an event may be waited on from any thread.
+unsafe impl Send for CopyDone {}
+unsafe impl Sync for CopyDone {}
+
+impl CopyDone {
+    /// Orders everything `device`'s compute stream runs from now on after the copies.
+    pub(crate) fn order_after(&self, device: &CudaDevice) -> Result<(), WeightsError> {
+        device
+            .cuda_stream()
+            .wait(&self.0)
+            .map_err(cuda_err("cuStreamWaitEvent"))
+    }
+}
+
+impl Copier {
+    pub(crate) fn new(device: &CudaDevice) -> Result<Copier, WeightsError> {
+        let context = device.cuda_stream().context().clone();
+        context
+            .bind_to_thread()
+            .map_err(cuda_err("cuCtxSetCurrent"))?;
+        let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
+        Ok(Copier { stream })
+    }
+
+    /// Allocates each part on the compute stream (after what it freed before) and copies it
+    /// there from page-locked `bytes` on the copy stream, once the compute stream has reached
+    /// the allocation. Returns the tensors (not to be read before [`CopyDone::order_after`])
+    /// and the event after the copies.
+    pub(crate) fn upload<'a>(
+        &self,
+        device: &CudaDevice,
+        parts: impl Iterator<Item = (DType, &'a [usize], &'a [u8])>,
+    ) -> Result<(Vec<Tensor>, Arc<CopyDone>), WeightsError> {
+        let compute = device.cuda_stream();
+        let mut tensors = Vec::new();
+        let mut copies = Vec::new();
+        for (dtype, shape, bytes) in parts {
+            let count = shape.iter().product::<usize>();
+            let (storage, ptr) = alloc_dtype(device, dtype, count)?;
+            tensors.push(Tensor::from_storage(
+                Storage::Cuda(storage),
+                shape.to_vec(),
+                BackpropOp::none(),
+                false,
+            ));
+            copies.push((ptr, bytes));
+        }
+        let allocated = compute
+            .record_event(None)
+            .map_err(cuda_err("cuEventRecord"))?;
+        self.stream
+            .wait(&allocated)
+            .map_err(cuda_err("cuStreamWaitEvent"))?;
+        let stream = self.stream.cu_stream();
+        for (ptr, bytes) in copies {
+            // SAFETY: the destination was allocated for exactly these bytes; the source is
+            // page-locked memory that the host weights keep, unchanged, for their whole life,
+            // and the host weights outlive their uploads' copies (dropping them synchronises
+            // the copy stream).
+            unsafe { result::memcpy_htod_async(ptr, bytes, stream) }
+                .map_err(cuda_err("cuMemcpyHtoDAsync"))?;
+        }
+        let done = self
+            .stream
+            .record_event(None)
+            .map_err(cuda_err("cuEventRecord"))?;
+        Ok((tensors, Arc::new(CopyDone(done))))
+    }
+}
+
+impl Drop for Copier {
+    fn drop(&mut self) {
+        // No copy may still read the host memory once it is freed.
+        let _ = self.stream.synchronize();
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod bench;
 pub mod gguf;
 pub mod header;
+pub mod host;
 pub mod pump;
 
 #[cfg(feature = "cuda")]
@@ -25,6 +26,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use gguf::{GgufLoaded, load_gguf, load_gguf_from, read_gguf};
 pub use header::{Header, TensorEntry};
+pub use host::{HostWeights, Upload};
 
 /// Errors of a load; each names the file, and the tensor where one is to blame.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,10 @@ pub enum WeightsError {
         offset: u64,
         source: std::io::Error,
     },
+    #[error(
+        "the weights hold no tensor '{0}'; the checkpoint does not match the model it is loaded for"
+    )]
+    Missing(String),
     #[error("CUDA call {call} failed: {message}")]
     Cuda { call: &'static str, message: String },
     #[error("the load cannot target {0}; use the CPU or, in a cuda build, a CUDA device")]
@@ -79,7 +85,8 @@ impl baton_base::fault::Classify for WeightsError {
             WeightsError::BadHeader { .. }
             | WeightsError::BadGguf { .. }
             | WeightsError::BadOffsets { .. }
-            | WeightsError::UnsupportedDtype { .. } => Fault::Input,
+            | WeightsError::UnsupportedDtype { .. }
+            | WeightsError::Missing(_) => Fault::Input,
             _ => Fault::Machine,
         }
     }

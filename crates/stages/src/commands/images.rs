@@ -24,7 +24,13 @@ pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
             steps: args.steps,
             guidance: args.guidance,
             seed: args.seed,
-            max_vram: args.max_vram,
+            max_vram: match (args.max_vram, args.compute) {
+                (Some(max), _) => Some(max),
+                // As a stage on a GPU: the budget the runner granted.
+                (None, baton_memory::DeviceChoice::Cpu) => None,
+                (None, _) => crate::commands::scenes::granted_budget()?,
+            },
+            weights: args.weights.parse().map_err(baton::BadInput)?,
         },
         compute: args.compute,
         cards: args.cards,
@@ -125,6 +131,9 @@ impl DrawingView {
                         Ok(())
                     }
                 })
+            }
+            ImagesEvent::Progress(Progress::Plan(plan)) => {
+                writeln!(out, "plan {plan}")
             }
             ImagesEvent::Progress(Progress::Phase(name)) => {
                 self.lines.push(format!("phase: {name}"));

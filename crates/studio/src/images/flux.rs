@@ -2,13 +2,15 @@
 //! one after the other; the rectified-flow transformer stepping from noise along the family's
 //! schedule (dev takes its guidance as an input, no doubled batch); the autoencoder.
 
+use baton_weights::LoadOptions;
 use candle_core::{IndexOp, Tensor};
 use candle_transformers::models::clip::text_model::ClipTextTransformer;
-use candle_transformers::models::flux::WithForward;
 use candle_transformers::models::{flux as cflux, t5};
 
 use super::family::Flux;
+use super::flux_net::{self, BlockSource, HEAD_PREFIXES, Head, Resident, Scene, Streamed};
 use super::phase::{Conditioning, Job, Loads};
+use super::plan::Residence;
 use super::tokenize::{CLIP_TOKENS, clip_tokens, t5_tokens};
 use super::{ImagesError, gaussian};
 use crate::storyboard::Storyboard;
@@ -67,8 +69,10 @@ pub(super) fn encode(
     Ok((conditioning, cut))
 }
 
-/// Every scene from noise through the transformer. Returns each scene's latents (unpacked to
-/// the autoencoder's 16 channels) and seconds.
+/// Every scene from noise through the transformer, all scenes through each block while it is
+/// on the device (the blocks resident, or streamed from host memory when the plan says so).
+/// Returns each scene's latents (unpacked to the autoencoder's 16 channels) and seconds (the
+/// phase's denoising time shared evenly: the scenes step together), and the bytes streamed.
 pub(super) fn denoise(
     job: &Job,
     fx: &Flux,
@@ -76,20 +80,41 @@ pub(super) fn denoise(
     conditioning: &[Conditioning],
     loads: &mut Loads,
     step: &mut dyn FnMut(u32, usize, usize),
-) -> Result<Vec<(Tensor, f64)>, ImagesError> {
-    let model = cflux::model::Flux::new(
-        &(fx.transformer)(),
-        job.load(std::slice::from_ref(&job.model.denoiser), loads)?,
-    )?;
+) -> Result<(Vec<(Tensor, f64)>, u64), ImagesError> {
+    let cfg = (fx.transformer)();
+    let denoiser = std::slice::from_ref(&job.model.denoiser);
+    let host;
+    let (head, mut blocks): (Head, Box<dyn BlockSource + '_>) = match job.residence {
+        Residence::Resident => {
+            let vb = job.load(denoiser, loads)?;
+            (Head::new(&cfg, &vb)?, Box::new(Resident::new(&cfg, &vb)?))
+        }
+        Residence::Streamed { .. } => {
+            let (weights, report) =
+                baton_weights::HostWeights::load(denoiser, job.device, &LoadOptions::default())?;
+            loads.bytes += report.bytes;
+            loads.seconds += report.seconds;
+            host = weights;
+            let outside: Vec<&str> = host
+                .names()
+                .filter(|n| HEAD_PREFIXES.iter().any(|p| n.starts_with(p)))
+                .collect();
+            let tensors = host.upload(outside)?.ready(job.dtype)?;
+            let vb = candle_nn::VarBuilder::from_tensors(tensors, job.dtype, job.device);
+            (
+                Head::new(&cfg, &vb)?,
+                Box::new(Streamed::new(&cfg, &host, job.dtype, job.device)),
+            )
+        }
+    };
+    let started = std::time::Instant::now();
     let (latent_h, latent_w) = (job.height / 16 * 2, job.width / 16 * 2);
     let guidance = Tensor::full(job.guidance as f32, 1, job.device)?;
-    let mut out = Vec::new();
+    let mut scenes = Vec::with_capacity(board.scenes.len());
     for (s, cond) in board.scenes.iter().zip(conditioning) {
-        let started = std::time::Instant::now();
         let cond = cond.to_device(job.device)?;
-        let seed = job.seed + s.index as u64;
         let noise = Tensor::from_vec(
-            gaussian(16 * latent_h * latent_w, seed),
+            gaussian(16 * latent_h * latent_w, job.seed + s.index as u64),
             (1, 16, latent_h, latent_w),
             job.device,
         )?
@@ -99,29 +124,39 @@ pub(super) fn denoise(
             .as_ref()
             .expect("Flux conditioning has CLIP's vector");
         let state = cflux::sampling::State::new(&cond.context, pooled, &noise)?;
-        let tokens = state.img.dim(1)?;
-        let timesteps =
-            cflux::sampling::get_schedule(job.steps, fx.shift.then_some((tokens, 0.5, 1.15)));
-        let mut img = state.img.clone();
-        for (i, w) in timesteps.windows(2).enumerate() {
-            let t = Tensor::full(w[0] as f32, 1, job.device)?;
-            let velocity = model.forward(
-                &img,
-                &state.img_ids,
-                &state.txt,
-                &state.txt_ids,
-                &t,
-                &state.vec,
-                Some(&guidance),
-            )?;
-            img = (img + (velocity * (w[1] - w[0]))?)?;
+        scenes.push(Scene::new(
+            &cfg,
+            state.img,
+            &state.img_ids,
+            state.txt,
+            &state.txt_ids,
+            state.vec,
+        )?);
+    }
+    let tokens = latent_h / 2 * (latent_w / 2);
+    let timesteps =
+        cflux::sampling::get_schedule(job.steps, fx.shift.then_some((tokens, 0.5, 1.15)));
+    let windows: Vec<_> = timesteps.windows(2).collect();
+    for (i, w) in windows.iter().enumerate() {
+        let t = Tensor::full(w[0] as f32, 1, job.device)?;
+        let last = i + 1 == windows.len();
+        let velocities =
+            flux_net::step(&head, blocks.as_mut(), &scenes, &t, Some(&guidance), last)?;
+        for (scene, v) in scenes.iter_mut().zip(velocities) {
+            scene.img = (&scene.img + (v * (w[1] - w[0]))?)?;
+        }
+        for s in &board.scenes {
             step(s.index, i + 1, job.steps);
         }
-        let latents = cflux::sampling::unpack(&img, job.height, job.width)?;
-        job.device.synchronize()?;
-        out.push((latents, started.elapsed().as_secs_f64()));
     }
-    Ok(out)
+    let mut out = Vec::with_capacity(scenes.len());
+    for scene in scenes {
+        out.push(cflux::sampling::unpack(&scene.img, job.height, job.width)?);
+    }
+    job.device.synchronize()?;
+    let each = started.elapsed().as_secs_f64() / out.len().max(1) as f64;
+    let streamed = blocks.streamed_bytes();
+    Ok((out.into_iter().map(|l| (l, each)).collect(), streamed))
 }
 
 /// Every scene's latents through the autoencoder: images in [-1, 1].

@@ -14,6 +14,7 @@ pub mod cards;
 mod error;
 pub mod family;
 mod flux;
+mod flux_net;
 mod model;
 mod noise;
 mod phase;
@@ -29,8 +30,8 @@ pub use error::ImagesError;
 pub use family::{Arch, Family};
 pub use model::{EncoderFiles, ImageModel};
 pub use noise::gaussian;
-pub use png::encode_png;
-pub use record::{ImageRecord, ImagesManifest, ImagesOptions, PhaseRecord, Progress};
+pub use png::{decode_png, encode_png};
+pub use record::{ImageRecord, ImagesManifest, ImagesOptions, PhaseRecord, Progress, WeightsMode};
 
 use std::path::Path;
 
@@ -42,7 +43,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::compute::Compute;
 use crate::storyboard::Storyboard;
 use phase::{Job, phase, warm_up};
-use plan::{plan, render_plan};
+use plan::{choose, plan, render_plan};
 use png::{save, scene_png};
 
 /// Draws every scene of the storyboard at `input` into `run_dir/3_images`.
@@ -121,18 +122,16 @@ pub fn write_images(
         Arch::Sd(_) if guidance > 1.0 => 2,
         _ => 1,
     };
-    let plan = plan(model, dtype, width, height, batch)?;
-    if let Some(max) = options.max_vram {
-        let big = plan.iter().max_by_key(|p| p.need()).expect("three phases");
-        if big.need() > max {
-            return Err(ImagesError::MaxVram {
-                need: format_bytes(big.need()),
-                phase: big.name.into(),
-                max: format_bytes(max),
-                plan: render_plan(&plan),
-            });
-        }
-    }
+    let mut plan = plan(model, dtype, width, height, batch, board.scenes.len())?;
+    choose(&mut plan, options.max_vram, options.weights, fam.name)?;
+    let budget = match options.max_vram {
+        Some(max) => format!("within {}", format_bytes(max)),
+        None => "no budget given".into(),
+    };
+    progress(Progress::Plan(&format!(
+        "{budget}:\n{}",
+        render_plan(&plan)
+    )));
     warm_up(fam, &device, dtype)?;
     let job = Job {
         model,
@@ -143,6 +142,7 @@ pub fn write_images(
         steps,
         guidance,
         seed: options.seed,
+        residence: plan[1].residence,
     };
 
     // Phase 1: every prompt through each text encoder in turn, then the encoders go.
@@ -174,24 +174,30 @@ pub fn write_images(
 
     // Phase 2: every scene denoised, then the denoiser goes.
     progress(Progress::Phase(plan[1].name));
-    let (latents, denoise_phase) = phase(plan[1].name, &backend, plan[1].need(), |loads| {
-        let mut step = |scene: u32, step: usize, steps: usize| {
-            progress(Progress::Step {
-                scene,
-                scenes: board.scenes.len(),
-                step,
-                steps,
-            })
-        };
-        let latents = match &fam.arch {
-            Arch::Sd(sd) => sd::denoise(&job, sd, &board, &conditioning, loads, &mut step)?,
-            Arch::Flux(fx) => flux::denoise(&job, fx, &board, &conditioning, loads, &mut step)?,
-        };
-        latents
-            .into_iter()
-            .map(|(l, secs)| Ok((l.to_device(&Device::Cpu)?, secs)))
-            .collect::<Result<Vec<_>, ImagesError>>()
-    })?;
+    let ((latents, streamed), mut denoise_phase) =
+        phase(plan[1].name, &backend, plan[1].need(), |loads| {
+            let mut step = |scene: u32, step: usize, steps: usize| {
+                progress(Progress::Step {
+                    scene,
+                    scenes: board.scenes.len(),
+                    step,
+                    steps,
+                })
+            };
+            let (latents, streamed) = match &fam.arch {
+                Arch::Sd(sd) => (
+                    sd::denoise(&job, sd, &board, &conditioning, loads, &mut step)?,
+                    0,
+                ),
+                Arch::Flux(fx) => flux::denoise(&job, fx, &board, &conditioning, loads, &mut step)?,
+            };
+            let on_host = latents
+                .into_iter()
+                .map(|(l, secs)| Ok((l.to_device(&Device::Cpu)?, secs)))
+                .collect::<Result<Vec<_>, ImagesError>>()?;
+            Ok((on_host, streamed))
+        })?;
+    denoise_phase.streamed_bytes = streamed;
     drop(conditioning);
 
     // Phase 3: the VAE decodes them all.
@@ -253,7 +259,10 @@ pub fn write_images(
             seconds: *secs,
         });
     }
-    let phases = vec![text_phase, denoise_phase, decode_phase];
+    let mut phases = vec![text_phase, denoise_phase, decode_phase];
+    for (record, planned) in phases.iter_mut().zip(&plan) {
+        record.residence = planned.residence.describe();
+    }
     let base = phases[0].baseline_bytes;
     let manifest = ImagesManifest {
         model: model_name,

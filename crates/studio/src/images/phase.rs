@@ -55,6 +55,8 @@ pub(super) fn phase<T>(
             planned_bytes,
             leaked: report.is_leak(),
             reclaim: report.to_string(),
+            residence: String::new(),
+            streamed_bytes: 0,
         },
     ))
 }
@@ -89,6 +91,8 @@ pub(super) struct Job<'a> {
     pub(super) steps: usize,
     pub(super) guidance: f64,
     pub(super) seed: u64,
+    /// How the denoiser holds its weights (the plan's choice).
+    pub(super) residence: super::plan::Residence,
 }
 
 impl Job<'_> {

@@ -11,31 +11,77 @@ use super::{ImageModel, ImagesError};
 
 /// Weights bytes of safetensors files once converted to `dtype`.
 pub(super) fn weights_bytes(paths: &[PathBuf], dtype: DType) -> Result<u64, ImagesError> {
-    let mut total = 0;
+    Ok(bytes_by(paths, dtype, |_| ())?.into_values().sum())
+}
+
+/// Weights bytes in `dtype` of the tensors of `paths`, summed by `key(name)`.
+fn bytes_by<K: std::hash::Hash + Eq>(
+    paths: &[PathBuf],
+    dtype: DType,
+    key: impl Fn(&str) -> K,
+) -> Result<std::collections::HashMap<K, u64>, ImagesError> {
+    let mut sums = std::collections::HashMap::new();
     for path in paths {
         let header = baton_weights::Header::read(path)?;
-        total += header
-            .tensors
-            .iter()
-            .map(|t| {
-                let n: u64 = t.shape.iter().map(|d| *d as u64).product();
-                n * if t.dtype.is_float() {
-                    dtype.size_in_bytes()
-                } else {
-                    t.dtype.size_in_bytes()
-                } as u64
-            })
-            .sum::<u64>();
+        for t in &header.tensors {
+            let n: u64 = t.shape.iter().map(|d| *d as u64).product();
+            let size = if t.dtype.is_float() {
+                dtype.size_in_bytes()
+            } else {
+                t.dtype.size_in_bytes()
+            } as u64;
+            *sums.entry(key(&t.name)).or_insert(0) += n * size;
+        }
     }
-    Ok(total)
+    Ok(sums)
+}
+
+/// How a phase holds its weights on the device.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Residence {
+    /// All loaded at once.
+    Resident,
+    /// The transformer's blocks copied from host memory one ahead of their use: `largest` is
+    /// the largest block, `per_step` what every denoising step copies.
+    Streamed { largest: u64, per_step: u64 },
+}
+
+/// How the transformer's weights are held: `--weights`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightsMode {
+    /// Resident when the phase fits the budget (or there is none), streamed when only that
+    /// fits.
+    #[default]
+    Auto,
+    Resident,
+    Streamed,
+}
+
+impl std::str::FromStr for WeightsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(WeightsMode::Auto),
+            "resident" => Ok(WeightsMode::Resident),
+            "streamed" => Ok(WeightsMode::Streamed),
+            other => Err(format!(
+                "'{other}': use auto (stream only what does not fit), resident or streamed"
+            )),
+        }
+    }
 }
 
 /// One phase of the plan: its name, the weights it holds at once, an estimate of its
 /// activations.
 pub(super) struct Planned {
     pub(super) name: &'static str,
+    /// Weights on the device at once: all of them resident; streamed, the parts outside the
+    /// blocks and two blocks.
     pub(super) weights: u64,
     pub(super) activations: u64,
+    pub(super) residence: Residence,
+    /// Flux's transformer: the plan were its blocks streamed (weights, activations, residence).
+    pub(super) streamed: Option<(u64, u64, Residence)>,
 }
 
 /// The plan: each phase's weights plus an estimate of its activations (measured on an H200 at
@@ -47,6 +93,7 @@ pub(super) fn plan(
     width: usize,
     height: usize,
     batch: usize,
+    scenes: usize,
 ) -> Result<Vec<Planned>, ImagesError> {
     let pixels = (width * height) as u64;
     let scale = |at_512: u64| at_512 * pixels / (512 * 512) * dtype.size_in_bytes() as u64 / 2;
@@ -63,21 +110,56 @@ pub(super) fn plan(
         ),
         Arch::Flux(_) => (512 << 20, scale(1024 << 20), scale(2944 << 20)),
     };
+    let denoiser = std::slice::from_ref(&model.denoiser);
+    let streamed = match model.family.arch {
+        Arch::Sd(_) => None,
+        Arch::Flux(_) => {
+            // By block: "double_blocks.N" and "single_blocks.N"; the rest stays resident.
+            let by_block = bytes_by(denoiser, dtype, |name| {
+                match name.split('.').collect::<Vec<_>>()[..] {
+                    [kind @ ("double_blocks" | "single_blocks"), n, ..] => format!("{kind}.{n}"),
+                    _ => String::new(),
+                }
+            })?;
+            let head = by_block.get("").copied().unwrap_or(0);
+            let largest = by_block
+                .iter()
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(_, b)| *b)
+                .max()
+                .unwrap_or(0);
+            let per_step = by_block.values().sum::<u64>() - head;
+            // Every scene's hidden state waits between blocks (its tokens, joined, and the
+            // modulation): 128 MiB per scene at 1024x1024 covers it.
+            let states = scenes as u64 * scale(32 << 20);
+            Some((
+                head + 2 * largest,
+                denoise_act + states,
+                Residence::Streamed { largest, per_step },
+            ))
+        }
+    };
     Ok(vec![
         Planned {
             name: t,
             weights: text,
             activations: text_act,
+            residence: Residence::Resident,
+            streamed: None,
         },
         Planned {
             name: d,
-            weights: weights_bytes(std::slice::from_ref(&model.denoiser), dtype)?,
+            weights: weights_bytes(denoiser, dtype)?,
             activations: denoise_act,
+            residence: Residence::Resident,
+            streamed,
         },
         Planned {
             name: v,
             weights: weights_bytes(std::slice::from_ref(&model.decoder), dtype)?,
             activations: decode_act,
+            residence: Residence::Resident,
+            streamed: None,
         },
     ])
 }
@@ -86,18 +168,88 @@ impl Planned {
     pub(super) fn need(&self) -> u64 {
         self.weights + self.activations
     }
+
+    /// Streams this phase's blocks instead (the phase must be one that can).
+    fn stream(&mut self) {
+        let (weights, activations, residence) = self.streamed.expect("a phase that streams");
+        self.weights = weights;
+        self.activations = activations;
+        self.residence = residence;
+    }
+}
+
+/// Chooses how each phase holds its weights: resident when it fits `max` (or there is no
+/// `max`), streamed when only that fits (or `mode` says so). Refuses, with the plan, a phase
+/// that fits neither way, and `--weights streamed` for a family that cannot stream.
+pub(super) fn choose(
+    plan: &mut [Planned],
+    max: Option<u64>,
+    mode: WeightsMode,
+    family: &str,
+) -> Result<(), ImagesError> {
+    for p in plan.iter_mut() {
+        let fits = |p: &Planned| max.is_none_or(|m| p.need() <= m);
+        match (mode, p.streamed.is_some()) {
+            (WeightsMode::Streamed, true) => p.stream(),
+            (WeightsMode::Auto, true) if !fits(p) => p.stream(),
+            _ => {}
+        }
+    }
+    if mode == WeightsMode::Streamed && !plan.iter().any(|p| p.streamed.is_some()) {
+        return Err(ImagesError::Option(format!(
+            "--weights streamed: {family} cannot stream its weights (only FLUX.1's transformer \
+             streams); use --weights auto or resident"
+        )));
+    }
+    if let Some(max) = max {
+        let big = plan.iter().max_by_key(|p| p.need()).expect("three phases");
+        if big.need() > max {
+            return Err(ImagesError::MaxVram {
+                need: format_bytes(big.need()),
+                phase: big.name.into(),
+                max: format_bytes(max),
+                plan: render_plan(plan),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Residence {
+    /// How the log and images.json say it.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Residence::Resident => "resident".into(),
+            Residence::Streamed { largest, per_step } => format!(
+                "streamed: two blocks of up to {} on the device, {} copied from pinned host memory per step",
+                format_bytes(*largest),
+                format_bytes(*per_step)
+            ),
+        }
+    }
 }
 
 pub(super) fn render_plan(plan: &[Planned]) -> String {
     plan.iter()
         .map(|p| {
-            format!(
+            let mut line = format!(
                 "  {:<13} weights {:>10} + activations ~{:>10} = {:>10}",
                 p.name,
                 format_bytes(p.weights),
                 format_bytes(p.activations),
                 format_bytes(p.need())
-            )
+            );
+            match (&p.residence, p.streamed) {
+                (Residence::Streamed { .. }, _) => {
+                    line.push_str(&format!(" ({})", p.residence.describe()))
+                }
+                (Residence::Resident, Some((w, a, _))) => line.push_str(&format!(
+                    " (resident; streamed it would need {})",
+                    format_bytes(w + a)
+                )),
+                _ => {}
+            }
+            line
         })
         .collect::<Vec<_>>()
         .join("\n")

@@ -59,3 +59,17 @@ pub fn encode_png(
     }
     Ok(out)
 }
+
+/// The pixels of an 8-bit RGB PNG (what `encode_png` writes), row by row.
+pub fn decode_png(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("'{}': {e}", path.display()))?;
+    let mut reader = ::png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| format!("'{}': {e}", path.display()))?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader
+        .next_frame(&mut buf)
+        .map_err(|e| format!("'{}': {e}", path.display()))?;
+    buf.truncate(frame.buffer_size());
+    Ok(buf)
+}

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+pub use super::plan::WeightsMode;
+
 /// What to draw and how.
 #[derive(Debug, Clone)]
 pub struct ImagesOptions {
@@ -11,8 +13,12 @@ pub struct ImagesOptions {
     pub steps: Option<usize>,
     pub guidance: Option<f64>,
     pub seed: u64,
-    /// Refuse a plan whose largest phase needs more than this many bytes.
+    /// The budget: the plan streams what does not fit it, and refuses what does not fit even
+    /// streamed.
     pub max_vram: Option<u64>,
+    /// Whether the transformer's weights stay resident or stream (auto: stream only when
+    /// resident does not fit `max_vram`).
+    pub weights: WeightsMode,
 }
 
 /// One phase as it ran.
@@ -31,6 +37,10 @@ pub struct PhaseRecord {
     /// The scope guard's verdict on the memory coming back.
     pub reclaim: String,
     pub leaked: bool,
+    /// How its weights were held: "resident", or streamed and what that costs.
+    pub residence: String,
+    /// Bytes copied from host memory while it ran (streamed weights).
+    pub streamed_bytes: u64,
 }
 
 /// One image as written.
@@ -74,4 +84,6 @@ pub enum Progress<'a> {
         steps: usize,
     },
     Warning(&'a str),
+    /// The plan: how each phase holds its weights, and what it needs.
+    Plan(&'a str),
 }
