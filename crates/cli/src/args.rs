@@ -167,6 +167,11 @@ pub struct PipelineArgs {
     /// (host RAM only), or auto (the GPUs when a driver answers, else host RAM).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
+    /// What placement keeps back from each device's free memory: a size (1GiB) or a share of
+    /// it (20% hands out 80%, baton's earlier rule).
+    #[arg(long, env = "BATON_GPU_RESERVE", default_value = "1GiB",
+          value_parser = |s: &str| s.parse::<baton_runner::Reserve>())]
+    pub gpu_reserve: baton_runner::Reserve,
 }
 
 #[derive(Debug, Args)]

@@ -139,9 +139,7 @@ after = ["scenes"]
 inputs = ["1_scripts/{slug}_scenes.json"]
 # Every file in 3_images/ is the stage's: each scene's picture and images.json.
 outputs = ["3_images/"]
-# SD-Turbo in f16, phased: its largest phase (the UNet) is about 2.5 GiB.
-memory = "learn"
-memory_initial = "6GiB"
+{images_memory}
 
 [[stage]]
 name = "video"
@@ -154,6 +152,17 @@ device = "cpu"
 memory = "learn"
 memory_initial = "1GiB"
 "#;
+
+const SD_IMAGES_MEMORY: &str = r#"# SD-Turbo in f16, phased: its largest phase (the UNet) is about 2.5 GiB.
+memory = "learn"
+memory_initial = "6GiB""#;
+
+const FLUX_IMAGES_MEMORY: &str = r#"# FLUX.1 in bf16: resident, its transformer phase peaks near 26 GiB at 1024x1024. The stage
+# streams the transformer's blocks to fit the budget it is granted, so it is placed with what
+# a card can hold, down to 12 GiB (T5-XXL's phase, about 9.4 GiB, does not stream).
+memory = "learn"
+memory_initial = "26GiB"
+memory_min = "12GiB""#;
 
 const ESPEAK_VOICE: &str = r#"# The embedded engine (eSpeak NG) runs on the CPU.
 device = "cpu"
@@ -218,8 +227,18 @@ pub fn pipeline(engine: VoiceEngine, catalog: &ContentCatalog) -> Pipeline {
         VoiceEngine::Piper => &piper,
         VoiceEngine::Parler => PARLER_VOICE,
     };
+    // FLUX (a family of that name, or a folder said to be one) adapts to its budget.
+    let images_family = ["BATON_IMAGES_FAMILY", "BATON_IMAGES_MODEL"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    let images_memory = match images_family {
+        Some(f) if f.starts_with("flux") || f.starts_with("tiny-flux") => FLUX_IMAGES_MEMORY,
+        _ => SD_IMAGES_MEMORY,
+    };
     Pipeline::parse(
-        &CONTENT_PIPELINE.replace("{voice}", voice),
+        &CONTENT_PIPELINE
+            .replace("{voice}", voice)
+            .replace("{images_memory}", images_memory),
         "(built-in content pipeline)",
         catalog,
     )

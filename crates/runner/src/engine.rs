@@ -26,7 +26,7 @@ use crate::learned::LearnedNeeds;
 use crate::manifest::{Attempt, RunState, StageState};
 use crate::outputs::{STALE_DIR, set_aside};
 use crate::pipeline::{DeviceKind, MemoryNeed, StageCommand, StageSpec, fill};
-use crate::placement::{DeviceLoad, Placement, place};
+use crate::placement::{Ask, DeviceLoad, Placement, Reserve, place};
 use crate::plan::RunPlan;
 
 /// Environment variables a stage inherits from baton, besides its own `[env]` and `BATON_*`.
@@ -72,6 +72,8 @@ pub struct Engine {
     /// What the pipelines' builtins are: their weights to warm, the settings they inherit.
     pub catalog: Arc<dyn StageCatalog>,
     pub learned: Option<LearnedNeeds>,
+    /// What placement keeps back from each device.
+    pub reserve: Reserve,
 }
 
 enum Message {
@@ -281,14 +283,14 @@ impl Engine {
                 if entry.excluded.len() >= loads.len() {
                     entry.excluded.clear();
                 }
-                match place(
-                    &spec.name,
+                let ask = Ask {
+                    stage: &spec.name,
                     need,
-                    pool.context_overhead(),
-                    &loads,
-                    &entry.excluded,
-                ) {
-                    Placement::Place { index } => {
+                    least: spec.memory_min,
+                    context: pool.context_overhead(),
+                };
+                match place(ask, &loads, &entry.excluded, self.reserve) {
+                    Placement::Place { index, need } => {
                         entry.waiting_since = None;
                         entry.last_said = None;
                         // Every attempt starts from nothing at its outputs.

@@ -35,6 +35,7 @@ pub use executor::{Executor, LocalExecutor};
 pub use learned::LearnedNeeds;
 pub use manifest::{LoadRecord, Manifest, RunState, StageState};
 pub use pipeline::Pipeline;
+pub use placement::Reserve;
 pub use plan::{ResumeDecision, RunPlan, create_run, resume_run};
 
 /// An error from the runner.

@@ -56,6 +56,9 @@ pub struct StageSpec {
     pub outputs: Vec<String>,
     pub after: Vec<String>,
     pub memory: MemoryNeed,
+    /// For a stage that adapts to the budget it is granted (`BATON_MEMORY_BUDGET`): the least
+    /// it can run in. When its need fits no device it is placed with what the roomiest can give.
+    pub memory_min: Option<u64>,
     /// Key under which a learned need is stored (default: the command's program).
     pub model: Option<String>,
     pub device: DeviceKind,
@@ -111,6 +114,7 @@ struct StageFile {
     after: Vec<String>,
     memory: Option<String>,
     memory_initial: Option<String>,
+    memory_min: Option<String>,
     model: Option<String>,
     device: Option<DeviceKind>,
     retries: Option<u32>,
@@ -303,6 +307,11 @@ fn check_stage(
             MemoryNeed::Declared(size("memory", value)?)
         }
     };
+    let memory_min = s
+        .memory_min
+        .as_deref()
+        .map(|v| size("memory_min", v))
+        .transpose()?;
     for path in s.inputs.iter().chain(&s.outputs) {
         if path.trim().is_empty() {
             return Err(format!("stage '{name}' lists an empty file path"));
@@ -341,6 +350,7 @@ fn check_stage(
         outputs: s.outputs,
         after: s.after,
         memory,
+        memory_min,
         model: s.model,
         device,
         retries: s.retries.unwrap_or(default_retries),

@@ -15,7 +15,7 @@ use crate::commands::run::{engine, load_pipeline, outcome};
 pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let topics = read_topics(&args.topics)?;
     let pipeline = load_pipeline(&args.common)?;
-    let engine = engine(args.common.device, true)?;
+    let engine = engine(args.common.device, true, args.common.gpu_reserve)?;
     let started = Instant::now();
     let mut plans = Vec::new();
     let mut refused = Vec::new();

@@ -34,6 +34,7 @@ pub fn runner(
             observer: Arc::new(Quiet),
             learned: None,
             catalog: Arc::new(baton_runner::NoBuiltins),
+            reserve: baton_runner::Reserve::default(),
         };
 
         // 1. Chained no-op stages: everything between one stage's start and the next's is

@@ -14,7 +14,14 @@ pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         Some(choice) => choice,
         None => recorded.backend.parse()?,
     };
-    let engine = engine(choice, false)?;
+    // The reserve of `baton run`: BATON_GPU_RESERVE, else 1 GiB.
+    let reserve = match std::env::var("BATON_GPU_RESERVE") {
+        Ok(r) => r
+            .parse()
+            .map_err(|e| crate::BadInput(format!("BATON_GPU_RESERVE {e}")))?,
+        Err(_) => baton_runner::Reserve::default(),
+    };
+    let engine = engine(choice, false, reserve)?;
     let (plan, decisions) = resume_run(&args.run_dir, &baton_content::ContentCatalog::default())?;
     for d in &decisions {
         writeln!(out, "{:<14} {}", d.stage, d.why)?;

@@ -19,7 +19,12 @@ pub(crate) fn load_pipeline(args: &PipelineArgs) -> anyhow::Result<Pipeline> {
     })
 }
 
-pub(crate) fn engine(choice: DeviceChoice, batch: bool) -> anyhow::Result<Engine> {
+/// The engine over the devices `choice` opens; placement keeps `reserve` back from each.
+pub(crate) fn engine(
+    choice: DeviceChoice,
+    batch: bool,
+    reserve: baton_runner::Reserve,
+) -> anyhow::Result<Engine> {
     // From here on Ctrl-C and SIGTERM stop the stages cleanly and leave resumable runs.
     baton_runner::interrupt::install();
     let opened = baton_memory::open(choice)?;
@@ -33,6 +38,7 @@ pub(crate) fn engine(choice: DeviceChoice, batch: bool) -> anyhow::Result<Engine
         observer: Arc::new(ProgressView::new(batch)),
         learned: Some(LearnedNeeds::from_env()),
         catalog: Arc::new(baton_content::ContentCatalog::default()),
+        reserve,
     })
 }
 
@@ -98,7 +104,7 @@ pub(crate) fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     baton_base::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
     let pipeline = load_pipeline(&args.common)?;
-    let engine = engine(args.common.device, false)?;
+    let engine = engine(args.common.device, false, args.common.gpu_reserve)?;
     let mut plans = vec![create_run(
         &args.common.output,
         &args.topic,

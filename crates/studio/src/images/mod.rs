@@ -123,8 +123,20 @@ pub fn write_images(
         _ => 1,
     };
     let mut plan = plan(model, dtype, width, height, batch, board.scenes.len())?;
-    choose(&mut plan, options.max_vram, options.weights, fam.name)?;
+    // The budget is the whole process's: on a GPU its CUDA context (held now) and the kernels
+    // the warm-up loads (about 256 MiB) come out of it before any phase.
+    let overhead = match device.is_cuda() {
+        true => backend.process_usage(0, std::process::id()).unwrap_or(0) + (256 << 20),
+        false => 0,
+    };
+    let phases_budget = options.max_vram.map(|m| m.saturating_sub(overhead));
+    choose(&mut plan, phases_budget, options.weights, fam.name)?;
     let budget = match options.max_vram {
+        Some(max) if overhead > 0 => format!(
+            "within {} ({} of it this process's CUDA context and kernels)",
+            format_bytes(max),
+            format_bytes(overhead)
+        ),
         Some(max) => format!("within {}", format_bytes(max)),
         None => "no budget given".into(),
     };
