@@ -111,12 +111,7 @@ pub struct Ask<'a> {
 
 /// Places a stage on one of `devices`, skipping the indices in `excluded` (devices it ran out
 /// of memory on), keeping `reserve` back from each.
-pub fn place(
-    ask: Ask,
-    devices: &[DeviceLoad],
-    excluded: &[usize],
-    reserve: Reserve,
-) -> Placement {
+pub fn place(ask: Ask, devices: &[DeviceLoad], excluded: &[usize], reserve: Reserve) -> Placement {
     let Ask {
         stage,
         need,
@@ -292,7 +287,10 @@ mod tests {
         };
         assert_eq!(
             place(ask(22 * GIB), &card, &[], Reserve::default()),
-            Placement::Place { index: 0, need: 22 * GIB }
+            Placement::Place {
+                index: 0,
+                need: 22 * GIB
+            }
         );
         assert!(matches!(
             place(ask(22 * GIB + GIB / 2 + 1), &card, &[], Reserve::default()),
@@ -315,7 +313,10 @@ mod tests {
     /// or is refused with its least's numbers.
     #[test]
     fn an_adaptable_stage_gets_what_the_card_can_hold() {
-        let cards = [load(0, 24 * GIB, 20 * GIB, 0), load(1, 24 * GIB, 23 * GIB, 0)];
+        let cards = [
+            load(0, 24 * GIB, 20 * GIB, 0),
+            load(1, 24 * GIB, 23 * GIB, 0),
+        ];
         let flux = |least| Ask {
             stage: "images",
             need: 26 * GIB,
@@ -324,7 +325,10 @@ mod tests {
         };
         assert_eq!(
             place(flux(12 * GIB), &cards, &[], Reserve::default()),
-            Placement::Place { index: 1, need: 23 * GIB - GIB - GIB / 2 }
+            Placement::Place {
+                index: 1,
+                need: 23 * GIB - GIB - GIB / 2
+            }
         );
         // Its least fits once memory comes free: it waits.
         let busy = [load(0, 24 * GIB, 8 * GIB, 0)];
@@ -338,8 +342,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Without a least, the same stage is refused.
-        let fixed = Ask { least: None, ..flux(0) };
-        assert!(matches!(place(fixed, &cards, &[], Reserve::default()), Placement::Never { .. }));
+        let fixed = Ask {
+            least: None,
+            ..flux(0)
+        };
+        assert!(matches!(
+            place(fixed, &cards, &[], Reserve::default()),
+            Placement::Never { .. }
+        ));
     }
 
     #[test]
@@ -350,11 +360,17 @@ mod tests {
         ];
         assert_eq!(
             old_rule("a", 4 * GIB, GIB / 2, &devices, &[]),
-            Placement::Place { index: 1, need: 4 * GIB }
+            Placement::Place {
+                index: 1,
+                need: 4 * GIB
+            }
         );
         assert_eq!(
             old_rule("a", 4 * GIB, GIB / 2, &devices, &[1]),
-            Placement::Place { index: 0, need: 4 * GIB }
+            Placement::Place {
+                index: 0,
+                need: 4 * GIB
+            }
         );
     }
 
@@ -368,7 +384,10 @@ mod tests {
         ));
         assert_eq!(
             old_rule("b", 5 * GIB, GIB / 2, &devices, &[]),
-            Placement::Place { index: 0, need: 5 * GIB }
+            Placement::Place {
+                index: 0,
+                need: 5 * GIB
+            }
         );
     }
 

@@ -1,26 +1,35 @@
 //! Weights kept in host memory and copied to the device a part at a time, for a model whose
 //! weights do not fit the device's budget all at once (FLUX's transformer on a 24 GB card).
 //!
-//! [`HostWeights::load`] reads a checkpoint once, through the same lanes as a device load, into
-//! one host buffer: page-locked (`cuMemHostAlloc`) when the device is a GPU, so that a part's
-//! copy is a DMA at PCIe speed. [`HostWeights::upload`] starts copying a set of tensors to the
-//! device on a copy stream of its own and returns at once; [`Upload::ready`] makes the compute
-//! stream wait for that copy, so a caller uploads the next part while the current one computes.
-//! The device memory is allocated on the compute stream, from its stream-ordered pool, after
-//! whatever the caller freed before: a part dropped before the next upload is started lends it
-//! its memory, and two parts are on the device at a time.
+//! [`HostWeights::load`] reads a checkpoint into host memory, a group of tensors at a time (a
+//! transformer block, say) on a few threads, in the order the groups will be used, and returns
+//! at once: each group's memory is page-locked (`cuMemHostAlloc`) when the device is a GPU, so
+//! that its copy is a DMA at PCIe speed, and the first groups can be used while the later ones
+//! still load (pinning 22 GiB takes the driver seconds; the first denoising step hides it).
+//! [`HostWeights::upload`] waits for the groups it needs, starts copying them to the device on
+//! a copy stream of its own and returns; [`Upload::ready`] makes the compute stream wait for
+//! that copy, so a caller uploads the next part while the current one computes. The device
+//! memory is allocated on the compute stream, from its stream-ordered pool, after whatever the
+//! caller freed before: a part dropped before the next upload is started lends it its memory,
+//! and two parts are on the device at a time.
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::header::Header;
-use crate::{LoadOptions, LoadReport, WeightsError, pump};
+use crate::header::{Header, TensorEntry};
+use crate::{LoadReport, WeightsError};
 
-/// One tensor of the host buffer.
+/// Threads reading groups into host memory at once.
+const LOADERS: usize = 4;
+
+/// One tensor of a group's memory.
 #[derive(Debug, Clone)]
 struct HostTensor {
     dtype: DType,
@@ -29,7 +38,7 @@ struct HostTensor {
     len: usize,
 }
 
-/// The host buffer: page-locked for a GPU, ordinary memory otherwise.
+/// A group's memory: page-locked for a GPU, ordinary memory otherwise.
 enum Memory {
     Plain(Vec<u8>),
     #[cfg(feature = "cuda")]
@@ -37,50 +46,82 @@ enum Memory {
 }
 
 impl Memory {
-    fn as_mut_ptr(&mut self) -> *mut u8 {
-        match self {
-            Memory::Plain(v) => v.as_mut_ptr(),
+    fn new(device: &Device, len: usize) -> Result<Memory, WeightsError> {
+        match device {
+            Device::Cpu => Ok(Memory::Plain(vec![0u8; len])),
             #[cfg(feature = "cuda")]
-            Memory::Pinned(p) => p.ptr,
+            Device::Cuda(cuda) => Ok(Memory::Pinned(crate::cuda::Pinned::for_device(cuda, len)?)),
+            #[allow(unreachable_patterns)]
+            other => Err(WeightsError::Device(format!("{:?}", other.location()))),
         }
     }
 
     fn bytes(&self) -> &[u8] {
         match self {
             Memory::Plain(v) => v,
-            // SAFETY: the allocation is `len` bytes, written whole by the load, then only read.
+            // SAFETY: the allocation is `len` bytes, written whole by its loader, then only read.
             #[cfg(feature = "cuda")]
             Memory::Pinned(p) => unsafe { std::slice::from_raw_parts(p.ptr, p.len) },
         }
     }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Memory::Plain(v) => v,
+            // SAFETY: as above; the loader that allocated it is its only user until it is ready.
+            #[cfg(feature = "cuda")]
+            Memory::Pinned(p) => unsafe { std::slice::from_raw_parts_mut(p.ptr, p.len) },
+        }
+    }
 }
 
-/// A checkpoint (one file or its shards) in host memory, for its tensors to be copied to
-/// `device` a set at a time.
+/// Where one tensor lies on disk.
+struct OnDisk {
+    file: usize,
+    entry: TensorEntry,
+    data_offset: u64,
+}
+
+/// A group as its loader left it.
+enum Slot {
+    Loading,
+    Ready(Memory, HashMap<String, HostTensor>),
+    Failed(String),
+}
+
+/// What the loaders and the users share.
+struct Shared {
+    slots: Vec<Mutex<Slot>>,
+    loaded: Condvar,
+    /// Guards nothing but the condition variable's waits.
+    gate: Mutex<()>,
+    cancel: AtomicBool,
+    next: AtomicUsize,
+    finished: Mutex<Option<Instant>>,
+}
+
+/// A checkpoint (one file or its shards) in host memory, in groups of tensors, for them to be
+/// copied to `device` a set at a time.
 pub struct HostWeights {
-    tensors: HashMap<String, HostTensor>,
-    /// Dropped before the memory: its drop waits for the copies still reading it.
+    group_of: HashMap<String, usize>,
+    /// Dropped before the groups' memory: its drop waits for the copies still reading it.
     #[cfg(feature = "cuda")]
     copier: Option<crate::cuda::Copier>,
-    memory: Memory,
+    shared: Arc<Shared>,
+    loaders: Vec<std::thread::JoinHandle<()>>,
     device: Device,
+    started: Instant,
+    total: u64,
+    tensors: usize,
+    path: PathBuf,
 }
-
-// SAFETY: the buffer is written once by `load` and only read afterwards; the copy stream is
-// used through `&self` by one upload at a time (callers hold `&mut`-free shared references, but
-// CUDA streams accept work from any thread).
-unsafe impl Send for HostWeights {}
-unsafe impl Sync for HostWeights {}
 
 /// Copies under way to the device: the tensors, usable once [`Upload::ready`] has ordered the
 /// compute stream after the copies.
 pub struct Upload {
     tensors: HashMap<String, Tensor>,
     #[cfg(feature = "cuda")]
-    done: Option<(
-        candle_core::CudaDevice,
-        std::sync::Arc<crate::cuda::CopyDone>,
-    )>,
+    done: Option<(candle_core::CudaDevice, Arc<crate::cuda::CopyDone>)>,
     bytes: u64,
 }
 
@@ -123,188 +164,317 @@ impl Drop for Upload {
 }
 
 impl HostWeights {
-    /// Reads every tensor of `paths` into host memory (page-locked when `device` is a GPU).
+    /// Starts reading every tensor of `paths` into host memory (page-locked when `device` is a
+    /// GPU), in groups: the tensors for which `group` gives the same key, the groups in
+    /// ascending key order, on a few threads. Returns once the headers are checked;
+    /// [`HostWeights::upload`] waits for the groups it needs.
     pub fn load(
         paths: &[PathBuf],
         device: &Device,
-        options: &LoadOptions,
-    ) -> Result<(HostWeights, LoadReport), WeightsError> {
+        group: impl Fn(&str) -> usize,
+    ) -> Result<HostWeights, WeightsError> {
         let started = Instant::now();
         let headers = paths
             .iter()
             .map(|p| Header::read(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let total: u64 = headers.iter().map(Header::data_bytes).sum();
-        let allocating = Instant::now();
-        let mut memory = match device {
-            Device::Cpu => Memory::Plain(vec![0u8; total as usize]),
-            #[cfg(feature = "cuda")]
-            Device::Cuda(cuda) => {
-                Memory::Pinned(crate::cuda::Pinned::for_device(cuda, total as usize)?)
-            }
-            #[allow(unreachable_patterns)]
-            other => return Err(WeightsError::Device(format!("{:?}", other.location()))),
-        };
-        let alloc_seconds = allocating.elapsed().as_secs_f64();
-        let base = memory.as_mut_ptr();
-        let mut tensors = HashMap::new();
-        let mut offset = 0usize;
-        let mut cached_before: Option<f64> = None;
-        let staging = Instant::now();
-        for header in &headers {
-            let file = open(&header.path)?;
-            let cached = baton_base::page_cache::resident_share(&file).ok();
-            cached_before = match (cached_before, cached) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            baton_base::page_cache::advise_sequential(&file);
-            let mut targets = Vec::with_capacity(header.tensors.len());
-            for t in &header.tensors {
-                if tensors.contains_key(&t.name) {
+        let mut on_disk: HashMap<String, OnDisk> = HashMap::new();
+        for (file, header) in headers.iter().enumerate() {
+            for entry in &header.tensors {
+                if on_disk.contains_key(&entry.name) {
                     return Err(WeightsError::BadOffsets {
                         path: header.path.clone(),
-                        tensor: t.name.clone(),
+                        tensor: entry.name.clone(),
                         why: "another shard holds a tensor of this name too".into(),
                     });
                 }
-                let len = t.bytes() as usize;
-                // SAFETY: offset + len <= total, the buffer's length.
-                targets.push(pump::SharedPtr(unsafe { base.add(offset) }));
-                tensors.insert(
-                    t.name.clone(),
-                    HostTensor {
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                        offset,
-                        len,
+                on_disk.insert(
+                    entry.name.clone(),
+                    OnDisk {
+                        file,
+                        entry: entry.clone(),
+                        data_offset: header.data_offset,
                     },
                 );
-                offset += len;
             }
-            let pump_options = pump::PumpOptions {
-                mapped: false,
-                ..options.pump()
-            };
-            let chunks = pump::chunks(header, pump_options.chunk_bytes);
-            pump::run(
-                header,
-                &file,
-                &chunks,
-                &pump::HostSink { targets },
-                pump_options,
-            )?;
         }
+        // Groups in ascending key order; within a group, tensors in file order.
+        let mut keys: Vec<(usize, &String)> = on_disk.keys().map(|n| (group(n), n)).collect();
+        keys.sort_by_key(|(k, n)| (*k, on_disk[*n].file, on_disk[*n].entry.start));
+        let mut group_of = HashMap::new();
+        let mut plan: Vec<Vec<String>> = Vec::new();
+        let mut last = None;
+        for (k, name) in keys {
+            if last != Some(k) {
+                plan.push(Vec::new());
+                last = Some(k);
+            }
+            group_of.insert(name.clone(), plan.len() - 1);
+            plan.last_mut().expect("pushed above").push(name.clone());
+        }
+        let total = on_disk.values().map(|t| t.entry.bytes()).sum();
+        let files = paths
+            .iter()
+            .map(|p| open(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        for f in &files {
+            baton_base::page_cache::advise_sequential(f);
+        }
+        let shared = Arc::new(Shared {
+            slots: plan.iter().map(|_| Mutex::new(Slot::Loading)).collect(),
+            loaded: Condvar::new(),
+            gate: Mutex::new(()),
+            cancel: AtomicBool::new(false),
+            next: AtomicUsize::new(0),
+            finished: Mutex::new(None),
+        });
+        let work = Arc::new((plan, on_disk, files, paths.to_vec()));
+        let loaders = (0..LOADERS.min(work.0.len()))
+            .map(|_| {
+                let (shared, work, device) = (shared.clone(), work.clone(), device.clone());
+                std::thread::spawn(move || {
+                    let (plan, on_disk, files, paths) = &*work;
+                    loop {
+                        let g = shared.next.fetch_add(1, Ordering::Relaxed);
+                        if g >= plan.len() || shared.cancel.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let slot = match load_group(&plan[g], on_disk, files, paths, &device) {
+                            Ok((memory, tensors)) => Slot::Ready(memory, tensors),
+                            Err(e) => Slot::Failed(e.to_string()),
+                        };
+                        *shared.slots[g].lock().expect("a loader panicked") = slot;
+                        if g + 1 == plan.len()
+                            || shared.slots.iter().all(|s| {
+                                !matches!(*s.lock().expect("a loader panicked"), Slot::Loading)
+                            })
+                        {
+                            shared
+                                .finished
+                                .lock()
+                                .expect("a loader panicked")
+                                .get_or_insert_with(Instant::now);
+                        }
+                        let _gate = shared.gate.lock().expect("a loader panicked");
+                        shared.loaded.notify_all();
+                    }
+                })
+            })
+            .collect();
         #[cfg(feature = "cuda")]
         let copier = match device {
             Device::Cuda(cuda) => Some(crate::cuda::Copier::new(cuda)?),
             _ => None,
         };
-        let report = LoadReport {
+        Ok(HostWeights {
+            tensors: group_of.len(),
+            group_of,
+            #[cfg(feature = "cuda")]
+            copier,
+            shared,
+            loaders,
+            device: device.clone(),
+            started,
+            total,
             path: paths.first().cloned().unwrap_or_default(),
-            tensors: tensors.len(),
-            bytes: total,
-            seconds: started.elapsed().as_secs_f64(),
-            alloc_seconds,
-            staging_seconds: staging.elapsed().as_secs_f64(),
-            convert_seconds: 0.0,
-            cached_before,
-            lanes: options.lanes,
-            chunk_bytes: options.effective_chunk_bytes(),
-        };
-        tracing::info!("into host memory: {report}");
-        Ok((
-            HostWeights {
-                tensors,
-                memory,
-                device: device.clone(),
-                #[cfg(feature = "cuda")]
-                copier,
-            },
-            report,
-        ))
+        })
     }
 
     /// The names of its tensors.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.tensors.keys().map(String::as_str)
+        self.group_of.keys().map(String::as_str)
+    }
+
+    /// Bytes held in host memory once every group is loaded.
+    pub fn bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// Waits for group `g`, then runs `f` on its memory and tensors.
+    fn with_group<T>(
+        &self,
+        g: usize,
+        f: impl FnOnce(&Memory, &HashMap<String, HostTensor>) -> Result<T, WeightsError>,
+    ) -> Result<T, WeightsError> {
+        loop {
+            {
+                let slot = self.shared.slots[g].lock().expect("a loader panicked");
+                match &*slot {
+                    Slot::Ready(memory, tensors) => return f(memory, tensors),
+                    Slot::Failed(why) => {
+                        return Err(WeightsError::Device(format!(
+                            "loading '{}' into host memory: {why}",
+                            self.path.display()
+                        )));
+                    }
+                    Slot::Loading => {}
+                }
+            }
+            let gate = self.shared.gate.lock().expect("a loader panicked");
+            let still = matches!(
+                *self.shared.slots[g].lock().expect("a loader panicked"),
+                Slot::Loading
+            );
+            if still {
+                let _ = self
+                    .shared
+                    .loaded
+                    .wait_timeout(gate, std::time::Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Waits for every group: what the load moved, and how long it took to the last group.
+    pub fn wait_all(&self) -> Result<LoadReport, WeightsError> {
+        for g in 0..self.shared.slots.len() {
+            self.with_group(g, |_, _| Ok(()))?;
+        }
+        let finished = self
+            .shared
+            .finished
+            .lock()
+            .expect("a loader panicked")
+            .unwrap_or_else(Instant::now);
+        Ok(LoadReport {
+            path: self.path.clone(),
+            tensors: self.tensors,
+            bytes: self.total,
+            seconds: finished.duration_since(self.started).as_secs_f64(),
+            alloc_seconds: 0.0,
+            staging_seconds: 0.0,
+            convert_seconds: 0.0,
+            cached_before: None,
+            lanes: LOADERS,
+            chunk_bytes: 0,
+        })
     }
 
     /// Bytes the named tensors hold (as stored); unknown names count nothing.
     pub fn bytes_of<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> u64 {
         names
             .into_iter()
-            .filter_map(|n| self.tensors.get(n))
-            .map(|t| t.len as u64)
+            .filter_map(|n| {
+                let g = *self.group_of.get(n)?;
+                self.with_group(g, |_, t| Ok(t[n].len as u64)).ok()
+            })
             .sum()
     }
 
-    /// Bytes held in host memory.
-    pub fn bytes(&self) -> u64 {
-        self.memory.bytes().len() as u64
-    }
-
     /// Starts copying the named tensors to the device (on a GPU, on the copy stream; on the CPU,
-    /// at once). Fails naming the first name it does not hold.
+    /// at once), once their groups are in host memory. Fails naming the first name it does not
+    /// hold.
     pub fn upload<'a>(
         &self,
         names: impl IntoIterator<Item = &'a str>,
     ) -> Result<Upload, WeightsError> {
-        let mut parts = Vec::new();
+        let mut by_group: Vec<(usize, Vec<&str>)> = Vec::new();
         for name in names {
-            let t = self
-                .tensors
+            let g = *self
+                .group_of
                 .get(name)
                 .ok_or_else(|| WeightsError::Missing(name.to_string()))?;
-            parts.push((name, t));
+            match by_group.iter_mut().find(|(h, _)| *h == g) {
+                Some((_, names)) => names.push(name),
+                None => by_group.push((g, vec![name])),
+            }
         }
-        let bytes = parts.iter().map(|(_, t)| t.len as u64).sum();
-        let all = self.memory.bytes();
-        match &self.device {
+        let mut upload = Upload {
+            tensors: HashMap::new(),
             #[cfg(feature = "cuda")]
-            Device::Cuda(cuda) => {
-                let copier = self
-                    .copier
-                    .as_ref()
-                    .expect("a GPU's host weights have a copier");
-                let (tensors, done) = copier.upload(
-                    cuda,
-                    parts.iter().map(|(_, t)| {
-                        (
-                            t.dtype,
-                            t.shape.as_slice(),
-                            &all[t.offset..t.offset + t.len],
-                        )
-                    }),
-                )?;
-                Ok(Upload {
-                    tensors: parts
-                        .iter()
-                        .map(|(n, _)| n.to_string())
-                        .zip(tensors)
-                        .collect(),
-                    done: Some((cuda.clone(), done)),
-                    bytes,
-                })
-            }
-            _ => {
-                let mut tensors = HashMap::with_capacity(parts.len());
-                for (name, t) in parts {
-                    let raw = &all[t.offset..t.offset + t.len];
-                    tensors.insert(
-                        name.to_string(),
-                        Tensor::from_raw_buffer(raw, t.dtype, &t.shape, &self.device)?,
-                    );
-                }
-                Ok(Upload {
-                    tensors,
+            done: None,
+            bytes: 0,
+        };
+        for (g, names) in by_group {
+            self.with_group(g, |memory, tensors| {
+                let all = memory.bytes();
+                let parts: Vec<(&str, &HostTensor)> =
+                    names.iter().map(|n| (*n, &tensors[*n])).collect();
+                upload.bytes += parts.iter().map(|(_, t)| t.len as u64).sum::<u64>();
+                match &self.device {
                     #[cfg(feature = "cuda")]
-                    done: None,
-                    bytes,
-                })
-            }
+                    Device::Cuda(cuda) => {
+                        let copier = self
+                            .copier
+                            .as_ref()
+                            .expect("a GPU's host weights have a copier");
+                        let (made, done) = copier.upload(
+                            cuda,
+                            parts.iter().map(|(_, t)| {
+                                (
+                                    t.dtype,
+                                    t.shape.as_slice(),
+                                    &all[t.offset..t.offset + t.len],
+                                )
+                            }),
+                        )?;
+                        for ((n, _), t) in parts.iter().zip(made) {
+                            upload.tensors.insert(n.to_string(), t);
+                        }
+                        // The last group's copies come after the earlier ones' on one stream.
+                        upload.done = Some((cuda.clone(), done));
+                    }
+                    _ => {
+                        for (n, t) in parts {
+                            let raw = &all[t.offset..t.offset + t.len];
+                            upload.tensors.insert(
+                                n.to_string(),
+                                Tensor::from_raw_buffer(raw, t.dtype, &t.shape, &self.device)?,
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(upload)
+    }
+}
+
+impl Drop for HostWeights {
+    fn drop(&mut self) {
+        self.shared.cancel.store(true, Ordering::Relaxed);
+        for loader in self.loaders.drain(..) {
+            let _ = loader.join();
         }
     }
+}
+
+/// Reads the tensors `names` into one new allocation, each after the other.
+fn load_group(
+    names: &[String],
+    on_disk: &HashMap<String, OnDisk>,
+    files: &[File],
+    paths: &[PathBuf],
+    device: &Device,
+) -> Result<(Memory, HashMap<String, HostTensor>), WeightsError> {
+    let len: u64 = names.iter().map(|n| on_disk[n].entry.bytes()).sum();
+    let mut memory = Memory::new(device, len as usize)?;
+    let buf = memory.bytes_mut();
+    let mut tensors = HashMap::with_capacity(names.len());
+    let mut offset = 0usize;
+    for name in names {
+        let t = &on_disk[name];
+        let n = t.entry.bytes() as usize;
+        let at = t.data_offset + t.entry.start;
+        files[t.file]
+            .read_exact_at(&mut buf[offset..offset + n], at)
+            .map_err(|source| WeightsError::Read {
+                path: paths[t.file].clone(),
+                offset: at,
+                source,
+            })?;
+        tensors.insert(
+            name.clone(),
+            HostTensor {
+                dtype: t.entry.dtype,
+                shape: t.entry.shape.clone(),
+                offset,
+                len: n,
+            },
+        );
+        offset += n;
+    }
+    Ok((memory, tensors))
 }
 
 fn open(path: &Path) -> Result<File, WeightsError> {
@@ -341,9 +511,15 @@ mod tests {
         .unwrap();
         candle_core::safetensors::save(&HashMap::from([("y.b".to_string(), b.clone())]), &two)
             .unwrap();
-        let (host, report) =
-            HostWeights::load(&[one, two], &Device::Cpu, &LoadOptions::default()).unwrap();
+        let group = |n: &str| match n {
+            "y.b" => 0,
+            "x.c" => 1,
+            _ => 2,
+        };
+        let host = HostWeights::load(&[one, two], &Device::Cpu, group).unwrap();
+        let report = host.wait_all().unwrap();
         assert_eq!(report.tensors, 3);
+        assert_eq!(report.bytes, 48 + 8 + 12);
         assert_eq!(host.bytes(), 48 + 8 + 12);
         assert_eq!(host.bytes_of(["x.a", "y.b"]), 56);
         let got = host

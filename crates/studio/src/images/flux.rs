@@ -2,7 +2,6 @@
 //! one after the other; the rectified-flow transformer stepping from noise along the family's
 //! schedule (dev takes its guidance as an input, no doubled batch); the autoencoder.
 
-use baton_weights::LoadOptions;
 use candle_core::{IndexOp, Tensor};
 use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::{flux as cflux, t5};
@@ -83,18 +82,28 @@ pub(super) fn denoise(
 ) -> Result<(Vec<(Tensor, f64)>, u64), ImagesError> {
     let cfg = (fx.transformer)();
     let denoiser = std::slice::from_ref(&job.model.denoiser);
-    let host;
-    let (head, mut blocks): (Head, Box<dyn BlockSource + '_>) = match job.residence {
-        Residence::Resident => {
+    // Streamed: read into host memory in the order the step uses them (the parts outside the
+    // blocks, then each block); the first step starts once the first block is in.
+    let order = flux_net::BlockId::all(&cfg);
+    let host = match job.residence {
+        Residence::Resident => None,
+        Residence::Streamed { .. } => Some(baton_weights::HostWeights::load(
+            denoiser,
+            job.device,
+            |name| {
+                order
+                    .iter()
+                    .position(|id| name.starts_with(&id.prefix()))
+                    .map_or(0, |i| i + 1)
+            },
+        )?),
+    };
+    let (head, mut blocks): (Head, Box<dyn BlockSource + '_>) = match &host {
+        None => {
             let vb = job.load(denoiser, loads)?;
             (Head::new(&cfg, &vb)?, Box::new(Resident::new(&cfg, &vb)?))
         }
-        Residence::Streamed { .. } => {
-            let (weights, report) =
-                baton_weights::HostWeights::load(denoiser, job.device, &LoadOptions::default())?;
-            loads.bytes += report.bytes;
-            loads.seconds += report.seconds;
-            host = weights;
+        Some(host) => {
             let outside: Vec<&str> = host
                 .names()
                 .filter(|n| HEAD_PREFIXES.iter().any(|p| n.starts_with(p)))
@@ -103,7 +112,7 @@ pub(super) fn denoise(
             let vb = candle_nn::VarBuilder::from_tensors(tensors, job.dtype, job.device);
             (
                 Head::new(&cfg, &vb)?,
-                Box::new(Streamed::new(&cfg, &host, job.dtype, job.device)),
+                Box::new(Streamed::new(&cfg, host, job.dtype, job.device)),
             )
         }
     };
@@ -156,6 +165,12 @@ pub(super) fn denoise(
     job.device.synchronize()?;
     let each = started.elapsed().as_secs_f64() / out.len().max(1) as f64;
     let streamed = blocks.streamed_bytes();
+    if let Some(host) = &host {
+        // Into host memory while the first step ran: bytes, and the time to the last block.
+        let report = host.wait_all()?;
+        loads.bytes += report.bytes;
+        loads.seconds += report.seconds;
+    }
     Ok((out.into_iter().map(|l| (l, each)).collect(), streamed))
 }
 

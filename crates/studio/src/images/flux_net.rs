@@ -775,8 +775,11 @@ mod tests {
         let mut resident = Resident::new(&cfg, &vb).unwrap();
         let want = one_step(&cfg, &head, &mut resident, true);
 
-        let (host, _) =
-            baton_weights::HostWeights::load(&[file], &Device::Cpu, &Default::default()).unwrap();
+        // Two groups, the single blocks last: the step waits for them while they load.
+        let host = baton_weights::HostWeights::load(&[file], &Device::Cpu, |n| {
+            usize::from(n.starts_with("single_blocks."))
+        })
+        .unwrap();
         let mut streamed = Streamed::new(&cfg, &host, DType::F32, &Device::Cpu);
         let first = one_step(&cfg, &head, &mut streamed, false);
         let second = one_step(&cfg, &head, &mut streamed, true);

@@ -315,7 +315,12 @@ mod tests {
         assert!(plan.iter().all(|p| p.residence == Residence::Resident));
 
         let mut plan = flux_schnell();
-        match choose(&mut plan, Some(22 * GIB), WeightsMode::Resident, "flux-schnell") {
+        match choose(
+            &mut plan,
+            Some(22 * GIB),
+            WeightsMode::Resident,
+            "flux-schnell",
+        ) {
             Err(ImagesError::MaxVram { phase, plan, .. }) => {
                 assert_eq!(phase, "transformer");
                 assert!(plan.contains("streamed it would need"), "{plan}");
