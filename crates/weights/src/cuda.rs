@@ -57,7 +57,8 @@ impl Pinned {
 }
 
 impl Pinned {
-    /// `len` bytes of ordinary (cached) page-locked memory for copies to `device`.
+    /// `len` bytes of ordinary (cached) page-locked memory for copies to `device`, allocated
+    /// with its context current on this thread.
     pub(crate) fn for_device(device: &CudaDevice, len: usize) -> Result<Pinned, WeightsError> {
         device
             .cuda_stream()
@@ -71,9 +72,19 @@ impl Pinned {
 // SAFETY: after the load writes it, the memory is only read (by copies and by `bytes`).
 unsafe impl Sync for Pinned {}
 
-/// A stream that copies host weights to the device beside the compute stream.
+/// A stream that copies host weights to the device beside the compute stream, through two
+/// page-locked staging buffers used in turn: one fills (a CPU copy) while the other's DMA runs.
 pub(crate) struct Copier {
     stream: Arc<CudaStream>,
+    slots: std::sync::Mutex<[Staging; 2]>,
+    turn: std::sync::atomic::AtomicUsize,
+}
+
+/// A staging buffer and the event after the last DMA out of it.
+#[derive(Default)]
+struct Staging {
+    pinned: Option<Pinned>,
+    done: Option<Arc<CopyDone>>,
 }
 
 /// The event after an upload's copies; dropping it is safe at any time (CUDA keeps an event's
@@ -94,6 +105,41 @@ impl CopyDone {
     }
 }
 
+/// Threads copying into a staging buffer at once.
+const COPY_THREADS: usize = 8;
+
+/// Copies each `(source, offset)` into `target` at its offset, on a few threads.
+fn copy_parallel(parts: &[(&[u8], usize)], target: &mut [u8]) {
+    const PIECE: usize = 16 << 20;
+    let mut pieces: Vec<(&[u8], usize)> = Vec::new();
+    for (src, at) in parts {
+        for (i, chunk) in src.chunks(PIECE).enumerate() {
+            pieces.push((chunk, at + i * PIECE));
+        }
+    }
+    let base = crate::pump::SharedPtr(target.as_mut_ptr());
+    let len = target.len();
+    std::thread::scope(|scope| {
+        for t in 0..COPY_THREADS.min(pieces.len()) {
+            let pieces = &pieces;
+            scope.spawn(move || {
+                let base = base;
+                for (src, at) in pieces.iter().skip(t).step_by(COPY_THREADS) {
+                    assert!(
+                        at + src.len() <= len,
+                        "a piece lies inside the staging buffer"
+                    );
+                    // SAFETY: pieces cover disjoint ranges of the target (the parts are laid
+                    // out one after another), each inside it (checked above).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), base.0.add(*at), src.len())
+                    };
+                }
+            });
+        }
+    });
+}
+
 impl Copier {
     pub(crate) fn new(device: &CudaDevice) -> Result<Copier, WeightsError> {
         let context = device.cuda_stream().context().clone();
@@ -101,31 +147,59 @@ impl Copier {
             .bind_to_thread()
             .map_err(cuda_err("cuCtxSetCurrent"))?;
         let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
-        Ok(Copier { stream })
+        Ok(Copier {
+            stream,
+            slots: Default::default(),
+            turn: Default::default(),
+        })
     }
 
-    /// Allocates each part on the compute stream (after what it freed before) and copies it
-    /// there from page-locked `bytes` on the copy stream, once the compute stream has reached
-    /// the allocation. Returns the tensors (not to be read before [`CopyDone::order_after`])
-    /// and the event after the copies.
+    /// Copies the parts into a staging buffer (once the DMA from it two uploads ago is done),
+    /// allocates each on the compute stream (after what it freed before) and copies it there on
+    /// the copy stream, once the compute stream has reached the allocation. Returns the tensors
+    /// (not to be read before [`CopyDone::order_after`]) and the event after the copies.
     pub(crate) fn upload<'a>(
         &self,
         device: &CudaDevice,
         parts: impl Iterator<Item = (DType, &'a [usize], &'a [u8])>,
     ) -> Result<(Vec<Tensor>, Arc<CopyDone>), WeightsError> {
+        let parts: Vec<_> = parts.collect();
+        let total: usize = parts.iter().map(|(_, _, b)| b.len()).sum();
+        let mut slots = self.slots.lock().expect("an upload panicked");
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2;
+        let slot = &mut slots[turn];
+        if let Some(done) = slot.done.take() {
+            done.0
+                .synchronize()
+                .map_err(cuda_err("cuEventSynchronize"))?;
+        }
+        if slot.pinned.as_ref().is_none_or(|p| p.len < total) {
+            slot.pinned = None;
+            slot.pinned = Some(Pinned::for_device(device, total)?);
+        }
+        let pinned = slot.pinned.as_mut().expect("allocated above");
+        // SAFETY: the buffer is `len` bytes and no DMA reads it (its last one is done, above).
+        let staged = unsafe { std::slice::from_raw_parts_mut(pinned.ptr, pinned.len) };
+        let mut at = 0;
+        let mut layout = Vec::with_capacity(parts.len());
+        for (_, _, bytes) in &parts {
+            layout.push((*bytes, at));
+            at += bytes.len();
+        }
+        copy_parallel(&layout, staged);
         let compute = device.cuda_stream();
         let mut tensors = Vec::new();
         let mut copies = Vec::new();
-        for (dtype, shape, bytes) in parts {
+        for ((dtype, shape, bytes), (_, at)) in parts.iter().zip(&layout) {
             let count = shape.iter().product::<usize>();
-            let (storage, ptr) = alloc_dtype(device, dtype, count)?;
+            let (storage, ptr) = alloc_dtype(device, *dtype, count)?;
             tensors.push(Tensor::from_storage(
                 Storage::Cuda(storage),
                 shape.to_vec(),
                 BackpropOp::none(),
                 false,
             ));
-            copies.push((ptr, bytes));
+            copies.push((ptr, &staged[*at..*at + bytes.len()]));
         }
         let allocated = compute
             .record_event(None)
@@ -135,24 +209,26 @@ impl Copier {
             .map_err(cuda_err("cuStreamWaitEvent"))?;
         let stream = self.stream.cu_stream();
         for (ptr, bytes) in copies {
-            // SAFETY: the destination was allocated for exactly these bytes; the source is
-            // page-locked memory that the host weights keep, unchanged, for their whole life,
-            // and the host weights outlive their uploads' copies (dropping them synchronises
-            // the copy stream).
+            // SAFETY: the destination was allocated for exactly these bytes; the source is the
+            // staging buffer, page-locked, untouched until the event recorded below has fired
+            // (the next upload into it waits for that), and freed only after the copy stream is
+            // synchronised (the copier's drop).
             unsafe { result::memcpy_htod_async(ptr, bytes, stream) }
                 .map_err(cuda_err("cuMemcpyHtoDAsync"))?;
         }
-        let done = self
-            .stream
-            .record_event(None)
-            .map_err(cuda_err("cuEventRecord"))?;
-        Ok((tensors, Arc::new(CopyDone(done))))
+        let done = Arc::new(CopyDone(
+            self.stream
+                .record_event(None)
+                .map_err(cuda_err("cuEventRecord"))?,
+        ));
+        slot.done = Some(done.clone());
+        Ok((tensors, done))
     }
 }
 
 impl Drop for Copier {
     fn drop(&mut self) {
-        // No copy may still read the host memory once it is freed.
+        // No copy may still read the staging buffers once they are freed.
         let _ = self.stream.synchronize();
     }
 }
