@@ -60,8 +60,8 @@ impl Reserve {
 
     fn describe(self) -> String {
         match self {
-            Reserve::Bytes(b) => format!("less a {} reserve", format_bytes(b)),
-            Reserve::Share(s) => format!("at most {:.0}% of it", (1.0 - s) * 100.0),
+            Reserve::Bytes(b) => format!("a {} reserve kept back", format_bytes(b)),
+            Reserve::Share(s) => format!("{:.0}% of it", (1.0 - s) * 100.0),
         }
     }
 }
@@ -184,11 +184,11 @@ fn place_need(
         return Placement::Never {
             reason: match largest {
                 Some(d) => format!(
-                    "{wants}, but the largest device, {}, has {} and {} ({}) is handed out; declare a smaller memory need, lower the reserve (--gpu-reserve) or use a larger GPU",
+                    "{wants}, but the largest device, {}, has {} of which {} is handed out ({}); declare a smaller memory need, lower the reserve (--gpu-reserve) or use a larger GPU",
                     d.snapshot.label(),
                     format_bytes(d.snapshot.total),
-                    reserve.describe(),
-                    format_bytes(usable(d.snapshot.total))
+                    format_bytes(usable(d.snapshot.total)),
+                    reserve.describe()
                 ),
                 None => format!("{wants}, and no device is left to try"),
             },
@@ -337,7 +337,11 @@ mod tests {
             Placement::Wait { .. }
         ));
         // Its least fits no card: never, with the least's numbers.
-        match place(flux(30 * GIB), &cards, &[], Reserve::default()) {
+        let huge = Ask {
+            need: 40 * GIB,
+            ..flux(30 * GIB)
+        };
+        match place(huge, &cards, &[], Reserve::default()) {
             Placement::Never { reason } => assert!(reason.contains("30.0 GiB"), "{reason}"),
             other => panic!("{other:?}"),
         }

@@ -163,6 +163,89 @@ fn run_topic_makes_a_complete_run_folder_with_cards_said_loudly() {
     common::assert_video_matches_narration(&run, "cyberpunk_tokyo", 2);
 }
 
+/// A FLUX model wants more than the simulated 24 GiB card can give: the images stage, which
+/// adapts to its budget, is placed with what the card can hold (not refused), and streams the
+/// transformer within that budget; its pictures are the ones the resident transformer draws.
+#[test]
+fn a_flux_model_bigger_than_the_card_is_placed_and_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_llama(&model, 3).unwrap();
+    let flux = dir.path().join("tiny-flux");
+    baton_studio::images::random::write_random_model(
+        &flux,
+        baton_studio::images::family::find("tiny-flux").unwrap(),
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let out = baton(dir.path(), &model)
+        .env("BATON_IMAGES_MODEL", &flux)
+        .env("BATON_IMAGES_FAMILY", "tiny-flux")
+        .env("BATON_IMAGES_WEIGHTS", "streamed")
+        .env("BATON_VOICE_ENGINE", "espeak")
+        .args(["run", "--device", "sim", "--topic", "Cyberpunk Tokyo"])
+        .output()
+        .unwrap();
+    let said = said(&out);
+    assert!(out.status.success(), "{said}");
+    let run = only_run(dir.path());
+    let manifest = manifest(&run);
+    let images = &manifest["stages"][2];
+    assert_eq!(images["name"], "images");
+    assert_eq!(images["state"], "succeeded", "{manifest}");
+    // Wanted 26 GiB; the card (24 GiB, 1 GiB reserve, its context) gave less, at least 12.
+    let granted = images["attempts"][0]["granted_bytes"].as_u64().unwrap();
+    assert!(
+        (12 << 30..24 << 30).contains(&granted),
+        "granted {granted}: {manifest}"
+    );
+    let drawn: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("3_images/images.json")).unwrap()).unwrap();
+    assert!(
+        drawn["phases"][1]["residence"]
+            .as_str()
+            .unwrap()
+            .starts_with("streamed"),
+        "{drawn}"
+    );
+    assert!(
+        drawn["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["kind"] == "generated")
+    );
+
+    // The same storyboard drawn with the transformer resident: the same pictures.
+    let again = dir.path().join("resident");
+    let out = Command::new(common::baton_exe())
+        .env("HF_HOME", dir.path().join("no-hub"))
+        .arg("images")
+        .arg("--input")
+        .arg(run.join("1_scripts/cyberpunk_tokyo_scenes.json"))
+        .arg("--run-dir")
+        .arg(&again)
+        .arg("--model")
+        .arg(&flux)
+        .args([
+            "--family",
+            "tiny-flux",
+            "--compute",
+            "cpu",
+            "--weights",
+            "resident",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", self::said(&out));
+    for n in 1..=2 {
+        let name = format!("3_images/scene_{n:02}.png");
+        let streamed = baton_studio::images::decode_png(&run.join(&name)).unwrap();
+        let resident = baton_studio::images::decode_png(&again.join(&name)).unwrap();
+        assert_eq!(streamed, resident, "scene {n}");
+    }
+}
+
 /// The report, as a browser draws it: the warnings box first, then the video, and every
 /// scene's picture as a thumbnail beside its text and clip player.
 fn report_shows_the_run(run: &Path) {

@@ -387,3 +387,79 @@ fn sdxl_joins_its_two_text_encoders_one_loaded_after_the_other() {
     assert_eq!(m["phases"][1]["name"], "unet");
     assert_eq!(m["phases"][1]["leaked"], false);
 }
+
+/// FLUX's transformer streamed from host memory a block at a time draws the same pictures as
+/// resident, says so in its plan and images.json, and copies every block each step; streaming a
+/// UNet is refused by name; a budget nothing fits is refused with the plan, before any file.
+#[test]
+fn flux_streamed_draws_what_resident_draws_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(dir.path(), &["neon city in the rain", "drones at dawn"]);
+    let draw = |weights: &str| {
+        let out = images_with("tiny-flux", dir.path(), &input, &["--weights", weights]);
+        assert!(out.status.success(), "{}", text(&out));
+        let pixels: Vec<Vec<u8>> = (1..=2)
+            .map(|n| {
+                baton_studio::images::decode_png(
+                    &dir.path().join(format!("run/3_images/scene_{n:02}.png")),
+                )
+                .unwrap()
+            })
+            .collect();
+        (text(&out), manifest(dir.path()), pixels)
+    };
+    let (_, resident, want) = draw("resident");
+    let (said, streamed, got) = draw("streamed");
+    assert_eq!(got, want, "streamed pictures differ from resident ones");
+    assert!(said.contains("plan no budget given"), "{said}");
+    assert!(said.contains("(streamed: two blocks of up to"), "{said}");
+    assert_eq!(resident["phases"][1]["residence"], "resident");
+    assert_eq!(resident["phases"][1]["streamed_bytes"], 0);
+    let transformer = &streamed["phases"][1];
+    assert!(
+        transformer["residence"]
+            .as_str()
+            .unwrap()
+            .starts_with("streamed"),
+        "{transformer}"
+    );
+    assert_eq!(transformer["leaked"], false);
+    // Every block, each of the family's 2 steps.
+    let blocks: u64 =
+        baton_weights::Header::read(&model_of("tiny-flux").join("flux1-tiny.safetensors"))
+            .unwrap()
+            .tensors
+            .iter()
+            .filter(|t| {
+                t.name.starts_with("double_blocks.") || t.name.starts_with("single_blocks.")
+            })
+            .map(|t| t.bytes())
+            .sum();
+    assert!(blocks > 0);
+    assert_eq!(transformer["streamed_bytes"].as_u64().unwrap(), 2 * blocks);
+
+    let out = images(dir.path(), &input, &["--weights", "streamed"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("tiny-sd cannot stream its weights"),
+        "{}",
+        text(&out)
+    );
+
+    let fresh = tempfile::tempdir().unwrap();
+    let input = storyboard(fresh.path(), &["neon city in the rain"]);
+    let out = images_with("tiny-flux", fresh.path(), &input, &["--max-vram", "1MiB"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--max-vram is 1.0 MiB"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !fresh.path().join("run/3_images").exists()
+            || std::fs::read_dir(fresh.path().join("run/3_images"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+}

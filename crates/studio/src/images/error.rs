@@ -35,9 +35,10 @@ pub enum ImagesError {
     #[error("scene {scene} has an empty image_prompt; write one in the scenes file")]
     EmptyPrompt { scene: u32 },
     #[error(
-        "the phased plan needs {need} in its largest phase ({phase}) but --max-vram is {max}:\n{plan}"
+        "the phased plan needs {need} in its largest phase ({phase}) but --max-vram is {max}, even with FLUX's transformer streamed; give more, or draw smaller images:\n{plan}"
     )]
     MaxVram {
+        /// The phase's need, and on a GPU "plus N for this process's CUDA context and kernels".
         need: String,
         phase: String,
         max: String,

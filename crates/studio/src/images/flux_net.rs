@@ -498,7 +498,7 @@ impl BlockId {
 /// A block with its weights on the device.
 #[derive(Clone)]
 pub(super) enum Block {
-    Double(DoubleBlock),
+    Double(Box<DoubleBlock>),
     Single(SingleBlock),
 }
 
@@ -506,9 +506,10 @@ impl Block {
     /// Block `id` from a `VarBuilder` at the model's root.
     pub(super) fn new(cfg: &Config, id: BlockId, vb: &VarBuilder) -> Result<Block> {
         Ok(match id {
-            BlockId::Double(i) => {
-                Block::Double(DoubleBlock::new(cfg, &vb.pp("double_blocks").pp(i))?)
-            }
+            BlockId::Double(i) => Block::Double(Box::new(DoubleBlock::new(
+                cfg,
+                &vb.pp("double_blocks").pp(i),
+            )?)),
             BlockId::Single(i) => {
                 Block::Single(SingleBlock::new(cfg, &vb.pp("single_blocks").pp(i))?)
             }

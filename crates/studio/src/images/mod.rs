@@ -129,8 +129,13 @@ pub fn write_images(
         true => backend.process_usage(0, std::process::id()).unwrap_or(0) + (256 << 20),
         false => 0,
     };
-    let phases_budget = options.max_vram.map(|m| m.saturating_sub(overhead));
-    choose(&mut plan, phases_budget, options.weights, fam.name)?;
+    choose(
+        &mut plan,
+        options.max_vram,
+        overhead,
+        options.weights,
+        fam.name,
+    )?;
     let budget = match options.max_vram {
         Some(max) if overhead > 0 => format!(
             "within {} ({} of it this process's CUDA context and kernels)",

@@ -182,17 +182,19 @@ impl Planned {
     }
 }
 
-/// Chooses how each phase holds its weights: resident when it fits `max` (or there is no
-/// `max`), streamed when only that fits (or `mode` says so). Refuses, with the plan, a phase
-/// that fits neither way, and `--weights streamed` for a family that cannot stream.
+/// Chooses how each phase holds its weights: resident when it fits `max` (the whole process's
+/// budget, of which `overhead` is taken before any phase: its CUDA context and kernels) or
+/// there is no `max`, streamed when only that fits (or `mode` says so). Refuses, with the plan,
+/// a phase that fits neither way, and `--weights streamed` for a family that cannot stream.
 pub(super) fn choose(
     plan: &mut [Planned],
     max: Option<u64>,
+    overhead: u64,
     mode: WeightsMode,
     family: &str,
 ) -> Result<(), ImagesError> {
     for p in plan.iter_mut() {
-        let fits = |p: &Planned| max.is_none_or(|m| p.need() <= m);
+        let fits = |p: &Planned| max.is_none_or(|m| p.need() + overhead <= m);
         match (mode, p.streamed.is_some()) {
             (WeightsMode::Streamed, true) => p.stream(),
             (WeightsMode::Auto, true) if !fits(p) => p.stream(),
@@ -207,9 +209,16 @@ pub(super) fn choose(
     }
     if let Some(max) = max {
         let big = plan.iter().max_by_key(|p| p.need()).expect("three phases");
-        if big.need() > max {
+        if big.need() + overhead > max {
             return Err(ImagesError::MaxVram {
-                need: format_bytes(big.need()),
+                need: match overhead {
+                    0 => format_bytes(big.need()),
+                    o => format!(
+                        "{} (plus {} for this process's CUDA context and kernels)",
+                        format_bytes(big.need()),
+                        format_bytes(o)
+                    ),
+                },
                 phase: big.name.into(),
                 max: format_bytes(max),
                 plan: render_plan(plan),
@@ -225,7 +234,7 @@ impl Residence {
         match self {
             Residence::Resident => "resident".into(),
             Residence::Streamed { largest, per_step } => format!(
-                "streamed: two blocks of up to {} on the device, {} copied from pinned host memory per step",
+                "streamed: two blocks of up to {} on the device, {} copied from host memory per step",
                 format_bytes(*largest),
                 format_bytes(*per_step)
             ),
@@ -303,7 +312,14 @@ mod tests {
     #[test]
     fn the_plan_streams_only_what_does_not_fit() {
         let mut plan = flux_schnell();
-        choose(&mut plan, Some(22 * GIB), WeightsMode::Auto, "flux-schnell").unwrap();
+        choose(
+            &mut plan,
+            Some(23 * GIB),
+            GIB,
+            WeightsMode::Auto,
+            "flux-schnell",
+        )
+        .unwrap();
         assert_eq!(plan[0].residence, Residence::Resident);
         assert!(matches!(plan[1].residence, Residence::Streamed { .. }));
         assert_eq!(plan[2].residence, Residence::Resident);
@@ -311,25 +327,38 @@ mod tests {
         assert!(render_plan(&plan).contains("streamed: two blocks of up to 680.0 MiB"));
 
         let mut plan = flux_schnell();
-        choose(&mut plan, None, WeightsMode::Auto, "flux-schnell").unwrap();
+        choose(&mut plan, None, GIB, WeightsMode::Auto, "flux-schnell").unwrap();
         assert!(plan.iter().all(|p| p.residence == Residence::Resident));
 
         let mut plan = flux_schnell();
         match choose(
             &mut plan,
-            Some(22 * GIB),
+            Some(23 * GIB),
+            GIB,
             WeightsMode::Resident,
             "flux-schnell",
         ) {
-            Err(ImagesError::MaxVram { phase, plan, .. }) => {
+            Err(ImagesError::MaxVram {
+                phase, plan, need, ..
+            }) => {
                 assert_eq!(phase, "transformer");
+                assert!(
+                    need.contains("plus 1.0 GiB for this process's CUDA context"),
+                    "{need}"
+                );
                 assert!(plan.contains("streamed it would need"), "{plan}");
             }
             other => panic!("{:?}", other.err()),
         }
 
         let mut plan = flux_schnell();
-        match choose(&mut plan, Some(8 * GIB), WeightsMode::Auto, "flux-schnell") {
+        match choose(
+            &mut plan,
+            Some(8 * GIB),
+            0,
+            WeightsMode::Auto,
+            "flux-schnell",
+        ) {
             Err(ImagesError::MaxVram { phase, .. }) => assert_eq!(phase, "autoencoder"),
             other => panic!("{:?}", other.err()),
         }
@@ -342,7 +371,7 @@ mod tests {
         for p in &mut plan {
             p.streamed = None;
         }
-        let err = choose(&mut plan, None, WeightsMode::Streamed, "sd-turbo").unwrap_err();
+        let err = choose(&mut plan, None, 0, WeightsMode::Streamed, "sd-turbo").unwrap_err();
         assert!(err.to_string().contains("sd-turbo cannot stream"), "{err}");
     }
 }
