@@ -328,6 +328,10 @@ pub struct ImagesArgs {
     /// The family of a --model folder.
     #[arg(long, env = "BATON_IMAGES_FAMILY")]
     pub family: Option<String>,
+    /// FLUX: a transformer file to draw with instead of the model's own: a GGUF (Q8_0, Q6_K,
+    /// Q4_K..., quantized; the community's files for schnell and dev) or a safetensors file.
+    #[arg(long, env = "BATON_IMAGES_TRANSFORMER", value_name = "FILE")]
+    pub transformer: Option<PathBuf>,
     #[arg(long)]
     pub width: Option<usize>,
     #[arg(long)]
@@ -599,6 +603,10 @@ pub enum BenchCommand {
         /// --max-vram is given; auto otherwise.
         #[arg(long, value_delimiter = ',', value_parser = ["auto", "resident", "streamed"])]
         weights: Vec<String>,
+        /// FLUX: also quantize the transformer to this GGUF block type (q8_0, q6k, q4k) and run
+        /// it beside the same weights dequantized (resident), comparing their pictures.
+        #[arg(long, value_parser = ["q8_0", "q6k", "q4k"])]
+        quantize: Option<String>,
     },
     /// Storyboards for a list of topics, judged as a reader would: scenes that repeat each
     /// other, narration off the topic, image prompts that copy the narration, markup; with

@@ -198,7 +198,9 @@ fn a_stage_waits_for_memory_then_runs_and_one_that_never_fits_fails_at_once() {
     assert!(started.elapsed() < Duration::from_secs(5));
     let all = text(&out);
     assert!(
-        all.contains("30.5 GiB") && all.contains("24.0 GiB") && all.contains("19.2 GiB"),
+        all.contains("30.5 GiB")
+            && all.contains("24.0 GiB")
+            && all.contains("23.0 GiB is handed out (a 1.0 GiB reserve kept back)"),
         "{all}"
     );
 }

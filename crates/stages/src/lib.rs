@@ -76,6 +76,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
             steps,
             max_vram,
             weights,
+            quantize,
         }) => bench_images::bench_images(
             &bench_images::BenchImages {
                 family,
@@ -86,6 +87,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
                 steps: *steps,
                 max_vram: *max_vram,
                 weights,
+                quantize: quantize.as_deref(),
             },
             out,
         ),

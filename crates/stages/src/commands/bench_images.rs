@@ -21,6 +21,9 @@ pub struct BenchImages<'a> {
     pub steps: Option<usize>,
     pub max_vram: Option<u64>,
     pub weights: &'a [String],
+    /// A GGUF block type to quantize FLUX's transformer to, and run beside its dequantized
+    /// twin.
+    pub quantize: Option<&'a str>,
 }
 
 /// One way's run, for the table.
@@ -29,6 +32,17 @@ struct Ran {
     budget: Option<u64>,
     manifest: ImagesManifest,
     pixels: Vec<Vec<u8>>,
+    /// The run its pictures are compared with.
+    reference: usize,
+}
+
+/// One way to run: its name, how the transformer holds its weights, a transformer file instead
+/// of the model's own, the run it is compared with.
+struct Way {
+    name: String,
+    weights: WeightsMode,
+    transformer: Option<std::path::PathBuf>,
+    reference: usize,
 }
 
 /// `baton bench images`: a model with the family's real shapes and random weights, written
@@ -46,10 +60,11 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
         ))
     })?;
     check_bench_scenes(args.scenes)?;
-    let modes: Vec<String> = match (args.weights.is_empty(), args.max_vram) {
-        (false, _) => args.weights.to_vec(),
-        (true, Some(_)) => vec!["resident".into(), "streamed".into()],
-        (true, None) => vec!["auto".into()],
+    let modes: Vec<String> = match (args.weights.is_empty(), args.max_vram, args.quantize) {
+        (false, _, _) => args.weights.to_vec(),
+        (true, Some(_), _) => vec!["resident".into(), "streamed".into()],
+        (true, None, Some(_)) => Vec::new(),
+        (true, None, None) => vec!["auto".into()],
     };
     let (compute, where_) = Compute::choose(args.choice)?;
     let dtype = if matches!(compute, Compute::Cuda(_)) {
@@ -87,9 +102,64 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
         "dawn over the river and the city",
         "a cinematic wide shot of tokyo",
     ];
-    let mut ran: Vec<Ran> = Vec::new();
+    let mut ways = Vec::new();
     for mode in &modes {
-        let weights: WeightsMode = mode.parse().map_err(baton::BadInput)?;
+        ways.push(Way {
+            name: mode.clone(),
+            weights: mode.parse().map_err(baton::BadInput)?,
+            transformer: None,
+            reference: 0,
+        });
+    }
+    if let Some(block) = args.quantize {
+        if !matches!(fam.arch, baton_studio::images::Arch::Flux(_)) {
+            return Err(baton::BadInput(format!(
+                "--quantize {block}: only FLUX families have a transformer to quantize"
+            ))
+            .into());
+        }
+        let kind = match block {
+            "q8_0" => candle_core::quantized::GgmlDType::Q8_0,
+            "q6k" => candle_core::quantized::GgmlDType::Q6K,
+            _ => candle_core::quantized::GgmlDType::Q4K,
+        };
+        // The random transformer is replaced by its dequantized twin (three 12B copies do not
+        // fit a 64 GiB disk): the resident run below draws with the quantized weights, dense.
+        let gguf = model_dir.join(format!("transformer-{block}.gguf"));
+        let marker = model_dir.join(format!("transformer-is-{block}-dequantized"));
+        if !(gguf.is_file() && marker.is_file()) {
+            let started = std::time::Instant::now();
+            baton_studio::images::random::write_quantized_transformer(
+                &model.denoiser,
+                &gguf,
+                &model.denoiser,
+                kind,
+            )?;
+            std::fs::write(&marker, b"")?;
+            writeln!(
+                out,
+                "transformer quantized to {block}, and replaced by its weights dequantized, in {:.1}s",
+                started.elapsed().as_secs_f64()
+            )?;
+        }
+        let twin = model.denoiser.clone();
+        let reference = ways.len();
+        ways.push(Way {
+            name: format!("{block}-dequantized"),
+            weights: WeightsMode::Resident,
+            transformer: Some(twin),
+            reference,
+        });
+        ways.push(Way {
+            name: block.to_string(),
+            weights: WeightsMode::Auto,
+            transformer: Some(gguf),
+            reference,
+        });
+    }
+    let mut ran: Vec<Ran> = Vec::new();
+    for way in &ways {
+        let (mode, weights) = (&way.name, way.weights);
         // The resident way is the reference: it runs without the budget (which it may exceed).
         let budget = args.max_vram.filter(|_| weights != WeightsMode::Resident);
         let run_dir = args.dir.join(format!("run-{mode}"));
@@ -102,6 +172,7 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
             run_dir: &run_dir,
             model: &model.dir.to_string_lossy(),
             family: Some(family),
+            transformer: way.transformer.as_deref(),
             options: ImagesOptions {
                 width: Some(size),
                 height: Some(size),
@@ -120,8 +191,12 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
             "\n== {mode}{} ==",
             budget.map_or(String::new(), |b| format!(" within {}", format_bytes(b)))
         )?;
+        let way_model = match &way.transformer {
+            Some(file) => model.clone().with_transformer(file)?,
+            None => model.clone(),
+        };
         let mut view = DrawingView::new(&input, false);
-        let drawn = baton_studio::images::stage::draw(&request, &model, &compute, &mut |e| {
+        let drawn = baton_studio::images::stage::draw(&request, &way_model, &compute, &mut |e| {
             view.event(e, out)
         });
         view.finish(out)?;
@@ -138,6 +213,7 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
             budget,
             manifest,
             pixels,
+            reference: way.reference,
         });
     }
     if ran.len() > 1 {
@@ -151,16 +227,15 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
 fn compare(ran: &[Ran], out: &mut dyn Write) -> anyhow::Result<()> {
     writeln!(
         out,
-        "\n{:<10} {:>10} {:<10} {:>11} {:>8} {:>13} {:>13} {:>12}  PIXELS vs {}",
+        "\n{:<16} {:>10} {:<10} {:>11} {:>8} {:>13} {:>13} {:>12}  PIXELS",
         "WEIGHTS",
         "BUDGET",
         "DENOISER",
         "s/IMAGE",
-        "x FIRST",
+        "x REF",
         "DENOISE PEAK",
         "STAGE PEAK",
-        "STREAMED",
-        ran[0].mode
+        "STREAMED"
     )?;
     let per_image = |r: &Ran| {
         let p = &r.manifest.phases[1];
@@ -175,32 +250,33 @@ fn compare(ran: &[Ran], out: &mut dyn Write) -> anyhow::Result<()> {
             .map(|p| p.peak_bytes)
             .max()
             .unwrap_or(0);
+        let reference = &ran[r.reference];
         let diff = r
             .pixels
             .iter()
-            .zip(&ran[0].pixels)
+            .zip(&reference.pixels)
             .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)))
             .max()
             .unwrap_or(0);
         writeln!(
             out,
-            "{:<10} {:>10} {:<10} {:>11.3} {:>8.2} {:>13} {:>13} {:>12}  {}",
+            "{:<16} {:>10} {:<10} {:>11.3} {:>8.2} {:>13} {:>13} {:>12}  {}",
             r.mode,
             r.budget.map_or("-".into(), format_bytes),
-            r.manifest.phases[1]
-                .residence
-                .split(':')
-                .next()
-                .unwrap_or(""),
+            match r.manifest.phases[1].residence.as_str() {
+                x if x.starts_with("streamed") => "streamed",
+                x if x.contains("quantized") => "quantized",
+                _ => "resident",
+            },
             per_image(r),
-            per_image(r) / per_image(&ran[0]).max(1e-9),
+            per_image(r) / per_image(reference).max(1e-9),
             format_bytes(p.peak_bytes),
             format_bytes(stage_peak),
             format_bytes(p.streamed_bytes),
-            if diff == 0 {
-                "identical".to_string()
-            } else {
-                format!("max |difference| {diff}/255")
+            match (diff, std::ptr::eq(r, reference)) {
+                (_, true) => "(the reference)".to_string(),
+                (0, false) => format!("identical to {}", reference.mode),
+                (d, false) => format!("max |difference| {d}/255 against {}", reference.mode),
             }
         )?;
     }

@@ -18,6 +18,7 @@ pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
         run_dir: &run_dir,
         model: &args.model,
         family: args.family.as_deref(),
+        transformer: args.transformer.as_deref(),
         options: ImagesOptions {
             width: args.width,
             height: args.height,

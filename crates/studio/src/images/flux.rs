@@ -7,7 +7,7 @@ use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::{flux as cflux, t5};
 
 use super::family::Flux;
-use super::flux_net::{self, BlockSource, HEAD_PREFIXES, Head, Resident, Scene, Streamed};
+use super::flux_net::{self, BlockSource, HEAD_PREFIXES, Head, Resident, Scene, Streamed, Weights};
 use super::phase::{Conditioning, Job, Loads};
 use super::plan::Residence;
 use super::tokenize::{CLIP_TOKENS, clip_tokens, t5_tokens};
@@ -86,7 +86,7 @@ pub(super) fn denoise(
     // blocks, then each block); the first step starts once the first block is in.
     let order = flux_net::BlockId::all(&cfg);
     let host = match job.residence {
-        Residence::Resident => None,
+        Residence::Resident | Residence::Quantized(_) => None,
         Residence::Streamed { .. } => Some(baton_weights::HostWeights::load(
             denoiser,
             job.device,
@@ -100,8 +100,22 @@ pub(super) fn denoise(
     };
     let (head, mut blocks): (Head, Box<dyn BlockSource + '_>) = match &host {
         None => {
-            let vb = job.load(denoiser, loads)?;
-            (Head::new(&cfg, &vb)?, Box::new(Resident::new(&cfg, &vb)?))
+            let weights = if is_gguf(&job.model.denoiser) {
+                let loaded = baton_weights::load_gguf(
+                    &job.model.denoiser,
+                    job.device,
+                    &baton_weights::LoadOptions::default(),
+                )?;
+                loads.bytes += loaded.report.bytes;
+                loads.seconds += loaded.report.seconds;
+                Weights::quantized(loaded.tensors, job.dtype, job.device)
+            } else {
+                Weights::Dense(job.load(denoiser, loads)?)
+            };
+            (
+                Head::new(&cfg, &weights)?,
+                Box::new(Resident::new(&cfg, &weights)?),
+            )
         }
         Some(host) => {
             let outside: Vec<&str> = host
@@ -111,7 +125,7 @@ pub(super) fn denoise(
             let tensors = host.upload(outside)?.ready(job.dtype)?;
             let vb = candle_nn::VarBuilder::from_tensors(tensors, job.dtype, job.device);
             (
-                Head::new(&cfg, &vb)?,
+                Head::new(&cfg, &Weights::Dense(vb))?,
                 Box::new(Streamed::new(&cfg, host, job.dtype, job.device)),
             )
         }
@@ -172,6 +186,58 @@ pub(super) fn denoise(
         loads.seconds += report.seconds;
     }
     Ok((out.into_iter().map(|l| (l, each)).collect(), streamed))
+}
+
+/// Runs, before the first phase, the largest quantized products a GGUF transformer will run at
+/// `tokens` tokens (text and image), once per block type of `path`: candle's quantized matrix
+/// product keeps a workspace on the device that grows to the largest input it has seen and
+/// stays for the process's life, so growing it inside the phase would read as that phase's
+/// leak (an H200 run flagged +128 MiB). On a CPU there is nothing to warm.
+pub(super) fn warm_quantized(
+    path: &std::path::Path,
+    fx: &Flux,
+    tokens: usize,
+    device: &candle_core::Device,
+    dtype: candle_core::DType,
+) -> Result<(), ImagesError> {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    let content = baton_weights::read_gguf(path)?;
+    let mut types: Vec<GgmlDType> = Vec::new();
+    for info in content.tensor_infos.values() {
+        let t = info.ggml_dtype;
+        if !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) && !types.contains(&t) {
+            types.push(t);
+        }
+    }
+    let cfg = (fx.transformer)();
+    let (h, mlp) = (
+        cfg.hidden_size,
+        (cfg.hidden_size as f64 * cfg.mlp_ratio) as usize,
+    );
+    // The single blocks' two products: the widest output, and the widest input.
+    for kind in types {
+        for (k, n) in [(h, 3 * h + mlp), (h + mlp, h)] {
+            let w = candle_core::Tensor::zeros(
+                (n, k),
+                candle_core::DType::F32,
+                &candle_core::Device::Cpu,
+            )?;
+            let w = QMatMul::from_qtensor(QTensor::quantize_onto(&w, kind, device)?)?;
+            let x = candle_core::Tensor::zeros((1, tokens, k), dtype, device)?;
+            let _ = x.apply(&w)?;
+        }
+    }
+    device.synchronize()?;
+    Ok(())
+}
+
+/// A transformer in a GGUF file (quantized), rather than safetensors.
+pub(super) fn is_gguf(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
 /// Every scene's latents through the autoencoder: images in [-1, 1].

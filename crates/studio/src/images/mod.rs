@@ -150,6 +150,12 @@ pub fn write_images(
         render_plan(&plan)
     )));
     warm_up(fam, &device, dtype)?;
+    if let Arch::Flux(fx) = &fam.arch
+        && flux::is_gguf(&model.denoiser)
+    {
+        let tokens = fx.t5_tokens + (width / 16) * (height / 16);
+        flux::warm_quantized(&model.denoiser, fx, tokens, &device, dtype)?;
+    }
     let job = Job {
         model,
         device: &device,
@@ -159,7 +165,7 @@ pub fn write_images(
         steps,
         guidance,
         seed: options.seed,
-        residence: plan[1].residence,
+        residence: plan[1].residence.clone(),
     };
 
     // Phase 1: every prompt through each text encoder in turn, then the encoders go.

@@ -141,6 +141,38 @@ impl ImageModel {
         Self::in_dir(&snapshot.expect("every family has files"), fam)
     }
 
+    /// The same model with `file` as its transformer (FLUX only): a GGUF file of the
+    /// transformer quantized (Q8_0, Q6_K, Q4_K, as the community publishes them for schnell and
+    /// dev), or a safetensors checkpoint.
+    pub fn with_transformer(mut self, file: &Path) -> Result<ImageModel, ImagesError> {
+        if !matches!(self.family.arch, Arch::Flux(_)) {
+            return Err(ImagesError::Option(format!(
+                "--transformer '{}': only FLUX families take a transformer file; {} has a UNet",
+                file.display(),
+                self.family.name
+            )));
+        }
+        let gguf = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let safetensors = file
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+        if !file.is_file() || !(gguf || safetensors) {
+            return Err(ImagesError::Option(format!(
+                "--transformer '{}': {}; give a .gguf or .safetensors file of a FLUX transformer",
+                file.display(),
+                if file.is_file() {
+                    "not a .gguf or .safetensors file"
+                } else {
+                    "no such file"
+                }
+            )));
+        }
+        self.denoiser = file.to_path_buf();
+        Ok(self)
+    }
+
     pub(crate) fn in_dir(dir: &Path, family: &'static Family) -> Result<ImageModel, ImagesError> {
         let layout = match family.arch {
             Arch::Sd(_) => SD_LAYOUT,

@@ -9,9 +9,38 @@ use candle_core::DType;
 use super::family::Arch;
 use super::{ImageModel, ImagesError};
 
-/// Weights bytes of safetensors files once converted to `dtype`.
+/// Weights bytes of safetensors files once converted to `dtype` (of a GGUF file: its quantized
+/// blocks as they are, its float vectors in `dtype`).
 pub(super) fn weights_bytes(paths: &[PathBuf], dtype: DType) -> Result<u64, ImagesError> {
+    if let [path] = paths
+        && super::flux::is_gguf(path)
+    {
+        return Ok(gguf_types(path)?.1);
+    }
     Ok(bytes_by(paths, dtype, |_| ())?.into_values().sum())
+}
+
+/// A GGUF file's block types (the matrices': "Q8_0", "Q4_K and Q6_K") and its tensors' bytes.
+pub(super) fn gguf_types(path: &std::path::Path) -> Result<(String, u64), ImagesError> {
+    use candle_core::quantized::GgmlDType;
+    let content = baton_weights::read_gguf(path)?;
+    let mut types: Vec<String> = Vec::new();
+    let mut bytes = 0;
+    for info in content.tensor_infos.values() {
+        let dims = info.shape.dims();
+        bytes += baton_weights::bench::gguf_bytes(dims, info.ggml_dtype);
+        if !matches!(
+            info.ggml_dtype,
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+        ) {
+            let name = format!("{:?}", info.ggml_dtype).to_uppercase();
+            if !types.contains(&name) {
+                types.push(name);
+            }
+        }
+    }
+    types.sort();
+    Ok((types.join(" and "), bytes))
 }
 
 /// Weights bytes in `dtype` of the tensors of `paths`, summed by `key(name)`.
@@ -37,13 +66,15 @@ fn bytes_by<K: std::hash::Hash + Eq>(
 }
 
 /// How a phase holds its weights on the device.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Residence {
     /// All loaded at once.
     Resident,
     /// The transformer's blocks copied from host memory one ahead of their use: `largest` is
     /// the largest block, `per_step` what every denoising step copies.
     Streamed { largest: u64, per_step: u64 },
+    /// All loaded at once, quantized (a GGUF transformer): its matrices' block types.
+    Quantized(String),
 }
 
 /// How the transformer's weights are held: `--weights`.
@@ -111,8 +142,14 @@ pub(super) fn plan(
         Arch::Flux(_) => (512 << 20, scale(1024 << 20), scale(2944 << 20)),
     };
     let denoiser = std::slice::from_ref(&model.denoiser);
+    let quantized = match super::flux::is_gguf(&model.denoiser) {
+        true => Some(gguf_types(&model.denoiser)?.0),
+        false => None,
+    };
     let streamed = match model.family.arch {
         Arch::Sd(_) => None,
+        // A GGUF transformer is resident (its blocks do not stream).
+        Arch::Flux(_) if quantized.is_some() => None,
         Arch::Flux(_) => {
             // By block: "double_blocks.N" and "single_blocks.N"; the rest stays resident.
             let by_block = bytes_by(denoiser, dtype, |name| {
@@ -155,7 +192,7 @@ pub(super) fn plan(
             name: d,
             weights: weights_bytes(denoiser, dtype)?,
             activations: denoise_act,
-            residence: Residence::Resident,
+            residence: quantized.map_or(Residence::Resident, Residence::Quantized),
             streamed,
         },
         Planned {
@@ -175,7 +212,8 @@ impl Planned {
 
     /// Streams this phase's blocks instead (the phase must be one that can).
     fn stream(&mut self) {
-        let (weights, activations, residence) = self.streamed.expect("a phase that streams");
+        let (weights, activations, residence) =
+            self.streamed.clone().expect("a phase that streams");
         self.weights = weights;
         self.activations = activations;
         self.residence = residence;
@@ -233,6 +271,7 @@ impl Residence {
     pub(super) fn describe(&self) -> String {
         match self {
             Residence::Resident => "resident".into(),
+            Residence::Quantized(types) => format!("resident, quantized ({types})"),
             Residence::Streamed { largest, per_step } => format!(
                 "streamed: two blocks of up to {} on the device, {} copied from host memory per step",
                 format_bytes(*largest),
@@ -252,8 +291,8 @@ pub(super) fn render_plan(plan: &[Planned]) -> String {
                 format_bytes(p.activations),
                 format_bytes(p.need())
             );
-            match (&p.residence, p.streamed) {
-                (Residence::Streamed { .. }, _) => {
+            match (&p.residence, &p.streamed) {
+                (Residence::Streamed { .. } | Residence::Quantized(_), _) => {
                     line.push_str(&format!(" ({})", p.residence.describe()))
                 }
                 (Residence::Resident, Some((w, a, _))) => line.push_str(&format!(

@@ -339,3 +339,106 @@ pub(crate) fn write_t5_tokenizer(dir: &Path) -> Result<(), ImagesError> {
         .map_err(|e| ImagesError::Tokenizer(e.to_string()))?;
     write_file(&dir.join("tokenizer.json"), json.as_bytes())
 }
+
+/// A FLUX transformer quantized for the benchmark: `src` (safetensors) written to `gguf` with
+/// its matrices in `block` (those whose rows it divides; the rest, and every vector, in f32),
+/// and the quantized values dequantized back to `src`'s dtype in `twin` (safetensors): the same
+/// weights dense, for the quantized run's pictures to be compared with. `twin` may be `src`
+/// (FLUX's three copies do not fit a 64 GiB disk): `src` is then removed once read, before the
+/// twin is written over it. Each file is written whole. Tensors are quantized on every core.
+pub fn write_quantized_transformer(
+    src: &Path,
+    gguf: &Path,
+    twin: &Path,
+    block: candle_core::quantized::GgmlDType,
+) -> Result<(), ImagesError> {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use std::os::unix::fs::FileExt;
+    let header = baton_weights::Header::read(src)?;
+    let file = std::fs::File::open(src)
+        .map_err(|e| ImagesError::Option(format!("'{}': {e}", src.display())))?;
+    let quantize = |i: usize| -> Result<QTensor, ImagesError> {
+        let t = &header.tensors[i];
+        let mut raw = vec![0u8; t.bytes() as usize];
+        file.read_exact_at(&mut raw, header.data_offset + t.start)
+            .map_err(|e| ImagesError::Option(format!("'{}': {e}", src.display())))?;
+        let dense =
+            Tensor::from_raw_buffer(&raw, t.dtype, &t.shape, &Device::Cpu)?.to_dtype(DType::F32)?;
+        let rows_divide = t.shape.last().is_some_and(|d| d % block.block_size() == 0);
+        let kind = if t.shape.len() == 2 && rows_divide {
+            block
+        } else {
+            GgmlDType::F32
+        };
+        Ok(QTensor::quantize(&dense, kind)?)
+    };
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done: Mutex<Vec<Option<QTensor>>> =
+        Mutex::new((0..header.tensors.len()).map(|_| None).collect());
+    std::thread::scope(|scope| -> Result<(), ImagesError> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> Result<(), ImagesError> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= header.tensors.len() {
+                            return Ok(());
+                        }
+                        let q = quantize(i)?;
+                        done.lock().expect("a worker panicked")[i] = Some(q);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a quantizing thread panicked")?;
+        }
+        Ok(())
+    })?;
+    let quantized: Vec<QTensor> = done
+        .into_inner()
+        .expect("a worker panicked")
+        .into_iter()
+        .map(|q| q.expect("every tensor quantized"))
+        .collect();
+    let named: Vec<(&str, &QTensor)> = header
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .zip(&quantized)
+        .collect();
+    let part = gguf.with_extension("gguf.part");
+    {
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&part)
+                .map_err(|e| ImagesError::Option(format!("'{}': {e}", part.display())))?,
+        );
+        candle_core::quantized::gguf_file::write(&mut out, &[], &named)?;
+        use std::io::Write;
+        out.flush()
+            .and_then(|()| out.get_ref().sync_all())
+            .map_err(|e| ImagesError::Option(format!("'{}': {e}", part.display())))?;
+    }
+    std::fs::rename(&part, gguf)
+        .map_err(|e| ImagesError::Option(format!("'{}': {e}", gguf.display())))?;
+    if twin == src {
+        drop(file);
+        std::fs::remove_file(src)
+            .map_err(|e| ImagesError::Option(format!("'{}': {e}", src.display())))?;
+    }
+    let shapes: Vec<(String, Vec<usize>, DType)> = header
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone(), t.dtype))
+        .collect();
+    baton_weights::bench::write_streamed(twin, &shapes, &mut |i, _, out| {
+        let t = quantized[i]
+            .dequantize(&Device::Cpu)
+            .and_then(|t| t.to_dtype(header.tensors[i].dtype))
+            .map_err(std::io::Error::other)?;
+        let raw = baton_weights::bench::raw_bytes(&t).map_err(std::io::Error::other)?;
+        out.write_all(&raw)
+    })?;
+    Ok(())
+}

@@ -27,6 +27,9 @@ pub struct ImagesRequest<'a> {
     pub model: &'a str,
     /// The family of a model folder.
     pub family: Option<&'a str>,
+    /// FLUX: a transformer file used instead of the model's own (a GGUF, quantized, or a
+    /// safetensors checkpoint).
+    pub transformer: Option<&'a Path>,
     pub options: ImagesOptions,
     pub compute: DeviceChoice,
     /// Storyboard cards instead of pictures.
@@ -95,6 +98,10 @@ pub fn run_images(
             return cards(&why);
         }
         (Err(e), _) => return Err(e),
+    };
+    let model = match request.transformer {
+        Some(file) => model.with_transformer(file)?,
+        None => model,
     };
     let (compute, place) = Compute::choose(request.compute)?;
     on(ImagesEvent::Drawing {
