@@ -463,3 +463,53 @@ fn flux_streamed_draws_what_resident_draws_and_says_so() {
                 .is_none()
     );
 }
+
+/// A budget a whole image's decode does not fit, but a tile's does: FLUX's autoencoder decodes
+/// in overlapping tiles (said in the plan and images.json), within its phase's plan, and the
+/// picture is the whole-image decode's within a mean of 16/255 (each tile's group norms see only
+/// the tile; the overlaps are blended).
+#[test]
+fn flux_decodes_in_tiles_when_a_whole_image_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(dir.path(), &["neon city in the rain"]);
+    let size = ["--width", "256", "--height", "256"];
+    let draw = |extra: &[&str]| {
+        let out = images_with(
+            "tiny-flux",
+            dir.path(),
+            &input,
+            &[&size[..], extra].concat(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        let png = baton_studio::images::decode_png(&dir.path().join("run/3_images/scene_01.png"));
+        (text(&out), manifest(dir.path()), png.unwrap())
+    };
+    let (_, whole_m, whole) = draw(&[]);
+    assert_eq!(whole_m["phases"][2]["residence"], "resident");
+    let (said, tiled_m, tiled) = draw(&["--max-vram", "600MiB"]);
+    assert!(
+        said.contains("decoding in overlapping 128x128 tiles"),
+        "{said}"
+    );
+    let decoder = &tiled_m["phases"][2];
+    assert!(
+        decoder["residence"].as_str().unwrap().contains("tiles"),
+        "{decoder}"
+    );
+    assert!(decoder["planned_bytes"].as_u64().unwrap() < 600 << 20);
+    assert!(
+        decoder["peak_bytes"].as_u64().unwrap()
+            < whole_m["phases"][2]["peak_bytes"].as_u64().unwrap(),
+        "tiles hold less than a whole image: {decoder} against {}",
+        whole_m["phases"][2]
+    );
+    assert_eq!(tiled.len(), whole.len());
+    assert_ne!(tiled, whole);
+    let mean = tiled
+        .iter()
+        .zip(&whole)
+        .map(|(a, b)| a.abs_diff(*b) as f64)
+        .sum::<f64>()
+        / whole.len() as f64;
+    assert!(mean < 16.0, "mean |difference| {mean}/255");
+}

@@ -86,7 +86,7 @@ pub(super) fn denoise(
     // blocks, then each block); the first step starts once the first block is in.
     let order = flux_net::BlockId::all(&cfg);
     let host = match job.residence {
-        Residence::Resident | Residence::Quantized(_) => None,
+        Residence::Resident | Residence::Quantized(_) | Residence::Tiled { .. } => None,
         Residence::Streamed { .. } => Some(baton_weights::HostWeights::load(
             denoiser,
             job.device,
@@ -240,7 +240,9 @@ pub(super) fn is_gguf(path: &std::path::Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// Every scene's latents through the autoencoder: images in [-1, 1].
+/// Every scene's latents through the autoencoder: images in [-1, 1]. With `job.decode_tile`,
+/// each image is decoded in overlapping tiles of that side, blended linearly across the
+/// overlaps on the host, so the phase holds one tile's activations, not a whole image's.
 pub(super) fn decode(
     job: &Job,
     fx: &Flux,
@@ -253,6 +255,125 @@ pub(super) fn decode(
     )?;
     latents
         .iter()
-        .map(|(l, _)| Ok(ae.decode(&l.to_device(job.device)?)?))
+        .map(|(l, _)| {
+            let l = l.to_device(job.device)?;
+            Ok(match job.decode_tile {
+                None => ae.decode(&l)?,
+                Some(tile) => decode_tiled(&ae, &l, tile / 8)?,
+            })
+        })
         .collect()
+}
+
+/// Where tiles of `tile` start along a side of `side` (latent units) with `overlap` between
+/// neighbours, the last ending at the side.
+fn tile_starts(side: usize, tile: usize, overlap: usize) -> Vec<usize> {
+    if side <= tile {
+        return vec![0];
+    }
+    let mut starts: Vec<usize> = (0..side - tile).step_by(tile - overlap).collect();
+    starts.push(side - tile);
+    starts.dedup();
+    starts
+}
+
+/// The weight of each position of a tile of `len` along one side: rising over `ramp` where it
+/// overlaps the tile before, falling where it overlaps the next.
+fn ramp_weights(len: usize, ramp: usize, first: bool, last: bool) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let up = if first || i >= ramp {
+                1.0
+            } else {
+                (i as f32 + 0.5) / ramp as f32
+            };
+            let down = if last || i + ramp < len {
+                1.0
+            } else {
+                (len - i) as f32 / ramp as f32 - 0.5 / ramp as f32
+            };
+            up.min(down)
+        })
+        .collect()
+}
+
+/// One image (latents (1, 16, h, w)) decoded in tiles of `tile` latent units, a quarter of a
+/// tile's side overlapping its neighbours.
+fn decode_tiled(
+    ae: &cflux::autoencoder::AutoEncoder,
+    latents: &Tensor,
+    tile: usize,
+) -> Result<Tensor, ImagesError> {
+    let (_, _, h, w) = latents.dims4()?;
+    let overlap = (tile / 4).max(1);
+    let (ys, xs) = (tile_starts(h, tile, overlap), tile_starts(w, tile, overlap));
+    let (out_h, out_w) = (h * 8, w * 8);
+    let mut sum = vec![0f32; 3 * out_h * out_w];
+    let mut total = vec![0f32; out_h * out_w];
+    for (yi, y) in ys.iter().enumerate() {
+        for (xi, x) in xs.iter().enumerate() {
+            let (th, tw) = (tile.min(h), tile.min(w));
+            let part = latents.narrow(2, *y, th)?.narrow(3, *x, tw)?;
+            let pixels = ae
+                .decode(&part.contiguous()?)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_device(&candle_core::Device::Cpu)?
+                .squeeze(0)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let (ph, pw) = (th * 8, tw * 8);
+            let wy = ramp_weights(ph, overlap * 8, yi == 0, yi + 1 == ys.len());
+            let wx = ramp_weights(pw, overlap * 8, xi == 0, xi + 1 == xs.len());
+            for (r, wr) in wy.iter().enumerate() {
+                for (c, wc) in wx.iter().enumerate() {
+                    let weight = wr * wc;
+                    let at = (y * 8 + r) * out_w + x * 8 + c;
+                    total[at] += weight;
+                    for ch in 0..3 {
+                        sum[ch * out_h * out_w + at] += weight * pixels[ch * ph * pw + r * pw + c];
+                    }
+                }
+            }
+        }
+    }
+    for ch in 0..3 {
+        for (i, t) in total.iter().enumerate() {
+            sum[ch * out_h * out_w + i] /= t.max(f32::EPSILON);
+        }
+    }
+    Ok(Tensor::from_vec(
+        sum,
+        (1, 3, out_h, out_w),
+        &candle_core::Device::Cpu,
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tiles cover every position, the last ending at the side; across any overlap the weights
+    /// of the two tiles add up to one, so a flat picture stays flat.
+    #[test]
+    fn tiles_cover_the_side_and_their_weights_sum_to_one() {
+        assert_eq!(tile_starts(128, 64, 16), [0, 48, 64]);
+        assert_eq!(tile_starts(64, 64, 16), [0]);
+        assert_eq!(tile_starts(100, 64, 16), [0, 36]);
+        let (side, tile, overlap) = (200usize, 64usize, 16usize);
+        let starts = tile_starts(side, tile, overlap);
+        let mut total = vec![0f32; side];
+        for (i, s) in starts.iter().enumerate() {
+            let w = ramp_weights(tile, overlap, i == 0, i + 1 == starts.len());
+            for (k, v) in w.iter().enumerate() {
+                total[s + k] += v;
+            }
+        }
+        assert!(total.iter().all(|t| *t > 0.0), "{total:?}");
+        // Where exactly two tiles overlap by the ramp's length, their weights sum to one.
+        for (i, t) in total.iter().enumerate() {
+            if (48..64).contains(&i) {
+                assert!((t - 1.0).abs() < 1e-5, "{i}: {t}");
+            }
+        }
+    }
 }

@@ -166,6 +166,10 @@ pub fn write_images(
         guidance,
         seed: options.seed,
         residence: plan[1].residence.clone(),
+        decode_tile: match plan[2].residence {
+            plan::Residence::Tiled { tile } => Some(tile),
+            _ => None,
+        },
     };
 
     // Phase 1: every prompt through each text encoder in turn, then the encoders go.

@@ -93,6 +93,8 @@ pub(super) struct Job<'a> {
     pub(super) seed: u64,
     /// How the denoiser holds its weights (the plan's choice).
     pub(super) residence: super::plan::Residence,
+    /// Flux: the autoencoder decodes in tiles of this side, in pixels (the plan's choice).
+    pub(super) decode_tile: Option<usize>,
 }
 
 impl Job<'_> {

@@ -75,6 +75,8 @@ pub(super) enum Residence {
     Streamed { largest: u64, per_step: u64 },
     /// All loaded at once, quantized (a GGUF transformer): its matrices' block types.
     Quantized(String),
+    /// The autoencoder decoding each image in overlapping tiles of this side, in pixels.
+    Tiled { tile: usize },
 }
 
 /// How the transformer's weights are held: `--weights`.
@@ -111,8 +113,9 @@ pub(super) struct Planned {
     pub(super) weights: u64,
     pub(super) activations: u64,
     pub(super) residence: Residence,
-    /// Flux's transformer: the plan were its blocks streamed (weights, activations, residence).
-    pub(super) streamed: Option<(u64, u64, Residence)>,
+    /// The phase's other way, when it has one (weights, activations, residence): Flux's
+    /// transformer streamed; Flux's autoencoder decoding in tiles.
+    pub(super) fallback: Option<(u64, u64, Residence)>,
 }
 
 /// The plan: each phase's weights plus an estimate of its activations (measured on an H200 at
@@ -128,6 +131,9 @@ pub(super) fn plan(
 ) -> Result<Vec<Planned>, ImagesError> {
     let pixels = (width * height) as u64;
     let scale = |at_512: u64| at_512 * pixels / (512 * 512) * dtype.size_in_bytes() as u64 / 2;
+    let scale_tile = |at_512: u64, tile: usize| {
+        at_512 * (tile * tile) as u64 / (512 * 512) * dtype.size_in_bytes() as u64 / 2
+    };
     let mut text = 0;
     for e in &model.encoders {
         text = text.max(weights_bytes(&e.weights, dtype)?);
@@ -186,23 +192,38 @@ pub(super) fn plan(
             weights: text,
             activations: text_act,
             residence: Residence::Resident,
-            streamed: None,
+            fallback: None,
         },
         Planned {
             name: d,
             weights: weights_bytes(denoiser, dtype)?,
             activations: denoise_act,
             residence: quantized.map_or(Residence::Resident, Residence::Quantized),
-            streamed,
+            fallback: streamed,
         },
         Planned {
             name: v,
             weights: weights_bytes(std::slice::from_ref(&model.decoder), dtype)?,
             activations: decode_act,
             residence: Residence::Resident,
-            streamed: None,
+            fallback: match (&model.family.arch, decode_tile(width, height)) {
+                (Arch::Flux(_), Some(tile)) => Some((
+                    weights_bytes(std::slice::from_ref(&model.decoder), dtype)?,
+                    scale_tile(2944 << 20, tile),
+                    Residence::Tiled { tile },
+                )),
+                _ => None,
+            },
         },
     ])
+}
+
+/// The side, in pixels, of the tiles the autoencoder decodes in when a whole image does not
+/// fit: 512, or half the image's longer side when that is smaller; none for an image under 128
+/// pixels a side.
+pub(super) fn decode_tile(width: usize, height: usize) -> Option<usize> {
+    let longer = width.max(height);
+    (longer >= 128).then(|| (longer / 2 / 64 * 64).clamp(64, 512))
 }
 
 impl Planned {
@@ -210,10 +231,10 @@ impl Planned {
         self.weights + self.activations
     }
 
-    /// Streams this phase's blocks instead (the phase must be one that can).
-    fn stream(&mut self) {
+    /// Runs this phase its other way (streamed, tiled).
+    fn fall_back(&mut self) {
         let (weights, activations, residence) =
-            self.streamed.clone().expect("a phase that streams");
+            self.fallback.clone().expect("a phase with another way");
         self.weights = weights;
         self.activations = activations;
         self.residence = residence;
@@ -231,15 +252,17 @@ pub(super) fn choose(
     mode: WeightsMode,
     family: &str,
 ) -> Result<(), ImagesError> {
+    let streams = |p: &Planned| matches!(p.fallback, Some((_, _, Residence::Streamed { .. })));
     for p in plan.iter_mut() {
-        let fits = |p: &Planned| max.is_none_or(|m| p.need() + overhead <= m);
-        match (mode, p.streamed.is_some()) {
-            (WeightsMode::Streamed, true) => p.stream(),
-            (WeightsMode::Auto, true) if !fits(p) => p.stream(),
+        let fits = max.is_none_or(|m| p.need() + overhead <= m);
+        match (&p.fallback, mode) {
+            (Some((_, _, Residence::Streamed { .. })), WeightsMode::Streamed) => p.fall_back(),
+            (Some((_, _, Residence::Streamed { .. })), WeightsMode::Auto) if !fits => p.fall_back(),
+            (Some((_, _, Residence::Tiled { .. })), _) if !fits => p.fall_back(),
             _ => {}
         }
     }
-    if mode == WeightsMode::Streamed && !plan.iter().any(|p| p.streamed.is_some()) {
+    if mode == WeightsMode::Streamed && !plan.iter().any(streams) {
         return Err(ImagesError::Option(format!(
             "--weights streamed: {family} cannot stream its weights (only FLUX.1's transformer \
              streams); use --weights auto or resident"
@@ -272,6 +295,9 @@ impl Residence {
         match self {
             Residence::Resident => "resident".into(),
             Residence::Quantized(types) => format!("resident, quantized ({types})"),
+            Residence::Tiled { tile } => {
+                format!("resident, decoding in overlapping {tile}x{tile} tiles")
+            }
             Residence::Streamed { largest, per_step } => format!(
                 "streamed: two blocks of up to {} on the device, {} copied from host memory per step",
                 format_bytes(*largest),
@@ -291,12 +317,17 @@ pub(super) fn render_plan(plan: &[Planned]) -> String {
                 format_bytes(p.activations),
                 format_bytes(p.need())
             );
-            match (&p.residence, &p.streamed) {
-                (Residence::Streamed { .. } | Residence::Quantized(_), _) => {
-                    line.push_str(&format!(" ({})", p.residence.describe()))
-                }
-                (Residence::Resident, Some((w, a, _))) => line.push_str(&format!(
-                    " (resident; streamed it would need {})",
+            match (&p.residence, &p.fallback) {
+                (
+                    Residence::Streamed { .. } | Residence::Quantized(_) | Residence::Tiled { .. },
+                    _,
+                ) => line.push_str(&format!(" ({})", p.residence.describe())),
+                (Residence::Resident, Some((w, a, r))) => line.push_str(&format!(
+                    " (resident; {} it would need {})",
+                    match r {
+                        Residence::Tiled { .. } => "in tiles",
+                        _ => "streamed",
+                    },
                     format_bytes(w + a)
                 )),
                 _ => {}
@@ -326,28 +357,29 @@ mod tests {
                 weights: 8_900 << 20,
                 activations: 512 << 20,
                 residence: Residence::Resident,
-                streamed: None,
+                fallback: None,
             },
             Planned {
                 name: "transformer",
                 weights: 22_630 << 20,
                 activations: 4_864 << 20,
                 residence: Residence::Resident,
-                streamed: Some(((200 << 20) + 2 * block, 4_864 << 20, streamed)),
+                fallback: Some(((200 << 20) + 2 * block, 4_864 << 20, streamed)),
             },
             Planned {
                 name: "autoencoder",
                 weights: 160 << 20,
                 activations: 11_776 << 20,
                 residence: Residence::Resident,
-                streamed: None,
+                fallback: Some((160 << 20, 2_944 << 20, Residence::Tiled { tile: 512 })),
             },
         ]
     }
 
     /// Under a 24 GB card's budget the transformer streams and the rest stays resident; with no
     /// budget everything is resident; asked to stay resident, the plan is refused with its
-    /// numbers; a budget below T5's phase is refused even streamed.
+    /// numbers; under 12 GiB the autoencoder decodes in tiles too; a budget below T5's phase is
+    /// refused.
     #[test]
     fn the_plan_streams_only_what_does_not_fit() {
         let mut plan = flux_schnell();
@@ -390,15 +422,30 @@ mod tests {
             other => panic!("{:?}", other.err()),
         }
 
+        // 12 GiB: the transformer streams and the autoencoder decodes in tiles.
+        let mut plan = flux_schnell();
+        choose(
+            &mut plan,
+            Some(12 * GIB),
+            GIB,
+            WeightsMode::Auto,
+            "flux-schnell",
+        )
+        .unwrap();
+        assert!(matches!(plan[1].residence, Residence::Streamed { .. }));
+        assert_eq!(plan[2].residence, Residence::Tiled { tile: 512 });
+        assert!(plan.iter().all(|p| p.need() + GIB <= 12 * GIB));
+
+        // 10 GiB: T5-XXL's phase fits neither way.
         let mut plan = flux_schnell();
         match choose(
             &mut plan,
-            Some(8 * GIB),
-            0,
+            Some(10 * GIB),
+            GIB,
             WeightsMode::Auto,
             "flux-schnell",
         ) {
-            Err(ImagesError::MaxVram { phase, .. }) => assert_eq!(phase, "autoencoder"),
+            Err(ImagesError::MaxVram { phase, .. }) => assert_eq!(phase, "text encoder"),
             other => panic!("{:?}", other.err()),
         }
     }
@@ -408,7 +455,7 @@ mod tests {
     fn streaming_a_unet_is_refused_by_name() {
         let mut plan = flux_schnell();
         for p in &mut plan {
-            p.streamed = None;
+            p.fallback = None;
         }
         let err = choose(&mut plan, None, 0, WeightsMode::Streamed, "sd-turbo").unwrap_err();
         assert!(err.to_string().contains("sd-turbo cannot stream"), "{err}");
