@@ -9,6 +9,11 @@
 //! three. Weights load through `baton-weights` (pinned lanes on a GPU). Nothing is written until
 //! every image exists; then each PNG is written whole, with its prompt, seed, model and steps in
 //! its text chunks, and `3_images/images.json` records the phases.
+//!
+//! Before anything loads, the plan sizes each phase against the budget (`--max-vram`, or the
+//! runner's grant) and chooses how it holds its weights: FLUX's transformer resident, streamed
+//! a block at a time from host memory, or quantized (a GGUF file); FLUX's autoencoder decoding
+//! whole images or tiles. What fits no way is refused with the plan.
 
 pub mod cards;
 mod error;
