@@ -328,10 +328,11 @@ pub struct ImagesArgs {
     /// The family of a --model folder.
     #[arg(long, env = "BATON_IMAGES_FAMILY")]
     pub family: Option<String>,
-    /// FLUX: a transformer file to draw with instead of the model's own: a GGUF (Q8_0, Q6_K,
-    /// Q4_K..., quantized; the community's files for schnell and dev) or a safetensors file.
-    #[arg(long, env = "BATON_IMAGES_TRANSFORMER", value_name = "FILE")]
-    pub transformer: Option<PathBuf>,
+    /// FLUX: a transformer to draw with instead of the model's own: a GGUF known by name
+    /// (flux-schnell-q8_0, ...; `baton models list`), or a file: a GGUF (Q8_0, Q6_K, Q4_K...,
+    /// quantized, as the community publishes them) or a safetensors checkpoint.
+    #[arg(long, env = "BATON_IMAGES_TRANSFORMER", value_name = "NAME|FILE")]
+    pub transformer: Option<String>,
     #[arg(long)]
     pub width: Option<usize>,
     #[arg(long)]

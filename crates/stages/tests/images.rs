@@ -513,3 +513,57 @@ fn flux_decodes_in_tiles_when_a_whole_image_does_not_fit() {
         / whole.len() as f64;
     assert!(mean < 16.0, "mean |difference| {mean}/255");
 }
+
+/// A GGUF transformer (the tiny FLUX's, quantized to Q8_0) given with --transformer draws
+/// beside the model's other parts; the plan and images.json say it is quantized; its pictures
+/// are its dequantized twin's within a few levels.
+#[test]
+fn flux_draws_with_a_gguf_transformer() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model_of("tiny-flux").join("flux1-tiny.safetensors");
+    let gguf = dir.path().join("tiny-q8_0.gguf");
+    let twin = dir.path().join("tiny-q8_0-dequantized.safetensors");
+    baton_studio::images::random::write_quantized_transformer(
+        &src,
+        &gguf,
+        &twin,
+        candle_core::quantized::GgmlDType::Q8_0,
+    )
+    .unwrap();
+    let input = storyboard(dir.path(), &["neon city in the rain"]);
+    let mut pictures = Vec::new();
+    for file in [&twin, &gguf] {
+        let out = images_with(
+            "tiny-flux",
+            dir.path(),
+            &input,
+            &["--transformer", file.to_str().unwrap()],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        pictures.push(
+            baton_studio::images::decode_png(&dir.path().join("run/3_images/scene_01.png"))
+                .unwrap(),
+        );
+    }
+    let m = manifest(dir.path());
+    assert_eq!(m["phases"][1]["residence"], "resident, quantized (Q8_0)");
+    assert_eq!(m["phases"][1]["leaked"], false);
+    let worst = pictures[0]
+        .iter()
+        .zip(&pictures[1])
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 32,
+        "max |difference| {worst}/255 against the dequantized twin"
+    );
+
+    let out = images(
+        dir.path(),
+        &input,
+        &["--transformer", gguf.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("only FLUX families"), "{}", text(&out));
+}

@@ -172,7 +172,7 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
             run_dir: &run_dir,
             model: &model.dir.to_string_lossy(),
             family: Some(family),
-            transformer: way.transformer.as_deref(),
+            transformer: None,
             options: ImagesOptions {
                 width: Some(size),
                 height: Some(size),
@@ -192,7 +192,7 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
             budget.map_or(String::new(), |b| format!(" within {}", format_bytes(b)))
         )?;
         let way_model = match &way.transformer {
-            Some(file) => model.clone().with_transformer(file)?,
+            Some(file) => model.clone().with_transformer(&file.to_string_lossy())?,
             None => model.clone(),
         };
         let mut view = DrawingView::new(&input, false);

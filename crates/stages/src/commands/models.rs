@@ -33,6 +33,22 @@ pub fn models_list(out: &mut dyn Write) -> anyhow::Result<()> {
             fam.name, fam.about, fam.repo
         )?;
     }
+    writeln!(
+        out,
+        "quantized FLUX transformers (images --transformer NAME; Hugging Face cache):"
+    )?;
+    let cache = baton_studio::hub::cache_dir();
+    for g in baton_studio::images::family::GGUF_TRANSFORMERS {
+        let state = match g.find_in(&cache) {
+            Some(_) => "in the cache",
+            None => "not fetched",
+        };
+        writeln!(
+            out,
+            "{:<20} {state:<14} {} ({}/{})",
+            g.name, g.about, g.repo, g.file
+        )?;
+    }
     writeln!(out, "voice models (Hugging Face cache):")?;
     for (name, repo) in baton_studio::voice::parler::MODELS {
         let state = match baton_studio::voice::parler::ParlerFiles::resolve(name) {
@@ -56,6 +72,22 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
             baton_studio::images::ImageModel::fetch(name, hub, progress)
         })??;
         writeln!(out, "{name}: {} (every file checked)", model.dir.display())?;
+        return Ok(());
+    }
+    if let Some(g) = baton_studio::images::family::GgufTransformer::named(name) {
+        let file = from_hub(
+            &format!("{name} ({}/{})", g.repo, g.file),
+            out,
+            |hub, progress| {
+                baton_studio::images::ImageModel::fetch_transformer(name, hub, progress)
+            },
+        )??;
+        writeln!(
+            out,
+            "{name}: {} (draw with it: baton images --model {} --transformer {name})",
+            file.display(),
+            g.family
+        )?;
         return Ok(());
     }
     if let Some((voice, repo)) = baton_studio::voice::parler::MODELS

@@ -458,6 +458,62 @@ pub const TINY: &[Family] = &[
     },
 ];
 
+/// A FLUX transformer quantized to GGUF, as the community publishes it (the tensor names of the
+/// original checkpoint), known by name to `--transformer` and `baton models`.
+#[derive(Debug)]
+pub struct GgufTransformer {
+    pub name: &'static str,
+    /// The family whose transformer it is.
+    pub family: &'static str,
+    pub repo: &'static str,
+    pub file: &'static str,
+    pub about: &'static str,
+}
+
+/// The GGUF transformers baton knows by name.
+pub const GGUF_TRANSFORMERS: &[GgufTransformer] = &[
+    GgufTransformer {
+        name: "flux-schnell-q8_0",
+        family: "flux-schnell",
+        repo: "city96/FLUX.1-schnell-gguf",
+        file: "flux1-schnell-Q8_0.gguf",
+        about: "FLUX.1 schnell's transformer in Q8_0 (12.7 GB): fits a 24 GB card resident",
+    },
+    GgufTransformer {
+        name: "flux-schnell-q4_k_s",
+        family: "flux-schnell",
+        repo: "city96/FLUX.1-schnell-gguf",
+        file: "flux1-schnell-Q4_K_S.gguf",
+        about: "FLUX.1 schnell's transformer in Q4_K_S (6.8 GB)",
+    },
+    GgufTransformer {
+        name: "flux-dev-q8_0",
+        family: "flux-dev",
+        repo: "city96/FLUX.1-dev-gguf",
+        file: "flux1-dev-Q8_0.gguf",
+        about: "FLUX.1 dev's transformer in Q8_0 (12.7 GB): fits a 24 GB card resident",
+    },
+    GgufTransformer {
+        name: "flux-dev-q4_k_s",
+        family: "flux-dev",
+        repo: "city96/FLUX.1-dev-gguf",
+        file: "flux1-dev-Q4_K_S.gguf",
+        about: "FLUX.1 dev's transformer in Q4_K_S (6.8 GB)",
+    },
+];
+
+impl GgufTransformer {
+    /// The one called `name`.
+    pub fn named(name: &str) -> Option<&'static GgufTransformer> {
+        GGUF_TRANSFORMERS.iter().find(|g| g.name == name)
+    }
+
+    /// Its file in the Hugging Face cache at `cache`, if it was fetched.
+    pub fn find_in(&self, cache: &std::path::Path) -> Option<std::path::PathBuf> {
+        crate::hub::find_cached(cache, self.repo, self.file)
+    }
+}
+
 /// The family called `name`, the tiny ones included.
 pub fn find(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().chain(TINY).find(|f| f.name == name)

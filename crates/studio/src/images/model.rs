@@ -141,17 +141,46 @@ impl ImageModel {
         Self::in_dir(&snapshot.expect("every family has files"), fam)
     }
 
-    /// The same model with `file` as its transformer (FLUX only): a GGUF file of the
+    /// The same model with `spec` as its transformer (FLUX only): a GGUF transformer known by
+    /// name (`flux-schnell-q8_0`, fetched into the Hugging Face cache), or a file: a GGUF of the
     /// transformer quantized (Q8_0, Q6_K, Q4_K, as the community publishes them for schnell and
     /// dev), or a safetensors checkpoint.
-    pub fn with_transformer(mut self, file: &Path) -> Result<ImageModel, ImagesError> {
+    pub fn with_transformer(self, spec: &str) -> Result<ImageModel, ImagesError> {
+        self.with_transformer_in(spec, &crate::hub::cache_dir())
+    }
+
+    /// [`ImageModel::with_transformer`], known names looked up in the Hugging Face cache at
+    /// `cache`.
+    pub fn with_transformer_in(
+        mut self,
+        spec: &str,
+        cache: &Path,
+    ) -> Result<ImageModel, ImagesError> {
         if !matches!(self.family.arch, Arch::Flux(_)) {
             return Err(ImagesError::Option(format!(
-                "--transformer '{}': only FLUX families take a transformer file; {} has a UNet",
-                file.display(),
+                "--transformer '{spec}': only FLUX families take a transformer file; {} has a UNet",
                 self.family.name
             )));
         }
+        if let Some(known) = family::GgufTransformer::named(spec) {
+            if known.family != self.family.name {
+                return Err(ImagesError::Option(format!(
+                    "--transformer {spec} is {}'s transformer, but the model is {}; use a {} model (--model {})",
+                    known.family, self.family.name, known.family, known.family
+                )));
+            }
+            self.denoiser = known.find_in(cache).ok_or_else(|| ImagesError::NoModel {
+                why: format!(
+                    "the transformer {spec} ({}/{}) is not in the Hugging Face cache at {}; `baton models fetch {spec}` downloads it",
+                    known.repo,
+                    known.file,
+                    cache.display()
+                ),
+                family: self.family.name.into(),
+            })?;
+            return Ok(self);
+        }
+        let file = Path::new(spec);
         let gguf = file
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
@@ -159,18 +188,33 @@ impl ImageModel {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
         if !file.is_file() || !(gguf || safetensors) {
+            let names: Vec<&str> = family::GGUF_TRANSFORMERS.iter().map(|g| g.name).collect();
             return Err(ImagesError::Option(format!(
-                "--transformer '{}': {}; give a .gguf or .safetensors file of a FLUX transformer",
-                file.display(),
+                "--transformer '{spec}': {}; give a .gguf or .safetensors file of a FLUX transformer, or one of {}",
                 if file.is_file() {
                     "not a .gguf or .safetensors file"
                 } else {
-                    "no such file"
-                }
+                    "no such file, nor a known transformer"
+                },
+                names.join(", ")
             )));
         }
         self.denoiser = file.to_path_buf();
         Ok(self)
+    }
+
+    /// Downloads the GGUF transformer `name` into the Hugging Face cache (kept if there).
+    pub fn fetch_transformer(
+        name: &str,
+        hub: &crate::hub::Hub,
+        progress: &mut dyn FnMut(&str, u64, Option<u64>),
+    ) -> Result<PathBuf, ImagesError> {
+        let known = family::GgufTransformer::named(name).ok_or_else(|| {
+            ImagesError::Option(format!("'{name}' is not a GGUF transformer baton knows"))
+        })?;
+        Ok(hub.fetch(known.repo, "main", known.file, &mut |d, t| {
+            progress(known.file, d, t)
+        })?)
     }
 
     pub(crate) fn in_dir(dir: &Path, family: &'static Family) -> Result<ImageModel, ImagesError> {
@@ -267,5 +311,60 @@ impl ImageModel {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(family: &str) -> ImageModel {
+        ImageModel {
+            family: family::find(family).unwrap(),
+            dir: PathBuf::from("/models/x"),
+            encoders: Vec::new(),
+            denoiser: PathBuf::from("/models/x/flux1-schnell.safetensors"),
+            decoder: PathBuf::from("/models/x/ae.safetensors"),
+        }
+    }
+
+    /// `--transformer NAME` finds a fetched GGUF in the Hugging Face cache's layout; one not
+    /// fetched, one of another family, a UNet family and a file that is no transformer are each
+    /// refused with what to do.
+    #[test]
+    fn a_transformer_by_name_or_file_and_every_refusal() {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = crate::hub::repo_dir(cache.path(), "city96/FLUX.1-schnell-gguf");
+        let snapshot = repo.join("snapshots/abc123");
+        std::fs::create_dir_all(&snapshot).unwrap();
+        std::fs::create_dir_all(repo.join("refs")).unwrap();
+        std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+        std::fs::write(snapshot.join("flux1-schnell-Q8_0.gguf"), b"GGUF").unwrap();
+
+        let m = model("flux-schnell")
+            .with_transformer_in("flux-schnell-q8_0", cache.path())
+            .unwrap();
+        assert_eq!(m.denoiser, snapshot.join("flux1-schnell-Q8_0.gguf"));
+
+        let err = |r: Result<ImageModel, ImagesError>| r.err().unwrap().to_string();
+        let e = err(model("flux-schnell").with_transformer_in("flux-schnell-q4_k_s", cache.path()));
+        assert!(e.contains("baton models fetch flux-schnell-q4_k_s"), "{e}");
+        let e = err(model("flux-dev").with_transformer_in("flux-schnell-q8_0", cache.path()));
+        assert!(
+            e.contains("flux-schnell's transformer, but the model is flux-dev"),
+            "{e}"
+        );
+        let e = err(model("sd-turbo").with_transformer_in("flux-schnell-q8_0", cache.path()));
+        assert!(e.contains("only FLUX families"), "{e}");
+        let text = cache.path().join("notes.txt");
+        std::fs::write(&text, "x").unwrap();
+        let e =
+            err(model("flux-schnell").with_transformer_in(&text.to_string_lossy(), cache.path()));
+        assert!(e.contains("not a .gguf or .safetensors file"), "{e}");
+        let e = err(model("flux-schnell").with_transformer_in("flux-typo", cache.path()));
+        assert!(
+            e.contains("no such file, nor a known transformer") && e.contains("flux-dev-q8_0"),
+            "{e}"
+        );
     }
 }

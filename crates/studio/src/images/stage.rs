@@ -27,9 +27,9 @@ pub struct ImagesRequest<'a> {
     pub model: &'a str,
     /// The family of a model folder.
     pub family: Option<&'a str>,
-    /// FLUX: a transformer file used instead of the model's own (a GGUF, quantized, or a
-    /// safetensors checkpoint).
-    pub transformer: Option<&'a Path>,
+    /// FLUX: a transformer used instead of the model's own: a known GGUF name, or a file (a
+    /// GGUF, quantized, or a safetensors checkpoint).
+    pub transformer: Option<&'a str>,
     pub options: ImagesOptions,
     pub compute: DeviceChoice,
     /// Storyboard cards instead of pictures.
