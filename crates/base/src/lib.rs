@@ -15,6 +15,7 @@ pub mod page_cache;
 pub mod procfs;
 pub mod protocol;
 pub mod run_dir;
+pub mod suggest;
 pub mod units;
 
 pub use error::FileError;

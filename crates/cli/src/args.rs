@@ -20,11 +20,13 @@ pub struct Cli {
 pub enum Command {
     /// Run a pipeline for a topic, every stage in its own process (default: the content pipeline).
     Run(RunArgs),
-    /// Write the storyboard for a topic with an LLM (the seed's pipeline_manager.py, first half).
+    /// Write the storyboard for a topic with an LLM: scenes with a title, narration and image
+    /// prompt each (1_scripts/<topic>_scenes.json).
     Scenes(ScenesArgs),
-    /// Narrate every scene of a storyboard into WAV files (the seed's pipeline_manager.py, second half).
+    /// Narrate every scene of a storyboard into WAV files (2_audio/), and the whole narration.
     Voice(VoiceArgs),
-    /// Draw a picture for every scene with a Stable Diffusion model, one model on the device at a time.
+    /// Draw a picture for every scene with a diffusion model (Stable Diffusion, SDXL, FLUX.1),
+    /// one of its models on the device at a time, within a memory budget (3_images/).
     Images(ImagesArgs),
     /// Make the run's video: every scene's picture for its narration's length, the narration as
     /// the sound track, one subtitle per scene (4_video/, through ffmpeg).
@@ -142,7 +144,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub topic: String,
     /// processes: every stage its own process (crash isolation, memory returned by the OS);
-    /// monolithic: every stage in this process, between scope guards (the seed's Approach A).
+    /// monolithic: every stage in this process, one after another, its memory proved back
+    /// before the next starts (faster to start; a crash takes the whole run).
     #[arg(long, value_enum, default_value = "processes")]
     pub mode: RunMode,
     #[command(flatten)]
@@ -157,7 +160,7 @@ pub enum RunMode {
 
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
-    /// A pipeline file (TOML, see docs/pipeline.md); default: the built-in content pipeline.
+    /// A pipeline file (TOML, see docs/runner.md); default: the built-in content pipeline.
     #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
     /// Where run folders are made.
@@ -333,8 +336,11 @@ pub struct ImagesArgs {
     /// quantized, as the community publishes them) or a safetensors checkpoint.
     #[arg(long, env = "BATON_IMAGES_TRANSFORMER", value_name = "NAME|FILE")]
     pub transformer: Option<String>,
+    /// Image width in pixels (default: the family's native size, e.g. 512 for SD-Turbo, 1024
+    /// for FLUX.1); a multiple of the family's block size (64 for SD, 32 for SDXL, 16 for FLUX).
     #[arg(long)]
     pub width: Option<usize>,
+    /// Image height in pixels; as --width.
     #[arg(long)]
     pub height: Option<usize>,
     /// Denoising steps (default: the family's).

@@ -310,8 +310,25 @@ fn models_exit_codes() {
         baton(d, &["models", "evict", "/nope/model.gguf"]),
         "/nope/model.gguf",
     );
+    // A typo is answered with the name it was probably meant to be; nonsense with the list.
+    bad_input(
+        baton(d, &["models", "fetch", "sd-trubo"]),
+        "'sd-trubo' is not a model baton knows; did you mean 'sd-turbo'?",
+    );
+    bad_input(
+        baton(d, &["models", "fetch", "flux-schnel-q8_0"]),
+        "did you mean 'flux-schnell-q8_0'?",
+    );
+    bad_input(
+        baton(d, &["models", "fetch", "stable-cascade"]),
+        "`baton models list` shows them all",
+    );
     // Offline, the same for every kind of model: the machine cannot reach the hub.
     machine_failure(baton(d, &["models", "fetch", "sd-turbo"]), "HF_HUB_OFFLINE");
+    machine_failure(
+        baton(d, &["models", "fetch", "flux-schnell-q8_0"]),
+        "HF_HUB_OFFLINE",
+    );
     machine_failure(
         baton(d, &["models", "fetch", "parler-tts-mini-v1"]),
         "HF_HUB_OFFLINE",

@@ -116,6 +116,33 @@ pub fn models_fetch(name: &str, out: &mut dyn Write) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // A bare name that is no model baton knows: the closest one, if it is a typo.
+    let path_like = name.contains('/') || name.contains(':') || std::path::Path::new(name).exists();
+    if known.is_none() && !path_like {
+        let names: Vec<&str> = baton_studio::model_store::KNOWN
+            .iter()
+            .map(|k| k.name)
+            .chain(
+                baton_studio::images::family::FAMILIES
+                    .iter()
+                    .map(|f| f.name),
+            )
+            .chain(
+                baton_studio::images::family::GGUF_TRANSFORMERS
+                    .iter()
+                    .map(|g| g.name),
+            )
+            .chain(baton_studio::voice::parler::MODELS.iter().map(|(n, _)| *n))
+            .collect();
+        let hint = match baton_base::suggest::closest(name, names.iter().copied()) {
+            Some(near) => format!("did you mean '{near}'? "),
+            None => String::new(),
+        };
+        return Err(baton::BadInput(format!(
+            "'{name}' is not a model baton knows; {hint}`baton models list` shows them all (or pass a file path, hf:OWNER/REPO/FILE or pip:PACKAGE/FILE)"
+        ))
+        .into());
+    }
     let path = store.resolve(name, true)?;
     writeln!(out, "{name}: {} (checksum verified)", path.display())?;
     Ok(())
