@@ -237,7 +237,9 @@ pub struct VoiceArgs {
     /// The run folder to write 2_audio/ into (default: the one the scenes file is in).
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
-    /// The voice: en-us, en-gb, … (eSpeak NG's English voices).
+    /// The eSpeak NG voice: en-us, en-gb, en-gb-scotland, en-gb-x-rp, en-gb-x-gbclan,
+    /// en-gb-x-gbcwmd, en-029, en-us-nyc or en-shaw (English only), a `+variant` such as
+    /// `+f3` allowed.
     #[arg(long, default_value = "en-us")]
     pub voice: String,
     /// Pace: 1.0 is normal, 0.5 slow, 2.0 fast.

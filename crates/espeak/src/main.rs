@@ -204,6 +204,25 @@ fn run(args: &Args) -> Result<(), String> {
     let dir = &args.data;
     ensure_data(dir)
         .map_err(|e| format!("cannot unpack the voice data into {}: {e}", dir.display()))?;
+    // Only the bundled languages' dictionaries are here: a voice of another language would
+    // fail deep in synthesis ("translate_to_codes: dict not found"), so refuse it by name.
+    let language = args.voice.split(['-', '+']).next().unwrap_or_default();
+    if !espeak_ng::has_bundled_language(&language.to_lowercase()) {
+        let usable: Vec<String> = espeak_ng::voices::list_voices(dir)
+            .into_iter()
+            .filter(|v| {
+                let lang = v.language.split('-').next().unwrap_or_default();
+                espeak_ng::has_bundled_language(lang)
+            })
+            .map(|v| v.language)
+            .collect();
+        return Err(format!(
+            "voice '{}': this build carries eSpeak NG's {} voices only; use one of {}",
+            args.voice,
+            espeak_ng::bundled_languages().join(", "),
+            usable.join(", ")
+        ));
+    }
     let mut engine = EspeakNg::with_data_dir(&args.voice, dir)
         .map_err(|e| format!("voice '{}': {e}", args.voice))?;
     if args.ipa {

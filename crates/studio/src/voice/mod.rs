@@ -83,6 +83,20 @@ impl baton_base::fault::Classify for VoiceError {
     }
 }
 
+/// The English voices of the eSpeak NG data baton-espeak carries (`--voice`; a `+variant`
+/// such as `en-us+f3` may follow).
+pub const ENGLISH_VOICES: &[&str] = &[
+    "en-us",
+    "en-gb",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+    "en-shaw",
+];
+
 /// How the narration sounds.
 #[derive(Debug, Clone)]
 pub struct VoiceOptions {
@@ -122,6 +136,16 @@ impl VoiceOptions {
             return Err(VoiceError::Option(format!(
                 "--voice '{}': use a voice name such as en-us or en-gb",
                 self.voice
+            )));
+        }
+        // baton-espeak carries English's dictionary only: another language would fail in the
+        // middle of the first scene.
+        let language = self.voice.split(['-', '+']).next().unwrap_or_default();
+        if !language.eq_ignore_ascii_case("en") {
+            return Err(VoiceError::Option(format!(
+                "--voice '{}': baton's eSpeak NG speaks English only; use one of {}",
+                self.voice,
+                ENGLISH_VOICES.join(", ")
             )));
         }
         Ok(())
@@ -637,5 +661,37 @@ mod years_tests {
             speakable_years("12345 people, 2005, 3000 ships, 1969a, A1969, 19.69"),
             "12345 people, 2005, 3000 ships, 1969a, A1969, 19.69"
         );
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::*;
+
+    fn with_voice(voice: &str) -> Result<(), VoiceError> {
+        VoiceOptions {
+            voice: voice.into(),
+            speed: 1.0,
+            sample_rate: 22050,
+            description: None,
+        }
+        .check()
+    }
+
+    /// English voices (and their variants) pass; another language is refused by name, with the
+    /// voices that work, before any scene is spoken.
+    #[test]
+    fn only_english_voices_are_accepted_and_the_others_are_listed() {
+        for ok in ["en-us", "en-gb-scotland", "en-us+f3", "EN-GB", "en"] {
+            with_voice(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["fr", "de-de", "es+m1"] {
+            let e = with_voice(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("--voice '{bad}'")), "{e}");
+            assert!(
+                e.contains("English only") && e.contains("en-gb-x-rp"),
+                "{e}"
+            );
+        }
     }
 }
