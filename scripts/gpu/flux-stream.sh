@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FLUX.1 on a 24 GB budget (issue #17): the transformer resident (no budget) and streamed from
-# pinned host memory under --max-vram, side by side in one process (time per image, peaks, the
-# pictures compared pixel by pixel), then the streamed run alone watched from outside through
+# host memory (through pinned staging buffers) under --max-vram, side by side in one process
+# (time per image, peaks, the pictures compared pixel by pixel), then the streamed run alone watched from outside through
 # NVML at 20 Hz (the CUDA context counted) under each budget. Real shapes, random bf16 weights
 # (written first by `baton bench images`: 32 GiB on disk).
 #   bash scripts/gpu/flux-stream.sh OUT FAMILY SCENES STEPS "BUDGETS..."
