@@ -27,6 +27,15 @@ fn cuda_err(call: &'static str) -> impl Fn(result::DriverError) -> WeightsError 
     }
 }
 
+/// A new stream in `device`'s context, made current on this thread first.
+fn new_stream(device: &CudaDevice) -> Result<Arc<CudaStream>, WeightsError> {
+    let context = device.cuda_stream().context().clone();
+    context
+        .bind_to_thread()
+        .map_err(cuda_err("cuCtxSetCurrent"))?;
+    context.new_stream().map_err(cuda_err("cuStreamCreate"))
+}
+
 /// Page-locked host memory from `cuMemHostAlloc`, freed on drop.
 pub(crate) struct Pinned {
     pub(crate) ptr: *mut u8,
@@ -142,11 +151,7 @@ fn copy_parallel(parts: &[(&[u8], usize)], target: &mut [u8]) {
 
 impl Copier {
     pub(crate) fn new(device: &CudaDevice) -> Result<Copier, WeightsError> {
-        let context = device.cuda_stream().context().clone();
-        context
-            .bind_to_thread()
-            .map_err(cuda_err("cuCtxSetCurrent"))?;
-        let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
+        let stream = new_stream(device)?;
         Ok(Copier {
             stream,
             slots: Default::default(),
@@ -263,11 +268,7 @@ impl Sink for DeviceSink {
     type Lane = Lane;
 
     fn lane(&self, slots: usize, bytes: usize) -> Result<Lane, WeightsError> {
-        let context = self.device.cuda_stream().context().clone();
-        context
-            .bind_to_thread()
-            .map_err(cuda_err("cuCtxSetCurrent"))?;
-        let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
+        let stream = new_stream(&self.device)?;
         let mut buffers: Vec<Option<Pinned>> = (0..slots).map(|_| None).collect();
         buffers[0] = Some(Pinned::new(bytes, self.write_combined)?);
         Ok(Lane {
@@ -379,11 +380,7 @@ impl Sink for MappedSink {
     type Lane = DirectLane;
 
     fn lane(&self, slots: usize, _bytes: usize) -> Result<DirectLane, WeightsError> {
-        let context = self.device.cuda_stream().context().clone();
-        context
-            .bind_to_thread()
-            .map_err(cuda_err("cuCtxSetCurrent"))?;
-        let stream = context.new_stream().map_err(cuda_err("cuStreamCreate"))?;
+        let stream = new_stream(&self.device)?;
         Ok(DirectLane {
             stream,
             pinned: (0..slots).map(|_| None).collect(),

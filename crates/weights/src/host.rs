@@ -39,17 +39,6 @@ struct HostTensor {
     len: usize,
 }
 
-/// A group's memory: ordinary host memory (pinning it all would cost the driver seconds per
-/// 10 GiB, during which it blocks the compute stream's every call; a GPU's copies go through
-/// two pinned staging buffers instead, see `cuda::Copier`).
-struct Memory(Vec<u8>);
-
-impl Memory {
-    fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 /// Where one tensor lies on disk.
 struct OnDisk {
     file: usize,
@@ -60,7 +49,10 @@ struct OnDisk {
 /// A group as its loader left it.
 enum Slot {
     Loading,
-    Ready(Memory, HashMap<String, HostTensor>),
+    /// Its bytes in ordinary host memory (pinning them all would cost the driver seconds per
+    /// 10 GiB, during which it holds every other thread's CUDA calls; a GPU's copies go through
+    /// the copier's two pinned staging buffers instead) and its tensors in them.
+    Ready(Vec<u8>, HashMap<String, HostTensor>),
     Failed(String),
 }
 
@@ -269,7 +261,7 @@ impl HostWeights {
     fn with_group<T>(
         &self,
         g: usize,
-        f: impl FnOnce(&Memory, &HashMap<String, HostTensor>) -> Result<T, WeightsError>,
+        f: impl FnOnce(&[u8], &HashMap<String, HostTensor>) -> Result<T, WeightsError>,
     ) -> Result<T, WeightsError> {
         loop {
             {
@@ -361,7 +353,7 @@ impl HostWeights {
         };
         for (g, names) in by_group {
             self.with_group(g, |memory, tensors| {
-                let all = memory.bytes();
+                let all = memory;
                 let parts: Vec<(&str, &HostTensor)> =
                     names.iter().map(|n| (*n, &tensors[*n])).collect();
                 upload.bytes += parts.iter().map(|(_, t)| t.len as u64).sum::<u64>();
@@ -420,10 +412,10 @@ fn load_group(
     on_disk: &HashMap<String, OnDisk>,
     files: &[File],
     paths: &[PathBuf],
-) -> Result<(Memory, HashMap<String, HostTensor>), WeightsError> {
+) -> Result<(Vec<u8>, HashMap<String, HostTensor>), WeightsError> {
     let len: u64 = names.iter().map(|n| on_disk[n].entry.bytes()).sum();
-    let mut memory = Memory(vec![0u8; len as usize]);
-    let buf = &mut memory.0;
+    let mut memory = vec![0u8; len as usize];
+    let buf = &mut memory;
     let mut tensors = HashMap::with_capacity(names.len());
     let mut offset = 0usize;
     for name in names {

@@ -29,7 +29,7 @@ pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
                 (Some(max), _) => Some(max),
                 // As a stage on a GPU: the budget the runner granted.
                 (None, baton_memory::DeviceChoice::Cpu) => None,
-                (None, _) => crate::commands::scenes::granted_budget()?,
+                (None, _) => crate::commands::granted_budget()?,
             },
             weights: args.weights.parse().map_err(baton::BadInput)?,
         },

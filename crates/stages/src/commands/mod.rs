@@ -15,3 +15,14 @@ pub mod monolithic;
 pub mod scenes;
 pub mod video;
 pub mod voice;
+
+/// The device memory the runner granted this stage (`BATON_MEMORY_BUDGET`), when it runs as a
+/// stage of a run on a GPU.
+pub(crate) fn granted_budget() -> anyhow::Result<Option<u64>> {
+    match std::env::var("BATON_MEMORY_BUDGET") {
+        Ok(budget) => Ok(Some(baton_base::units::parse_size(&budget).map_err(
+            |e| baton::BadInput(format!("BATON_MEMORY_BUDGET '{budget}': {e}")),
+        )?)),
+        Err(_) => Ok(None),
+    }
+}

@@ -116,7 +116,7 @@ pub(crate) fn scenes_model(spec: &str, compute: &Compute) -> anyhow::Result<std:
     }
     let room = match compute {
         Compute::Cpu => None,
-        Compute::Cuda(_) => match granted_budget()? {
+        Compute::Cuda(_) => match super::granted_budget()? {
             Some(budget) => Some(budget),
             None => Some(compute.open()?.0.device(0)?.free),
         },
@@ -132,17 +132,6 @@ pub(crate) fn scenes_model(spec: &str, compute: &Compute) -> anyhow::Result<std:
         ))
     );
     Ok(path)
-}
-
-/// The device memory the runner granted this stage (`BATON_MEMORY_BUDGET`), when it runs as a
-/// stage of a run on a GPU.
-pub(crate) fn granted_budget() -> anyhow::Result<Option<u64>> {
-    match std::env::var("BATON_MEMORY_BUDGET") {
-        Ok(budget) => Ok(Some(baton_base::units::parse_size(&budget).map_err(
-            |e| baton::BadInput(format!("BATON_MEMORY_BUDGET '{budget}': {e}")),
-        )?)),
-        Err(_) => Ok(None),
-    }
 }
 
 /// The seed of this attempt: as a stage of a run that retries it, attempt N samples with seed +

@@ -181,9 +181,7 @@ impl ImageModel {
             return Ok(self);
         }
         let file = Path::new(spec);
-        let gguf = file
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let gguf = super::flux::is_gguf(file);
         let safetensors = file
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));

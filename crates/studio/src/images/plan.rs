@@ -9,14 +9,8 @@ use candle_core::DType;
 use super::family::Arch;
 use super::{ImageModel, ImagesError};
 
-/// Weights bytes of safetensors files once converted to `dtype` (of a GGUF file: its quantized
-/// blocks as they are, its float vectors in `dtype`).
+/// Weights bytes of safetensors files once converted to `dtype`.
 pub(super) fn weights_bytes(paths: &[PathBuf], dtype: DType) -> Result<u64, ImagesError> {
-    if let [path] = paths
-        && super::flux::is_gguf(path)
-    {
-        return Ok(gguf_types(path)?.1);
-    }
     Ok(bytes_by(paths, dtype, |_| ())?.into_values().sum())
 }
 
@@ -148,9 +142,14 @@ pub(super) fn plan(
         Arch::Flux(_) => (512 << 20, scale(1024 << 20), scale(2944 << 20)),
     };
     let denoiser = std::slice::from_ref(&model.denoiser);
-    let quantized = match super::flux::is_gguf(&model.denoiser) {
-        true => Some(gguf_types(&model.denoiser)?.0),
-        false => None,
+    let decoder_bytes = weights_bytes(std::slice::from_ref(&model.decoder), dtype)?;
+    // A GGUF transformer: its block types, and its bytes as they are (its header read once).
+    let (quantized, denoiser_bytes) = match super::flux::is_gguf(&model.denoiser) {
+        true => {
+            let (types, bytes) = gguf_types(&model.denoiser)?;
+            (Some(types), bytes)
+        }
+        false => (None, weights_bytes(denoiser, dtype)?),
     };
     let streamed = match model.family.arch {
         Arch::Sd(_) => None,
@@ -196,19 +195,19 @@ pub(super) fn plan(
         },
         Planned {
             name: d,
-            weights: weights_bytes(denoiser, dtype)?,
+            weights: denoiser_bytes,
             activations: denoise_act,
             residence: quantized.map_or(Residence::Resident, Residence::Quantized),
             fallback: streamed,
         },
         Planned {
             name: v,
-            weights: weights_bytes(std::slice::from_ref(&model.decoder), dtype)?,
+            weights: decoder_bytes,
             activations: decode_act,
             residence: Residence::Resident,
             fallback: match (&model.family.arch, decode_tile(width, height)) {
                 (Arch::Flux(_), Some(tile)) => Some((
-                    weights_bytes(std::slice::from_ref(&model.decoder), dtype)?,
+                    decoder_bytes,
                     scale_tile(2944 << 20, tile),
                     Residence::Tiled { tile },
                 )),

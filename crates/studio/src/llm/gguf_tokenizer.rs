@@ -68,18 +68,21 @@ fn strings(content: &Content, key: &str) -> Result<Vec<String>, LlmError> {
     }
 }
 
+fn string_of(content: &Content, key: &str) -> Option<String> {
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}
+
 fn u32_of(content: &Content, key: &str) -> Option<u32> {
     content.metadata.get(key).and_then(|v| v.to_u32().ok())
 }
 
 /// Rebuilds the tokenizer from a GGUF file's metadata.
 pub fn from_gguf(content: &Content) -> Result<GgufText, LlmError> {
-    let kind = content
-        .metadata
-        .get("tokenizer.ggml.model")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let kind = string_of(content, "tokenizer.ggml.model").unwrap_or_default();
     if kind != "gpt2" && kind != "llama" {
         return Err(LlmError::BadModel(format!(
             "its tokenizer is '{kind}', and only byte-level BPE ('gpt2': SmolLM2, Llama 3, Qwen2) and SentencePiece BPE ('llama': Gemma) are read from GGUF metadata; pass the model's tokenizer.json with --tokenizer"
@@ -104,11 +107,7 @@ pub fn from_gguf(content: &Content) -> Result<GgufText, LlmError> {
         tokenizer,
         bos: u32_of(content, "tokenizer.ggml.bos_token_id"),
         eos,
-        chat_template: content
-            .metadata
-            .get("tokenizer.chat_template")
-            .and_then(|v| v.to_string().ok())
-            .cloned(),
+        chat_template: string_of(content, "tokenizer.chat_template"),
         tokens,
     })
 }
@@ -179,12 +178,7 @@ fn byte_level(content: &Content, tokens: &[String], types: &[i32]) -> Result<Tok
         )
         .build()
         .map_err(|e| LlmError::BadModel(format!("its BPE tokenizer cannot be built: {e}")))?;
-    let pre = content
-        .metadata
-        .get("tokenizer.ggml.pre")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
+    let pre = string_of(content, "tokenizer.ggml.pre").unwrap_or_default();
     let (split, normalizer) = pre_tokenizer(&pre).unwrap_or_else(|| {
         tracing::warn!(
             "tokenizer.ggml.pre '{pre}' is not one baton knows (gpt2, smollm, llama-bpe, qwen2 and their aliases): text is split as GPT-2 splits it, which may differ from the model's own tokenizer; pass its tokenizer.json with --tokenizer to be sure"
