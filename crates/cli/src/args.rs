@@ -379,6 +379,16 @@ pub struct ImagesArgs {
     /// (HF_TOKEN for gated ones, such as FLUX.1 dev).
     #[arg(long)]
     pub fetch: bool,
+    /// Debugging, for comparing with a reference implementation: start every scene from this
+    /// noise instead of its seed's: a .safetensors or .npy file with one f32/f16 tensor
+    /// (scenes or 1, channels, height/8, width/8), unscaled. See docs/images.md.
+    #[arg(long, value_name = "FILE", help_heading = "Debugging")]
+    pub latents: Option<PathBuf>,
+    /// Debugging: write what every phase produced into DIR (text.safetensors with token ids and
+    /// hidden states, denoise.safetensors with each step's input, prediction and latents,
+    /// decode.safetensors with the pixels before the PNG). See docs/images.md.
+    #[arg(long, value_name = "DIR", help_heading = "Debugging")]
+    pub dump: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

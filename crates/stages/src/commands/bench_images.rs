@@ -181,6 +181,8 @@ pub fn bench_images(args: &BenchImages, out: &mut dyn Write) -> anyhow::Result<(
                 seed: 42,
                 max_vram: budget,
                 weights,
+                latents: None,
+                dump: None,
             },
             compute: args.choice,
             cards: false,

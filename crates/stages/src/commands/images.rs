@@ -32,6 +32,8 @@ pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
                 (None, _) => crate::commands::granted_budget()?,
             },
             weights: args.weights.parse().map_err(baton::BadInput)?,
+            latents: args.latents.clone(),
+            dump: args.dump.clone(),
         },
         compute: args.compute,
         cards: args.cards,

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use candle_core::DType;
-use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
+
+use super::clip_text::{Act, ClipConfig};
 use candle_transformers::models::flux;
 use candle_transformers::models::stable_diffusion::{
-    clip, ddim, euler_ancestral_discrete, schedulers, unet_2d, vae,
+    ddim, euler_ancestral_discrete, schedulers, unet_2d, vae,
 };
 
 /// A family: its name, defaults and architecture.
@@ -34,18 +35,21 @@ pub enum Arch {
 }
 
 pub struct Sd {
-    pub clip: fn() -> clip::Config,
+    pub clip: ClipConfig,
     /// SDXL's second text encoder (OpenCLIP bigG); its hidden states are joined to the first's.
-    pub clip2: Option<fn() -> clip::Config>,
+    pub clip2: Option<ClipConfig>,
+    /// The UNet is conditioned on the text encoders' second-to-last layer (SDXL), not their
+    /// last (SD 1.5, 2.x).
+    pub penultimate: bool,
     pub unet: fn() -> unet_2d::UNet2DConditionModelConfig,
     pub vae: fn() -> vae::AutoEncoderKLConfig,
-    pub scheduler: fn() -> Arc<dyn schedulers::SchedulerConfig>,
+    pub scheduler: Sampler,
     pub latent_scale: f64,
 }
 
 pub struct Flux {
     /// CLIP-L's text model: its pooled output is Flux's `vec`.
-    pub clip: fn() -> ClipTextConfig,
+    pub clip: ClipConfig,
     pub transformer: fn() -> flux::model::Config,
     pub autoencoder: fn() -> flux::autoencoder::Config,
     /// The transformer's file at the top of the model folder (the original layout).
@@ -211,23 +215,60 @@ fn sdxl_unet() -> unet_2d::UNet2DConditionModelConfig {
     )
 }
 
-fn ddim(prediction_type: schedulers::PredictionType) -> Arc<dyn schedulers::SchedulerConfig> {
-    Arc::new(ddim::DDIMSchedulerConfig {
-        prediction_type,
-        ..Default::default()
-    })
+/// How an SD family steps from noise: candle's schedulers, configured as the family's
+/// repository configures diffusers'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampler {
+    /// DDIM, "leading" timesteps; `v`: v-prediction (SD 2.1), else epsilon.
+    Ddim { v: bool },
+    /// Euler ancestral, "trailing" timesteps (the Turbo models).
+    EulerAncestralTrailing,
 }
 
-fn euler_trailing() -> Arc<dyn schedulers::SchedulerConfig> {
-    Arc::new(
-        euler_ancestral_discrete::EulerAncestralDiscreteSchedulerConfig {
-            timestep_spacing: schedulers::TimestepSpacing::Trailing,
-            ..Default::default()
-        },
-    )
+impl Sampler {
+    pub fn config(self) -> Arc<dyn schedulers::SchedulerConfig> {
+        match self {
+            Sampler::Ddim { v } => Arc::new(ddim::DDIMSchedulerConfig {
+                prediction_type: match v {
+                    true => schedulers::PredictionType::VPrediction,
+                    false => schedulers::PredictionType::Epsilon,
+                },
+                ..Default::default()
+            }),
+            Sampler::EulerAncestralTrailing => Arc::new(
+                euler_ancestral_discrete::EulerAncestralDiscreteSchedulerConfig {
+                    timestep_spacing: schedulers::TimestepSpacing::Trailing,
+                    ..Default::default()
+                },
+            ),
+        }
+    }
+
+    /// The same scheduler as diffusers' `scheduler_config.json` (candle's defaults: scaled
+    /// linear betas 0.00085-0.012 over 1000 steps, offset 1).
+    pub fn diffusers_json(self) -> serde_json::Value {
+        let mut cfg = serde_json::json!({
+            "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+            "num_train_timesteps": 1000, "steps_offset": 1,
+        });
+        let extra = match self {
+            Sampler::Ddim { v } => serde_json::json!({
+                "_class_name": "DDIMScheduler", "clip_sample": false, "set_alpha_to_one": false,
+                "prediction_type": if v { "v_prediction" } else { "epsilon" },
+                "timestep_spacing": "leading",
+            }),
+            Sampler::EulerAncestralTrailing => serde_json::json!({
+                "_class_name": "EulerAncestralDiscreteScheduler",
+                "prediction_type": "epsilon", "timestep_spacing": "trailing",
+            }),
+        };
+        for (k, v) in extra.as_object().expect("an object") {
+            cfg[k] = v.clone();
+        }
+        cfg
+    }
 }
 
-/// SD's latent scale (1.x and 2.x); SDXL's VAE uses 0.13025.
 const SD_LATENT_SCALE: f64 = 0.18215;
 
 /// T5 v1.1 XXL's encoder, as FLUX.1's text_encoder_2/config.json has it.
@@ -247,11 +288,12 @@ pub const FAMILIES: &[Family] = &[
         default_guidance: 0.0,
         native: 512,
         arch: Arch::Sd(Sd {
-            clip: clip::Config::v2_1,
+            clip: ClipConfig::H_SD2,
             clip2: None,
+            penultimate: false,
             unet: sd2_unet,
             vae: sd_vae,
-            scheduler: euler_trailing,
+            scheduler: Sampler::EulerAncestralTrailing,
             latent_scale: SD_LATENT_SCALE,
         }),
     },
@@ -263,11 +305,17 @@ pub const FAMILIES: &[Family] = &[
         default_guidance: 0.0,
         native: 512,
         arch: Arch::Sd(Sd {
-            clip: clip::Config::sdxl,
-            clip2: Some(clip::Config::sdxl2),
+            // Padded with "!" as candle's SDXL config says; a model folder's own tokenizer
+            // config wins where it names its pad token (`TokenizerFiles::pad_token`).
+            clip: ClipConfig {
+                pad_with: Some("!"),
+                ..ClipConfig::L
+            },
+            clip2: Some(ClipConfig::BIG_G),
+            penultimate: true,
             unet: sdxl_unet,
             vae: sd_vae,
-            scheduler: euler_trailing,
+            scheduler: Sampler::EulerAncestralTrailing,
             latent_scale: 0.13025,
         }),
     },
@@ -279,7 +327,7 @@ pub const FAMILIES: &[Family] = &[
         default_guidance: 0.0,
         native: 1024,
         arch: Arch::Flux(Flux {
-            clip: clip_l,
+            clip: ClipConfig::L,
             transformer: flux::model::Config::schnell,
             autoencoder: flux::autoencoder::Config::schnell,
             transformer_file: "flux1-schnell.safetensors",
@@ -296,7 +344,7 @@ pub const FAMILIES: &[Family] = &[
         default_guidance: 3.5,
         native: 1024,
         arch: Arch::Flux(Flux {
-            clip: clip_l,
+            clip: ClipConfig::L,
             transformer: flux::model::Config::dev,
             autoencoder: flux::autoencoder::Config::dev,
             transformer_file: "flux1-dev.safetensors",
@@ -313,11 +361,12 @@ pub const FAMILIES: &[Family] = &[
         default_guidance: 7.5,
         native: 768,
         arch: Arch::Sd(Sd {
-            clip: clip::Config::v2_1,
+            clip: ClipConfig::H_SD2,
             clip2: None,
+            penultimate: false,
             unet: sd2_unet,
             vae: sd_vae,
-            scheduler: || ddim(schedulers::PredictionType::VPrediction),
+            scheduler: Sampler::Ddim { v: true },
             latent_scale: SD_LATENT_SCALE,
         }),
     },
@@ -329,31 +378,18 @@ pub const FAMILIES: &[Family] = &[
         default_guidance: 7.5,
         native: 512,
         arch: Arch::Sd(Sd {
-            clip: clip::Config::v1_5,
+            clip: ClipConfig::L,
             clip2: None,
+            penultimate: false,
             unet: sd15_unet,
             vae: sd_vae,
-            scheduler: || ddim(schedulers::PredictionType::Epsilon),
+            scheduler: Sampler::Ddim { v: false },
             latent_scale: SD_LATENT_SCALE,
         }),
     },
 ];
 
 /// https://huggingface.co/openai/clip-vit-large-patch14/blob/main/config.json (text_config)
-fn clip_l() -> ClipTextConfig {
-    ClipTextConfig {
-        vocab_size: 49408,
-        embed_dim: 768,
-        activation: Activation::QuickGelu,
-        intermediate_size: 3072,
-        max_position_embeddings: 77,
-        pad_with: None,
-        num_hidden_layers: 12,
-        num_attention_heads: 12,
-        projection_dim: 768,
-    }
-}
-
 fn tiny_vae() -> vae::AutoEncoderKLConfig {
     vae::AutoEncoderKLConfig {
         block_out_channels: vec![32, 32, 32, 32],
@@ -376,11 +412,12 @@ pub const TINY: &[Family] = &[
         default_guidance: 7.5,
         native: 64,
         arch: Arch::Sd(Sd {
-            clip: clip::Config::v1_5,
+            clip: ClipConfig::L,
             clip2: None,
+            penultimate: false,
             unet: || unet(vec![bc(32, Some(1), 8), bc(64, Some(1), 8)], 768, false),
             vae: tiny_vae,
-            scheduler: || ddim(schedulers::PredictionType::Epsilon),
+            scheduler: Sampler::Ddim { v: false },
             latent_scale: SD_LATENT_SCALE,
         }),
     },
@@ -394,11 +431,19 @@ pub const TINY: &[Family] = &[
         arch: Arch::Sd(Sd {
             // candle's SD text encoders come only in their real sizes: SDXL's first (CLIP-L),
             // twice, stands in for the pair; the joining is what is tested.
-            clip: clip::Config::sdxl,
-            clip2: Some(clip::Config::sdxl),
+            clip: ClipConfig {
+                pad_with: Some("!"),
+                ..ClipConfig::L
+            },
+            clip2: Some(ClipConfig {
+                pad_with: Some("!"),
+                projection: Some(768),
+                ..ClipConfig::L
+            }),
+            penultimate: true,
             unet: || unet(vec![bc(32, None, 8), bc(64, Some(1), 8)], 1536, true),
             vae: tiny_vae,
-            scheduler: euler_trailing,
+            scheduler: Sampler::EulerAncestralTrailing,
             latent_scale: 0.13025,
         }),
     },
@@ -410,16 +455,16 @@ pub const TINY: &[Family] = &[
         default_guidance: 3.5,
         native: 64,
         arch: Arch::Flux(Flux {
-            clip: || ClipTextConfig {
-                vocab_size: 64,
-                embed_dim: 64,
-                activation: Activation::QuickGelu,
-                intermediate_size: 128,
-                max_position_embeddings: 77,
+            clip: ClipConfig {
+                vocab: 64,
+                width: 64,
+                layers: 2,
+                heads: 2,
+                intermediate: 128,
+                act: Act::QuickGelu,
+                positions: 77,
+                projection: None,
                 pad_with: None,
-                num_hidden_layers: 2,
-                num_attention_heads: 2,
-                projection_dim: 64,
             },
             transformer: || flux::model::Config {
                 in_channels: 64,

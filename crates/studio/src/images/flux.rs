@@ -2,16 +2,16 @@
 //! one after the other; the rectified-flow transformer stepping from noise along the family's
 //! schedule (dev takes its guidance as an input, no doubled batch); the autoencoder.
 
-use candle_core::{IndexOp, Tensor};
-use candle_transformers::models::clip::text_model::ClipTextTransformer;
+use candle_core::{Device, Tensor};
 use candle_transformers::models::{flux as cflux, t5};
 
+use super::ImagesError;
+use super::clip_text::ClipText;
 use super::family::Flux;
 use super::flux_net::{self, BlockSource, HEAD_PREFIXES, Head, Resident, Scene, Streamed, Weights};
 use super::phase::{Conditioning, Job, Loads};
 use super::plan::Residence;
 use super::tokenize::{CLIP_TOKENS, clip_tokens, t5_tokens};
-use super::{ImagesError, gaussian};
 use crate::storyboard::Storyboard;
 
 /// Every scene's prompt through CLIP-L (pooled), then through T5, each encoder released before
@@ -30,12 +30,15 @@ pub(super) fn encode(
     {
         let tokenizer = clip_files.tokenizer.load()?;
         let vb = job.load(&clip_files.weights, loads)?;
-        let clip = ClipTextTransformer::new(vb.pp("text_model"), &(fx.clip)())?;
+        let clip = ClipText::new(vb, &fx.clip)?;
+        let pad = clip_files.tokenizer.pad_token();
         for (i, s) in board.scenes.iter().enumerate() {
-            let t = clip_tokens(&tokenizer, &s.image_prompt, None)?;
+            let t = clip_tokens(&tokenizer, &s.image_prompt, pad.as_deref())?;
             let ids = Tensor::new(t.ids.as_slice(), job.device)?.unsqueeze(0)?;
-            let hidden = clip.forward_with_mask(&ids, usize::MAX)?;
-            pooled.push(hidden.i((.., t.eos_at))?);
+            let vector = clip.pooled(&clip.forward(&ids)?, &[t.eos_at])?;
+            job.keep(s.index, "ids0", &ids)?;
+            job.keep(s.index, "pooled", &vector)?;
+            pooled.push(vector);
             if t.truncated {
                 cut[i] = Some(format!(
                     "CLIP's {CLIP_TOKENS} tokens (its pooled vector; T5 read up to {})",
@@ -59,8 +62,11 @@ pub(super) fn encode(
             cut[i] = Some(format!("T5's {} tokens", fx.t5_tokens));
         }
         let ids = Tensor::new(ids.as_slice(), job.device)?.unsqueeze(0)?;
+        let context = t5.forward(&ids)?;
+        job.keep(s.index, "ids1", &ids)?;
+        job.keep(s.index, "text1", &context)?;
         conditioning.push(Conditioning {
-            context: t5.forward(&ids)?,
+            context,
             pooled: Some(pooled),
         });
     }
@@ -134,14 +140,14 @@ pub(super) fn denoise(
     let (latent_h, latent_w) = (job.height / 16 * 2, job.width / 16 * 2);
     let guidance = Tensor::full(job.guidance as f32, 1, job.device)?;
     let mut scenes = Vec::with_capacity(board.scenes.len());
-    for (s, cond) in board.scenes.iter().zip(conditioning) {
+    for (position, (s, cond)) in board.scenes.iter().zip(conditioning).enumerate() {
         let cond = cond.to_device(job.device)?;
-        let noise = Tensor::from_vec(
-            gaussian(16 * latent_h * latent_w, job.seed + s.index as u64),
-            (1, 16, latent_h, latent_w),
-            job.device,
-        )?
-        .to_dtype(job.dtype)?;
+        let noise = job.start_noise(
+            position,
+            job.seed + s.index as u64,
+            (16, latent_h, latent_w),
+        )?;
+        job.keep(s.index, "noise", &noise)?;
         let pooled = cond
             .pooled
             .as_ref()
@@ -159,22 +165,37 @@ pub(super) fn denoise(
     let tokens = latent_h / 2 * (latent_w / 2);
     let timesteps =
         cflux::sampling::get_schedule(job.steps, fx.shift.then_some((tokens, 0.5, 1.15)));
+    let ts: Vec<f32> = timesteps.iter().map(|t| *t as f32).collect();
+    for s in &board.scenes {
+        job.keep(
+            s.index,
+            "timesteps",
+            &Tensor::new(ts.as_slice(), &Device::Cpu)?,
+        )?;
+    }
     let windows: Vec<_> = timesteps.windows(2).collect();
     for (i, w) in windows.iter().enumerate() {
         let t = Tensor::full(w[0] as f32, 1, job.device)?;
         let last = i + 1 == windows.len();
+        for (scene, s) in scenes.iter().zip(&board.scenes) {
+            job.keep(s.index, &format!("step{i}.input"), &scene.img)?;
+        }
         let velocities =
             flux_net::step(&head, blocks.as_mut(), &scenes, &t, Some(&guidance), last)?;
-        for (scene, v) in scenes.iter_mut().zip(velocities) {
+        for ((scene, v), s) in scenes.iter_mut().zip(velocities).zip(&board.scenes) {
+            job.keep(s.index, &format!("step{i}.pred"), &v)?;
             scene.img = (&scene.img + (v * (w[1] - w[0]))?)?;
+            job.keep(s.index, &format!("step{i}.latents"), &scene.img)?;
         }
         for s in &board.scenes {
             step(s.index, i + 1, job.steps);
         }
     }
     let mut out = Vec::with_capacity(scenes.len());
-    for scene in scenes {
-        out.push(cflux::sampling::unpack(&scene.img, job.height, job.width)?);
+    for (scene, s) in scenes.into_iter().zip(&board.scenes) {
+        let latents = cflux::sampling::unpack(&scene.img, job.height, job.width)?;
+        job.keep(s.index, "latents", &latents)?;
+        out.push(latents);
     }
     job.device.synchronize()?;
     let each = started.elapsed().as_secs_f64() / out.len().max(1) as f64;

@@ -16,6 +16,8 @@
 //! whole images or tiles. What fits no way is refused with the plan.
 
 pub mod cards;
+pub mod clip_text;
+mod dump;
 mod error;
 pub mod family;
 mod flux;
@@ -31,6 +33,7 @@ mod sd;
 pub mod stage;
 pub mod tokenize;
 
+pub use dump::{Dump, GivenLatents};
 pub use error::ImagesError;
 pub use family::{Arch, Family};
 pub use model::{EncoderFiles, ImageModel};
@@ -75,6 +78,12 @@ pub fn write_images(
             });
         }
     }
+    let given = options
+        .latents
+        .as_deref()
+        .map(GivenLatents::read)
+        .transpose()?;
+    let dump = options.dump.as_deref().map(Dump::new).transpose()?;
     let steps = options.steps.unwrap_or(fam.default_steps);
     if !(1..=200).contains(&steps) {
         return Err(ImagesError::Option(format!(
@@ -175,6 +184,8 @@ pub fn write_images(
             plan::Residence::Tiled { tile } => Some(tile),
             _ => None,
         },
+        given: given.as_ref(),
+        dump: dump.as_ref(),
     };
 
     // Phase 1: every prompt through each text encoder in turn, then the encoders go.
@@ -193,6 +204,9 @@ pub fn write_images(
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((on_host, cut))
         })?;
+    if let Some(dump) = &dump {
+        dump.write("text")?;
+    }
     for (s, cut) in board.scenes.iter().zip(&truncated) {
         if let Some(limit) = cut {
             let w = format!(
@@ -230,6 +244,9 @@ pub fn write_images(
             Ok((on_host, streamed))
         })?;
     denoise_phase.streamed_bytes = streamed;
+    if let Some(dump) = &dump {
+        dump.write("denoise")?;
+    }
     drop(conditioning);
 
     // Phase 3: the VAE decodes them all.
@@ -252,9 +269,16 @@ pub fn write_images(
         };
         images
             .into_iter()
-            .map(to_rgb)
+            .zip(&board.scenes)
+            .map(|(image, s)| {
+                job.keep(s.index, "pixels", &image)?;
+                to_rgb(image)
+            })
             .collect::<Result<Vec<_>, _>>()
     })?;
+    if let Some(dump) = &dump {
+        dump.write("decode")?;
+    }
 
     let model_name = format!("{} ({})", fam.name, model.dir.display());
     let mut images = Vec::new();

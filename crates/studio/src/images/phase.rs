@@ -10,8 +10,9 @@ use std::time::Instant;
 use baton_memory::peak::PeakWatch;
 use baton_memory::{MemoryBackend, MemoryScope};
 use baton_weights::LoadOptions;
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 
+use super::clip_text::ClipText;
 use super::family::{Arch, Family};
 use super::{ImageModel, ImagesError, PhaseRecord, family};
 
@@ -95,9 +96,37 @@ pub(super) struct Job<'a> {
     pub(super) residence: super::plan::Residence,
     /// Flux: the autoencoder decodes in tiles of this side, in pixels (the plan's choice).
     pub(super) decode_tile: Option<usize>,
+    /// `--latents`: the starting noise, instead of each scene's seed's.
+    pub(super) given: Option<&'a super::GivenLatents>,
+    /// `--dump`: where what the phases produce is gathered.
+    pub(super) dump: Option<&'a super::Dump>,
 }
 
 impl Job<'_> {
+    /// The unscaled starting noise (1, C, H, W) of the scene at `position` (from 0) in the job's
+    /// dtype on its device: `--latents`' row, or drawn from `seed` by baton's own generator, so
+    /// that it is the same on every device.
+    pub(super) fn start_noise(
+        &self,
+        position: usize,
+        seed: u64,
+        (c, h, w): (usize, usize, usize),
+    ) -> Result<Tensor, ImagesError> {
+        let noise = match self.given {
+            Some(given) => given.scene(position, (c, h, w))?,
+            None => Tensor::from_vec(super::gaussian(c * h * w, seed), (1, c, h, w), &Device::Cpu)?,
+        };
+        Ok(noise.to_device(self.device)?.to_dtype(self.dtype)?)
+    }
+
+    /// Keeps `t` as scene `scene`'s `what` when `--dump` asked for it.
+    pub(super) fn keep(&self, scene: u32, what: &str, t: &Tensor) -> Result<(), ImagesError> {
+        match self.dump {
+            Some(dump) => dump.keep(scene, what, t),
+            None => Ok(()),
+        }
+    }
+
     /// Loads `paths` (one file, or a checkpoint's shards) onto the job's device in its dtype,
     /// through baton-weights, and adds the load to `loads`.
     pub(super) fn load(
@@ -167,9 +196,8 @@ pub(super) fn warm_up_parts(
     device: &Device,
     dtype: DType,
 ) -> Result<(), ImagesError> {
-    use candle_core::Module;
     use candle_transformers::models::flux::WithForward;
-    use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
+    use candle_transformers::models::stable_diffusion::{unet_2d, vae};
     use candle_transformers::models::{flux as cflux, t5};
     let zeros = || candle_nn::VarBuilder::zeros(dtype, device);
     let ids = Tensor::zeros((1, 77), DType::U32, device)?;
@@ -177,7 +205,10 @@ pub(super) fn warm_up_parts(
         Arch::Sd(sd) => {
             let mut context = Vec::new();
             for cfg in std::iter::once(sd.clip).chain(sd.clip2) {
-                context.push(clip::ClipTextTransformer::new(zeros(), &cfg())?.forward(&ids)?);
+                let clip = ClipText::new(zeros(), &cfg)?;
+                let encoded = clip.forward(&ids)?;
+                let _ = clip.pooled(&encoded, &[1])?;
+                context.push(encoded.last);
             }
             let context = Tensor::cat(&context, candle_core::D::Minus1)?;
             let unet_cfg = narrow_unet((sd.unet)());
@@ -194,11 +225,8 @@ pub(super) fn warm_up_parts(
             let Some(Arch::Flux(t)) = family::find("tiny-flux").map(|f| &f.arch) else {
                 unreachable!("tiny-flux is a Flux")
             };
-            let clip = candle_transformers::models::clip::text_model::ClipTextTransformer::new(
-                zeros().pp("text_model"),
-                &(t.clip)(),
-            )?;
-            let pooled = clip.forward_with_mask(&ids, usize::MAX)?.i((.., 0))?;
+            let clip = ClipText::new(zeros(), &t.clip)?;
+            let pooled = clip.pooled(&clip.forward(&ids)?, &[0])?;
             let t5_cfg: t5::Config =
                 serde_json::from_str(t.t5_config).expect("the tiny T5 config parses");
             let context = t5::T5EncoderModel::load(zeros(), &t5_cfg)?.forward(&ids)?;

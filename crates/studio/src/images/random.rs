@@ -16,10 +16,10 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::init::{Init, NormalOrUniform};
 use candle_nn::var_builder::SimpleBackend;
-use candle_transformers::models::clip::text_model::ClipTextTransformer;
-use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
+use candle_transformers::models::stable_diffusion::{unet_2d, vae};
 use candle_transformers::models::{flux, t5};
 
+use super::clip_text::ClipText;
 use super::family::{Arch, Family};
 use super::{ImageModel, ImagesError};
 
@@ -220,7 +220,7 @@ pub fn write_random_model(
                     &[&format!("text_encoder{suffix}/model.safetensors")],
                     dtype,
                     i as u64,
-                    &|vb| clip::ClipTextTransformer::new(vb, &cfg()).map(|_| ()),
+                    &|vb| ClipText::new(vb, cfg).map(|_| ()),
                 )?;
                 write_clip_tokenizer(&dir.join(format!("tokenizer{suffix}")))?;
             }
@@ -241,7 +241,7 @@ pub fn write_random_model(
         }
         Arch::Flux(fx) => {
             write_part(dir, &["text_encoder/model.safetensors"], dtype, 0, &|vb| {
-                ClipTextTransformer::new(vb.pp("text_model"), &(fx.clip)()).map(|_| ())
+                ClipText::new(vb, &fx.clip).map(|_| ())
             })?;
             write_clip_tokenizer(&dir.join("tokenizer"))?;
             let t5_config: t5::Config = serde_json::from_str(fx.t5_config)
@@ -269,7 +269,172 @@ pub fn write_random_model(
             })?;
         }
     }
+    write_configs(dir, family)?;
     ImageModel::in_dir(dir, family)
+}
+
+/// The config files the family's real repository holds beside its weights (diffusers' and
+/// transformers' `config.json`s, the scheduler's, the tokenizers' pad token), from the shapes
+/// baton builds: what a reference implementation needs to load the same folder
+/// (`scripts/gpu/parity.py`). baton itself reads only the tokenizers' and T5's.
+fn write_configs(dir: &Path, family: &Family) -> Result<(), ImagesError> {
+    use serde_json::json;
+    let json_file = |path: &str, value: serde_json::Value| {
+        write_file(
+            &dir.join(path),
+            &serde_json::to_vec_pretty(&value).expect("json serializes"),
+        )
+    };
+    // The test tokenizers' end token (write_clip_tokenizer).
+    const EOS: u32 = 1;
+    let clip = |suffix: &str, cfg: &super::clip_text::ClipConfig| {
+        json_file(
+            &format!("text_encoder{suffix}/config.json"),
+            cfg.to_transformers_json(EOS),
+        )?;
+        let pad = cfg.pad_with.unwrap_or("<|endoftext|>");
+        json_file(
+            &format!("tokenizer{suffix}/special_tokens_map.json"),
+            json!({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                   "unk_token": "<|endoftext|>", "pad_token": pad}),
+        )
+    };
+    let vae = |block_out: Vec<usize>,
+               layers: usize,
+               latent: usize,
+               scale: f64,
+               shift: Option<f64>,
+               quant: bool| {
+        let n = block_out.len();
+        json!({
+            "_class_name": "AutoencoderKL",
+            "in_channels": 3, "out_channels": 3,
+            "down_block_types": vec!["DownEncoderBlock2D"; n],
+            "up_block_types": vec!["UpDecoderBlock2D"; n],
+            "block_out_channels": block_out,
+            "layers_per_block": layers,
+            "latent_channels": latent,
+            "norm_num_groups": 32,
+            "act_fn": "silu",
+            "scaling_factor": scale,
+            "shift_factor": shift,
+            "use_quant_conv": quant,
+            "use_post_quant_conv": quant,
+            "sample_size": family.native,
+        })
+    };
+    match &family.arch {
+        Arch::Sd(sd) => {
+            clip("", &sd.clip)?;
+            if let Some(c2) = &sd.clip2 {
+                clip("_2", c2)?;
+            }
+            let u = (sd.unet)();
+            let down: Vec<&str> = u
+                .blocks
+                .iter()
+                .map(|b| match b.use_cross_attn {
+                    Some(_) => "CrossAttnDownBlock2D",
+                    None => "DownBlock2D",
+                })
+                .collect();
+            let up: Vec<&str> = u
+                .blocks
+                .iter()
+                .rev()
+                .map(|b| match b.use_cross_attn {
+                    Some(_) => "CrossAttnUpBlock2D",
+                    None => "UpBlock2D",
+                })
+                .collect();
+            json_file(
+                "unet/config.json",
+                json!({
+                    "_class_name": "UNet2DConditionModel",
+                    "sample_size": family.native / 8,
+                    "in_channels": 4, "out_channels": 4,
+                    "center_input_sample": u.center_input_sample,
+                    "flip_sin_to_cos": u.flip_sin_to_cos,
+                    "freq_shift": u.freq_shift as i64,
+                    "down_block_types": down,
+                    "up_block_types": up,
+                    "mid_block_type": "UNetMidBlock2DCrossAttn",
+                    "block_out_channels": u.blocks.iter().map(|b| b.out_channels).collect::<Vec<_>>(),
+                    "layers_per_block": u.layers_per_block,
+                    "downsample_padding": u.downsample_padding,
+                    "mid_block_scale_factor": u.mid_block_scale_factor,
+                    "act_fn": "silu",
+                    "norm_num_groups": u.norm_num_groups,
+                    "norm_eps": u.norm_eps,
+                    "cross_attention_dim": u.cross_attention_dim,
+                    "transformer_layers_per_block": u.blocks.iter().map(|b| b.use_cross_attn.unwrap_or(1)).collect::<Vec<_>>(),
+                    "attention_head_dim": u.blocks.iter().map(|b| b.attention_head_dim).collect::<Vec<_>>(),
+                    "use_linear_projection": u.use_linear_projection,
+                    "upcast_attention": false,
+                }),
+            )?;
+            let v = (sd.vae)();
+            json_file(
+                "vae/config.json",
+                vae(
+                    v.block_out_channels.clone(),
+                    v.layers_per_block,
+                    v.latent_channels,
+                    sd.latent_scale,
+                    None,
+                    v.use_quant_conv,
+                ),
+            )?;
+            json_file(
+                "scheduler/scheduler_config.json",
+                sd.scheduler.diffusers_json(),
+            )?;
+        }
+        Arch::Flux(fx) => {
+            clip("", &fx.clip)?;
+            let t = (fx.transformer)();
+            json_file(
+                "transformer/config.json",
+                json!({
+                    "_class_name": "FluxTransformer2DModel",
+                    "patch_size": 1,
+                    "in_channels": t.in_channels,
+                    "num_layers": t.depth,
+                    "num_single_layers": t.depth_single_blocks,
+                    "attention_head_dim": t.hidden_size / t.num_heads,
+                    "num_attention_heads": t.num_heads,
+                    "joint_attention_dim": t.context_in_dim,
+                    "pooled_projection_dim": t.vec_in_dim,
+                    "guidance_embeds": t.guidance_embed,
+                    "axes_dims_rope": t.axes_dim,
+                }),
+            )?;
+            let a = (fx.autoencoder)();
+            json_file(
+                "vae/config.json",
+                vae(
+                    a.ch_mult.iter().map(|m| m * a.ch).collect(),
+                    a.num_res_blocks,
+                    a.z_channels,
+                    a.scale_factor,
+                    Some(a.shift_factor),
+                    false,
+                ),
+            )?;
+            json_file(
+                "scheduler/scheduler_config.json",
+                json!({
+                    "_class_name": "FlowMatchEulerDiscreteScheduler",
+                    "num_train_timesteps": 1000,
+                    "shift": if fx.shift { 3.0 } else { 1.0 },
+                    "use_dynamic_shifting": fx.shift,
+                    "base_shift": 0.5, "max_shift": 1.15,
+                    "base_image_seq_len": 256, "max_image_seq_len": 4096,
+                }),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ImagesError> {

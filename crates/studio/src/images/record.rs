@@ -19,6 +19,10 @@ pub struct ImagesOptions {
     /// Whether the transformer's weights stay resident or stream (auto: stream only when
     /// resident does not fit `max_vram`).
     pub weights: WeightsMode,
+    /// Debugging: every scene starts from this noise instead of its seed's (`--latents`).
+    pub latents: Option<std::path::PathBuf>,
+    /// Debugging: what every phase produced is written into this folder (`--dump`).
+    pub dump: Option<std::path::PathBuf>,
 }
 
 /// One phase as it ran.

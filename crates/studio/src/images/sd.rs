@@ -6,13 +6,15 @@
 //! size/crop ids SDXL's UNet adds to its time embedding), so SDXL runs as candle's own example
 //! runs it: on the two encoders' joined hidden states alone.
 
-use candle_core::{D, Module, Tensor};
-use candle_transformers::models::stable_diffusion::{clip, unet_2d, vae};
+use candle_core::{D, DType, Device, Tensor};
+use candle_transformers::models::stable_diffusion::{unet_2d, vae};
 
+use super::clip_text::{ClipConfig, ClipText};
+
+use super::ImagesError;
 use super::family::Sd;
 use super::phase::{Conditioning, Job, Loads};
 use super::tokenize::{CLIP_TOKENS, clip_tokens};
-use super::{ImagesError, gaussian};
 use crate::storyboard::Storyboard;
 
 /// Every scene's prompt through each text encoder in turn (each released before the next
@@ -24,24 +26,32 @@ pub(super) fn encode(
     loads: &mut Loads,
 ) -> Result<(Vec<Conditioning>, Vec<Option<String>>), ImagesError> {
     let guided = job.guidance > 1.0;
-    let configs: Vec<clip::Config> = std::iter::once(sd.clip)
-        .chain(sd.clip2)
-        .map(|c| c())
-        .collect();
+    let configs: Vec<ClipConfig> = std::iter::once(sd.clip).chain(sd.clip2).collect();
     let mut cut = vec![None; board.scenes.len()];
     let mut per_encoder: Vec<Vec<Tensor>> = Vec::new();
-    for (files, cfg) in job.model.encoders.iter().zip(&configs) {
+    for (k, (files, cfg)) in job.model.encoders.iter().zip(&configs).enumerate() {
         let tokenizer = files.tokenizer.load()?;
-        let encoder = clip::ClipTextTransformer::new(job.load(&files.weights, loads)?, cfg)?;
-        let encode = |prompt: &str| -> Result<(Tensor, bool), ImagesError> {
-            let t = clip_tokens(&tokenizer, prompt, cfg.pad_with.as_deref())?;
+        let pad = files
+            .tokenizer
+            .pad_token()
+            .or(cfg.pad_with.map(String::from));
+        let encoder = ClipText::new(job.load(&files.weights, loads)?, cfg)?;
+        let encode = |prompt: &str| -> Result<(Tensor, Tensor, bool), ImagesError> {
+            let t = clip_tokens(&tokenizer, prompt, pad.as_deref())?;
             let ids = Tensor::new(t.ids.as_slice(), job.device)?.unsqueeze(0)?;
-            Ok((encoder.forward(&ids)?, t.truncated))
+            let encoded = encoder.forward(&ids)?;
+            let hidden = match sd.penultimate {
+                true => encoded.penultimate,
+                false => encoded.last,
+            };
+            Ok((hidden, ids, t.truncated))
         };
         let uncond = if guided { Some(encode("")?.0) } else { None };
         let mut rows = Vec::new();
         for (i, s) in board.scenes.iter().enumerate() {
-            let (text, truncated) = encode(&s.image_prompt)?;
+            let (text, ids, truncated) = encode(&s.image_prompt)?;
+            job.keep(s.index, &format!("ids{k}"), &ids)?;
+            job.keep(s.index, &format!("text{k}"), &text)?;
             if truncated {
                 cut[i] = Some(format!("the text encoder's {CLIP_TOKENS} tokens"));
             }
@@ -85,20 +95,27 @@ pub(super) fn denoise(
     )?;
     let (latent_h, latent_w) = (job.height / 8, job.width / 8);
     let mut out = Vec::new();
-    for (s, cond) in board.scenes.iter().zip(conditioning) {
+    for (position, (s, cond)) in board.scenes.iter().zip(conditioning).enumerate() {
         let started = std::time::Instant::now();
         let cond = cond.to_device(job.device)?;
         let seed = job.seed + s.index as u64;
-        // The starting noise comes from baton's own seeded generator, so it is the same on
-        // every device; a GPU's generator is seeded too, for ancestral schedulers' steps
-        // (candle cannot seed the CPU's, so those add unseeded noise there).
+        // The starting noise comes from baton's own seeded generator (or --latents), so it is
+        // the same on every device; a GPU's generator is seeded too, for ancestral schedulers'
+        // steps (candle cannot seed the CPU's, so those add unseeded noise there).
         let _ = job.device.set_seed(seed);
-        let mut scheduler = (sd.scheduler)().build(job.steps)?;
-        let noise = gaussian(4 * latent_h * latent_w, seed);
-        let mut latents = (Tensor::from_vec(noise, (1, 4, latent_h, latent_w), job.device)?
-            * scheduler.init_noise_sigma())?
-        .to_dtype(job.dtype)?;
+        let mut scheduler = sd.scheduler.config().build(job.steps)?;
+        let noise = job.start_noise(position, seed, (4, latent_h, latent_w))?;
+        job.keep(s.index, "noise", &noise)?;
+        job.keep(s.index, "context", &cond.context)?;
+        let mut latents =
+            (noise.to_dtype(DType::F32)? * scheduler.init_noise_sigma())?.to_dtype(job.dtype)?;
         let timesteps = scheduler.timesteps().to_vec();
+        let ts: Vec<f32> = timesteps.iter().map(|t| *t as f32).collect();
+        job.keep(
+            s.index,
+            "timesteps",
+            &Tensor::new(ts.as_slice(), &Device::Cpu)?,
+        )?;
         for (i, &t) in timesteps.iter().enumerate() {
             let input = if guided {
                 Tensor::cat(&[&latents, &latents], 0)?
@@ -106,6 +123,7 @@ pub(super) fn denoise(
                 latents.clone()
             };
             let input = scheduler.scale_model_input(input, t)?;
+            job.keep(s.index, &format!("step{i}.input"), &input)?;
             let noise = unet.forward(&input, t as f64, &cond.context)?;
             let noise = if guided {
                 let parts = noise.chunk(2, 0)?;
@@ -113,7 +131,9 @@ pub(super) fn denoise(
             } else {
                 noise
             };
+            job.keep(s.index, &format!("step{i}.pred"), &noise)?;
             latents = scheduler.step(&noise, t, &latents)?;
+            job.keep(s.index, &format!("step{i}.latents"), &latents)?;
             step(s.index, i + 1, timesteps.len());
         }
         job.device.synchronize()?;

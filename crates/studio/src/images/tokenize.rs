@@ -36,6 +36,27 @@ impl TokenizerFiles {
         }
     }
 
+    /// The pad token the folder's own tokenizer config names (`special_tokens_map.json`, else
+    /// `tokenizer_config.json`), if any: real repositories say it there, and it differs
+    /// between tokenizers of one family (SD 2.x and SDXL's OpenCLIP pad with "!").
+    pub fn pad_token(&self) -> Option<String> {
+        let dir = match self {
+            TokenizerFiles::Json(path) => path.parent()?,
+            TokenizerFiles::ClipBpe { vocab, .. } => vocab.parent()?,
+        };
+        ["special_tokens_map.json", "tokenizer_config.json"]
+            .iter()
+            .find_map(|file| {
+                let bytes = std::fs::read(dir.join(file)).ok()?;
+                let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+                match &json["pad_token"] {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
+                    _ => None,
+                }
+            })
+    }
+
     pub fn load(&self) -> Result<Tokenizer, ImagesError> {
         match self {
             TokenizerFiles::Json(path) => Tokenizer::from_file(path)
