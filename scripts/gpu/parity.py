@@ -98,6 +98,58 @@ def vae_names(state):
     return out
 
 
+def flux_names(ckpt, inner):
+    """FLUX's original (BFL) checkpoint under diffusers' names, for any width `inner` (diffusers'
+    own converter assumes FLUX.1's 3072)."""
+    out = {}
+    pop = ckpt.pop
+    swap = lambda w: torch.cat(w.chunk(2, 0)[::-1], 0)  # (shift, scale) -> (scale, shift)
+    for a, b in [("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
+                 ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),
+                 ("vector_in.in_layer", "time_text_embed.text_embedder.linear_1"),
+                 ("vector_in.out_layer", "time_text_embed.text_embedder.linear_2"),
+                 ("guidance_in.in_layer", "time_text_embed.guidance_embedder.linear_1"),
+                 ("guidance_in.out_layer", "time_text_embed.guidance_embedder.linear_2"),
+                 ("txt_in", "context_embedder"), ("img_in", "x_embedder"),
+                 ("final_layer.linear", "proj_out")]:
+        for p in ("weight", "bias"):
+            if f"{a}.{p}" in ckpt:
+                out[f"{b}.{p}"] = pop(f"{a}.{p}")
+    for p in ("weight", "bias"):
+        out[f"norm_out.linear.{p}"] = swap(pop(f"final_layer.adaLN_modulation.1.{p}"))
+    doubles = sorted({int(k.split(".")[1]) for k in ckpt if k.startswith("double_blocks.")})
+    singles = sorted({int(k.split(".")[1]) for k in ckpt if k.startswith("single_blocks.")})
+    for i in doubles:
+        d, o = f"double_blocks.{i}.", f"transformer_blocks.{i}."
+        for p in ("weight", "bias"):
+            for side, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+                for n, t in zip(names, pop(f"{d}{side}_attn.qkv.{p}").chunk(3, 0)):
+                    out[f"{o}attn.{n}.{p}"] = t
+            for a, b in [("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
+                         ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
+                         ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2"),
+                         ("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out")]:
+                out[f"{o}{b}.{p}"] = pop(f"{d}{a}.{p}")
+        for a, b in [("img_attn.norm.query_norm", "attn.norm_q"), ("img_attn.norm.key_norm", "attn.norm_k"),
+                     ("txt_attn.norm.query_norm", "attn.norm_added_q"),
+                     ("txt_attn.norm.key_norm", "attn.norm_added_k")]:
+            out[f"{o}{b}.weight"] = pop(f"{d}{a}.scale")
+    for i in singles:
+        d, o = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
+        for p in ("weight", "bias"):
+            lin = pop(f"{d}linear1.{p}")
+            q, k, v, mlp = lin.split([inner, inner, inner, lin.shape[0] - 3 * inner], 0)
+            for n, t in (("attn.to_q", q), ("attn.to_k", k), ("attn.to_v", v), ("proj_mlp", mlp)):
+                out[f"{o}{n}.{p}"] = t
+            out[f"{o}norm.linear.{p}"] = pop(f"{d}modulation.lin.{p}")
+            out[f"{o}proj_out.{p}"] = pop(f"{d}linear2.{p}")
+        out[f"{o}attn.norm_q.weight"] = pop(f"{d}norm.query_norm.scale")
+        out[f"{o}attn.norm_k.weight"] = pop(f"{d}norm.key_norm.scale")
+    if ckpt:
+        print(f"  FLUX: {len(ckpt)} tensors not converted: {list(ckpt)[:6]}", file=sys.stderr)
+    return out
+
+
 def clip_model(folder, device, dtype):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
     cfg = CLIPTextConfig.from_pretrained(folder)
@@ -175,7 +227,10 @@ def sd_parity(args, record, board, text, den, dec, dev, dtype, rows):
             hidden = out.hidden_states[-2] if sdxl else out.last_hidden_state
             stats(f"text encoder {k + 1}, scene {s}", text[f"scene{s}.text{k}"], hidden, rows)
             ref_text[(k, s)] = hidden
-            if guided:
+            if sdxl and k == len(encoders) - 1:
+                stats(f"pooled (text_embeds), scene {s}", text[f"scene{s}.pooled"], out.text_embeds, rows)
+                ref_text[("pooled", s)] = out.text_embeds
+            if guided and not sdxl:
                 uids = tok("", padding="max_length", max_length=77).input_ids
                 u = enc(torch.tensor([uids], device=dev), output_hidden_states=True)
                 ref_text[(k, "uncond")] = u.hidden_states[-2] if sdxl else u.last_hidden_state
@@ -185,8 +240,22 @@ def sd_parity(args, record, board, text, den, dec, dev, dtype, rows):
     sched_cfg = json.load(open(os.path.join(m, "scheduler", "scheduler_config.json")))
     sched_cls = getattr(diffusers, sched_cfg["_class_name"])
     ancestral = "Ancestral" in sched_cfg["_class_name"]
+    h, w = record["height"], record["width"]
+    rows_n = 2 if guided else 1
+
+    def added(pooled):
+        # SDXL: the pooled vector (zeros for the unconditional row) and the size/crop ids.
+        if not sdxl:
+            return None
+        pooled = pooled.to(dev, dtype).reshape(1, -1)
+        if guided:
+            pooled = torch.cat([torch.zeros_like(pooled), pooled])
+        ids = torch.tensor([[h, w, 0, 0, h, w]] * rows_n, device=dev, dtype=dtype)
+        return {"text_embeds": pooled, "time_ids": ids}
+
     for s in scenes:
         ctx = torch.tensor(den[f"scene{s}.context"], device=dev, dtype=dtype)
+        cond_added = added(torch.tensor(text[f"scene{s}.pooled"])) if sdxl else None
         sched = sched_cls.from_config(sched_cfg)
         sched.set_timesteps(steps)
         ts = [float(t) for t in sched.timesteps]
@@ -195,7 +264,7 @@ def sd_parity(args, record, board, text, den, dec, dev, dtype, rows):
         latents = torch.tensor(den[f"scene{s}.noise"], device=dev).float() * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
             x = torch.tensor(den[f"scene{s}.step{i}.input"], device=dev, dtype=dtype)
-            pred = unet(x, t, encoder_hidden_states=ctx).sample.float()
+            pred = unet(x, t, encoder_hidden_states=ctx, added_cond_kwargs=cond_added).sample.float()
             if guided:
                 u, c = pred.chunk(2)
                 pred = u + guidance * (c - u)
@@ -241,13 +310,16 @@ def sd_parity(args, record, board, text, den, dec, dev, dtype, rows):
         sched.set_timesteps(steps)
         cond = torch.cat([ref_text[(k, s)] for k in range(len(encoders))], -1)
         if guided:
-            unc = torch.cat([ref_text[(k, "uncond")] for k in range(len(encoders))], -1)
+            # SDXL: zeros for the empty prompt (force_zeros_for_empty_prompt).
+            unc = (torch.zeros_like(cond) if sdxl else
+                   torch.cat([ref_text[(k, "uncond")] for k in range(len(encoders))], -1))
             cond = torch.cat([unc, cond])
+        ref_added = added(ref_text[("pooled", s)]) if sdxl else None
         lat = torch.tensor(den[f"scene{s}.noise"], device=dev).float() * sched.init_noise_sigma
         for t in sched.timesteps:
             x = torch.cat([lat, lat]) if guided else lat
             x = sched.scale_model_input(x, t).to(dtype)
-            pred = unet(x, t, encoder_hidden_states=cond).sample.float()
+            pred = unet(x, t, encoder_hidden_states=cond, added_cond_kwargs=ref_added).sample.float()
             if guided:
                 u, c = pred.chunk(2)
                 pred = u + guidance * (c - u)
@@ -268,8 +340,7 @@ def _sigma_up(sched, i):
 
 def flux_parity(args, record, board, text, den, dec, dev, dtype, rows):
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from diffusers.loaders.single_file_utils import (
-        convert_flux_transformer_checkpoint_to_diffusers, convert_ldm_vae_checkpoint)
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from transformers import T5Config, T5EncoderModel
     m = args.model
     steps, guidance = record["steps"], record["guidance"]
@@ -288,7 +359,9 @@ def flux_parity(args, record, board, text, den, dec, dev, dtype, rows):
         ref_pooled[s] = out.pooler_output
     del clip
     t5cfg = T5Config.from_pretrained(os.path.join(m, "text_encoder_2"))
-    t5 = build(T5EncoderModel, t5cfg, load_folder(os.path.join(m, "text_encoder_2")), dev, dtype)
+    t5_state = load_folder(os.path.join(m, "text_encoder_2"))
+    t5_state.setdefault("shared.weight", t5_state.get("encoder.embed_tokens.weight"))
+    t5 = build(T5EncoderModel, t5cfg, t5_state, dev, dtype)
     for s in scenes:
         out = t5(torch.tensor(text[f"scene{s}.ids1"].astype(np.int64), device=dev)).last_hidden_state
         stats(f"T5, scene {s}", text[f"scene{s}.text1"], out, rows)
@@ -298,7 +371,7 @@ def flux_parity(args, record, board, text, den, dec, dev, dtype, rows):
     bfl = glob.glob(os.path.join(m, "flux1-*.safetensors"))[0]
     state = load_pt(bfl, device=str(dev))
     model = build(FluxTransformer2DModel, tcfg, state, dev, dtype,
-                  convert=convert_flux_transformer_checkpoint_to_diffusers)
+                  convert=lambda sd: flux_names(sd, tcfg["num_attention_heads"] * tcfg["attention_head_dim"]))
     del state
     lh, lw = h // 8, w // 8
     img_ids = torch.zeros(lh // 2, lw // 2, 3)

@@ -38,9 +38,10 @@ pub struct Sd {
     pub clip: ClipConfig,
     /// SDXL's second text encoder (OpenCLIP bigG); its hidden states are joined to the first's.
     pub clip2: Option<ClipConfig>,
-    /// The UNet is conditioned on the text encoders' second-to-last layer (SDXL), not their
-    /// last (SD 1.5, 2.x).
-    pub penultimate: bool,
+    /// SDXL's conditioning: the text encoders' second-to-last layer (not their last, as SD 1.5
+    /// and 2.x), and the second encoder's projected pooled vector with the size and crop ids
+    /// added to the UNet's time embedding; no prompt means zeros (`force_zeros_for_empty_prompt`).
+    pub xl: bool,
     pub unet: fn() -> unet_2d::UNet2DConditionModelConfig,
     pub vae: fn() -> vae::AutoEncoderKLConfig,
     pub scheduler: Sampler,
@@ -61,6 +62,16 @@ pub struct Flux {
     /// The T5 encoder's config.json, for the random models baton writes (a real model folder
     /// has its own in text_encoder_2/).
     pub t5_config: &'static str,
+}
+
+impl Sd {
+    /// SDXL: the size of the pooled vector the UNet's added conditioning takes.
+    pub fn pooled(&self) -> Option<usize> {
+        match self.xl {
+            true => self.clip2.map(|c| c.projection.unwrap_or(c.width)),
+            false => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Family {
@@ -290,7 +301,7 @@ pub const FAMILIES: &[Family] = &[
         arch: Arch::Sd(Sd {
             clip: ClipConfig::H_SD2,
             clip2: None,
-            penultimate: false,
+            xl: false,
             unet: sd2_unet,
             vae: sd_vae,
             scheduler: Sampler::EulerAncestralTrailing,
@@ -312,7 +323,7 @@ pub const FAMILIES: &[Family] = &[
                 ..ClipConfig::L
             },
             clip2: Some(ClipConfig::BIG_G),
-            penultimate: true,
+            xl: true,
             unet: sdxl_unet,
             vae: sd_vae,
             scheduler: Sampler::EulerAncestralTrailing,
@@ -363,7 +374,7 @@ pub const FAMILIES: &[Family] = &[
         arch: Arch::Sd(Sd {
             clip: ClipConfig::H_SD2,
             clip2: None,
-            penultimate: false,
+            xl: false,
             unet: sd2_unet,
             vae: sd_vae,
             scheduler: Sampler::Ddim { v: true },
@@ -380,7 +391,7 @@ pub const FAMILIES: &[Family] = &[
         arch: Arch::Sd(Sd {
             clip: ClipConfig::L,
             clip2: None,
-            penultimate: false,
+            xl: false,
             unet: sd15_unet,
             vae: sd_vae,
             scheduler: Sampler::Ddim { v: false },
@@ -414,7 +425,7 @@ pub const TINY: &[Family] = &[
         arch: Arch::Sd(Sd {
             clip: ClipConfig::L,
             clip2: None,
-            penultimate: false,
+            xl: false,
             unet: || unet(vec![bc(32, Some(1), 8), bc(64, Some(1), 8)], 768, false),
             vae: tiny_vae,
             scheduler: Sampler::Ddim { v: false },
@@ -440,7 +451,7 @@ pub const TINY: &[Family] = &[
                 projection: Some(768),
                 ..ClipConfig::L
             }),
-            penultimate: true,
+            xl: true,
             unet: || unet(vec![bc(32, None, 8), bc(64, Some(1), 8)], 1536, true),
             vae: tiny_vae,
             scheduler: Sampler::EulerAncestralTrailing,
@@ -471,7 +482,7 @@ pub const TINY: &[Family] = &[
                 vec_in_dim: 64,
                 context_in_dim: 64,
                 hidden_size: 64,
-                mlp_ratio: 2.0,
+                mlp_ratio: 4.0,
                 num_heads: 2,
                 depth: 1,
                 depth_single_blocks: 1,

@@ -32,6 +32,7 @@ mod record;
 mod sd;
 pub mod stage;
 pub mod tokenize;
+pub mod unet;
 
 pub use dump::{Dump, GivenLatents};
 pub use error::ImagesError;

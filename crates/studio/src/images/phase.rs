@@ -14,6 +14,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::clip_text::ClipText;
 use super::family::{Arch, Family};
+use super::unet::{Added, UNet, sdxl_time_ids};
 use super::{ImageModel, ImagesError, PhaseRecord, family};
 
 /// The weights a phase loaded: bytes and seconds, summed over its loads.
@@ -197,7 +198,7 @@ pub(super) fn warm_up_parts(
     dtype: DType,
 ) -> Result<(), ImagesError> {
     use candle_transformers::models::flux::WithForward;
-    use candle_transformers::models::stable_diffusion::{unet_2d, vae};
+    use candle_transformers::models::stable_diffusion::vae;
     use candle_transformers::models::{flux as cflux, t5};
     let zeros = || candle_nn::VarBuilder::zeros(dtype, device);
     let ids = Tensor::zeros((1, 77), DType::U32, device)?;
@@ -213,9 +214,18 @@ pub(super) fn warm_up_parts(
             let context = Tensor::cat(&context, candle_core::D::Minus1)?;
             let unet_cfg = narrow_unet((sd.unet)());
             let side = 8 << (unet_cfg.blocks.len() - 1);
-            let unet = unet_2d::UNet2DConditionModel::new(zeros(), 4, 4, false, unet_cfg)?;
+            let unet = UNet::new(zeros(), unet_cfg, sd.pooled())?;
             let latents = Tensor::zeros((1, 4, side, side), dtype, device)?;
-            let _ = unet.forward(&latents, 1.0, &context)?;
+            let pooled = match sd.pooled() {
+                Some(p) => Some(Tensor::zeros((1, p), dtype, device)?),
+                None => None,
+            };
+            let ids = Tensor::new(&[sdxl_time_ids(64, 64)], device)?;
+            let added = pooled.as_ref().map(|text_embeds| Added {
+                text_embeds,
+                time_ids: &ids,
+            });
+            let _ = unet.forward(&latents, 1.0, &context, added)?;
             let mut vae_cfg = (sd.vae)();
             vae_cfg.block_out_channels = vec![32; vae_cfg.block_out_channels.len()];
             vae_cfg.layers_per_block = 1;

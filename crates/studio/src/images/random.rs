@@ -16,11 +16,12 @@ use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::init::{Init, NormalOrUniform};
 use candle_nn::var_builder::SimpleBackend;
-use candle_transformers::models::stable_diffusion::{unet_2d, vae};
+use candle_transformers::models::stable_diffusion::vae;
 use candle_transformers::models::{flux, t5};
 
 use super::clip_text::ClipText;
 use super::family::{Arch, Family};
+use super::unet::{TIME_ID_FEATURES, UNet};
 use super::{ImageModel, ImagesError};
 
 /// Words the test tokenizers know whole; CLIP's spells anything else letter by letter.
@@ -158,13 +159,25 @@ pub(crate) fn write_part(
             });
             // Tensors read with plain `get` come with candle's default hint, zero. A
             // weight-normalised convolution's gain or a snake activation's alpha (DAC) start at
-            // one, as trained ones sit near; any other such tensor of rank 2 or more is a
-            // weight, drawn at 1/sqrt(fan-in) (zero would silence the model, or divide by zero).
+            // one, as trained ones sit near; a norm's gain near one; any other such tensor of
+            // rank 2 or more is a weight, drawn at 1/sqrt(fan-in) (zero would silence the
+            // model, or divide by zero).
             let plain = matches!(init, Init::Const(c) if *c == 0.0);
             let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f64;
             let drawn;
+            let gain = Init::Randn {
+                mean: 1.0,
+                stdev: 0.1,
+            };
             let init = if plain && (name.ends_with("weight_g") || name.ends_with("alpha")) {
                 &Init::Const(1.0)
+            } else if plain
+                && shape.len() == 1
+                && (name.ends_with("weight") || name.ends_with("scale"))
+            {
+                // A norm's gain (T5's layer norms, FLUX's query/key norms): zero would silence
+                // the model's text or flatten its attention; trained ones sit near one.
+                &gain
             } else if plain && shape.len() >= 2 {
                 drawn = Init::Randn {
                     mean: 0.0,
@@ -229,7 +242,7 @@ pub fn write_random_model(
                 &["unet/diffusion_pytorch_model.safetensors"],
                 dtype,
                 10,
-                &|vb| unet_2d::UNet2DConditionModel::new(vb, 4, 4, false, (sd.unet)()).map(|_| ()),
+                &|vb| UNet::new(vb, (sd.unet)(), sd.pooled()).map(|_| ()),
             )?;
             write_part(
                 dir,
@@ -371,6 +384,10 @@ fn write_configs(dir: &Path, family: &Family) -> Result<(), ImagesError> {
                     "attention_head_dim": u.blocks.iter().map(|b| b.attention_head_dim).collect::<Vec<_>>(),
                     "use_linear_projection": u.use_linear_projection,
                     "upcast_attention": false,
+                    "addition_embed_type": sd.pooled().map(|_| "text_time"),
+                    "addition_time_embed_dim": sd.pooled().map(|_| TIME_ID_FEATURES),
+                    "projection_class_embeddings_input_dim":
+                        sd.pooled().map(|p| p + 6 * TIME_ID_FEATURES),
                 }),
             )?;
             let v = (sd.vae)();

@@ -2,14 +2,14 @@
 //! another, their hidden states joined; the UNet under the family's scheduler, with
 //! classifier-free guidance when asked; the KL VAE.
 //!
-//! SDXL note: candle's UNet has no "added conditioning" (the pooled text embedding and the
-//! size/crop ids SDXL's UNet adds to its time embedding), so SDXL runs as candle's own example
-//! runs it: on the two encoders' joined hidden states alone.
+//! SDXL: the UNet is conditioned as diffusers conditions it: the encoders' second-to-last
+//! layers joined, and the pooled vector with the size/crop ids added to its time embedding.
 
 use candle_core::{D, DType, Device, Tensor};
-use candle_transformers::models::stable_diffusion::{unet_2d, vae};
+use candle_transformers::models::stable_diffusion::vae;
 
 use super::clip_text::{ClipConfig, ClipText};
+use super::unet::{Added, UNet, sdxl_time_ids};
 
 use super::ImagesError;
 use super::family::Sd;
@@ -27,8 +27,10 @@ pub(super) fn encode(
 ) -> Result<(Vec<Conditioning>, Vec<Option<String>>), ImagesError> {
     let guided = job.guidance > 1.0;
     let configs: Vec<ClipConfig> = std::iter::once(sd.clip).chain(sd.clip2).collect();
+    let last_encoder = configs.len() - 1;
     let mut cut = vec![None; board.scenes.len()];
     let mut per_encoder: Vec<Vec<Tensor>> = Vec::new();
+    let mut pooled: Vec<Option<Tensor>> = vec![None; board.scenes.len()];
     for (k, (files, cfg)) in job.model.encoders.iter().zip(&configs).enumerate() {
         let tokenizer = files.tokenizer.load()?;
         let pad = files
@@ -36,29 +38,48 @@ pub(super) fn encode(
             .pad_token()
             .or(cfg.pad_with.map(String::from));
         let encoder = ClipText::new(job.load(&files.weights, loads)?, cfg)?;
-        let encode = |prompt: &str| -> Result<(Tensor, Tensor, bool), ImagesError> {
+        // A prompt's hidden states, and its pooled vector when the UNet takes one (SDXL's
+        // second encoder).
+        let encode = |prompt: &str| -> Result<(Tensor, Option<Tensor>, Tensor, bool), ImagesError> {
             let t = clip_tokens(&tokenizer, prompt, pad.as_deref())?;
             let ids = Tensor::new(t.ids.as_slice(), job.device)?.unsqueeze(0)?;
             let encoded = encoder.forward(&ids)?;
-            let hidden = match sd.penultimate {
+            let vector = match sd.pooled() {
+                Some(_) if k == last_encoder => Some(encoder.pooled(&encoded, &[t.eos_at])?),
+                _ => None,
+            };
+            let hidden = match sd.xl {
                 true => encoded.penultimate,
                 false => encoded.last,
             };
-            Ok((hidden, ids, t.truncated))
+            Ok((hidden, vector, ids, t.truncated))
         };
-        let uncond = if guided { Some(encode("")?.0) } else { None };
+        // The unconditional row: the empty prompt's encoding, or zeros for SDXL.
+        let uncond = match (guided, sd.xl) {
+            (false, _) => None,
+            (true, false) => Some(encode("")?.0),
+            (true, true) => None,
+        };
         let mut rows = Vec::new();
         for (i, s) in board.scenes.iter().enumerate() {
-            let (text, ids, truncated) = encode(&s.image_prompt)?;
+            let (text, vector, ids, truncated) = encode(&s.image_prompt)?;
             job.keep(s.index, &format!("ids{k}"), &ids)?;
             job.keep(s.index, &format!("text{k}"), &text)?;
             if truncated {
                 cut[i] = Some(format!("the text encoder's {CLIP_TOKENS} tokens"));
             }
-            rows.push(match &uncond {
-                Some(u) => Tensor::cat(&[u, &text], 0)?,
-                None => text,
-            });
+            let two = |row: Tensor, uncond: Option<&Tensor>| -> Result<Tensor, ImagesError> {
+                Ok(match (guided, uncond) {
+                    (false, _) => row,
+                    (true, Some(u)) => Tensor::cat(&[u, &row], 0)?,
+                    (true, None) => Tensor::cat(&[&row.zeros_like()?, &row], 0)?,
+                })
+            };
+            if let Some(v) = vector {
+                job.keep(s.index, "pooled", &v)?;
+                pooled[i] = Some(two(v, None)?);
+            }
+            rows.push(two(text, uncond.as_ref())?);
         }
         job.device.synchronize()?;
         per_encoder.push(rows);
@@ -68,7 +89,7 @@ pub(super) fn encode(
             let parts: Vec<&Tensor> = per_encoder.iter().map(|rows| &rows[i]).collect();
             Ok(Conditioning {
                 context: Tensor::cat(&parts, D::Minus1)?,
-                pooled: None,
+                pooled: pooled[i].take(),
             })
         })
         .collect::<Result<Vec<_>, ImagesError>>()?;
@@ -86,13 +107,14 @@ pub(super) fn denoise(
     step: &mut dyn FnMut(u32, usize, usize),
 ) -> Result<Vec<(Tensor, f64)>, ImagesError> {
     let guided = job.guidance > 1.0;
-    let unet = unet_2d::UNet2DConditionModel::new(
+    let unet = UNet::new(
         job.load(std::slice::from_ref(&job.model.denoiser), loads)?,
-        4,
-        4,
-        false,
         (sd.unet)(),
+        sd.pooled(),
     )?;
+    let batch = if guided { 2 } else { 1 };
+    let time_ids =
+        Tensor::new(&[sdxl_time_ids(job.width, job.height)], job.device)?.repeat((batch, 1))?;
     let (latent_h, latent_w) = (job.height / 8, job.width / 8);
     let mut out = Vec::new();
     for (position, (s, cond)) in board.scenes.iter().zip(conditioning).enumerate() {
@@ -124,7 +146,11 @@ pub(super) fn denoise(
             };
             let input = scheduler.scale_model_input(input, t)?;
             job.keep(s.index, &format!("step{i}.input"), &input)?;
-            let noise = unet.forward(&input, t as f64, &cond.context)?;
+            let added = cond.pooled.as_ref().map(|text_embeds| Added {
+                text_embeds,
+                time_ids: &time_ids,
+            });
+            let noise = unet.forward(&input, t as f64, &cond.context, added)?;
             let noise = if guided {
                 let parts = noise.chunk(2, 0)?;
                 (&parts[0] + ((&parts[1] - &parts[0])? * job.guidance)?)?
