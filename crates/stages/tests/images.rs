@@ -155,6 +155,98 @@ fn the_same_seed_draws_the_same_picture() {
     assert_ne!(a, png("8"));
 }
 
+/// `--dump` writes what each phase produced; the noise it holds, given back with `--latents`,
+/// draws the seed's picture under another seed; latents of the wrong shape are refused before
+/// anything loads.
+#[test]
+fn the_dump_holds_every_phase_and_given_latents_replace_the_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = storyboard(dir.path(), &["neon street in the rain"]);
+    let dump = dir.path().join("dump");
+    let out = images(dir.path(), &input, &["--dump", dump.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let load = |phase: &str| {
+        candle_core::safetensors::load(
+            dump.join(format!("{phase}.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let text_phase = load("text");
+    assert_eq!(text_phase["scene1.ids0"].dims(), &[1, 77]);
+    assert_eq!(text_phase["scene1.text0"].dims(), &[1, 77, 768]);
+    let denoise = load("denoise");
+    for step in 0..2 {
+        for what in ["input", "pred", "latents"] {
+            let t = &denoise[&format!("scene1.step{step}.{what}")];
+            // Guidance doubles the model's input (unconditional row first).
+            let rows = if what == "input" { 2 } else { 1 };
+            assert_eq!(t.dims(), &[rows, 4, 8, 8], "step {step} {what}");
+        }
+    }
+    assert_eq!(denoise["scene1.context"].dims(), &[2, 77, 768]);
+    assert_eq!(denoise["scene1.timesteps"].dims(), &[2]);
+    let pixels = load("decode")["scene1.pixels"].clone();
+    assert_eq!(pixels.dims(), &[1, 3, 64, 64]);
+
+    let latents = dir.path().join("noise.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([("latents".to_string(), denoise["scene1.noise"].clone())]),
+        &latents,
+    )
+    .unwrap();
+    let out = images(
+        dir.path(),
+        &input,
+        &[
+            "--seed",
+            "999",
+            "--latents",
+            latents.to_str().unwrap(),
+            "--dump",
+            dump.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let again = load("decode")["scene1.pixels"].clone();
+    let same = pixels
+        .eq(&again)
+        .unwrap()
+        .min_all()
+        .unwrap()
+        .to_scalar::<u8>()
+        .unwrap();
+    assert_eq!(
+        same, 1,
+        "the seed's noise given as --latents draws the seed's picture"
+    );
+
+    let wrong = dir.path().join("wrong.safetensors");
+    let noise = candle_core::Tensor::zeros(
+        (1, 16, 8, 8),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    candle_core::safetensors::save(&HashMap::from([("latents".to_string(), noise)]), &wrong)
+        .unwrap();
+    std::fs::remove_dir_all(dir.path().join("run/3_images")).unwrap();
+    let out = images(dir.path(), &input, &["--latents", wrong.to_str().unwrap()]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("wrong.safetensors")
+            && said.contains("(1, 16, 8, 8)")
+            && said.contains("4, 8, 8"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("phase: "),
+        "refused before any phase: {said}"
+    );
+    assert!(!dir.path().join("run/3_images/scene_01.png").exists());
+}
+
 #[test]
 fn a_prompt_longer_than_the_encoder_takes_is_cut_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();

@@ -118,6 +118,14 @@ pub fn write_images(
     {
         return Err(ImagesError::EmptyPrompt { scene: s.index });
     }
+    if let Some(given) = &given {
+        // Checked before anything loads: the latents' shape, and a row for every scene.
+        let channels = match fam.arch {
+            Arch::Sd(_) => 4,
+            Arch::Flux(_) => 16,
+        };
+        given.scene(board.scenes.len() - 1, (channels, height / 8, width / 8))?;
+    }
     let out_dir = run_dir.join("3_images");
     baton_base::run_dir::ensure_writable(&out_dir).map_err(|source| ImagesError::Unwritable {
         path: out_dir.clone(),
