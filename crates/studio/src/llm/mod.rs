@@ -597,7 +597,7 @@ pub fn warm_up(device: &Device) -> Result<(), LlmError> {
     Ok(())
 }
 
-/// candle's own quantized llama or qwen2 (`from_gguf`: it reads its tensors itself) on the same
+/// candle's own quantized llama, qwen2 or qwen3 (`from_gguf`: it reads its tensors itself) on the same
 /// file: the logits after `tokens` and the seconds its load took. What `baton bench llm` checks
 /// baton's model against, on whatever device it runs. None for gemma3: candle's quantized gemma3
 /// is not Gemma 3 (SiLU for GELU), so baton's is checked against candle's full-precision gemma3
@@ -607,7 +607,7 @@ pub fn candle_reference(
     device: &Device,
     tokens: &[u32],
 ) -> Result<Option<(Vec<f32>, f64)>, LlmError> {
-    use candle_transformers::models::{quantized_llama, quantized_qwen2};
+    use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
     let unreadable = |why: String| LlmError::Unreadable {
         path: path.to_path_buf(),
         why,
@@ -628,6 +628,12 @@ pub fn candle_reference(
         }
         "qwen2" => {
             let mut m = quantized_qwen2::ModelWeights::from_gguf(content, &mut file, device)?;
+            device.synchronize()?;
+            let seconds = started.elapsed().as_secs_f64();
+            (m.forward(&x, 0)?, seconds)
+        }
+        "qwen3" => {
+            let mut m = quantized_qwen3::ModelWeights::from_gguf(content, &mut file, device)?;
             device.synchronize()?;
             let seconds = started.elapsed().as_secs_f64();
             (m.forward(&x, 0)?, seconds)

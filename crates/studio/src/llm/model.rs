@@ -23,7 +23,7 @@ use candle_transformers::utils::{build_causal_mask, repeat_kv};
 use super::LlmError;
 
 /// The architectures baton runs, as `general.architecture` names them.
-pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "gemma3"];
+pub const ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
 
 /// What the GGUF metadata says about the network.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +81,7 @@ pub fn architecture(content: &Content) -> String {
 pub const LLAMA_CONTEXT: usize = 4096;
 
 impl Config {
-    /// Reads the network's shape for `arch` ("llama" or "qwen2") from `metadata`; a missing key
+    /// Reads the network's shape for `arch` (one of `ARCHITECTURES`) from `metadata`; a missing key
     /// is named.
     pub fn from_metadata(
         arch: &str,
@@ -123,10 +123,14 @@ impl Config {
                 "its {n_head} heads cannot share {n_kv_head} key/value heads"
             )));
         }
-        let qwen2 = arch == "qwen2";
+        // qwen3 is qwen2 with per-head q/k norms and no q/k/v biases; its heads may be wider
+        // than embedding / heads (Qwen3-0.6B: 16 heads of 128 in 1024).
+        let qwen2 = arch == "qwen2" || arch == "qwen3";
         let gemma = arch == "gemma3";
         let head_dim = if gemma {
             int("attention.key_length")?
+        } else if arch == "qwen3" {
+            int("attention.key_length").unwrap_or(embedding / n_head)
         } else {
             embedding / n_head
         };
@@ -192,7 +196,8 @@ struct Layer {
     wo: QMatMul,
     /// qwen2's biases on q, k and v.
     bias: Option<[Tensor; 3]>,
-    /// gemma3's norms: on q and k per head, after attention, after the MLP.
+    /// gemma3's and qwen3's norms on q and k per head; gemma3's after attention and after the
+    /// MLP.
     qk_norm: Option<[RmsNorm; 2]>,
     post_norm: Option<[RmsNorm; 2]>,
     /// Sees only the last `window` tokens (gemma3's local layers).
@@ -205,7 +210,7 @@ struct Layer {
     kv_cache: Option<(Tensor, Tensor)>,
 }
 
-/// A loaded llama, qwen2 or gemma3, ready for `forward`.
+/// A loaded llama, qwen2, qwen3 or gemma3, ready for `forward`.
 pub struct LlamaLike {
     config: Config,
     embed: Embedding,
@@ -281,7 +286,15 @@ impl LlamaLike {
             } else {
                 None
             };
-            let (qk_norm, post_norm) = if config.gemma() {
+            let (qk_norm, post_norm) = if config.arch == "qwen3" {
+                (
+                    Some([
+                        take.norm(&format!("{p}.attn_q_norm.weight"), eps)?,
+                        take.norm(&format!("{p}.attn_k_norm.weight"), eps)?,
+                    ]),
+                    None,
+                )
+            } else if config.gemma() {
                 (
                     Some([
                         take.norm(&format!("{p}.attn_q_norm.weight"), eps)?,
@@ -574,7 +587,7 @@ fn rotary_tables(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_transformers::models::{quantized_llama, quantized_qwen2};
+    use candle_transformers::models::{quantized_llama, quantized_qwen2, quantized_qwen3};
 
     /// Logits for a 5-token prompt, then two single tokens through the cache.
     fn logits(mut step: impl FnMut(&Tensor, usize) -> Tensor) -> Vec<Vec<f32>> {
@@ -612,6 +625,20 @@ mod tests {
                         .unwrap();
                 logits(|x, pos| m.forward(x, pos).unwrap())
             }
+            "qwen3" => {
+                let mut m =
+                    quantized_qwen3::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
+                        .unwrap();
+                logits(|x, pos| {
+                    // candle's qwen3 returns every position's logits for a prompt; the last
+                    // is what the others return.
+                    let out = m.forward(x, pos).unwrap();
+                    match out.rank() {
+                        3 => out.i((.., out.dim(1).unwrap() - 1, ..)).unwrap(),
+                        _ => out,
+                    }
+                })
+            }
             _ => {
                 let mut m =
                     quantized_qwen2::ModelWeights::from_gguf(content, &mut file, &Device::Cpu)
@@ -624,7 +651,22 @@ mod tests {
         assert!(mine.iter().flatten().all(|x| x.is_finite()));
         // Different steps give different logits: the cache and positions are in play.
         assert_ne!(mine[1], mine[2]);
-        assert_eq!(mine, theirs, "{arch}: logits differ from candle's model");
+        if arch == "qwen3" {
+            // candle's qwen3 attends through its CPU flash-attention kernel (another order of
+            // summation): equal to rounding, not to the bit.
+            let worst = mine
+                .iter()
+                .flatten()
+                .zip(theirs.iter().flatten())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-3,
+                "qwen3: logits differ from candle's by {worst}"
+            );
+        } else {
+            assert_eq!(mine, theirs, "{arch}: logits differ from candle's model");
+        }
     }
 
     #[test]
@@ -635,6 +677,13 @@ mod tests {
     #[test]
     fn qwen2_logits_equal_candles_bit_for_bit() {
         same_logits_as_candle("qwen2");
+    }
+
+    /// qwen3 (per-head q/k norms, heads wider than embedding / heads) against candle's
+    /// quantized qwen3.
+    #[test]
+    fn qwen3_logits_equal_candles() {
+        same_logits_as_candle("qwen3");
     }
 
     /// candle's full-precision gemma3 (Hugging Face's names and norms, which store weight - 1)

@@ -237,11 +237,17 @@ pub fn write_tiny(path: &Path, seed: u64, arch: &str) -> Result<(), LlmError> {
     if arch == "gemma3" {
         return write_tiny_gemma3(path, seed);
     }
-    if arch != "llama" && arch != "qwen2" {
+    if !["llama", "qwen2", "qwen3"].contains(&arch) {
         return Err(LlmError::BadModel(format!(
-            "no tiny writer for '{arch}'; use llama, qwen2 or gemma3"
+            "no tiny writer for '{arch}'; use llama, qwen2, qwen3 or gemma3"
         )));
     }
+    // qwen3's heads are wider than DIM / HEADS, as Qwen3-0.6B's are.
+    let head = if arch == "qwen3" {
+        2 * DIM / HEADS
+    } else {
+        DIM / HEADS
+    };
     let key = |k: &str| format!("{arch}.{k}");
     let mut tokens = byte_alphabet();
     // A few merges, so the BPE has real work to do.
@@ -269,10 +275,9 @@ pub fn write_tiny(path: &Path, seed: u64, arch: &str) -> Result<(), LlmError> {
         (key("embedding_length"), Value::U32(DIM as u32)),
         (key("feed_forward_length"), Value::U32(FF as u32)),
         (key("context_length"), Value::U32(4096)),
-        (
-            key("rope.dimension_count"),
-            Value::U32((DIM / HEADS) as u32),
-        ),
+        (key("rope.dimension_count"), Value::U32(head as u32)),
+        (key("attention.key_length"), Value::U32(head as u32)),
+        (key("attention.value_length"), Value::U32(head as u32)),
         (key("rope.freq_base"), Value::F32(10_000.0)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (key("vocab_size"), Value::U32(vocab as u32)),
@@ -298,34 +303,38 @@ pub fn write_tiny(path: &Path, seed: u64, arch: &str) -> Result<(), LlmError> {
     ];
     let device = Device::Cpu;
     let mut rng = Random::new(seed);
-    let mut random = |shape: &[usize]| rng.tensor(shape);
     let ones = |n: usize| -> Result<QTensor, LlmError> {
         Ok(QTensor::quantize(
             &Tensor::ones(n, candle_core::DType::F32, &device)?,
             GgmlDType::F32,
         )?)
     };
-    let kv = DIM / HEADS * KV_HEADS;
+    let kv = head * KV_HEADS;
+    let q = head * HEADS;
     let mut tensors: Vec<(String, QTensor)> = vec![
-        ("token_embd.weight".into(), random(&[vocab, DIM])?),
+        ("token_embd.weight".into(), rng.tensor(&[vocab, DIM])?),
         ("output_norm.weight".into(), ones(DIM)?),
-        ("output.weight".into(), random(&[vocab, DIM])?),
+        ("output.weight".into(), rng.tensor(&[vocab, DIM])?),
     ];
     for l in 0..LAYERS {
         let p = format!("blk.{l}");
-        tensors.push((format!("{p}.attn_q.weight"), random(&[DIM, DIM])?));
-        tensors.push((format!("{p}.attn_k.weight"), random(&[kv, DIM])?));
-        tensors.push((format!("{p}.attn_v.weight"), random(&[kv, DIM])?));
-        tensors.push((format!("{p}.attn_output.weight"), random(&[DIM, DIM])?));
-        tensors.push((format!("{p}.ffn_gate.weight"), random(&[FF, DIM])?));
-        tensors.push((format!("{p}.ffn_down.weight"), random(&[DIM, FF])?));
-        tensors.push((format!("{p}.ffn_up.weight"), random(&[FF, DIM])?));
+        tensors.push((format!("{p}.attn_q.weight"), rng.tensor(&[q, DIM])?));
+        tensors.push((format!("{p}.attn_k.weight"), rng.tensor(&[kv, DIM])?));
+        tensors.push((format!("{p}.attn_v.weight"), rng.tensor(&[kv, DIM])?));
+        tensors.push((format!("{p}.attn_output.weight"), rng.tensor(&[DIM, q])?));
+        tensors.push((format!("{p}.ffn_gate.weight"), rng.tensor(&[FF, DIM])?));
+        tensors.push((format!("{p}.ffn_down.weight"), rng.tensor(&[DIM, FF])?));
+        tensors.push((format!("{p}.ffn_up.weight"), rng.tensor(&[FF, DIM])?));
         tensors.push((format!("{p}.attn_norm.weight"), ones(DIM)?));
         tensors.push((format!("{p}.ffn_norm.weight"), ones(DIM)?));
+        if arch == "qwen3" {
+            tensors.push((format!("{p}.attn_q_norm.weight"), rng.norm(head)?));
+            tensors.push((format!("{p}.attn_k_norm.weight"), rng.norm(head)?));
+        }
         if arch == "qwen2" {
-            tensors.push((format!("{p}.attn_q.bias"), random(&[DIM])?));
-            tensors.push((format!("{p}.attn_k.bias"), random(&[kv])?));
-            tensors.push((format!("{p}.attn_v.bias"), random(&[kv])?));
+            tensors.push((format!("{p}.attn_q.bias"), rng.tensor(&[DIM])?));
+            tensors.push((format!("{p}.attn_k.bias"), rng.tensor(&[kv])?));
+            tensors.push((format!("{p}.attn_v.bias"), rng.tensor(&[kv])?));
         }
     }
     write_gguf(path, &metadata, &tensors)
