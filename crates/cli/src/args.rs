@@ -34,6 +34,9 @@ pub enum Command {
     /// Models baton knows, and fetching them into its store.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// The stages' settings `baton run` would use, and where each comes from.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Finish a run that stopped: keep stages whose files verify, run the rest.
     Resume(ResumeArgs),
     /// Run many topics at once (one per line of FILE) across every device.
@@ -77,6 +80,7 @@ impl Command {
             ),
             Command::Resume(_)
             | Command::Batch(_)
+            | Command::Config(_)
             | Command::Stats(_)
             | Command::Watch(_)
             | Command::Sim(_) => false,
@@ -150,6 +154,11 @@ pub struct RunArgs {
     pub mode: RunMode,
     #[command(flatten)]
     pub common: PipelineArgs,
+    #[command(
+        flatten,
+        next_help_heading = "The stages' settings (flag > environment > baton.toml)"
+    )]
+    pub knobs: crate::knobs::RunKnobs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -194,7 +203,7 @@ pub struct ScenesArgs {
     #[arg(long, value_name = "FILE")]
     pub tokenizer: Option<PathBuf>,
     /// The same seed, model and topic write the same storyboard.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, env = "BATON_SEED", default_value_t = 42)]
     pub seed: u64,
     /// Sampling temperature; 0 always takes the most likely token.
     #[arg(long, default_value_t = 0.7)]
@@ -240,10 +249,10 @@ pub struct VoiceArgs {
     /// The eSpeak NG voice: en-us, en-gb, en-gb-scotland, en-gb-x-rp, en-gb-x-gbclan,
     /// en-gb-x-gbcwmd, en-029, en-us-nyc or en-shaw (English only), a `+variant` such as
     /// `+f3` allowed.
-    #[arg(long, default_value = "en-us")]
+    #[arg(long, env = "BATON_VOICE_NAME", default_value = "en-us")]
     pub voice: String,
     /// Pace: 1.0 is normal, 0.5 slow, 2.0 fast.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, env = "BATON_VOICE_SPEED", default_value_t = 1.0)]
     pub speed: f32,
     /// Sample rate of the WAV files, in Hz.
     #[arg(long, default_value_t = 22050)]
@@ -345,6 +354,10 @@ pub struct ImagesArgs {
     /// Image height in pixels; as --width.
     #[arg(long)]
     pub height: Option<usize>,
+    /// Width and height at once, e.g. 1280x720; --width and --height win over it.
+    #[arg(long, env = "BATON_IMAGES_SIZE", value_name = "WxH",
+          value_parser = |s: &str| crate::knobs::parse_size(s))]
+    pub size: Option<(usize, usize)>,
     /// Denoising steps (default: the family's).
     #[arg(long, env = "BATON_IMAGES_STEPS")]
     pub steps: Option<usize>,
@@ -352,7 +365,7 @@ pub struct ImagesArgs {
     #[arg(long)]
     pub guidance: Option<f64>,
     /// Scene N uses seed + N: the same seed draws the same pictures.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, env = "BATON_SEED", default_value_t = 42)]
     pub seed: u64,
     /// The device memory the stage may use, its CUDA context counted (default, as a stage of a
     /// run on a GPU: the budget the runner granted, BATON_MEMORY_BUDGET). FLUX's transformer
@@ -389,6 +402,13 @@ pub struct ImagesArgs {
     /// decode.safetensors with the pixels before the PNG). See docs/images.md.
     #[arg(long, value_name = "DIR", help_heading = "Debugging")]
     pub dump: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Every setting, its value and where it came from (flag, environment, baton.toml, or the
+    /// stage's default); takes the same flags as `baton run`.
+    Show(crate::knobs::RunKnobs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -431,6 +451,11 @@ pub struct BatchArgs {
     pub topics: PathBuf,
     #[command(flatten)]
     pub common: PipelineArgs,
+    #[command(
+        flatten,
+        next_help_heading = "The stages' settings (flag > environment > baton.toml)"
+    )]
+    pub knobs: crate::knobs::RunKnobs,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,7 @@
 pub mod args;
 pub mod commands;
 mod forward;
+pub mod knobs;
 pub mod progress;
 
 use std::io::Write;
@@ -108,6 +109,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Resume(args) => resume::resume(args, out),
         Command::Batch(args) => batch::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
+        Command::Config(crate::args::ConfigCommand::Show(knobs)) => crate::knobs::show(knobs, out),
         Command::Watch(args) => watch::watch(args),
         Command::Sim(SimCommand::Hold(args)) => sim::hold(args, out),
         Command::Sim(SimCommand::Reset) => sim::reset(out),

@@ -391,6 +391,8 @@ impl StageCatalog for ContentCatalog {
             "BATON_VOICE_",
             "BATON_VIDEO_",
             "BATON_FFMPEG",
+            // `baton run --seed`: the storyboard's and the pictures'.
+            "BATON_SEED",
         ]
     }
 }

@@ -246,6 +246,156 @@ fn a_flux_model_bigger_than_the_card_is_placed_and_streamed() {
     }
 }
 
+/// Every `baton run` setting reaches its stage: a flag wins over the environment (the helper
+/// sets BATON_SCENES=2; `--scenes 3` makes three), baton.toml fills what neither sets, and each
+/// stage's record says what it ran with.
+#[test]
+fn run_settings_reach_their_stages_flags_over_env_over_baton_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny.gguf");
+    write_tiny_llama(&model, 3).unwrap();
+    let sd = dir.path().join("tiny-sd");
+    baton_studio::images::random::write_random_model(
+        &sd,
+        baton_studio::images::family::find("tiny-sd").unwrap(),
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("baton.toml"),
+        "seed = 5\n[images]\nsteps = 1\n[voice]\nvoice = \"en-gb\"\nspeed = 1.25\n[video]\naspect = \"1:1\"\n",
+    )
+    .unwrap();
+    let out = baton(dir.path(), &model)
+        .args(["run", "--device", "sim", "--topic", "Cyberpunk Tokyo"])
+        .args([
+            "--scenes",
+            "3",
+            "--voice-engine",
+            "espeak",
+            "--size",
+            "128x64",
+        ])
+        .arg("--image-model")
+        .arg(&sd)
+        .args(["--image-family", "tiny-sd", "--resolution", "144"])
+        .output()
+        .unwrap();
+    let said = said(&out);
+    assert!(out.status.success(), "{said}");
+    let run = only_run(dir.path());
+    let read = |file: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(run.join(file)).unwrap()).unwrap()
+    };
+    // --scenes (flag over BATON_SCENES=2) and seed (baton.toml) reached the scenes stage.
+    let board = read("1_scripts/cyberpunk_tokyo_scenes.json");
+    assert_eq!(board["scenes"].as_array().unwrap().len(), 3, "{board}");
+    let log = std::fs::read_to_string(run.join("logs/scenes.log")).unwrap();
+    assert!(log.contains("seed 5"), "{log}");
+    // --image-model, --image-family, --size (flags), steps and seed (baton.toml): the images.
+    let images = read("3_images/images.json");
+    assert_eq!(images["family"], "tiny-sd", "{images}");
+    assert_eq!(
+        (images["width"].as_u64(), images["height"].as_u64()),
+        (Some(128), Some(64))
+    );
+    assert_eq!(images["steps"], 1);
+    assert_eq!(images["seed"], 5);
+    assert!(
+        images["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["kind"] == "generated")
+    );
+    // --voice-engine (flag), voice and speed (baton.toml): the voice.
+    let voice = read("2_audio/voice.json");
+    assert!(
+        voice["engine"].as_str().unwrap().starts_with("espeak"),
+        "{voice}"
+    );
+    assert_eq!(voice["voice"], "en-gb");
+    assert_eq!(voice["speed"], 1.25);
+    // aspect (baton.toml) and --resolution (flag over BATON_VIDEO_RESOLUTION=240): the video.
+    let video = read("4_video/video.json");
+    if video["skipped"].is_null() {
+        assert_eq!(
+            (video["width"].as_u64(), video["height"].as_u64()),
+            (Some(144), Some(144)),
+            "{video}"
+        );
+    }
+
+    // `config show` says where each came from.
+    let out = baton(dir.path(), &model)
+        .args(["config", "show", "--scenes", "3"])
+        .output()
+        .unwrap();
+    let shown = common::said(&out);
+    assert!(out.status.success(), "{shown}");
+    let row = |flag: &str| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{flag} ")))
+            .unwrap_or_else(|| panic!("no {flag} row: {shown}"))
+            .to_string()
+    };
+    assert!(row("--scenes").ends_with("flag"), "{shown}");
+    assert!(
+        row("--seed").contains(" 5 ") && row("--seed").ends_with("baton.toml"),
+        "{shown}"
+    );
+    assert!(
+        row("--resolution").ends_with("environment (BATON_VIDEO_RESOLUTION)"),
+        "{shown}"
+    );
+    assert!(row("--aspect").contains("1:1"), "{shown}");
+    assert!(row("--llm").contains("environment"), "{shown}");
+    assert!(row("--style").ends_with("the stage's default"), "{shown}");
+
+    // A bad value is refused before anything runs, naming where it came from.
+    std::fs::write(dir.path().join("baton.toml"), "[images]\nstep = 2\n").unwrap();
+    let out = baton(dir.path(), &model)
+        .args(["run", "--device", "sim", "--topic", "Other topic"])
+        .output()
+        .unwrap();
+    let said = common::said(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("unknown setting 'images.step'")
+            && said.contains("did you mean 'images.steps'"),
+        "{said}"
+    );
+    let out = baton(dir.path(), &model)
+        .args(["config", "show", "--config", "missing.toml", "--speed", "9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::said(&out).contains("missing.toml"),
+        "{}",
+        common::said(&out)
+    );
+    std::fs::remove_file(dir.path().join("baton.toml")).unwrap();
+    let out = baton(dir.path(), &model)
+        .args(["config", "show", "--speed", "9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::said(&out).contains("--speed '9': use a number from 0.25 to 4.0"),
+        "{}",
+        common::said(&out)
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("output"))
+            .unwrap()
+            .count(),
+        1,
+        "nothing new was started"
+    );
+}
+
 /// The report, as a browser draws it: the warnings box first, then the video, and every
 /// scene's picture as a thumbnail beside its text and clip player.
 fn report_shows_the_run(run: &Path) {

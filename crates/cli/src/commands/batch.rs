@@ -13,6 +13,7 @@ use crate::args::BatchArgs;
 use crate::commands::run::{engine, load_pipeline, outcome};
 
 pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    crate::knobs::apply(&args.knobs)?;
     let topics = read_topics(&args.topics)?;
     let pipeline = load_pipeline(&args.common)?;
     let engine = engine(args.common.device, true, args.common.gpu_reserve)?;

@@ -102,6 +102,7 @@ pub(crate) fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    crate::knobs::apply(&args.knobs)?;
     baton_base::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
     let pipeline = load_pipeline(&args.common)?;
     let engine = engine(args.common.device, false, args.common.gpu_reserve)?;

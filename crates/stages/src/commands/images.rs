@@ -20,8 +20,8 @@ pub fn images(args: &baton::args::ImagesArgs, out: &mut dyn Write) -> anyhow::Re
         family: args.family.as_deref(),
         transformer: args.transformer.as_deref(),
         options: ImagesOptions {
-            width: args.width,
-            height: args.height,
+            width: args.width.or(args.size.map(|(w, _)| w)),
+            height: args.height.or(args.size.map(|(_, h)| h)),
             steps: args.steps,
             guidance: args.guidance,
             seed: args.seed,

@@ -57,6 +57,7 @@ fn backend() -> (Arc<dyn MemoryBackend>, String) {
 }
 
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
+    baton::knobs::apply(&args.knobs)?;
     if args.common.pipeline.is_some() {
         return Err(baton::BadInput(
             "--mode monolithic runs the built-in content pipeline; drop --pipeline, or use --mode processes"

@@ -18,10 +18,11 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let model = scenes_model(&args.model, &compute)?;
     writeln!(
         out,
-        "writing {} scenes about '{}' with {} {where_}",
+        "writing {} scenes about '{}' with {} {where_}, seed {}",
         args.scenes,
         args.topic,
-        model.display()
+        model.display(),
+        attempt_seed(args)
     )?;
     out.flush()?;
     let bar = std::io::stderr().is_terminal().then(|| {
