@@ -443,6 +443,11 @@ pub struct ResumeArgs {
     /// Where GPU stages go (default: the backend the run started on).
     #[arg(long, value_parser = parse_device)]
     pub device: Option<DeviceChoice>,
+    /// Run this stage again even though its files verify, and every stage after it that uses
+    /// them (e.g. `--rerun images` after fetching an image model); repeatable. `--from` is the
+    /// same.
+    #[arg(long, visible_alias = "from", value_name = "STAGE")]
+    pub rerun: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -407,6 +407,59 @@ pub fn apply(knobs: &RunKnobs) -> Result<Vec<Resolved>, crate::BadInput> {
     Ok(resolved)
 }
 
+/// The file in a run folder that keeps the settings the run began with, for `baton resume`.
+pub const SETTINGS_FILE: &str = "settings.json";
+
+/// Keeps the settings that had a value (by their variables) in `dir`'s settings file, whole or
+/// not at all.
+pub fn record(resolved: &[Resolved], dir: &Path) -> anyhow::Result<()> {
+    let set: std::collections::BTreeMap<&str, &str> = resolved
+        .iter()
+        .filter_map(|r| r.value.as_deref().map(|v| (r.knob.env, v)))
+        .collect();
+    baton_base::atomic_file::write_atomic(
+        &dir.join(SETTINGS_FILE),
+        &serde_json::to_vec_pretty(&set)?,
+    )?;
+    Ok(())
+}
+
+/// Puts the settings a run began with back in this process's environment, each where the
+/// environment does not set it already; returns those it set. A run folder without the file
+/// (made before it existed) restores nothing. Call before any thread starts.
+pub fn restore(dir: &Path) -> Result<Vec<(String, String)>, crate::BadInput> {
+    let path = dir.join(SETTINGS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(crate::BadInput(format!(
+                "cannot read '{}': {e}",
+                path.display()
+            )));
+        }
+    };
+    let set: std::collections::BTreeMap<String, String> = serde_json::from_slice(&bytes)
+        .map_err(|e| {
+            crate::BadInput(format!(
+                "'{}' is not the settings baton wrote ({e}); delete it to resume with this environment's",
+                path.display()
+            ))
+        })?;
+    let mut restored = Vec::new();
+    for (var, value) in set {
+        if !KNOBS.iter().any(|k| k.env == var) {
+            continue;
+        }
+        if std::env::var_os(&var).is_none() {
+            // SAFETY: called at the start of `resume`, before the engine or any thread exists.
+            unsafe { std::env::set_var(&var, &value) };
+            restored.push((var, value));
+        }
+    }
+    Ok(restored)
+}
+
 /// `baton config show`: every setting, its value and where it came from.
 pub fn show(knobs: &RunKnobs, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
     let resolved = resolve(knobs)?;

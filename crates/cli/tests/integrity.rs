@@ -548,3 +548,94 @@ fn outputs_that_lead_out_of_the_run_folder_are_refused_before_anything_is_made()
         let _ = std::fs::remove_dir_all(d.join("output"));
     }
 }
+
+/// `resume --rerun STAGE` runs a stage whose files verify again, and what uses its files after
+/// it, keeping the rest; a stage the run does not have is refused with the closest name. The
+/// run's settings (`--seed` here) come back on resume unless the environment sets them again.
+#[test]
+fn resume_reruns_a_stage_asked_for_with_the_settings_the_run_began_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pipeline = write(
+        d,
+        "p.toml",
+        r#"[[stage]]
+name = "first"
+command = ["sh", "-c", "echo once > first.txt"]
+outputs = ["first.txt"]
+
+[[stage]]
+name = "seeded"
+after = ["first"]
+command = ["sh", "-c", "echo seed=$BATON_SEED >> seeded.txt"]
+outputs = ["seeded.txt"]
+
+[[stage]]
+name = "last"
+after = ["seeded"]
+command = ["sh", "-c", "cat seeded.txt > last.txt"]
+outputs = ["last.txt"]
+"#,
+    );
+    let out = baton(d, "1x24GiB")
+        .current_dir(d)
+        .env_remove("BATON_SEED")
+        .args([
+            "run",
+            "--device",
+            "sim",
+            "--topic",
+            "t",
+            "--seed",
+            "5",
+            "--pipeline",
+        ])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", said(&out));
+    let run = runs(d).pop().unwrap();
+    let read = |f: &str| std::fs::read_to_string(run.join(f)).unwrap();
+    assert_eq!(read("seeded.txt"), "seed=5\n");
+
+    let resume = |extra: &[&str], seed: Option<&str>| {
+        let mut cmd = baton(d, "1x24GiB");
+        cmd.env_remove("BATON_SEED")
+            .arg("resume")
+            .arg(&run)
+            .args(extra);
+        if let Some(s) = seed {
+            cmd.env("BATON_SEED", s);
+        }
+        cmd.output().unwrap()
+    };
+    let typo = resume(&["--rerun", "seded"], None);
+    assert_eq!(typo.status.code(), Some(2), "{}", said(&typo));
+    assert!(
+        said(&typo).contains("--rerun 'seded'") && said(&typo).contains("did you mean 'seeded'"),
+        "{}",
+        said(&typo)
+    );
+
+    let again = resume(&["--rerun", "seeded"], None);
+    assert!(again.status.success(), "{}", said(&again));
+    assert!(
+        said(&again).contains("setting BATON_SEED=5 (as the run began)"),
+        "{}",
+        said(&again)
+    );
+    assert_eq!(read("first.txt"), "once\n");
+    // An attempt starts from nothing (the last one's file is moved aside), with the run's seed.
+    assert_eq!(read("seeded.txt"), "seed=5\n");
+    assert_eq!(read("last.txt"), "seed=5\n");
+    let m = manifest(&run);
+    assert_eq!(attempts(&m, 0), 1, "first is kept: {m}");
+    assert_eq!(attempts(&m, 1), 2, "{m}");
+    assert_eq!(attempts(&m, 2), 2, "last uses seeded's file: {m}");
+
+    // The environment wins over what the run began with; --from is the same as --rerun.
+    let third = resume(&["--from", "seeded"], Some("9"));
+    assert!(third.status.success(), "{}", said(&third));
+    assert_eq!(read("last.txt"), "seed=9\n");
+    assert_eq!(attempts(&manifest(&run), 0), 1);
+}

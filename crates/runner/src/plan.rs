@@ -180,11 +180,13 @@ pub struct ResumeDecision {
 }
 
 /// Opens a run folder to finish it: stages whose artifacts are present and match their hashes
-/// are kept, the rest (and everything downstream of them) run again. Processes a killed baton
-/// left behind are stopped first.
+/// are kept, the rest (and everything downstream of them) run again; so do the stages named in
+/// `rerun`, and everything downstream of them. Processes a killed baton left behind are stopped
+/// first.
 pub fn resume_run(
     dir: &Path,
     catalog: &dyn StageCatalog,
+    rerun_asked: &[String],
 ) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerError> {
     Manifest::load(dir)?;
     let dir = &dir.canonicalize().map_err(|e| RunnerError::Io {
@@ -253,7 +255,11 @@ pub fn resume_run(
     for spec in pipeline.in_dependency_order() {
         let record = manifest.stage_mut(&spec.name);
         let upstream = spec.after.iter().find(|d| rerun.contains(d));
+        let asked = rerun_asked.contains(&spec.name);
         let (kept, why) = match (record.state, upstream) {
+            (StageState::Succeeded, None) if asked => {
+                (false, "runs again: asked for (--rerun)".to_string())
+            }
             (StageState::Succeeded, None) => match verify_artifacts(dir, &record.artifacts) {
                 Ok(()) => (
                     true,

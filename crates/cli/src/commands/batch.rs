@@ -13,7 +13,7 @@ use crate::args::BatchArgs;
 use crate::commands::run::{engine, load_pipeline, outcome};
 
 pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    crate::knobs::apply(&args.knobs)?;
+    let settings = crate::knobs::apply(&args.knobs)?;
     let topics = read_topics(&args.topics)?;
     let pipeline = load_pipeline(&args.common)?;
     let engine = engine(args.common.device, true, args.common.gpu_reserve)?;
@@ -27,7 +27,10 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             &pipeline,
             engine.gpu.kind().name(),
         ) {
-            Ok(plan) => plans.push(plan),
+            Ok(plan) => {
+                crate::knobs::record(&settings, &plan.dir)?;
+                plans.push(plan)
+            }
             Err(err) => refused.push((topic.clone(), err.to_string())),
         }
     }

@@ -10,6 +10,24 @@ use crate::commands::run::{engine, outcome, summarize};
 pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Read and check before opening devices, so a bad folder fails fast and changes nothing.
     let recorded = Manifest::load(&args.run_dir)?;
+    let names: Vec<&str> = recorded.stages.iter().map(|s| s.name.as_str()).collect();
+    for stage in &args.rerun {
+        if !names.contains(&stage.as_str()) {
+            let hint = baton_base::suggest::closest(stage, names.iter().copied())
+                .map(|n| format!("did you mean '{n}'? "))
+                .unwrap_or_default();
+            return Err(crate::BadInput(format!(
+                "--rerun '{stage}': the run has no such stage; {hint}its stages are {}",
+                names.join(", ")
+            ))
+            .into());
+        }
+    }
+    // The settings the run began with (`baton run --seed …`, baton.toml), where this
+    // environment does not set them again.
+    for (var, value) in crate::knobs::restore(&args.run_dir)? {
+        writeln!(out, "setting {var}={value} (as the run began)")?;
+    }
     let choice = match args.device {
         Some(choice) => choice,
         None => recorded.backend.parse()?,
@@ -22,7 +40,11 @@ pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         Err(_) => baton_runner::Reserve::default(),
     };
     let engine = engine(choice, false, reserve)?;
-    let (plan, decisions) = resume_run(&args.run_dir, &baton_content::ContentCatalog::default())?;
+    let (plan, decisions) = resume_run(
+        &args.run_dir,
+        &baton_content::ContentCatalog::default(),
+        &args.rerun,
+    )?;
     for d in &decisions {
         writeln!(out, "{:<14} {}", d.stage, d.why)?;
     }

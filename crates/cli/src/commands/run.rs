@@ -102,7 +102,7 @@ pub(crate) fn outcome(plans: &[&RunPlan]) -> anyhow::Result<()> {
 }
 
 pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
-    crate::knobs::apply(&args.knobs)?;
+    let settings = crate::knobs::apply(&args.knobs)?;
     baton_base::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
     let pipeline = load_pipeline(&args.common)?;
     let engine = engine(args.common.device, false, args.common.gpu_reserve)?;
@@ -113,6 +113,7 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         engine.gpu.kind().name(),
     )?];
     writeln!(out, "run folder: {}", plans[0].dir.display())?;
+    crate::knobs::record(&settings, &plans[0].dir)?;
     engine.execute(&mut plans)?;
     summarize(&plans[0], out)?;
     outcome(&[&plans[0]])
