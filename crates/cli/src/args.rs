@@ -14,6 +14,12 @@ use clap::{Args, Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// More of baton's log on stderr (-v: debug, -vv: trace); passed to the stages as BATON_LOG.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr (no log lines); passed to the stages as BATON_LOG.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +43,17 @@ pub enum Command {
     /// The stages' settings `baton run` would use, and where each comes from.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// A shell completion script on stdout: `baton completions bash > /etc/bash_completion.d/baton`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// The manual page (roff) on stdout, or with --dir one page per command in DIR
+    /// (baton.1, baton-run.1, ...): `baton man | man -l -`.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Finish a run that stopped: keep stages whose files verify, run the rest.
     Resume(ResumeArgs),
     /// Run many topics at once (one per line of FILE) across every device.
@@ -81,6 +98,8 @@ impl Command {
             Command::Resume(_)
             | Command::Batch(_)
             | Command::Config(_)
+            | Command::Completions { .. }
+            | Command::Man { .. }
             | Command::Stats(_)
             | Command::Watch(_)
             | Command::Sim(_) => false,

@@ -87,7 +87,7 @@ pub fn run_main(
         Ok(cli) => cli,
         Err(err) => return clap_exit(err),
     };
-    init_logging(&cli.command);
+    init_logging(&cli);
     let mut stdout = std::io::stdout().lock();
     match run(&cli.command, &mut stdout) {
         Ok(()) => ExitCode::SUCCESS,
@@ -110,6 +110,12 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Batch(args) => batch::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
         Command::Config(crate::args::ConfigCommand::Show(knobs)) => crate::knobs::show(knobs, out),
+        Command::Completions { shell } => {
+            let mut cli = <crate::args::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cli, "baton", out);
+            Ok(())
+        }
+        Command::Man { dir } => man(dir.as_deref(), out),
         Command::Watch(args) => watch::watch(args),
         Command::Sim(SimCommand::Hold(args)) => sim::hold(args, out),
         Command::Sim(SimCommand::Reset) => sim::reset(out),
@@ -187,9 +193,32 @@ fn clap_exit(err: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging(command: &Command) {
+/// `-q` was given: progress lines are left out too.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn init_logging(cli: &Cli) {
+    // -q and -v win over BATON_LOG, and reach the stages through it (the runner passes it on).
+    let asked = match (cli.quiet, cli.verbose) {
+        (true, _) => Some("error"),
+        (false, 0) => None,
+        (false, 1) => Some(
+            "info,baton_memory=debug,baton_runner=debug,baton_studio=debug,baton=debug,baton_stages=debug",
+        ),
+        (false, _) => Some(
+            "debug,baton_memory=trace,baton_runner=trace,baton_studio=trace,baton=trace,baton_stages=trace",
+        ),
+    };
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
+    if let Some(level) = asked {
+        // SAFETY: the first thing main does after parsing, before any thread starts.
+        unsafe { std::env::set_var("BATON_LOG", level) };
+    }
     // Benchmarks repeat the seed's log points hundreds of times; they print tables instead.
-    let default = match command {
+    let default = match &cli.command {
         Command::Bench(_) => "warn",
         _ => {
             "warn,baton_memory=info,baton_runner=info,baton_studio=info,baton=info,baton_stages=info"
@@ -202,4 +231,39 @@ fn init_logging(command: &Command) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+/// `baton man`: the manual page of baton on `out`, or one page per command in `dir`, each
+/// written whole.
+fn man(dir: Option<&std::path::Path>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let cli = <crate::args::Cli as clap::CommandFactory>::command();
+    let render = |cmd: clap::Command| -> anyhow::Result<Vec<u8>> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        Ok(page)
+    };
+    let Some(dir) = dir else {
+        out.write_all(&render(cli)?)?;
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        BadInput(format!(
+            "--dir '{}': {e}; give a folder baton may write",
+            dir.display()
+        ))
+    })?;
+    let mut pages = vec![("baton".to_string(), cli.clone())];
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("baton-{}", sub.get_name());
+        pages.push((
+            name.clone(),
+            sub.clone().display_name(name.clone()).bin_name(name),
+        ));
+    }
+    for (name, cmd) in pages {
+        let path = dir.join(format!("{name}.1"));
+        baton_base::atomic_file::write_atomic(&path, &render(cmd)?)?;
+        writeln!(out, "{}", path.display())?;
+    }
+    Ok(())
 }

@@ -18,14 +18,18 @@ pub struct ProgressView {
     active: Mutex<HashMap<String, (ProgressBar, String)>>,
     /// Prefix stages with their run (batch mode).
     show_run: bool,
+    /// `-q`: only what went wrong (failed stages, notices), no bars.
+    quiet: bool,
 }
 
 impl ProgressView {
     pub fn new(show_run: bool) -> Self {
+        let quiet = crate::quiet();
         ProgressView {
-            bars: std::io::stderr().is_terminal().then(MultiProgress::new),
+            bars: (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new),
             active: Mutex::new(HashMap::new()),
             show_run,
+            quiet,
         }
     }
 
@@ -49,6 +53,17 @@ impl ProgressView {
 
 impl Observer for ProgressView {
     fn event(&self, event: &Event) {
+        let trouble = matches!(
+            *event,
+            Event::Notice { .. }
+                | Event::Finished {
+                    state: StageState::Failed,
+                    ..
+                }
+        );
+        if self.quiet && !trouble {
+            return;
+        }
         match *event {
             Event::Started {
                 run,

@@ -261,3 +261,96 @@ fn bench_load_checks_then_times_safetensors_and_gguf() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// Shell completions name the commands and their flags; the manual is roff, one page per
+/// command with --dir.
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(d, "1x24GiB", &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        for word in ["resume", "images", "topic", "rerun", "image-model"] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let bad = run(d, "1x24GiB", &["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let out = run(d, "1x24GiB", &["man"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.contains(".TH baton 1") && page.contains("resume"),
+        "{page}"
+    );
+    let pages = d.join("man");
+    let out = run(d, "1x24GiB", &["man", "--dir", pages.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run_page = std::fs::read_to_string(pages.join("baton-run.1")).unwrap();
+    assert!(
+        run_page.contains(".TH baton-run 1") && run_page.contains("\\-\\-seed"),
+        "{run_page}"
+    );
+    assert!(pages.join("baton-images.1").is_file() && pages.join("baton.1").is_file());
+}
+
+/// -q leaves stderr to errors (no progress lines, no log), -v adds debug lines; both reach
+/// the stages through BATON_LOG.
+#[test]
+fn quiet_and_verbose_set_what_stderr_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        "[[stage]]\nname = \"a\"\ncommand = [\"sh\", \"-c\", \"echo $BATON_LOG > log.txt\"]\noutputs = [\"log.txt\"]\n",
+    )
+    .unwrap();
+    let go = |flag: &str, topic: &str| {
+        let mut cmd = baton(&d.join("sim"), "1x24GiB");
+        cmd.current_dir(d);
+        if !flag.is_empty() {
+            cmd.arg(flag);
+        }
+        cmd.args([
+            "run",
+            "--device",
+            "sim",
+            "--pipeline",
+            "p.toml",
+            "--topic",
+            topic,
+        ])
+        .output()
+        .unwrap()
+    };
+    let plain = go("", "plain");
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert!(stderr(&plain).contains("a succeeded"), "{}", stderr(&plain));
+    let quiet = go("-q", "quiet");
+    assert!(quiet.status.success(), "{}", stderr(&quiet));
+    assert_eq!(
+        stderr(&quiet),
+        "",
+        "-q says nothing when nothing goes wrong"
+    );
+    assert!(
+        String::from_utf8_lossy(&quiet.stdout).contains("succeeded"),
+        "the table stays"
+    );
+    let verbose = go("-v", "verbose");
+    assert!(verbose.status.success(), "{}", stderr(&verbose));
+    assert!(stderr(&verbose).contains("DEBUG"), "{}", stderr(&verbose));
+    let log_of = |topic: &str| {
+        let run = std::fs::read_dir(d.join("output"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with(topic))
+            .unwrap();
+        std::fs::read_to_string(run.join("log.txt")).unwrap()
+    };
+    assert_eq!(log_of("quiet").trim(), "error");
+    assert!(log_of("verbose").contains("debug"));
+}
