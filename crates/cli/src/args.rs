@@ -203,6 +203,10 @@ pub struct PipelineArgs {
     #[arg(long, env = "BATON_GPU_RESERVE", default_value = "1GiB",
           value_parser = |s: &str| s.parse::<baton_runner::Reserve>())]
     pub gpu_reserve: baton_runner::Reserve,
+    /// Print the final summary as JSON on stdout (progress stays on stderr) instead of the
+    /// table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -433,7 +437,11 @@ pub enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
     /// The known models, and what the store holds.
-    List,
+    List {
+        /// One JSON document instead of the table: every model, its kind, whether it is here.
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch a model into the store (or an image model into the Hugging Face cache) and check it.
     Fetch {
         /// A name from `baton models list` (an LLM, or an image family such as sd-turbo or
@@ -467,6 +475,9 @@ pub struct ResumeArgs {
     /// same.
     #[arg(long, visible_alias = "from", value_name = "STAGE")]
     pub rerun: Vec<String>,
+    /// Print the final summary (and what was kept) as JSON on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

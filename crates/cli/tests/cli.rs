@@ -354,3 +354,66 @@ fn quiet_and_verbose_set_what_stderr_says() {
     assert_eq!(log_of("quiet").trim(), "error");
     assert!(log_of("verbose").contains("debug"));
 }
+
+/// --json: run, resume and batch end with one JSON document on stdout (progress stays on
+/// stderr); stats' carries the time of its readings.
+#[test]
+fn json_summaries_of_run_resume_batch_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        "[[stage]]\nname = \"a\"\ncommand = [\"sh\", \"-c\", \"echo x > a.txt\"]\noutputs = [\"a.txt\"]\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("topics.txt"), "one\ntwo\n").unwrap();
+    let go = |args: &[&str]| {
+        let out = baton(&d.join("sim"), "1x24GiB")
+            .current_dir(d)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        json
+    };
+    let run = go(&[
+        "run",
+        "--json",
+        "--device",
+        "sim",
+        "--pipeline",
+        "p.toml",
+        "--topic",
+        "t",
+    ]);
+    assert_eq!(run["state"], "succeeded", "{run}");
+    assert_eq!(run["stages"][0]["name"], "a");
+    assert_eq!(run["stages"][0]["memory_back"], true);
+    let dir_of_run = run["dir"].as_str().unwrap().to_string();
+    let resumed = go(&["resume", "--json", &dir_of_run]);
+    assert_eq!(resumed["resumed"][0]["kept"], true, "{resumed}");
+    assert_eq!(resumed["state"], "succeeded");
+    let batch = go(&[
+        "batch",
+        "topics.txt",
+        "--json",
+        "--device",
+        "sim",
+        "--pipeline",
+        "p.toml",
+    ]);
+    assert_eq!(batch["topics"], 2, "{batch}");
+    assert_eq!(batch["succeeded"], 2);
+    assert_eq!(batch["runs"].as_array().unwrap().len(), 2);
+    let stats = go(&["stats", "--json", "--device", "sim"]);
+    assert!(
+        stats["unix_ms"].as_u64().unwrap() > 1_700_000_000_000,
+        "{stats}"
+    );
+}

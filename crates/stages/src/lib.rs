@@ -46,7 +46,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Voice(args) => voice::voice(args, out),
         Command::Images(args) => images::images(args, out),
         Command::Video(args) => video::video(args, out),
-        Command::Models(ModelsCommand::List) => models::models_list(out),
+        Command::Models(ModelsCommand::List { json }) => models::models_list(*json, out),
         Command::Models(ModelsCommand::Fetch { name }) => models::models_fetch(name, out),
         Command::Models(ModelsCommand::Warm { name }) => models::models_warm(name, out),
         Command::Models(ModelsCommand::Evict { files }) => models::models_evict(files, out),

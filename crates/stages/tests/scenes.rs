@@ -154,3 +154,33 @@ device = "cpu"
     assert!(loads[0]["seconds"].as_f64().unwrap() > 0.0);
     assert!(loads[0]["gb_per_second"].as_f64().unwrap() > 0.0);
 }
+
+/// `models list --json`: every model baton knows by name, its kind, and whether it is here.
+#[test]
+fn models_list_as_json_names_every_known_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(common::baton_exe())
+        .env("BATON_MODELS_DIR", dir.path().join("store"))
+        .env("HF_HOME", dir.path().join("hub"))
+        .args(["models", "list", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::said(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models = doc["models"].as_array().unwrap();
+    let find = |name: &str| {
+        models
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {doc}"))
+    };
+    assert_eq!(find("smollm2")["kind"], "store");
+    assert_eq!(
+        find("qwen3-8b")["here"],
+        false,
+        "an empty store holds nothing"
+    );
+    assert_eq!(find("sd-turbo")["kind"], "image");
+    assert_eq!(find("flux-schnell-q8_0")["kind"], "flux-transformer");
+    assert!(doc["store"].as_str().unwrap().ends_with("store"));
+}

@@ -10,7 +10,7 @@ use baton_runner::{Manifest, RunState, create_run};
 
 use crate::BadInput;
 use crate::args::BatchArgs;
-use crate::commands::run::{engine, load_pipeline, outcome};
+use crate::commands::run::{engine, load_pipeline, outcome, summary_json};
 
 pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let settings = crate::knobs::apply(&args.knobs)?;
@@ -35,17 +35,22 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     let devices = engine.gpu.snapshot()?.len();
-    writeln!(
-        out,
-        "batch: {} topic(s) over {devices} device(s) ({})",
-        topics.len(),
-        engine.gpu.kind()
-    )?;
+    if !args.common.json {
+        writeln!(
+            out,
+            "batch: {} topic(s) over {devices} device(s) ({})",
+            topics.len(),
+            engine.gpu.kind()
+        )?;
+    }
     engine.execute(&mut plans)?;
     let wall = started.elapsed();
+    // With --json the table goes nowhere; the summary below takes its place.
+    let mut sink = std::io::sink();
+    let table: &mut dyn Write = if args.common.json { &mut sink } else { out };
 
     writeln!(
-        out,
+        table,
         "\n{:<28} {:<10} {:>8} {:>9} {:>11}  RUN FOLDER / ERROR",
         "TOPIC", "STATE", "DEVICES", "WALL", "PEAK"
     )?;
@@ -61,7 +66,7 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .max()
             .unwrap_or(m.created_unix_ms);
         writeln!(
-            out,
+            table,
             "{:<28} {:<10} {:>8} {:>8.2}s {:>11}  {}",
             truncate(&m.topic, 28),
             format!("{:?}", m.state).to_lowercase(),
@@ -76,7 +81,7 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     for (topic, err) in &refused {
         writeln!(
-            out,
+            table,
             "{:<28} {:<10} {:>8} {:>9} {:>11}  {err}",
             truncate(topic, 28),
             "refused",
@@ -95,13 +100,28 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         .iter()
         .filter(|p| p.manifest.state == RunState::Succeeded)
         .count();
-    writeln!(
-        out,
-        "\n{ok} of {} topic(s) succeeded in {:.2}s; report: {}",
-        topics.len(),
-        wall.as_secs_f64(),
-        report_dir.join("report/index.html").display()
-    )?;
+    if args.common.json {
+        let summary = serde_json::json!({
+            "topics": topics.len(),
+            "succeeded": ok,
+            "wall_seconds": wall.as_secs_f64(),
+            "report": report_dir.join("report/index.html"),
+            "runs": plans.iter().map(summary_json).collect::<Vec<_>>(),
+            "refused": refused
+                .iter()
+                .map(|(topic, error)| serde_json::json!({"topic": topic, "error": error}))
+                .collect::<Vec<_>>(),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        writeln!(
+            out,
+            "\n{ok} of {} topic(s) succeeded in {:.2}s; report: {}",
+            topics.len(),
+            wall.as_secs_f64(),
+            report_dir.join("report/index.html").display()
+        )?;
+    }
     if !refused.is_empty() {
         return Err(anyhow::anyhow!(
             "{} topic(s) were refused before running; see the table above",

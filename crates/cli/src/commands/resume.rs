@@ -5,7 +5,7 @@ use std::io::Write;
 use baton_runner::{Manifest, resume_run};
 
 use crate::args::ResumeArgs;
-use crate::commands::run::{engine, outcome, summarize};
+use crate::commands::run::{engine, outcome, summarize, summary_json};
 
 pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     // Read and check before opening devices, so a bad folder fails fast and changes nothing.
@@ -25,8 +25,11 @@ pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     }
     // The settings the run began with (`baton run --seed …`, baton.toml), where this
     // environment does not set them again.
-    for (var, value) in crate::knobs::restore(&args.run_dir)? {
-        writeln!(out, "setting {var}={value} (as the run began)")?;
+    let restored = crate::knobs::restore(&args.run_dir)?;
+    if !args.json {
+        for (var, value) in &restored {
+            writeln!(out, "setting {var}={value} (as the run began)")?;
+        }
     }
     let choice = match args.device {
         Some(choice) => choice,
@@ -45,11 +48,27 @@ pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         &baton_content::ContentCatalog::default(),
         &args.rerun,
     )?;
-    for d in &decisions {
-        writeln!(out, "{:<14} {}", d.stage, d.why)?;
+    if !args.json {
+        for d in &decisions {
+            writeln!(out, "{:<14} {}", d.stage, d.why)?;
+        }
     }
     let mut plans = vec![plan];
     engine.execute(&mut plans)?;
-    summarize(&plans[0], out)?;
+    if args.json {
+        let mut summary = summary_json(&plans[0]);
+        summary["resumed"] = decisions
+            .iter()
+            .map(|d| serde_json::json!({"stage": d.stage, "kept": d.kept, "why": d.why}))
+            .collect();
+        summary["settings_restored"] = restored
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect::<serde_json::Map<_, _>>()
+            .into();
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    } else {
+        summarize(&plans[0], out)?;
+    }
     outcome(&[&plans[0]])
 }

@@ -42,6 +42,45 @@ pub(crate) fn engine(
     })
 }
 
+/// A finished run as JSON: its state, folder, report, wall time and every stage's outcome.
+pub(crate) fn summary_json(plan: &RunPlan) -> serde_json::Value {
+    let m = &plan.manifest;
+    let end = m
+        .stages
+        .iter()
+        .flat_map(|s| s.attempts.iter())
+        .filter_map(|a| a.ended_unix_ms)
+        .max();
+    let stages: Vec<serde_json::Value> = m
+        .stages
+        .iter()
+        .map(|s| {
+            let last = s.attempts.last();
+            serde_json::json!({
+                "name": s.name,
+                "state": format!("{:?}", s.state).to_lowercase(),
+                "device": last.map(|a| a.device.clone()),
+                "attempts": s.attempts.len(),
+                "wall_seconds": last.and_then(|a| a.wall_ms()).map(|ms| ms as f64 / 1000.0),
+                "peak_bytes": s.attempts.iter().map(|a| a.peak_bytes).max(),
+                "reclaim_ms": last.and_then(|a| a.reclaim.as_ref()).map(|r| r.ms),
+                "memory_back": last.and_then(|a| a.reclaim.as_ref()).map(|r| r.verified),
+                "note": s.note,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "run_id": m.run_id,
+        "topic": m.topic,
+        "state": format!("{:?}", m.state).to_lowercase(),
+        "dir": plan.dir,
+        "report": plan.dir.join("report/index.html"),
+        "wall_seconds": end.map(|e| e.saturating_sub(m.created_unix_ms) as f64 / 1000.0),
+        "error": m.error,
+        "stages": stages,
+    })
+}
+
 /// What a finished run says: its table, where its files and report are.
 pub(crate) fn summarize(plan: &RunPlan, out: &mut dyn Write) -> anyhow::Result<()> {
     let m = &plan.manifest;
@@ -112,9 +151,19 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         &pipeline,
         engine.gpu.kind().name(),
     )?];
-    writeln!(out, "run folder: {}", plans[0].dir.display())?;
+    if !args.common.json {
+        writeln!(out, "run folder: {}", plans[0].dir.display())?;
+    }
     crate::knobs::record(&settings, &plans[0].dir)?;
     engine.execute(&mut plans)?;
-    summarize(&plans[0], out)?;
+    if args.common.json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&summary_json(&plans[0]))?
+        )?;
+    } else {
+        summarize(&plans[0], out)?;
+    }
     outcome(&[&plans[0]])
 }

@@ -11,6 +11,8 @@ use crate::args::StatsArgs;
 /// What `--json` prints: the readings and where they came from.
 #[derive(Debug, Serialize)]
 pub struct StatsReport<'a> {
+    /// When the readings were taken, in milliseconds since the Unix epoch.
+    pub unix_ms: u64,
     pub backend: &'static str,
     pub description: String,
     /// Why `auto` did not use NVML, when it did not.
@@ -23,6 +25,9 @@ pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let devices = opened.backend.snapshot()?;
     if args.json {
         let report = StatsReport {
+            unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             backend: opened.backend.kind().name(),
             description: opened.backend.description(),
             fallback_reason: opened.fallback_reason.as_deref(),

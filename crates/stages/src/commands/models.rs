@@ -8,57 +8,94 @@ use baton_studio::model_store::ModelStore;
 
 use crate::fetch::from_hub;
 
-pub fn models_list(out: &mut dyn Write) -> anyhow::Result<()> {
+/// One line of `models list`: what kind of model, its name, whether it is here.
+struct Row {
+    kind: &'static str,
+    name: String,
+    here: bool,
+    bytes: Option<u64>,
+    about: String,
+}
+
+/// Every model baton knows, and whether it is on this machine: the model store's (LLMs, the
+/// Piper voice, ONNX Runtime), the image families, the quantized FLUX transformers and the
+/// Parler-TTS voices (Hugging Face cache). A table, or with `json` one JSON document.
+pub fn models_list(json: bool, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = ModelStore::from_env();
-    writeln!(out, "model store: {}", store.dir().display())?;
-    for (name, about, bytes) in store.list() {
-        let state = bytes.map_or("not fetched".to_string(), |b| {
-            format!("fetched, {}", format_bytes(b))
-        });
-        writeln!(out, "{name:<12} {state:<22} {about}")?;
-    }
-    writeln!(
-        out,
-        "image models (Hugging Face cache: {}):",
-        baton_studio::hub::cache_dir().display()
-    )?;
-    for fam in baton_studio::images::family::FAMILIES {
-        let state = match baton_studio::images::ImageModel::resolve(fam.name, None) {
-            Ok(_) => "in the cache",
-            Err(_) => "not fetched",
-        };
-        writeln!(
-            out,
-            "{:<12} {state:<22} {} ({})",
-            fam.name, fam.about, fam.repo
-        )?;
-    }
-    writeln!(
-        out,
-        "quantized FLUX transformers (images --transformer NAME; Hugging Face cache):"
-    )?;
     let cache = baton_studio::hub::cache_dir();
-    for g in baton_studio::images::family::GGUF_TRANSFORMERS {
-        let state = match g.find_in(&cache) {
-            Some(_) => "in the cache",
-            None => "not fetched",
-        };
-        writeln!(
-            out,
-            "{:<20} {state:<14} {} ({}/{})",
-            g.name, g.about, g.repo, g.file
-        )?;
+    let mut rows = Vec::new();
+    for (name, about, bytes) in store.list() {
+        rows.push(Row {
+            kind: "store",
+            name,
+            here: bytes.is_some(),
+            bytes,
+            about,
+        });
     }
-    writeln!(out, "voice models (Hugging Face cache):")?;
+    for fam in baton_studio::images::family::FAMILIES {
+        rows.push(Row {
+            kind: "image",
+            name: fam.name.into(),
+            here: baton_studio::images::ImageModel::resolve(fam.name, None).is_ok(),
+            bytes: None,
+            about: format!("{} ({})", fam.about, fam.repo),
+        });
+    }
+    for g in baton_studio::images::family::GGUF_TRANSFORMERS {
+        rows.push(Row {
+            kind: "flux-transformer",
+            name: g.name.into(),
+            here: g.find_in(&cache).is_some(),
+            bytes: None,
+            about: format!("{} ({}/{})", g.about, g.repo, g.file),
+        });
+    }
     for (name, repo) in baton_studio::voice::parler::MODELS {
-        let state = match baton_studio::voice::parler::ParlerFiles::resolve(name) {
-            Ok(_) => "in the cache",
-            Err(_) => "not fetched",
+        rows.push(Row {
+            kind: "voice",
+            name: name.to_string(),
+            here: baton_studio::voice::parler::ParlerFiles::resolve(name).is_ok(),
+            bytes: None,
+            about: format!("Parler-TTS ({repo}); `baton voice` uses it when here"),
+        });
+    }
+    if json {
+        let models: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({"kind": r.kind, "name": r.name, "here": r.here,
+                    "bytes": r.bytes, "about": r.about})
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "store": store.dir(),
+            "hugging_face_cache": cache,
+            "models": models,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+        return Ok(());
+    }
+    let heading = |kind: &str| match kind {
+        "store" => format!("model store: {}", store.dir().display()),
+        "image" => format!("image models (Hugging Face cache: {}):", cache.display()),
+        "flux-transformer" => {
+            "quantized FLUX transformers (images --transformer NAME; Hugging Face cache):".into()
+        }
+        _ => "voice models (Hugging Face cache):".into(),
+    };
+    let mut last = "";
+    for r in &rows {
+        if r.kind != last {
+            writeln!(out, "{}", heading(r.kind))?;
+            last = r.kind;
+        }
+        let state = match (r.here, r.bytes) {
+            (true, Some(b)) => format!("fetched, {}", format_bytes(b)),
+            (true, None) => "in the cache".into(),
+            (false, _) => "not fetched".into(),
         };
-        writeln!(
-            out,
-            "{name:<20} {state:<14} Parler-TTS ({repo}); `baton voice` uses it when here"
-        )?;
+        writeln!(out, "{:<20} {state:<22} {}", r.name, r.about)?;
     }
     Ok(())
 }
