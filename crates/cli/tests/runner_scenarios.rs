@@ -659,3 +659,61 @@ warm = ["weights.bin", "{pipeline_dir}/missing.bin"]
     assert!(off.status.success(), "{}", text(&off));
     assert!(!text(&off).contains("warm"), "{}", text(&off));
 }
+
+/// Cores are placed on the host like memory: two topics whose stage keeps every core busy run
+/// one after the other (the second waits, saying why); stages of one core each share the
+/// machine's two.
+#[test]
+fn host_stages_that_would_oversubscribe_the_cores_run_one_after_the_other() {
+    let s = Scenario::new("1x24GiB");
+    std::fs::write(s.path("topics.txt"), "alpha\nbeta\n").unwrap();
+    let intervals = |threads: &str| {
+        let p = s.pipeline(&format!(
+            "[[stage]]\nname = \"think\"\ndevice = \"cpu\"\nthreads = {threads}\nmemory = \"64MiB\"\ncommand = [\"sh\", \"-c\", \"sleep 0.6; echo done > out.txt\"]\noutputs = [\"out.txt\"]\n"
+        ));
+        let out = s
+            .baton()
+            .env("BATON_HOST_CORES", "2")
+            .args([
+                "batch",
+                "--device",
+                "sim",
+                "--output",
+                "output",
+                "--json",
+                "--pipeline",
+            ])
+            .arg(&p)
+            .arg(s.path("topics.txt"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut spans: Vec<(u64, u64)> = summary["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let m = Manifest::load(std::path::Path::new(r["dir"].as_str().unwrap())).unwrap();
+                let a = &m.stages[0].attempts[0];
+                (a.started_unix_ms, a.ended_unix_ms.unwrap())
+            })
+            .collect();
+        spans.sort();
+        (spans, text(&out))
+    };
+    let (all, said) = intervals("\"all\"");
+    assert!(
+        all[1].0 >= all[0].1,
+        "two stages of every core overlapped: {all:?}"
+    );
+    assert!(
+        said.contains("cores are busy (think); it needs 2"),
+        "{said}"
+    );
+    let (one, _) = intervals("1");
+    assert!(
+        one[1].0 < one[0].1,
+        "two one-core stages on two cores ran apart: {one:?}"
+    );
+}

@@ -122,6 +122,8 @@ builtin = "scenes"
 outputs = ["1_scripts/{slug}_scenes.json"]
 memory = "learn"
 memory_initial = "1GiB"
+# On a machine without a GPU the LLM keeps every core busy: two at once would halve each.
+threads = "all"
 
 [[stage]]
 name = "voice"
@@ -140,6 +142,7 @@ inputs = ["1_scripts/{slug}_scenes.json"]
 # Every file in 3_images/ is the stage's: each scene's picture and images.json.
 outputs = ["3_images/"]
 {images_memory}
+threads = "all"
 
 [[stage]]
 name = "video"
@@ -151,6 +154,7 @@ outputs = ["4_video/"]
 device = "cpu"
 memory = "learn"
 memory_initial = "1GiB"
+threads = "all"
 "#;
 
 const SD_IMAGES_MEMORY: &str = r#"# SD-Turbo in f16, phased: its largest phase (the UNet) is about 2.5 GiB.

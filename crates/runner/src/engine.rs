@@ -98,6 +98,8 @@ struct Running {
     index: usize,
     granted: u64,
     live: Arc<AtomicU64>,
+    /// Cores it keeps busy on the host (0 on a GPU).
+    threads: u32,
 }
 
 /// Per-stage bookkeeping that does not belong in the manifest.
@@ -280,6 +282,25 @@ impl Engine {
                 let need = self.need_of(&spec);
                 let key = (run_index, spec.name.clone());
                 let entry = tries.entry(key).or_default();
+                // On the host, cores are placed as well as memory: stages that together would
+                // want more cores than the machine has run one after the other.
+                let on_host = pool.kind() == baton_memory::BackendKind::Host;
+                let cores = host_cores();
+                let threads = match (on_host, spec.threads) {
+                    (true, Some(t)) => t.on(cores),
+                    _ => 0,
+                };
+                let busy: Vec<&Running> = running.iter().filter(|r| r.threads > 0).collect();
+                let busy_cores: u32 = busy.iter().map(|r| r.threads).sum();
+                if threads > 0 && busy_cores > 0 && busy_cores + threads > cores {
+                    let names: Vec<&str> = busy.iter().map(|r| r.stage.as_str()).collect();
+                    let reason = format!(
+                        "{busy_cores} of the host's {cores} cores are busy ({}); it needs {threads}",
+                        names.join(", ")
+                    );
+                    self.say_waiting(run, &spec.name, entry, reason);
+                    continue;
+                }
                 if entry.excluded.len() >= loads.len() {
                     entry.excluded.clear();
                 }
@@ -329,6 +350,7 @@ impl Engine {
                             index,
                             granted,
                             live: live.clone(),
+                            threads,
                         });
                         let starting = Instant::now();
                         self.start(
@@ -358,30 +380,34 @@ impl Engine {
                             self.fail_stage(run, &spec.name, message)?;
                             continue;
                         }
-                        // Say so when the wait begins, then every 10 s: the numbers change
-                        // with every stage that comes and goes, and rewriting manifests for
-                        // each change would cost more than the waiting saves.
-                        let record = run.manifest.stage_mut(&spec.name);
-                        let due = entry
-                            .last_said
-                            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
-                        if record.state != StageState::Waiting || due {
-                            entry.last_said = Some(Instant::now());
-                            record.state = StageState::Waiting;
-                            record.note = Some(reason.clone());
-                            self.save(run);
-                            self.observer.event(&Event::Waiting {
-                                run: &run.manifest.run_id,
-                                stage: &spec.name,
-                                reason: &reason,
-                            });
-                        }
+                        self.say_waiting(run, &spec.name, entry, reason);
                     }
                     Placement::Never { reason } => self.fail_stage(run, &spec.name, reason)?,
                 }
             }
         }
         Ok(())
+    }
+
+    /// A stage waits (for memory or cores): said when the wait begins, then every 10 s. The
+    /// numbers change with every stage that comes and goes, and rewriting manifests for each
+    /// change would cost more than the waiting saves.
+    fn say_waiting(&self, run: &mut RunPlan, stage: &str, entry: &mut Tries, reason: String) {
+        let record = run.manifest.stage_mut(stage);
+        let due = entry
+            .last_said
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if record.state != StageState::Waiting || due {
+            entry.last_said = Some(Instant::now());
+            record.state = StageState::Waiting;
+            record.note = Some(reason.clone());
+            self.save(run);
+            self.observer.event(&Event::Waiting {
+                run: &run.manifest.run_id,
+                stage,
+                reason: &reason,
+            });
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -898,4 +924,14 @@ fn stage_env(
     env.retain(|(k, _)| !ours.iter().any(|(o, _)| o == k));
     env.extend(ours.into_iter().map(|(k, v)| (k.to_string(), v)));
     env
+}
+
+/// The host's cores for placement: `BATON_HOST_CORES` when set (tests, or a share of a shared
+/// machine), else what the OS gives this process.
+fn host_cores() -> u32 {
+    std::env::var("BATON_HOST_CORES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }

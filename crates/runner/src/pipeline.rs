@@ -50,6 +50,10 @@ impl StageCommand {
 /// One stage, checked.
 #[derive(Debug, Clone)]
 pub struct StageSpec {
+    /// CPU cores the stage keeps busy when it runs on the host (`threads = N` or `"all"`):
+    /// host stages that together would want more cores than the machine has run one after the
+    /// other. None: not counted (a stage that says nothing is taken to be light).
+    pub threads: Option<Threads>,
     pub name: String,
     pub command: StageCommand,
     pub inputs: Vec<String>,
@@ -123,6 +127,33 @@ struct StageFile {
     env: BTreeMap<String, String>,
     #[serde(default)]
     warm: Vec<String>,
+    threads: Option<ThreadsFile>,
+}
+
+/// `threads` as a pipeline file writes it: a number, or "all".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ThreadsFile {
+    Count(u32),
+    Word(String),
+}
+
+/// How many of the machine's cores a stage keeps busy on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    Count(u32),
+    /// Every core (an LLM, a diffusion model or an encoder on the CPU).
+    All,
+}
+
+impl Threads {
+    /// The cores this need is on a machine of `cores`.
+    pub fn on(self, cores: u32) -> u32 {
+        match self {
+            Threads::Count(n) => n.min(cores).max(1),
+            Threads::All => cores.max(1),
+        }
+    }
 }
 
 impl Pipeline {
@@ -332,6 +363,21 @@ fn check_stage(
             ));
         }
     }
+    let threads = match s.threads {
+        None => None,
+        Some(ThreadsFile::Count(0)) => {
+            return Err(format!(
+                "stage '{name}': threads = 0; give 1 or more, or \"all\""
+            ));
+        }
+        Some(ThreadsFile::Count(n)) => Some(Threads::Count(n)),
+        Some(ThreadsFile::Word(w)) if w == "all" => Some(Threads::All),
+        Some(ThreadsFile::Word(w)) => {
+            return Err(format!(
+                "stage '{name}': threads = \"{w}\"; give a number of cores or \"all\""
+            ));
+        }
+    };
     let device = s.device.unwrap_or(match &command {
         StageCommand::Builtin(builtin) => builtin.device,
         StageCommand::Argv(_) => DeviceKind::Gpu,
@@ -356,6 +402,7 @@ fn check_stage(
         retries: s.retries.unwrap_or(default_retries),
         env: s.env,
         warm: s.warm,
+        threads,
     })
 }
 
@@ -584,6 +631,25 @@ retries = 3
             err.contains("'twelve'") && err.contains("stage 'a'"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn threads_are_a_count_or_all() {
+        let with =
+            |t: &str| format!("[[stage]]\nname = \"a\"\ncommand = [\"true\"]\nthreads = {t}\n");
+        let p = Pipeline::parse(&with("3"), "p", &NoBuiltins).unwrap();
+        assert_eq!(p.stages[0].threads, Some(Threads::Count(3)));
+        assert_eq!(
+            p.stages[0].threads.unwrap().on(2),
+            2,
+            "no more than the machine has"
+        );
+        let p = Pipeline::parse(&with("\"all\""), "p", &NoBuiltins).unwrap();
+        assert_eq!(p.stages[0].threads.unwrap().on(16), 16);
+        assert!(error(&with("0")).contains("threads = 0"));
+        assert!(error(&with("\"many\"")).contains("threads = \"many\""));
+        let none = Pipeline::parse(GOOD, "p", &NoBuiltins).unwrap();
+        assert!(none.stages.iter().all(|s| s.threads.is_none()));
     }
 
     #[test]
