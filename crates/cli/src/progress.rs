@@ -135,8 +135,13 @@ impl Observer for ProgressView {
                     ));
                 }
             }
-            Event::Waiting { run, stage, reason } => self.say(format!(
-                "… {} waits for memory: {reason}",
+            Event::Waiting {
+                run,
+                stage,
+                reason,
+                what,
+            } => self.say(format!(
+                "… {} waits for {what}: {reason}",
                 self.name(run, stage)
             )),
             Event::Finished {

@@ -298,7 +298,7 @@ impl Engine {
                         "{busy_cores} of the host's {cores} cores are busy ({}); it needs {threads}",
                         names.join(", ")
                     );
-                    self.say_waiting(run, &spec.name, entry, reason);
+                    self.say_waiting(run, &spec.name, entry, "cores", reason);
                     continue;
                 }
                 if entry.excluded.len() >= loads.len() {
@@ -380,7 +380,7 @@ impl Engine {
                             self.fail_stage(run, &spec.name, message)?;
                             continue;
                         }
-                        self.say_waiting(run, &spec.name, entry, reason);
+                        self.say_waiting(run, &spec.name, entry, "memory", reason);
                     }
                     Placement::Never { reason } => self.fail_stage(run, &spec.name, reason)?,
                 }
@@ -392,7 +392,14 @@ impl Engine {
     /// A stage waits (for memory or cores): said when the wait begins, then every 10 s. The
     /// numbers change with every stage that comes and goes, and rewriting manifests for each
     /// change would cost more than the waiting saves.
-    fn say_waiting(&self, run: &mut RunPlan, stage: &str, entry: &mut Tries, reason: String) {
+    fn say_waiting(
+        &self,
+        run: &mut RunPlan,
+        stage: &str,
+        entry: &mut Tries,
+        what: &'static str,
+        reason: String,
+    ) {
         let record = run.manifest.stage_mut(stage);
         let due = entry
             .last_said
@@ -406,6 +413,7 @@ impl Engine {
                 run: &run.manifest.run_id,
                 stage,
                 reason: &reason,
+                what,
             });
         }
     }

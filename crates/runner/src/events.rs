@@ -10,6 +10,8 @@ pub enum Event<'a> {
         run: &'a str,
         stage: &'a str,
         reason: &'a str,
+        /// What it waits for: "memory" or "cores".
+        what: &'static str,
     },
     Started {
         run: &'a str,
