@@ -71,6 +71,16 @@ pub fn environ_contains(pid: u32, needle: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
+/// The value of `name` in `pid`'s environment, if the process runs, this process may read its
+/// environment, and it has the variable.
+pub fn environ_var(pid: u32, name: &str) -> Option<String> {
+    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// The short name of a process, from `/proc/PID/comm`.
 pub fn comm(pid: u32) -> Option<String> {
     fs::read_to_string(format!("/proc/{pid}/comm"))

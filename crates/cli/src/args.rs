@@ -43,6 +43,10 @@ pub enum Command {
     /// The stages' settings `baton run` would use, and where each comes from.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Prometheus metrics of every device: once on stdout, or served over HTTP with --serve
+    /// (DCGM exporter's names for device memory and utilisation, plus baton's per-process and
+    /// per-stage memory).
+    Metrics(MetricsArgs),
     /// A shell completion script on stdout: `baton completions bash > /etc/bash_completion.d/baton`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -99,6 +103,7 @@ impl Command {
             | Command::Batch(_)
             | Command::Config(_)
             | Command::Completions { .. }
+            | Command::Metrics(_)
             | Command::Man { .. }
             | Command::Stats(_)
             | Command::Watch(_)
@@ -512,6 +517,16 @@ pub struct StatsArgs {
     /// Process rows shown per device in the table, largest first (0 shows all).
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    #[command(flatten)]
+    pub device: DeviceArg,
+    /// Serve the metrics at http://ADDR/metrics (e.g. 127.0.0.1:9400, DCGM exporter's port), a
+    /// fresh reading per scrape, until stopped.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub serve: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -110,6 +110,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Batch(args) => batch::batch(args, out),
         Command::Stats(args) => stats::stats(args, out),
         Command::Config(crate::args::ConfigCommand::Show(knobs)) => crate::knobs::show(knobs, out),
+        Command::Metrics(args) => metrics::metrics(args, out),
         Command::Completions { shell } => {
             let mut cli = <crate::args::Cli as clap::CommandFactory>::command();
             clap_complete::generate(*shell, &mut cli, "baton", out);

@@ -417,3 +417,117 @@ fn json_summaries_of_run_resume_batch_and_stats() {
         "{stats}"
     );
 }
+
+/// `baton metrics`: DCGM's device memory names and a running stage's memory under its run and
+/// stage (a process the runner would have started: its environment names them), once on stdout
+/// and served over HTTP; `promtool check metrics` accepts it where Prometheus is installed
+/// (scripts/ci-deps.sh installs it for CI).
+#[test]
+fn metrics_name_a_running_stages_memory_and_pass_promtool() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = dir.path().join("sim");
+    let mut stage = baton(&sim, "2x24GiB")
+        .env("BATON_RUN_ID", "20261204_120000_tokyo")
+        .env("BATON_STAGE", "images")
+        .args(["sim", "hold", "3GiB", "--device", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stage.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("holds"), "{line}");
+    let out = run(&sim, "2x24GiB", &["metrics", "--device", "sim"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("DCGM_FI_DEV_FB_USED{gpu=\"1\",uuid=\"sim-1\",device=\"sim1\"")
+            && text
+                .lines()
+                .any(|l| l.starts_with("DCGM_FI_DEV_FB_USED{gpu=\"1\"") && l.ends_with(" 3072")),
+        "{text}"
+    );
+    let staged = format!(
+        "baton_stage_memory_bytes{{gpu=\"1\",uuid=\"sim-1\",run=\"20261204_120000_tokyo\",stage=\"images\"}} {}",
+        3u64 << 30
+    );
+    assert!(text.contains(&staged), "{text}");
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let (clean, said) = piped("promtool", &["check", "metrics"], &text);
+        assert!(clean, "promtool: {said}");
+    } else {
+        eprintln!(
+            "promtool is not installed: the format check is skipped (scripts/ci-deps.sh installs it)"
+        );
+    }
+
+    // Served: a fresh reading per scrape; other paths 404.
+    let mut server = baton(&sim, "2x24GiB")
+        .args(["metrics", "--device", "sim", "--serve", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("{first}"));
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        reply
+    };
+    let reply = get("/metrics");
+    assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
+    assert!(reply.contains(&staged), "{reply}");
+    assert!(get("/").starts_with("HTTP/1.1 404"));
+    let _ = stage.kill();
+    let _ = stage.wait();
+    let reply = get("/metrics");
+    assert!(
+        !reply.contains("stage=\"images\""),
+        "the stage is gone: {reply}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `program args` with `input` on its stdin: whether it succeeded saying nothing, and what it
+/// said.
+fn piped(program: &str, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success() && said.trim().is_empty(), said)
+}

@@ -4,6 +4,7 @@ pub mod batch;
 pub mod bench_runner;
 pub mod bench_snapshot;
 pub mod bench_startup;
+pub mod metrics;
 pub mod resume;
 pub mod run;
 pub mod sim;
