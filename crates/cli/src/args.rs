@@ -505,6 +505,42 @@ pub struct DeviceArg {
     /// same as gpu and cpu.
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub device: DeviceChoice,
+    /// Only these devices, by index (as nvidia-smi -i): `-i 0` or `-i 0,2`.
+    #[arg(
+        short = 'i',
+        long = "id",
+        value_name = "N[,N...]",
+        value_delimiter = ','
+    )]
+    pub ids: Vec<usize>,
+}
+
+impl DeviceArg {
+    /// The devices `-i` selects from a reading (all without it); an index the reading does
+    /// not have is refused, naming those it has.
+    pub fn select(
+        &self,
+        devices: Vec<baton_memory::DeviceSnapshot>,
+    ) -> Result<Vec<baton_memory::DeviceSnapshot>, crate::BadInput> {
+        if self.ids.is_empty() {
+            return Ok(devices);
+        }
+        if let Some(missing) = self
+            .ids
+            .iter()
+            .find(|i| !devices.iter().any(|d| d.index == **i))
+        {
+            let have: Vec<String> = devices.iter().map(|d| d.index.to_string()).collect();
+            return Err(crate::BadInput(format!(
+                "-i {missing}: there is no such device; this machine's are {}",
+                have.join(", ")
+            )));
+        }
+        Ok(devices
+            .into_iter()
+            .filter(|d| self.ids.contains(&d.index))
+            .collect())
+    }
 }
 
 #[derive(Debug, Args)]

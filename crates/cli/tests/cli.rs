@@ -427,7 +427,7 @@ fn metrics_name_a_running_stages_memory_and_pass_promtool() {
     use std::io::{BufRead, BufReader, Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let sim = dir.path().join("sim");
-    let mut stage = baton(&sim, "2x24GiB")
+    let mut child = baton(&sim, "2x24GiB")
         .env("BATON_RUN_ID", "20261204_120000_tokyo")
         .env("BATON_STAGE", "images")
         .args(["sim", "hold", "3GiB", "--device", "1"])
@@ -435,9 +435,14 @@ fn metrics_name_a_running_stages_memory_and_pass_promtool() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(stage.stdout.take().unwrap())
+    BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    // Killed when the test ends, pass or fail.
+    let mut stage = common::Holder {
+        child,
+        first_line: line.clone(),
+    };
     assert!(line.contains("holds"), "{line}");
     let out = run(&sim, "2x24GiB", &["metrics", "--device", "sim"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -468,15 +473,19 @@ fn metrics_name_a_running_stages_memory_and_pass_promtool() {
     }
 
     // Served: a fresh reading per scrape; other paths 404.
-    let mut server = baton(&sim, "2x24GiB")
+    let mut child = baton(&sim, "2x24GiB")
         .args(["metrics", "--device", "sim", "--serve", "127.0.0.1:0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap())
+    BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
+    let _server = common::Holder {
+        child,
+        first_line: first.clone(),
+    };
     let url = first
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -495,15 +504,12 @@ fn metrics_name_a_running_stages_memory_and_pass_promtool() {
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
     assert!(reply.contains(&staged), "{reply}");
     assert!(get("/").starts_with("HTTP/1.1 404"));
-    let _ = stage.kill();
-    let _ = stage.wait();
+    stage.kill();
     let reply = get("/metrics");
     assert!(
         !reply.contains("stage=\"images\""),
         "the stage is gone: {reply}"
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// `program args` with `input` on its stdin: whether it succeeded saying nothing, and what it

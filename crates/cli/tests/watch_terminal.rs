@@ -103,3 +103,80 @@ fn watch_draws_and_quits_on_q() {
 fn watch_draws_and_quits_on_ctrl_c() {
     watch_in_tmux(&["C-c"]);
 }
+
+/// The process rows name a baton stage's run and stage and every process's command line; `-i`
+/// keeps only the devices asked for.
+#[test]
+fn watch_names_stages_and_selects_devices() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = common::baton(dir.path(), "2x24GiB")
+        .env("BATON_RUN_ID", "20261204_tokyo")
+        .env("BATON_STAGE", "images")
+        .args(["sim", "hold", "5GiB", "--device", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // Killed when the test ends, pass or fail.
+    let _stage = common::Holder {
+        child,
+        first_line: line.clone(),
+    };
+    assert!(line.contains("holds"), "{line}");
+    let tmux = Tmux {
+        socket: format!("baton-test-{}-select", std::process::id()),
+    };
+    let command = format!(
+        "BATON_SIM_DIR='{}' BATON_SIM_GPUS=2x24GiB '{}' watch --device sim -i 1 --interval 100ms; echo EXITED rc=$?; sleep 30",
+        dir.path().display(),
+        env!("CARGO_BIN_EXE_baton")
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "w",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &command,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let screen = tmux.wait_for("the live view", |s| {
+        s.contains("processes (1)") && s.contains("reading 2")
+    });
+    assert!(screen.contains("sim1 Simulated GPU 24.0 GiB"), "{screen}");
+    assert!(
+        !screen.contains("sim0 Simulated"),
+        "-i 1 shows sim1 alone:\n{screen}"
+    );
+    assert!(screen.contains("20261204_tokyo/images"), "{screen}");
+    assert!(
+        screen.contains("baton sim hold 5GiB --device 1"),
+        "{screen}"
+    );
+    tmux.cmd(&["send-keys", "-t", "w", "q"]);
+    let screen = tmux.wait_for("a clean exit", |s| s.contains("EXITED"));
+    assert!(screen.contains("EXITED rc=0"), "{screen}");
+
+    // A device the machine does not have is refused before the screen is taken.
+    let out = common::baton(dir.path(), "2x24GiB")
+        .args(["stats", "--device", "sim", "-i", "7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("-i 7: there is no such device; this machine's are 0, 1"),
+        "{err}"
+    );
+}

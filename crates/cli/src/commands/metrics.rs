@@ -19,7 +19,7 @@ pub fn metrics(args: &MetricsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let opened = baton_memory::open(args.device.device)?;
     let backend = opened.backend;
     let Some(addr) = &args.serve else {
-        out.write_all(exposition(&*backend)?.as_bytes())?;
+        out.write_all(exposition(&*backend, &args.device)?.as_bytes())?;
         return Ok(());
     };
     let listener = TcpListener::bind(addr).map_err(|e| {
@@ -37,7 +37,7 @@ pub fn metrics(args: &MetricsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
-                if let Err(e) = answer(stream, &*backend) {
+                if let Err(e) = answer(stream, &*backend, &args.device) {
                     tracing::warn!("a metrics request failed: {e}");
                 }
             }
@@ -48,7 +48,11 @@ pub fn metrics(args: &MetricsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
 }
 
 /// One HTTP request: `GET /metrics` gets a fresh reading, anything else 404 or 405.
-fn answer(mut stream: TcpStream, backend: &dyn MemoryBackend) -> std::io::Result<()> {
+fn answer(
+    mut stream: TcpStream,
+    backend: &dyn MemoryBackend,
+    select: &crate::args::DeviceArg,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
@@ -63,7 +67,7 @@ fn answer(mut stream: TcpStream, backend: &dyn MemoryBackend) -> std::io::Result
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, body) = match (method, path.split('?').next().unwrap_or("")) {
-        ("GET", "/metrics") => match exposition(backend) {
+        ("GET", "/metrics") => match exposition(backend, select) {
             Ok(text) => ("200 OK", text),
             Err(e) => ("500 Internal Server Error", format!("{e}\n")),
         },
@@ -94,8 +98,11 @@ struct Family {
 }
 
 /// The text of one reading of every device.
-pub fn exposition(backend: &dyn MemoryBackend) -> anyhow::Result<String> {
-    let devices = backend.snapshot()?;
+pub fn exposition(
+    backend: &dyn MemoryBackend,
+    select: &crate::args::DeviceArg,
+) -> anyhow::Result<String> {
+    let devices = select.select(backend.snapshot()?)?;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();

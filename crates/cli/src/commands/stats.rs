@@ -22,7 +22,7 @@ pub struct StatsReport<'a> {
 
 pub fn stats(args: &StatsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let opened = baton_memory::open(args.device.device)?;
-    let devices = opened.backend.snapshot()?;
+    let devices = args.device.select(opened.backend.snapshot()?)?;
     if args.json {
         let report = StatsReport {
             unix_ms: std::time::SystemTime::now()

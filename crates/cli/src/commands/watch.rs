@@ -1,7 +1,10 @@
 //! `baton watch`: a live view of every device, replacing the seed's `watch -n 1 nvidia-smi`.
 //!
-//! In a terminal it draws, per device, a used/free bar and a history graph, then the process
-//! rows (ratatui); `q`, `Esc` and Ctrl-C quit and the terminal is restored, on a panic too.
+//! In a terminal it draws, per device, a used/free bar and a history graph as tall as the
+//! screen allows, then the process rows (ratatui) with, for baton's stages, their run and
+//! stage, and every process's command line; `q`, `Esc` and Ctrl-C quit and the terminal is
+//! restored, on a panic too. Readings are taken on their own thread, so a slow driver delays
+//! the numbers, never the keys or the screen.
 //! When stdout is not a terminal (a pipe, a log file) it prints one line per device per
 //! reading instead, so the same command serves scripts. `--jsonl` appends every reading as one
 //! JSON line, written whole, for later plots.
@@ -9,10 +12,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{IsTerminal, Write};
+use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_base::format_bytes;
-use baton_memory::{DeviceSnapshot, MemoryBackend, Opened};
+use baton_memory::{DeviceSnapshot, Opened};
 use ratatui::Frame;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -38,6 +42,8 @@ struct JsonlRecord<'a> {
 
 pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     let opened = baton_memory::open(args.device.device)?;
+    // A bad -i fails before the screen is taken.
+    args.device.select(opened.backend.snapshot()?)?;
     let mut jsonl = match &args.jsonl {
         Some(path) => Some(
             File::options()
@@ -55,9 +61,11 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     };
     let mut tick = Ticker {
         opened: &opened,
+        readings: collect(&opened, args),
         jsonl: jsonl.as_mut(),
         history: HashMap::new(),
         last: Err(String::new()),
+        procs: HashMap::new(),
         count: 0,
     };
     if std::io::stdout().is_terminal() {
@@ -70,25 +78,103 @@ pub fn watch(args: &WatchArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Reads the devices once per interval and keeps what the views need.
+/// What the process rows say of a process beside its memory: for a baton stage its run and
+/// stage (from the environment the runner gave it), and its command line.
+#[derive(Clone, Default)]
+struct ProcInfo {
+    stage: String,
+    command: String,
+}
+
+/// One reading, as the collecting thread hands it over.
+struct Reading {
+    devices: Result<Vec<DeviceSnapshot>, String>,
+    procs: HashMap<u32, ProcInfo>,
+}
+
+/// Reads the devices every `interval` on a thread of its own, until the receiver goes.
+fn collect(opened: &Opened, args: &WatchArgs) -> mpsc::Receiver<Reading> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let backend = opened.backend.clone();
+    let interval = args.interval;
+    let select = args.device.ids.clone();
+    std::thread::spawn(move || {
+        loop {
+            let due = Instant::now() + interval;
+            let devices = backend
+                .snapshot()
+                .map(|all| {
+                    all.into_iter()
+                        .filter(|d| select.is_empty() || select.contains(&d.index))
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|e| e.to_string());
+            let procs = match &devices {
+                Ok(devices) => devices
+                    .iter()
+                    .flat_map(|d| d.processes.iter().map(|p| p.pid))
+                    .map(|pid| (pid, proc_info(pid)))
+                    .collect(),
+                Err(_) => HashMap::new(),
+            };
+            if tx.send(Reading { devices, procs }).is_err() {
+                return;
+            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+    });
+    rx
+}
+
+fn proc_info(pid: u32) -> ProcInfo {
+    use baton_base::procfs::environ_var;
+    let stage = match (
+        environ_var(pid, "BATON_RUN_ID"),
+        environ_var(pid, "BATON_STAGE"),
+    ) {
+        (Some(run), Some(stage)) => format!("{run}/{stage}"),
+        (None, Some(stage)) => stage,
+        _ => String::new(),
+    };
+    // The program by its file name (the column is narrow), then its arguments.
+    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .enumerate()
+                .map(|(i, a)| {
+                    let a = String::from_utf8_lossy(a).into_owned();
+                    match i {
+                        0 => a.rsplit('/').next().unwrap_or(&a).to_string(),
+                        _ => a,
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    ProcInfo { stage, command }
+}
+
+/// Keeps what the views need from the readings.
 struct Ticker<'a> {
     opened: &'a Opened,
+    readings: mpsc::Receiver<Reading>,
     jsonl: Option<&'a mut File>,
     /// Used memory in tenths of a percent, per device UUID, oldest first.
     history: HashMap<String, VecDeque<u64>>,
     /// The last reading, or why it failed.
     last: Result<Vec<DeviceSnapshot>, String>,
+    procs: HashMap<u32, ProcInfo>,
     count: u64,
 }
 
 impl Ticker<'_> {
-    fn backend(&self) -> &dyn MemoryBackend {
-        self.opened.backend.as_ref()
-    }
-
-    fn read(&mut self) -> anyhow::Result<()> {
+    /// Takes in a reading.
+    fn take(&mut self, reading: Reading) -> anyhow::Result<()> {
         self.count += 1;
-        self.last = self.backend().snapshot().map_err(|e| e.to_string());
+        self.last = reading.devices;
+        self.procs = reading.procs;
         let Ok(devices) = &self.last else {
             return Ok(());
         };
@@ -113,6 +199,15 @@ impl Ticker<'_> {
         Ok(())
     }
 
+    /// Waits for the next reading.
+    fn read(&mut self) -> anyhow::Result<()> {
+        let reading = self
+            .readings
+            .recv()
+            .map_err(|_| anyhow::anyhow!("the reading thread stopped"))?;
+        self.take(reading)
+    }
+
     fn done(&self, args: &WatchArgs) -> bool {
         args.ticks.is_some_and(|n| self.count >= n)
     }
@@ -122,7 +217,6 @@ fn run_plain(tick: &mut Ticker, args: &WatchArgs, out: &mut dyn Write) -> anyhow
     writeln!(out, "{} (every {:?})", header(tick.opened), args.interval)?;
     let start = Instant::now();
     loop {
-        let due = Instant::now() + args.interval;
         tick.read()?;
         let at = start.elapsed().as_secs_f64();
         match &tick.last {
@@ -146,7 +240,6 @@ fn run_plain(tick: &mut Ticker, args: &WatchArgs, out: &mut dyn Write) -> anyhow
         if tick.done(args) {
             return Ok(());
         }
-        std::thread::sleep(due.saturating_duration_since(Instant::now()));
     }
 }
 
@@ -155,21 +248,14 @@ fn run_terminal(
     tick: &mut Ticker,
     args: &WatchArgs,
 ) -> anyhow::Result<()> {
+    tick.read()?;
+    terminal.draw(|frame| draw(frame, tick, args))?;
     loop {
-        let due = Instant::now() + args.interval;
-        tick.read()?;
-        terminal.draw(|frame| draw(frame, tick, args))?;
         if tick.done(args) {
             return Ok(());
         }
-        loop {
-            let left = due.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            if !event::poll(left)? {
-                continue;
-            }
+        // Keys are answered at once; a reading is drawn when it comes.
+        if event::poll(Duration::from_millis(25))? {
             match event::read()? {
                 Event::Key(key) if key.kind == KeyEventKind::Press => {
                     let ctrl_c = key.code == KeyCode::Char('c')
@@ -182,6 +268,16 @@ fn run_terminal(
                     terminal.draw(|frame| draw(frame, tick, args))?;
                 }
                 _ => {}
+            }
+        }
+        match tick.readings.try_recv() {
+            Ok(reading) => {
+                tick.take(reading)?;
+                terminal.draw(|frame| draw(frame, tick, args))?;
+            }
+            Err(mpsc::TryRecvError::Empty) => {}
+            Err(mpsc::TryRecvError::Disconnected) => {
+                anyhow::bail!("the reading thread stopped")
             }
         }
     }
@@ -219,13 +315,19 @@ fn draw(frame: &mut Frame, tick: &Ticker, args: &WatchArgs) {
             return;
         }
     };
-    let mut constraints: Vec<Constraint> = devices.iter().map(|_| Constraint::Length(5)).collect();
+    // The process table keeps room for its rows (up to a third of the screen); the devices
+    // share the rest, each graph as tall as that allows (3 to 10 rows).
+    let rows: usize = devices.iter().map(|d| d.processes.len()).sum();
+    let table = (rows as u16 + 3).clamp(4, (body.height / 3).max(4));
+    let each = (body.height.saturating_sub(table) / devices.len().max(1) as u16).clamp(5, 12);
+    let mut constraints: Vec<Constraint> =
+        devices.iter().map(|_| Constraint::Length(each)).collect();
     constraints.push(Constraint::Min(3));
     let areas = Layout::vertical(constraints).split(body);
     for (d, area) in devices.iter().zip(areas.iter()) {
         draw_device(frame, d, tick.history.get(&d.uuid), args.interval, *area);
     }
-    draw_processes(frame, devices, areas[areas.len() - 1]);
+    draw_processes(frame, devices, &tick.procs, areas[areas.len() - 1]);
 }
 
 fn draw_device(
@@ -287,16 +389,28 @@ fn draw_device(
     );
 }
 
-fn draw_processes(frame: &mut Frame, devices: &[DeviceSnapshot], area: Rect) {
+fn draw_processes(
+    frame: &mut Frame,
+    devices: &[DeviceSnapshot],
+    procs: &HashMap<u32, ProcInfo>,
+    area: Rect,
+) {
     let rows: Vec<Row> = devices
         .iter()
         .flat_map(|d| {
             d.processes.iter().map(move |p| {
+                let info = procs.get(&p.pid).cloned().unwrap_or_default();
+                let command = if info.command.is_empty() {
+                    p.name.clone()
+                } else {
+                    info.command
+                };
                 Row::new(vec![
                     d.label(),
                     p.pid.to_string(),
-                    p.name.clone(),
                     p.bytes.map_or("unknown".to_string(), format_bytes),
+                    info.stage,
+                    command,
                 ])
             })
         })
@@ -308,11 +422,12 @@ fn draw_processes(frame: &mut Frame, devices: &[DeviceSnapshot], area: Rect) {
             [
                 Constraint::Length(7),
                 Constraint::Length(9),
+                Constraint::Length(11),
+                Constraint::Length(34),
                 Constraint::Min(16),
-                Constraint::Length(12),
             ],
         )
-        .header(Row::new(["DEVICE", "PID", "PROCESS", "MEMORY"]).bold())
+        .header(Row::new(["DEVICE", "PID", "MEMORY", "RUN/STAGE", "COMMAND"]).bold())
         .block(Block::bordered().title(title)),
         area,
     );
