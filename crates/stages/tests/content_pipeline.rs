@@ -279,6 +279,9 @@ fn run_settings_reach_their_stages_flags_over_env_over_baton_toml() {
         .arg("--image-model")
         .arg(&sd)
         .args(["--image-family", "tiny-sd", "--resolution", "144"])
+        .args(["--style", "ink wash"])
+        .arg("--llm")
+        .arg(&model)
         .output()
         .unwrap();
     let said = said(&out);
@@ -292,6 +295,16 @@ fn run_settings_reach_their_stages_flags_over_env_over_baton_toml() {
     assert_eq!(board["scenes"].as_array().unwrap().len(), 3, "{board}");
     let log = std::fs::read_to_string(run.join("logs/scenes.log")).unwrap();
     assert!(log.contains("seed 5"), "{log}");
+    // --llm and --style (flags) reached it too.
+    assert!(log.contains(&model.display().to_string()), "{log}");
+    assert!(
+        board["scenes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["image_prompt"].as_str().unwrap().ends_with("ink wash")),
+        "{board}"
+    );
     // --image-model, --image-family, --size (flags), steps and seed (baton.toml): the images.
     let images = read("3_images/images.json");
     assert_eq!(images["family"], "tiny-sd", "{images}");
