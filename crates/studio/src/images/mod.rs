@@ -124,7 +124,10 @@ pub fn write_images(
             Arch::Sd(_) => 4,
             Arch::Flux(_) => 16,
         };
-        given.scene(board.scenes.len() - 1, (channels, height / 8, width / 8))?;
+        given.scene(
+            board.scenes.len().saturating_sub(1),
+            (channels, height / 8, width / 8),
+        )?;
     }
     let out_dir = run_dir.join("3_images");
     baton_base::run_dir::ensure_writable(&out_dir).map_err(|source| ImagesError::Unwritable {
