@@ -275,20 +275,28 @@ mod tests {
         }
     }
 
-    /// Every real SD family's UNet narrows to a model that builds and runs.
+    /// Every real SD family's UNet (baton's, with SDXL's added conditioning) narrows to a model
+    /// that builds and runs.
     #[test]
     fn every_sd_family_narrows_to_a_unet_that_runs() {
-        use candle_transformers::models::stable_diffusion::unet_2d;
         for fam in family::FAMILIES {
             let Arch::Sd(sd) = &fam.arch else { continue };
             let cfg = narrow_unet((sd.unet)());
             let cross = cfg.cross_attention_dim;
             let side = 8 << (cfg.blocks.len() - 1);
             let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
-            let unet = unet_2d::UNet2DConditionModel::new(vb, 4, 4, false, cfg).unwrap();
+            let unet = UNet::new(vb, cfg, sd.pooled()).unwrap();
             let latents = Tensor::zeros((1, 4, side, side), DType::F32, &Device::Cpu).unwrap();
             let context = Tensor::zeros((1, 77, cross), DType::F32, &Device::Cpu).unwrap();
-            let out = unet.forward(&latents, 1.0, &context).unwrap();
+            let pooled = sd
+                .pooled()
+                .map(|p| Tensor::zeros((1, p), DType::F32, &Device::Cpu).unwrap());
+            let ids = Tensor::new(&[sdxl_time_ids(side * 8, side * 8)], &Device::Cpu).unwrap();
+            let added = pooled.as_ref().map(|text_embeds| Added {
+                text_embeds,
+                time_ids: &ids,
+            });
+            let out = unet.forward(&latents, 1.0, &context, added).unwrap();
             assert_eq!(out.dims(), &[1, 4, side, side], "{}", fam.name);
         }
     }
