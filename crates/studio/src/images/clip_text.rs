@@ -307,30 +307,14 @@ mod tests {
         let ids = Tensor::new(&[[0u32, 5, 9, 33, 1, 1, 1, 1]], &dev).unwrap();
         let encoded = ours.forward(&ids).unwrap();
         let reference = theirs.forward_with_mask(&ids, usize::MAX).unwrap();
-        let diff = (&encoded.last - &reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::images::max_abs_diff(&encoded.last, &reference);
         assert!(diff < 1e-5, "last hidden states differ by {diff}");
         let pooled = ours.pooled(&encoded, &[4]).unwrap();
         assert_eq!(pooled.dims(), &[1, 32]);
         let at_eos = reference.i((0, 4)).unwrap().unsqueeze(0).unwrap();
-        let diff = (pooled - at_eos).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(crate::images::max_abs_diff(&pooled, &at_eos) < 1e-5);
         // The penultimate layer differs from the last (a layer ran after it).
-        let apart = (&encoded.penultimate - &encoded.last)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(apart > 1e-3);
+        assert!(crate::images::max_abs_diff(&encoded.penultimate, &encoded.last) > 1e-3);
     }
 
     /// The exact GELU is not the tanh approximation: the two differ where it matters.

@@ -35,6 +35,20 @@ pub mod tokenize;
 pub mod unet;
 
 pub use dump::{Dump, GivenLatents};
+
+/// The largest absolute difference between two tensors of one shape, as f32: what the tests
+/// compare baton's modules with their references by.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
 pub use error::ImagesError;
 pub use family::{Arch, Family};
 pub use model::{EncoderFiles, ImageModel};

@@ -343,8 +343,7 @@ mod tests {
         let ctx = Tensor::randn(0f32, 1.0, (1, 7, 48), &dev).unwrap();
         let a = ours.forward(&xs, 999.0, &ctx, None).unwrap();
         let b = theirs.forward(&xs, 999.0, &ctx).unwrap();
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        assert!(crate::images::max_abs_diff(&a, &b) < 1e-5);
     }
 
     /// With added conditioning, the pooled vector and the size ids change the prediction, and
@@ -379,8 +378,7 @@ mod tests {
         };
         let a = run(sdxl_time_ids(512, 512));
         let b = run(sdxl_time_ids(1024, 1024));
-        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(diff.to_scalar::<f32>().unwrap() > 1e-4);
+        assert!(crate::images::max_abs_diff(&a, &b) > 1e-4);
         assert!(unet.forward(&xs, 500.0, &ctx, None).is_err());
     }
 
@@ -399,16 +397,7 @@ mod tests {
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
-        let err = |x: &Tensor| {
-            (x.to_dtype(DType::F32).unwrap() - &exact)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let err = |x: &Tensor| crate::images::max_abs_diff(x, &exact);
         assert!(err(&ours) < 1e-3, "{}", err(&ours));
         assert!(err(&in_f16) > 0.05, "{}", err(&in_f16));
     }

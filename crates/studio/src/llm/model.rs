@@ -654,12 +654,7 @@ mod tests {
         if arch == "qwen3" {
             // candle's qwen3 attends through its CPU flash-attention kernel (another order of
             // summation): equal to rounding, not to the bit.
-            let worst = mine
-                .iter()
-                .flatten()
-                .zip(theirs.iter().flatten())
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = max_difference(&mine, &theirs);
             assert!(
                 worst < 1e-3,
                 "qwen3: logits differ from candle's by {worst}"
