@@ -71,14 +71,18 @@ pub fn environ_contains(pid: u32, needle: &[u8]) -> bool {
         .unwrap_or(false)
 }
 
-/// The value of `name` in `pid`'s environment, if the process runs, this process may read its
-/// environment, and it has the variable.
-pub fn environ_var(pid: u32, name: &str) -> Option<String> {
-    let env = fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{name}=");
-    env.split(|&b| b == 0)
-        .find_map(|var| var.strip_prefix(prefix.as_bytes()))
-        .map(|v| String::from_utf8_lossy(v).into_owned())
+/// The values of `names` in `pid`'s environment, read once: each `None` where the process
+/// has no such variable, is gone, or this process may not read its environment.
+pub fn environ_vars<const N: usize>(pid: u32, names: [&str; N]) -> [Option<String>; N] {
+    let env = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    names.map(|name| {
+        env.split(|&b| b == 0)
+            .find_map(|var| {
+                var.strip_prefix(name.as_bytes())
+                    .and_then(|rest| rest.strip_prefix(b"="))
+            })
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
 }
 
 /// The short name of a process, from `/proc/PID/comm`.

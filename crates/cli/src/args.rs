@@ -498,7 +498,7 @@ pub struct BatchArgs {
     pub knobs: crate::knobs::RunKnobs,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct DeviceArg {
     /// Which memory to read: gpu (NVIDIA GPUs, through NVML), cpu (host RAM), sim (simulated
     /// GPUs), or auto (the GPUs when a driver answers, else host RAM). nvml and host are the

@@ -356,7 +356,7 @@ pub fn resolve(knobs: &RunKnobs) -> Result<Vec<Resolved>, crate::BadInput> {
                 .find(|(k, _)| k == knob.key)
                 .map(|(_, v)| (v.clone(), Source::Config(path.clone())))
         });
-        let found = match knob_flag(knobs, knob) {
+        let found = match knobs.flag(knob).cloned() {
             Some(v) => Some((v, Source::Flag)),
             None => match std::env::var(knob.env).ok().filter(|v| !v.is_empty()) {
                 Some(v) => Some((v, Source::Env)),
@@ -385,10 +385,6 @@ pub fn resolve(knobs: &RunKnobs) -> Result<Vec<Resolved>, crate::BadInput> {
         });
     }
     Ok(out)
-}
-
-fn knob_flag(knobs: &RunKnobs, knob: &Knob) -> Option<String> {
-    knobs.flag(knob).cloned()
 }
 
 /// Resolves the settings and puts each set one in this process's environment, where the stages

@@ -424,26 +424,16 @@ fn json_summaries_of_run_resume_batch_and_stats() {
 /// (scripts/ci-deps.sh installs it for CI).
 #[test]
 fn metrics_name_a_running_stages_memory_and_pass_promtool() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let sim = dir.path().join("sim");
-    let mut child = baton(&sim, "2x24GiB")
-        .env("BATON_RUN_ID", "20261204_120000_tokyo")
+    let mut cmd = baton(&sim, "2x24GiB");
+    cmd.env("BATON_RUN_ID", "20261204_120000_tokyo")
         .env("BATON_STAGE", "images")
-        .args(["sim", "hold", "3GiB", "--device", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+        .args(["sim", "hold", "3GiB", "--device", "1"]);
     // Killed when the test ends, pass or fail.
-    let mut stage = common::Holder {
-        child,
-        first_line: line.clone(),
-    };
-    assert!(line.contains("holds"), "{line}");
+    let mut stage = common::started(cmd);
+    assert!(stage.first_line.contains("holds"), "{}", stage.first_line);
     let out = run(&sim, "2x24GiB", &["metrics", "--device", "sim"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -473,19 +463,10 @@ fn metrics_name_a_running_stages_memory_and_pass_promtool() {
     }
 
     // Served: a fresh reading per scrape; other paths 404.
-    let mut child = baton(&sim, "2x24GiB")
-        .args(["metrics", "--device", "sim", "--serve", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let _server = common::Holder {
-        child,
-        first_line: first.clone(),
-    };
+    let mut cmd = baton(&sim, "2x24GiB");
+    cmd.args(["metrics", "--device", "sim", "--serve", "127.0.0.1:0"]);
+    let server = common::started(cmd);
+    let first = &server.first_line;
     let url = first
         .split_whitespace()
         .find(|w| w.starts_with("http://"))

@@ -19,6 +19,26 @@ impl Tmux {
             .expect("tmux must be installed for this test (apt-get install tmux)")
     }
 
+    /// Starts `command` in a detached session "w" of `width` x 30.
+    fn session(&self, width: &str, command: &str) {
+        let out = self.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "w",
+            "-x",
+            width,
+            "-y",
+            "30",
+            command,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn screen(&self) -> String {
         String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "w"]).stdout).into_owned()
     }
@@ -56,22 +76,7 @@ fn watch_in_tmux(quit_keys: &[&str]) {
         dir.path().display(),
         env!("CARGO_BIN_EXE_baton")
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "w",
-        "-x",
-        "100",
-        "-y",
-        "30",
-        &command,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmux.session("100", &command);
 
     let screen = tmux.wait_for("the live view", |s| {
         s.contains("processes (1)") && s.contains("reading 3")
@@ -108,25 +113,14 @@ fn watch_draws_and_quits_on_ctrl_c() {
 /// keeps only the devices asked for.
 #[test]
 fn watch_names_stages_and_selects_devices() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = common::baton(dir.path(), "2x24GiB")
-        .env("BATON_RUN_ID", "20261204_tokyo")
+    let mut cmd = common::baton(dir.path(), "2x24GiB");
+    cmd.env("BATON_RUN_ID", "20261204_tokyo")
         .env("BATON_STAGE", "images")
-        .args(["sim", "hold", "5GiB", "--device", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+        .args(["sim", "hold", "5GiB", "--device", "1"]);
     // Killed when the test ends, pass or fail.
-    let _stage = common::Holder {
-        child,
-        first_line: line.clone(),
-    };
-    assert!(line.contains("holds"), "{line}");
+    let stage = common::started(cmd);
+    assert!(stage.first_line.contains("holds"), "{}", stage.first_line);
     let tmux = Tmux {
         socket: format!("baton-test-{}-select", std::process::id()),
     };
@@ -135,22 +129,7 @@ fn watch_names_stages_and_selects_devices() {
         dir.path().display(),
         env!("CARGO_BIN_EXE_baton")
     );
-    let out = tmux.cmd(&[
-        "new-session",
-        "-d",
-        "-s",
-        "w",
-        "-x",
-        "120",
-        "-y",
-        "30",
-        &command,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmux.session("120", &command);
     let screen = tmux.wait_for("the live view", |s| {
         s.contains("processes (1)") && s.contains("reading 2")
     });

@@ -34,6 +34,18 @@ fn baton(dir: &Path, model: &Path) -> Command {
     cmd
 }
 
+/// A tiny random image model of `family` (f32) written at `dir/family`.
+fn tiny_image_model(dir: &Path, family: &str) -> std::path::PathBuf {
+    let path = dir.join(family);
+    baton_studio::images::random::write_random_model(
+        &path,
+        baton_studio::images::family::find(family).unwrap(),
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    path
+}
+
 /// The one run folder under `dir/output`.
 fn only_run(dir: &Path) -> std::path::PathBuf {
     std::fs::read_dir(dir.join("output"))
@@ -171,13 +183,7 @@ fn a_flux_model_bigger_than_the_card_is_placed_and_streamed() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
     write_tiny_llama(&model, 3).unwrap();
-    let flux = dir.path().join("tiny-flux");
-    baton_studio::images::random::write_random_model(
-        &flux,
-        baton_studio::images::family::find("tiny-flux").unwrap(),
-        candle_core::DType::F32,
-    )
-    .unwrap();
+    let flux = tiny_image_model(dir.path(), "tiny-flux");
     let out = baton(dir.path(), &model)
         .env("BATON_IMAGES_MODEL", &flux)
         .env("BATON_IMAGES_FAMILY", "tiny-flux")
@@ -254,13 +260,7 @@ fn run_settings_reach_their_stages_flags_over_env_over_baton_toml() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
     write_tiny_llama(&model, 3).unwrap();
-    let sd = dir.path().join("tiny-sd");
-    baton_studio::images::random::write_random_model(
-        &sd,
-        baton_studio::images::family::find("tiny-sd").unwrap(),
-        candle_core::DType::F32,
-    )
-    .unwrap();
+    let sd = tiny_image_model(dir.path(), "tiny-sd");
     std::fs::write(
         dir.path().join("baton.toml"),
         "seed = 5\n[images]\nsteps = 1\n[voice]\nvoice = \"en-gb\"\nspeed = 1.25\n[video]\naspect = \"1:1\"\n",
@@ -444,13 +444,7 @@ fn killed_while_drawing_then_resumed_it_finishes_without_redoing_scenes_or_voice
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny.gguf");
     write_tiny_llama(&model, 3).unwrap();
-    let sd = dir.path().join("tiny-sd");
-    baton_studio::images::random::write_random_model(
-        &sd,
-        baton_studio::images::family::find("tiny-sd").unwrap(),
-        candle_core::DType::F32,
-    )
-    .unwrap();
+    let sd = tiny_image_model(dir.path(), "tiny-sd");
     let with_sd = |mut cmd: Command| {
         cmd.env("BATON_IMAGES_MODEL", &sd)
             .env("BATON_IMAGES_FAMILY", "tiny-sd")

@@ -156,8 +156,9 @@ pub fn exposition(
         let mut stages: Vec<((String, String), u64)> = Vec::new();
         for p in &d.processes {
             let Some(bytes) = p.bytes else { continue };
-            let run = baton_base::procfs::environ_var(p.pid, "BATON_RUN_ID").unwrap_or_default();
-            let stage = baton_base::procfs::environ_var(p.pid, "BATON_STAGE").unwrap_or_default();
+            let [run, stage] =
+                baton_base::procfs::environ_vars(p.pid, ["BATON_RUN_ID", "BATON_STAGE"])
+                    .map(Option::unwrap_or_default);
             families[4].samples.push((
                 format!(
                     "gpu=\"{}\",uuid=\"{}\",pid=\"{}\",name=\"{}\",run=\"{}\",stage=\"{}\"",

@@ -97,18 +97,14 @@ fn collect(opened: &Opened, args: &WatchArgs) -> mpsc::Receiver<Reading> {
     let (tx, rx) = mpsc::sync_channel(1);
     let backend = opened.backend.clone();
     let interval = args.interval;
-    let select = args.device.ids.clone();
+    let select = args.device.clone();
     std::thread::spawn(move || {
         loop {
             let due = Instant::now() + interval;
             let devices = backend
                 .snapshot()
-                .map(|all| {
-                    all.into_iter()
-                        .filter(|d| select.is_empty() || select.contains(&d.index))
-                        .collect::<Vec<_>>()
-                })
-                .map_err(|e| e.to_string());
+                .map_err(|e| e.to_string())
+                .and_then(|all| select.select(all).map_err(|e| e.0));
             let procs = match &devices {
                 Ok(devices) => devices
                     .iter()
@@ -127,13 +123,9 @@ fn collect(opened: &Opened, args: &WatchArgs) -> mpsc::Receiver<Reading> {
 }
 
 fn proc_info(pid: u32) -> ProcInfo {
-    use baton_base::procfs::environ_var;
-    let stage = match (
-        environ_var(pid, "BATON_RUN_ID"),
-        environ_var(pid, "BATON_STAGE"),
-    ) {
-        (Some(run), Some(stage)) => format!("{run}/{stage}"),
-        (None, Some(stage)) => stage,
+    let stage = match baton_base::procfs::environ_vars(pid, ["BATON_RUN_ID", "BATON_STAGE"]) {
+        [Some(run), Some(stage)] => format!("{run}/{stage}"),
+        [None, Some(stage)] => stage,
         _ => String::new(),
     };
     // The program by its file name (the column is narrow), then its arguments.

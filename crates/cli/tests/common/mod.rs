@@ -40,18 +40,28 @@ impl Drop for Holder {
 
 /// Starts `baton sim hold ARGS…` and waits for the line that says it holds the memory.
 pub fn hold(dir: &Path, gpus: &str, args: &[&str]) -> Holder {
-    let mut child = baton(dir, gpus)
-        .args(["sim", "hold"])
-        .args(args)
+    let mut cmd = baton(dir, gpus);
+    cmd.args(["sim", "hold"]).args(args);
+    let holder = started(cmd);
+    assert!(
+        holder.first_line.contains("holds"),
+        "unexpected first line: {:?}",
+        holder.first_line
+    );
+    holder
+}
+
+/// Starts `cmd` and waits for the first line it prints; it is killed when the holder goes.
+pub fn started(mut cmd: Command) -> Holder {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start baton sim hold");
+        .expect("start the command");
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.contains("holds"), "unexpected first line: {line:?}");
     Holder {
         child,
         first_line: line,
