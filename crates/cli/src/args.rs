@@ -312,6 +312,18 @@ pub struct VoiceArgs {
     /// when there is one and this build has CUDA).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub compute: DeviceChoice,
+    /// For comparisons with parler-tts (with --engine parler): write each clip's token ids, T5
+    /// output, decoder inputs, logits and codes into DIR as voice-N.safetensors. See
+    /// docs/voice.md.
+    #[arg(long, value_name = "DIR", help_heading = "Debugging")]
+    pub dump: Option<PathBuf>,
+    /// For comparisons (with --engine parler): always the most likely code, never a sample.
+    #[arg(long, help_heading = "Debugging")]
+    pub greedy: bool,
+    /// For comparisons (with --engine parler): exactly N frames a clip (86 a second), the end
+    /// never drawn.
+    #[arg(long, value_name = "N", help_heading = "Debugging")]
+    pub frames: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

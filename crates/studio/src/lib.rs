@@ -7,6 +7,7 @@
 //! supervisor.
 
 pub mod compute;
+pub mod dump;
 pub mod hub;
 pub mod images;
 pub mod llm;

@@ -73,6 +73,9 @@ pub fn bench_voice(
         fetch: false,
         seed: 42,
         compute: choice,
+        dump: None,
+        greedy: false,
+        frames: None,
     };
     crate::commands::voice::voice(&args, out)
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use baton_base::format_bytes;
 use baton_base::protocol::StageLine;
 use baton_studio::voice::VoiceOptions;
-use baton_studio::voice::parler::ParlerFiles;
+use baton_studio::voice::parler::{ParlerDebug, ParlerFiles};
 use baton_studio::voice::stage::{EngineChoice, VoiceEvent, VoiceRequest, run_voice};
 
 use crate::fetch::{from_hub, unwritable};
@@ -36,6 +36,11 @@ pub fn voice(args: &baton::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
         fetch_piper: true,
         seed: args.seed,
         compute: args.compute,
+        parler_debug: ParlerDebug {
+            dump: args.dump.clone(),
+            greedy: args.greedy,
+            frames: args.frames,
+        },
     };
     // The download and the stage's events both write to `out`, one after the other.
     let out = std::cell::RefCell::new(out);

@@ -1,62 +1,14 @@
-//! Debugging entry points for comparing the stage with a reference implementation (diffusers):
-//! the starting noise read from a file (`--latents`) instead of drawn, and what every phase
-//! produced written out (`--dump DIR`): token ids and hidden states, each step's timestep, model
-//! input, prediction and latents, and the decoded pixels before they become a PNG.
-//!
-//! The dump is kept in host memory while a phase runs and written, as one safetensors file per
-//! phase (`text`, `denoise`, `decode`), when the phase ends; every tensor is f32 (ids stay
-//! u32), names are `scene{N}.{what}`. `scripts/gpu/parity.py` reads these names.
+//! Debugging entry point for comparing the images stage with diffusers: the starting noise read
+//! from a file (`--latents`) instead of drawn. What every phase produced is written out by
+//! `crate::dump` (`--dump DIR`): token ids and hidden states in `text.safetensors`, each step's
+//! timestep, model input, prediction and latents in `denoise.safetensors`, and the decoded pixels
+//! before they become a PNG in `decode.safetensors`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 
 use super::ImagesError;
-
-/// What the phases produced, gathered for `--dump DIR`.
-pub struct Dump {
-    dir: PathBuf,
-    gathered: Mutex<Vec<(String, Tensor)>>,
-}
-
-impl Dump {
-    /// A dump into `dir` (made if missing).
-    pub fn new(dir: &Path) -> Result<Dump, ImagesError> {
-        std::fs::create_dir_all(dir).map_err(|source| ImagesError::Unwritable {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        Ok(Dump {
-            dir: dir.to_path_buf(),
-            gathered: Mutex::new(Vec::new()),
-        })
-    }
-
-    /// Keeps a host copy of `t` (f32, or u32 for ids) as `scene{scene}.{what}`.
-    pub(super) fn keep(&self, scene: u32, what: &str, t: &Tensor) -> Result<(), ImagesError> {
-        let t = match t.dtype() {
-            DType::U32 | DType::F32 => t.to_device(&Device::Cpu)?,
-            _ => t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?,
-        };
-        self.gathered
-            .lock()
-            .expect("not poisoned")
-            .push((format!("scene{scene}.{what}"), t));
-        Ok(())
-    }
-
-    /// Writes what was kept since the last call as `{phase}.safetensors`, whole or not at all.
-    pub(super) fn write(&self, phase: &str) -> Result<(), ImagesError> {
-        let gathered = std::mem::take(&mut *self.gathered.lock().expect("not poisoned"));
-        let path = self.dir.join(format!("{phase}.safetensors"));
-        let tensors: std::collections::HashMap<String, Tensor> = gathered.into_iter().collect();
-        let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
-            .map_err(|e| ImagesError::Option(format!("cannot serialise the dump: {e}")))?;
-        baton_base::atomic_file::write_atomic(&path, &bytes)?;
-        Ok(())
-    }
-}
 
 /// Starting noise for every scene, read from `path` for `--latents`: one tensor (the file's only
 /// one, or the one named `latents`) of shape (scenes, C, H, W), or (1, C, H, W) for every scene,
@@ -260,25 +212,5 @@ mod tests {
             e.contains("missing.npy") && e.contains(".safetensors or .npy"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn a_dump_writes_each_phase_whole_and_starts_afresh() {
-        let dir = tempfile::tempdir().unwrap();
-        let dump = Dump::new(&dir.path().join("d")).unwrap();
-        let t = Tensor::ones((2, 3), DType::F16, &Device::Cpu).unwrap();
-        dump.keep(1, "text0", &t).unwrap();
-        dump.write("text").unwrap();
-        dump.keep(1, "step1.pred", &t).unwrap();
-        dump.write("denoise").unwrap();
-        let text =
-            candle_core::safetensors::load(dir.path().join("d/text.safetensors"), &Device::Cpu)
-                .unwrap();
-        assert_eq!(text.keys().collect::<Vec<_>>(), ["scene1.text0"]);
-        assert_eq!(text["scene1.text0"].dtype(), DType::F32);
-        let denoise =
-            candle_core::safetensors::load(dir.path().join("d/denoise.safetensors"), &Device::Cpu)
-                .unwrap();
-        assert_eq!(denoise.keys().collect::<Vec<_>>(), ["scene1.step1.pred"]);
     }
 }

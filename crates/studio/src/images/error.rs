@@ -65,6 +65,8 @@ pub enum ImagesError {
     Memory(#[from] baton_memory::MemoryError),
     #[error(transparent)]
     File(#[from] baton_base::FileError),
+    #[error(transparent)]
+    Dump(#[from] crate::dump::DumpError),
     #[error("cannot encode scene {scene}'s PNG: {why}")]
     Png { scene: u32, why: String },
 }
@@ -89,6 +91,7 @@ impl baton_base::fault::Classify for ImagesError {
             ImagesError::Weights(e) => e.fault(),
             ImagesError::Memory(e) => e.fault(),
             ImagesError::File(e) => e.fault(),
+            ImagesError::Dump(e) => e.fault(),
             ImagesError::NoModel { .. }
             | ImagesError::Tokenizer(_)
             | ImagesError::Candle(_)

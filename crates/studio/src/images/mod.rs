@@ -34,7 +34,8 @@ pub mod stage;
 pub mod tokenize;
 pub mod unet;
 
-pub use dump::{Dump, GivenLatents};
+pub use crate::dump::Dump;
+pub use dump::GivenLatents;
 
 /// The largest absolute difference between two tensors of one shape, as f32: what the tests
 /// compare baton's modules with their references by.

@@ -123,7 +123,7 @@ impl Job<'_> {
     /// Keeps `t` as scene `scene`'s `what` when `--dump` asked for it.
     pub(super) fn keep(&self, scene: u32, what: &str, t: &Tensor) -> Result<(), ImagesError> {
         match self.dump {
-            Some(dump) => dump.keep(scene, what, t),
+            Some(dump) => Ok(dump.keep(scene, what, t)?),
             None => Ok(()),
         }
     }

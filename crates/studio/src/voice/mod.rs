@@ -57,6 +57,8 @@ pub enum VoiceError {
     Memory(#[from] baton_memory::MemoryError),
     #[error(transparent)]
     Write(#[from] baton_base::FileError),
+    #[error(transparent)]
+    Dump(#[from] crate::dump::DumpError),
 }
 
 impl baton_base::fault::Classify for VoiceError {
@@ -75,6 +77,7 @@ impl baton_base::fault::Classify for VoiceError {
             VoiceError::Compute(e) => e.fault(),
             VoiceError::Memory(e) => e.fault(),
             VoiceError::Write(e) => e.fault(),
+            VoiceError::Dump(e) => e.fault(),
             VoiceError::EngineMissing(_)
             | VoiceError::Engine { .. }
             | VoiceError::BadAudio { .. }

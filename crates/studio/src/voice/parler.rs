@@ -8,9 +8,14 @@
 //! can decode (an id past the codebook would be an error, not a sound), and holds off the end
 //! token until the clip has had a fair share of the time its words need, so a clip is never cut
 //! to a syllable.
+//!
+//! For comparisons with parler-tts it can pick the most likely code instead of sampling
+//! (`--greedy`), write a fixed number of frames (`--frames`), and dump each clip's token ids, T5
+//! output, decoder inputs, logits and codes (`--dump DIR`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_transformers::generation::LogitsProcessor;
@@ -162,6 +167,36 @@ fn repo_of(name: &str) -> Result<&'static str, VoiceError> {
         })
 }
 
+/// Debugging settings for a comparison with parler-tts (`baton voice --dump/--greedy/--frames`).
+#[derive(Debug, Clone, Default)]
+pub struct ParlerDebug {
+    /// Where each clip's ids, T5 output, decoder inputs, logits and codes are written
+    /// (`voice-{N}.safetensors`, N counting the clips from 1).
+    pub dump: Option<PathBuf>,
+    /// Always the most likely code instead of a sample.
+    pub greedy: bool,
+    /// Exactly this many frames a clip, the end token never drawn.
+    pub frames: Option<usize>,
+}
+
+impl ParlerDebug {
+    /// Whether any debugging setting is given.
+    pub fn is_set(&self) -> bool {
+        self.dump.is_some() || self.greedy || self.frames.is_some()
+    }
+}
+
+/// What one clip's generation computed, for the dump.
+#[derive(Default)]
+struct Trace {
+    /// T5's output, projected to the decoder's width: (1, tokens, hidden).
+    encoded: Option<Tensor>,
+    /// Each step's decoder input, a token per codebook.
+    inputs: Vec<Vec<u32>>,
+    /// Each step's logits for every codebook: (books, vocab).
+    logits: Vec<Tensor>,
+}
+
 /// A loaded Parler-TTS model: one utterance at a time.
 pub struct Parler {
     model: Mutex<parler_tts::Model>,
@@ -172,6 +207,10 @@ pub struct Parler {
     name: String,
     seed: u64,
     load: Option<baton_weights::LoadReport>,
+    debug: ParlerDebug,
+    dump: Option<crate::dump::Dump>,
+    /// Clips spoken so far (names the dump's files).
+    clips: AtomicU32,
 }
 
 impl Parler {
@@ -210,7 +249,39 @@ impl Parler {
             name: format!("parler-tts ({})", files.dir.display()),
             seed,
             load,
+            debug: ParlerDebug::default(),
+            dump: None,
+            clips: AtomicU32::new(0),
         })
+    }
+
+    /// The same model with the debugging settings `debug`; `--frames` is checked against the
+    /// decoder's positions.
+    pub fn with_debug(mut self, debug: &ParlerDebug) -> Result<Parler, VoiceError> {
+        let most = self
+            .config
+            .decoder
+            .max_position_embeddings
+            .saturating_sub(256);
+        if let Some(frames) = debug.frames
+            && !(1..=most).contains(&frames)
+        {
+            return Err(VoiceError::Option(format!(
+                "--frames {frames}: this model writes 1 to {most} frames a clip ({} a second)",
+                self.config.audio_encoder.frame_rate
+            )));
+        }
+        self.dump = debug
+            .dump
+            .as_deref()
+            .map(crate::dump::Dump::new)
+            .transpose()?;
+        if let Some(dump) = &self.dump {
+            dump.note("dtype", &format!("{:?}", self.dtype).to_lowercase());
+            dump.note("greedy", &debug.greedy.to_string());
+        }
+        self.debug = debug.clone();
+        Ok(self)
     }
 
     /// How its weights came onto the device (none for the warm-up's zero-weight model).
@@ -237,13 +308,15 @@ impl Parler {
     }
 
     /// The audio codes for the prompt `prompt` (ids of `words` words) in the voice described by
-    /// `description` (ids): (codebooks, frames), on the CPU.
+    /// `description` (ids): (codebooks, frames), on the CPU. What it computed goes into `trace`
+    /// when one is given.
     fn codes(
         &self,
         prompt: &Tensor,
         description: &Tensor,
         words: usize,
         speed: f32,
+        mut trace: Option<&mut Trace>,
     ) -> candle_core::Result<Tensor> {
         let mut model = self.model.lock().expect("not poisoned");
         let model = &mut *model;
@@ -256,9 +329,16 @@ impl Parler {
         // About 2.5 words a second at speed 1; allow twice that before stopping it, and let it
         // end no earlier than a third of it.
         let expected = words.max(1) as f64 / (2.5 * speed as f64) * frames_per_second;
-        let max_steps =
-            ((expected * 2.0) as usize + books + 86).min(cfg.decoder.max_position_embeddings - 256);
-        let min_frames = (expected / 3.0) as usize;
+        let (max_steps, min_frames) = match self.debug.frames {
+            // Every codebook gets `frames` codes (the last starts books - 1 steps late), and
+            // none may end.
+            Some(frames) => (frames + books - 1, usize::MAX),
+            None => (
+                ((expected * 2.0) as usize + books + 86)
+                    .min(cfg.decoder.max_position_embeddings - 256),
+                (expected / 3.0) as usize,
+            ),
+        };
 
         model.decoder.clear_kv_cache();
         model.text_encoder.clear_kv_cache();
@@ -267,6 +347,9 @@ impl Parler {
             Some(proj) => encoded.apply(proj)?,
             None => encoded,
         };
+        if let Some(trace) = trace.as_deref_mut() {
+            trace.encoded = Some(encoded.clone());
+        }
         let prompt_states = prompt.apply(&model.embed_prompts)?;
         let prompt_len = prompt_states.dim(1)?;
         // Only codebook ids and the end token may be drawn.
@@ -288,7 +371,8 @@ impl Parler {
                 }
             })
             .collect();
-        let mut lp = LogitsProcessor::new(self.seed, Some(1.0), None);
+        let temperature = (!self.debug.greedy).then_some(1.0);
+        let mut lp = LogitsProcessor::new(self.seed, temperature, None);
         let mut tokens = vec![start; books];
         let mut codes: Vec<Vec<u32>> = vec![Vec::new(); books];
         for step in 0..max_steps {
@@ -307,6 +391,14 @@ impl Parler {
             let logits = model
                 .decoder
                 .forward(&input, states, Some(&mask), &encoded, None, pos)?;
+            if let Some(trace) = trace.as_deref_mut() {
+                let rows = (0..books)
+                    .map(|b| logits[b].i((0, logits[b].dim(1)? - 1)))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let rows = Tensor::stack(&rows, 0)?.to_dtype(DType::F32)?;
+                trace.logits.push(rows.to_device(&Device::Cpu)?);
+                trace.inputs.push(tokens.clone());
+            }
             // The delay pattern: codebook k starts k steps after the first. The codebooks still
             // drawing come to the host in one copy, not one each.
             let drawing: Vec<usize> = (0..books.min(step + 1))
@@ -323,15 +415,20 @@ impl Parler {
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
                 .to_vec2()?;
+            // As parler-tts' logits processor has it, a codebook may end only once every
+            // codebook before it has ended (fed padding since an earlier step).
+            let ended: Vec<bool> = tokens.iter().map(|&t| t == pad).collect();
             for (&book, mut row) in drawing.iter().zip(rows) {
-                let mask = if codes[book].len() < min_frames {
-                    &no_end
-                } else {
-                    &allowed
-                };
+                let may_end = codes[book].len() >= min_frames && (book == 0 || ended[book - 1]);
+                let mask = if !may_end { &no_end } else { &allowed };
                 row.iter_mut().zip(mask).for_each(|(l, m)| *l += m);
                 tokens[book] = lp.sample(&Tensor::new(row, &Device::Cpu)?)?;
-                if tokens[book] == eos {
+                // A codebook with all its frames (`--frames`, or as many as the first codebook
+                // wrote before it ended) is fed padding from then on, as the delay pattern's end
+                // is: what it would draw past them no clip keeps.
+                let frames = self.debug.frames.or(ended[0].then_some(codes[0].len()));
+                let full = frames.is_some_and(|n| codes[book].len() >= n);
+                if tokens[book] == eos || full {
                     tokens[book] = pad;
                 }
             }
@@ -399,9 +496,12 @@ pub fn warm_up(device: &Device) -> Result<(), VoiceError> {
             name: "warm-up".into(),
             seed: 0,
             load: None,
+            debug: ParlerDebug::default(),
+            dump: None,
+            clips: AtomicU32::new(0),
         };
         let ids = Tensor::new(&[[3u32, 4, 5, 1]], device)?;
-        let codes = engine.codes(&ids, &ids, 2, 1.0)?;
+        let codes = engine.codes(&ids, &ids, 2, 1.0, None)?;
         engine.decode(&codes)?;
         for (m, k, n) in [
             (16, 768, 2048),
@@ -420,6 +520,33 @@ pub fn warm_up(device: &Device) -> Result<(), VoiceError> {
         device.synchronize()
     };
     run().map_err(|e| fail(e.to_string()))
+}
+
+/// Clip `clip`'s ids, T5 output, decoder inputs (steps, books), logits (steps, books, vocab) and
+/// codes (books, frames), as `voice-{clip}.safetensors`.
+fn write_trace(
+    dump: &crate::dump::Dump,
+    clip: u32,
+    prompt: &Tensor,
+    description: &Tensor,
+    trace: Trace,
+    codes: &Tensor,
+) -> Result<(), VoiceError> {
+    let keep = |what: &str, t: &Tensor| dump.keep(clip, what, t);
+    keep("prompt_ids", prompt)?;
+    keep("description_ids", description)?;
+    if let Some(encoded) = &trace.encoded {
+        keep("encoder", encoded)?;
+    }
+    let fail = |e: candle_core::Error| VoiceError::Engine {
+        scene: clip,
+        why: e.to_string(),
+    };
+    let inputs = Tensor::new(trace.inputs, &Device::Cpu).map_err(fail)?;
+    keep("inputs", &inputs)?;
+    keep("logits", &Tensor::stack(&trace.logits, 0).map_err(fail)?)?;
+    keep("codes", codes)?;
+    Ok(dump.write(&format!("voice-{clip}"))?)
 }
 
 fn causal_mask(q_len: usize, kv_len: usize, device: &Device) -> candle_core::Result<Tensor> {
@@ -461,9 +588,19 @@ impl VoiceEngine for Parler {
         let prompt = self.ids(text)?;
         let description = self.ids(&describe(options))?;
         let words = text.split_whitespace().count();
+        let clip = self.clips.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut trace = self.dump.as_ref().map(|_| Trace::default());
+        let codes = self
+            .codes(&prompt, &description, words, options.speed, trace.as_mut())
+            .map_err(|e| e.to_string())?;
+        if let (Some(dump), Some(trace)) = (&self.dump, trace) {
+            dump.note(&format!("scene{clip}.prompt"), text);
+            dump.note(&format!("scene{clip}.description"), &describe(options));
+            write_trace(dump, clip, &prompt, &description, trace, &codes)
+                .map_err(|e| e.to_string())?;
+        }
         let pcm = self
-            .codes(&prompt, &description, words, options.speed)
-            .and_then(|codes| self.decode(&codes))
+            .decode(&codes)
             .map_err(|e| e.to_string())?
             .ok_or("the model ended the clip before its first sound")?;
         Ok(Audio {

@@ -44,6 +44,8 @@ pub struct VoiceRequest<'a> {
     pub seed: u64,
     /// Where the neural engine computes.
     pub compute: DeviceChoice,
+    /// Debugging settings for Parler-TTS (`--dump`, `--greedy`, `--frames`).
+    pub parler_debug: super::parler::ParlerDebug,
 }
 
 /// What the stage says while it works, in order.
@@ -79,6 +81,11 @@ pub fn run_voice(
     on: &mut dyn FnMut(VoiceEvent),
 ) -> Result<VoiceManifest, VoiceError> {
     request.options.check()?;
+    if request.parler_debug.is_set() && request.engine != EngineChoice::Parler {
+        return Err(VoiceError::Option(
+            "--dump, --greedy and --frames compare Parler-TTS with its reference; add --engine parler".into(),
+        ));
+    }
     // Refuse a bad scenes file before loading a model.
     crate::storyboard::Storyboard::load(request.input)?;
     let files = match request.engine {
@@ -142,7 +149,8 @@ pub fn run_voice(
     let scope = MemoryScope::new(backend.clone(), 0, "voice")?.with_tolerance(64 << 20);
     let watch = PeakWatch::start(backend.clone(), 0);
     let result = (|| {
-        let engine = Parler::load(&files, &device, request.seed)?;
+        let engine =
+            Parler::load(&files, &device, request.seed)?.with_debug(&request.parler_debug)?;
         if let Some(report) = engine.load_report() {
             on(VoiceEvent::Loaded {
                 report,
