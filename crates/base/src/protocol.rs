@@ -3,7 +3,8 @@
 //!
 //! - `baton:progress DONE/TOTAL [message]` drives the stage's progress bar;
 //! - `baton:load BYTES SECONDS NAME` records a weights load in the attempt's `loads`;
-//! - `baton:warn MESSAGE` is repeated in the runner's own output and kept in `run.json`.
+//! - `baton:warn MESSAGE` is repeated in the runner's own output and kept in `run.json`;
+//! - `baton:ready` and `baton:running` frame a prestarted stage's wait for its go ([`await_go`]).
 //!
 //! The writer ([`StageLine`]'s `Display`) and the parser ([`StageLine::parse`]) live side by
 //! side and are tested against each other, so the two ends cannot drift apart. Any program can
@@ -25,6 +26,10 @@ pub enum StageLine {
         name: String,
     },
     Warn(String),
+    /// A prestarted stage has prepared (context, kernels, host-side weights) and waits for go.
+    Ready,
+    /// A prestarted stage got its go and runs.
+    Running,
 }
 
 impl StageLine {
@@ -55,6 +60,11 @@ impl StageLine {
     /// load of zero seconds, a progress of `x/2`, an empty warning are not).
     pub fn parse(line: &str) -> Option<StageLine> {
         let line = line.trim();
+        match line {
+            "baton:ready" => return Some(StageLine::Ready),
+            "baton:running" => return Some(StageLine::Running),
+            _ => {}
+        }
         if let Some(rest) = line.strip_prefix("baton:progress ") {
             let (fraction, message) = rest.split_once(' ').unwrap_or((rest, ""));
             let (done, total) = fraction.split_once('/')?;
@@ -101,8 +111,81 @@ impl fmt::Display for StageLine {
                 name,
             } => write!(f, "baton:load {bytes} {seconds:.6} {name}"),
             StageLine::Warn(message) => write!(f, "baton:warn {message}"),
+            StageLine::Ready => write!(f, "baton:ready"),
+            StageLine::Running => write!(f, "baton:running"),
         }
     }
+}
+
+/// The variable that gives a prestarted stage the file descriptor its go arrives on.
+pub const GO_FD_VAR: &str = "BATON_GO_FD";
+
+/// The budget the go granted, once [`await_go`] has it.
+static GRANTED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// The device memory the runner granted a prestarted stage with its go (`None` before the go,
+/// or when the stage was not prestarted: then `BATON_MEMORY_BUDGET` holds it).
+pub fn granted_budget() -> Option<u64> {
+    GRANTED.get().copied()
+}
+
+/// For a stage the runner started ahead of its turn (`BATON_GO_FD` set): says `baton:ready` on
+/// stdout, then blocks until the runner's go, a line `go BYTES` on that descriptor, and says
+/// `baton:running`. The budget it grants is returned, and kept for [`granted_budget`]. Without
+/// the variable it returns `Ok(None)` at once: the stage was started in its turn.
+///
+/// Call it once preparing is done (CUDA context made, kernels loaded, weights read into host
+/// memory) and before the device memory is taken. An error means the runner will not send go
+/// (it closed the pipe: its upstream failed, or it stopped waiting): the stage should exit.
+pub fn await_go() -> std::io::Result<Option<u64>> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::FromRawFd;
+    let Some(fd) = std::env::var_os(GO_FD_VAR) else {
+        return Ok(None);
+    };
+    let bad = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+    let fd: i32 = fd
+        .to_str()
+        .and_then(|s| s.parse().ok())
+        .filter(|fd| *fd > 2)
+        .ok_or_else(|| {
+            bad(format!(
+                "{GO_FD_VAR} '{}' is not a descriptor above 2",
+                fd.to_string_lossy()
+            ))
+        })?;
+    // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags; it fails on a closed one.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(bad(format!("{GO_FD_VAR} {fd} is not an open descriptor")));
+    }
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", StageLine::Ready)?;
+    stdout.flush()?;
+    drop(stdout);
+    // SAFETY: the descriptor is open (checked above) and the runner gave it to this process
+    // alone, for this one read; it is closed when the reader drops.
+    let pipe = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut line = String::new();
+    std::io::BufReader::new(pipe).read_line(&mut line)?;
+    let granted = line
+        .trim()
+        .strip_prefix("go ")
+        .and_then(|b| b.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                if line.is_empty() {
+                    "the runner closed the go pipe: it will not run this stage now".to_string()
+                } else {
+                    format!("the runner sent '{}', not 'go BYTES'", line.trim())
+                },
+            )
+        })?;
+    let _ = GRANTED.set(granted);
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", StageLine::Running)?;
+    stdout.flush()?;
+    Ok(Some(granted))
 }
 
 #[cfg(test)]
@@ -116,6 +199,8 @@ mod tests {
             StageLine::progress(1, 2, ""),
             StageLine::load("/models/flux dev.safetensors", 4_000_000_000, 0.5),
             StageLine::warn("NO IMAGE MODEL: cards"),
+            StageLine::Ready,
+            StageLine::Running,
         ] {
             assert_eq!(
                 StageLine::parse(&line.to_string()),

@@ -622,6 +622,10 @@ pub struct WorkArgs {
     /// Wait until this file exists before allocating.
     #[arg(long, value_name = "FILE")]
     pub wait_for: Option<PathBuf>,
+    /// Started ahead of its turn (`prestart = true`): seconds it takes to prepare, holding a
+    /// CUDA context's 512 MiB, before it says `baton:ready` and waits for its go.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub prepare: f64,
     /// Crash (exit 1, nothing written) unless this file exists; create it first, so the next
     /// attempt succeeds.
     #[arg(long, value_name = "FILE")]

@@ -717,3 +717,152 @@ fn host_stages_that_would_oversubscribe_the_cores_run_one_after_the_other() {
         "two one-core stages on two cores ran apart: {one:?}"
     );
 }
+
+/// A first stage that works for `seconds` holding 16 GiB (and leaves a 4 GiB orphan behind),
+/// then a second that opted in to a prestart (`prepare` seconds of preparing) and needs 18 GiB:
+/// on one 24 GiB card they never fit together, but the second's context fits beside the first.
+fn prestart_pipeline(s: &Scenario, first: &str, second: &str) -> PathBuf {
+    s.pipeline(&format!(
+        "[[stage]]\nname = \"first\"\nretries = 0\ncommand = [{WORK}, \"16GiB\", {first}, \"--write\", \"a.json\"]\noutputs = [\"a.json\"]\nmemory = \"20GiB\"\n\
+         [[stage]]\nname = \"second\"\nafter = [\"first\"]\nprestart = true\nretries = 1\ncommand = [{WORK}, \"18GiB\", {second}, \"--write\", \"b.json\"]\noutputs = [\"b.json\"]\nmemory = \"18GiB\"\n"
+    ))
+}
+
+#[test]
+fn a_prestarted_stage_prepares_while_the_one_before_runs_and_goes_only_after_its_reclaim() {
+    let s = Scenario::new("1x24GiB");
+    let p = prestart_pipeline(
+        &s,
+        "\"--seconds\", \"1.5\", \"--orphan\", \"4GiB\"",
+        "\"--prepare\", \"0.3\"",
+    );
+    let child = s
+        .run_command(&p, "ahead")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sim = s.sim();
+    // While the first works, the second holds its context beside it, and no more.
+    eventually("the second stage's context beside the first", || {
+        let d = sim.device(0).unwrap();
+        d.used == 16 * GIB + (512 << 20) && d.processes.len() == 2
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let m = Manifest::load(&s.run_dir()).unwrap();
+    let first = &stage(&m, "first").attempts[0];
+    let second = &stage(&m, "second").attempts[0];
+    assert_eq!(stage(&m, "second").attempts.len(), 1);
+    let ended = first.ended_unix_ms.unwrap();
+    let reclaim = first.reclaim.as_ref().unwrap();
+    assert_eq!(reclaim.orphans.len(), 1, "the orphan was found and killed");
+    // Prepared while the first ran...
+    let ready = second.ready_unix_ms.expect("the second said it was ready");
+    assert!(
+        second.started_unix_ms < ended && ready < ended,
+        "{second:?}"
+    );
+    // ...and given its go only after the first's memory came back, orphan included.
+    let go = second.go_unix_ms.expect("a go was sent");
+    assert!(
+        go >= ended + reclaim.ms as u64,
+        "go {go}, exit {ended}, reclaim {reclaim:?}"
+    );
+    assert!(second.running_unix_ms.unwrap() >= go);
+    // The go carried the grant: its need and a context.
+    assert_eq!(second.granted_bytes, 18 * GIB + (512 << 20));
+    let b: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(s.run_dir().join("b.json")).unwrap())
+            .unwrap();
+    assert_eq!(b["granted"], 18 * GIB + (512 << 20));
+    let (ahead, _) = second.prestart_ms().unwrap();
+    assert!(ahead >= 300, "prepared {ahead} ms ahead");
+    assert!(text(&out).contains("prepared 0."), "{}", text(&out));
+    assert_eq!(sim.device(0).unwrap().used, 0);
+}
+
+#[test]
+fn a_prepared_stage_is_stopped_when_its_upstream_fails() {
+    let s = Scenario::new("1x24GiB");
+    let p = prestart_pipeline(
+        &s,
+        "\"--seconds\", \"1\", \"--exit\", \"3\"",
+        "\"--prepare\", \"0.1\"",
+    );
+    let out = s.run(&p, "upstream fails");
+    assert!(!out.status.success(), "{}", text(&out));
+    let m = Manifest::load(&s.run_dir()).unwrap();
+    assert_eq!(stage(&m, "first").state, StageState::Failed);
+    let second = stage(&m, "second");
+    assert_eq!(second.state, StageState::Skipped);
+    assert_eq!(
+        second.note.as_deref(),
+        Some("not run: stage 'first' did not succeed")
+    );
+    // It was prepared, never given a go, and not retried.
+    assert_eq!(second.attempts.len(), 1);
+    assert!(second.attempts[0].ready_unix_ms.is_some());
+    assert_eq!(second.attempts[0].go_unix_ms, None);
+    assert!(!s.run_dir().join("b.json").exists());
+    assert_eq!(s.sim().device(0).unwrap().used, 0);
+}
+
+#[test]
+fn a_prepared_stage_that_crashes_is_retried_as_usual() {
+    let s = Scenario::new("1x24GiB");
+    let marker = s.path("crashed-once");
+    let second = format!("\"--fail-once\", \"{}\"", marker.display());
+    let p = prestart_pipeline(&s, "\"--seconds\", \"1\"", &second);
+    let out = s.run(&p, "crash while prepared");
+    assert!(out.status.success(), "{}", text(&out));
+    let m = Manifest::load(&s.run_dir()).unwrap();
+    let second = stage(&m, "second");
+    assert_eq!(second.state, StageState::Succeeded);
+    assert_eq!(second.attempts.len(), 2);
+    let crashed = &second.attempts[0];
+    assert!(
+        crashed
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("crashing on purpose"),
+        "{crashed:?}"
+    );
+    assert_eq!(crashed.go_unix_ms, None, "it crashed before any go");
+    assert!(s.run_dir().join("b.json").exists());
+}
+
+#[test]
+fn sigkill_of_baton_while_a_stage_is_prepared_leaves_no_process_behind() {
+    let s = Scenario::new("1x24GiB");
+    let p = prestart_pipeline(&s, "\"--seconds\", \"30\"", "\"--prepare\", \"0\"");
+    let mut child = s
+        .run_command(&p, "killed while prepared")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sim = s.sim();
+    eventually("the second stage to be prepared", || {
+        sim.device(0).unwrap().processes.len() == 2
+    });
+    let pids: Vec<u32> = sim
+        .device(0)
+        .unwrap()
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eventually("every stage process to die with baton", || {
+        sim.device(0).unwrap().used == 0
+    });
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists() || baton_runner::group::is_zombie(pid),
+            "pid {pid} outlived baton"
+        );
+    }
+}

@@ -48,6 +48,24 @@ pub struct AttemptPlan {
     pub reclaim_timeout: Duration,
     /// The stage's outputs, relative to the run folder, placeholders filled in.
     pub outputs: Vec<String>,
+    /// For a prestarted stage: when its go was sent, and what it granted.
+    pub go: Option<Arc<GoState>>,
+}
+
+/// A prestarted stage's go, as the scheduler's thread gives it and the attempt's thread reads it.
+#[derive(Debug, Default)]
+pub struct GoState {
+    /// When the go was sent (Unix ms); 0 until then.
+    pub at_unix_ms: AtomicU64,
+    /// The bytes the go granted.
+    pub granted: AtomicU64,
+}
+
+impl GoState {
+    /// The go's time, once it was sent.
+    pub fn sent(&self) -> Option<u64> {
+        Some(self.at_unix_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
 }
 
 /// An attempt's outcome, for the scheduler.
@@ -165,8 +183,15 @@ pub fn run_attempt(
                 });
             }
         }
+        // A prestarted stage's time limit counts from its go: waiting is not working.
+        let working = match &plan.go {
+            None => Some(started.elapsed()),
+            Some(go) => go
+                .sent()
+                .map(|at| Duration::from_millis(unix_ms().saturating_sub(at))),
+        };
         if let Some(limit) = plan.timeout
-            && started.elapsed() >= limit
+            && working.is_some_and(|w| w >= limit)
         {
             timed_out = true;
             membership.stop(Duration::from_secs(2));
@@ -218,6 +243,16 @@ pub fn run_attempt(
             )
         })
         .unwrap_or_default();
+    if let Some(go) = &plan.go {
+        attempt.go_unix_ms = go.sent();
+        if attempt.go_unix_ms.is_some() {
+            attempt.granted_bytes = go.granted.load(Ordering::Relaxed);
+        }
+        (attempt.ready_unix_ms, attempt.running_unix_ms) = heard
+            .lock()
+            .map(|h| (h.ready_unix_ms, h.running_unix_ms))
+            .unwrap_or_default();
+    }
     // A peak read per device is an estimate: it is said in the manifest (and, being a
     // warning, teaches no learned need).
     attempt.warnings.extend(accounting.said.take());
@@ -474,6 +509,9 @@ struct Heard {
     /// Warnings not yet handed to the observer, and all of them for the manifest.
     warnings_pending: Vec<String>,
     warnings: Vec<String>,
+    /// When a prestarted stage said it was ready, and that it runs after its go.
+    ready_unix_ms: Option<u64>,
+    running_unix_ms: Option<u64>,
 }
 
 impl Heard {
@@ -498,6 +536,8 @@ impl Heard {
                 self.warnings_pending.push(warning.clone());
                 self.warnings.push(warning);
             }
+            Some(StageLine::Ready) => self.ready_unix_ms = Some(unix_ms()),
+            Some(StageLine::Running) => self.running_unix_ms = Some(unix_ms()),
             None => {}
         }
     }
@@ -631,6 +671,7 @@ mod tests {
             device_index: 0,
             device_label: "gpu0".into(),
             granted: 4 << 30,
+            go: None,
             timeout: None,
             reclaim_timeout: Duration::from_secs(2),
             outputs: Vec::new(),

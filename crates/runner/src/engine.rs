@@ -8,15 +8,18 @@
 //! (`baton batch`) share the one scheduler, which is what keeps every GPU busy.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
+use baton_base::protocol::GO_FD_VAR;
 use baton_memory::{DeviceSnapshot, MemoryBackend};
 
 use crate::RunnerError;
-use crate::attempt::{AttemptOutcome, AttemptPlan, log_path, run_attempt};
+use crate::attempt::{AttemptOutcome, AttemptPlan, GoState, log_path, run_attempt};
 use crate::catalog::StageCatalog;
 use crate::events::{Event, Observer};
 use crate::executor::{Executor, Launch};
@@ -100,6 +103,30 @@ struct Running {
     live: Arc<AtomicU64>,
     /// Cores it keeps busy on the host (0 on a GPU).
     threads: u32,
+    /// A stage started ahead of its turn, until its go.
+    prepared: Option<Prepared>,
+}
+
+/// A prestarted stage waiting for its go.
+struct Prepared {
+    /// The go pipe's write end; dropping it tells the stage no go will come.
+    pipe: Option<std::fs::File>,
+    /// What the attempt's thread reads of the go.
+    go: Arc<GoState>,
+    /// Set when it is stopped before its go: the state and note its stage then takes.
+    cancelled: Option<(StageState, String)>,
+    /// The need its environment's budget promised: the go waits until all of it fits.
+    need: u64,
+}
+
+/// What a prestarted stage is started with.
+struct Go {
+    /// The go pipe's read end, for the stage.
+    read: Arc<OwnedFd>,
+    state: Arc<GoState>,
+    /// The budget it is expected to get (its need and context), in its environment until the
+    /// go says what it got.
+    budget: u64,
 }
 
 /// Per-stage bookkeeping that does not belong in the manifest.
@@ -204,10 +231,12 @@ impl Engine {
         tx: &mpsc::Sender<Message>,
     ) -> Result<(), RunnerError> {
         let mut readings: HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>> = HashMap::new();
+        self.grant_prepared(runs, running, tries, &mut readings)?;
         for (run_index, run) in runs.iter_mut().enumerate() {
             if run.manifest.state != RunState::Running {
                 continue;
             }
+            self.prestart(run_index, run, running, tries, &mut readings, tx)?;
             let ready: Vec<StageSpec> = run
                 .pipeline
                 .stages
@@ -250,35 +279,7 @@ impl Engine {
                         continue;
                     }
                 };
-                let loads: Vec<DeviceLoad> = devices
-                    .into_iter()
-                    .map(|snapshot| {
-                        let here = || {
-                            running
-                                .iter()
-                                .filter(|r| r.pool == spec.device && r.index == snapshot.index)
-                        };
-                        let tracked = here()
-                            .map(|r| r.granted.max(r.live.load(Ordering::Relaxed)))
-                            .sum();
-                        let groups: Vec<u32> = here().filter_map(|r| r.group).collect();
-                        let outside = snapshot
-                            .processes
-                            .iter()
-                            .filter(|p| p.bytes.unwrap_or(0) > 0)
-                            .filter(|p| {
-                                !baton_base::procfs::stat(p.pid)
-                                    .is_some_and(|s| groups.contains(&s.pgrp))
-                            })
-                            .cloned()
-                            .collect();
-                        DeviceLoad {
-                            snapshot,
-                            tracked,
-                            outside,
-                        }
-                    })
-                    .collect();
+                let loads = device_loads(spec.device, devices, running, &|_| false);
                 let need = self.need_of(&spec);
                 let key = (run_index, spec.name.clone());
                 let entry = tries.entry(key).or_default();
@@ -351,6 +352,7 @@ impl Engine {
                             granted,
                             live: live.clone(),
                             threads,
+                            prepared: None,
                         });
                         let starting = Instant::now();
                         self.start(
@@ -362,6 +364,7 @@ impl Engine {
                             granted,
                             live,
                             tx.clone(),
+                            None,
                         )?;
                         tracing::debug!(
                             "stage '{}' of {}: start took {:.1?}",
@@ -385,6 +388,314 @@ impl Engine {
                     Placement::Never { reason } => self.fail_stage(run, &spec.name, reason)?,
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Gives prestarted stages their go once every stage they wait for has succeeded (which a
+    /// stage does only after its reclaim is proved) and their need fits on the device they
+    /// prepared on. Grants go one at a time, each counted before the next is placed, so two
+    /// prepared stages never share memory that is free on paper. A prepared stage whose
+    /// upstream failed is stopped, and so is one whose wait for memory outlasts `wait_timeout`.
+    fn grant_prepared(
+        &self,
+        runs: &mut [RunPlan],
+        running: &mut [Running],
+        tries: &mut HashMap<(usize, String), Tries>,
+        readings: &mut HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>>,
+    ) -> Result<(), RunnerError> {
+        for i in 0..running.len() {
+            let waiting = running[i]
+                .prepared
+                .as_ref()
+                .is_some_and(|p| p.cancelled.is_none() && p.pipe.is_some());
+            if !waiting {
+                continue;
+            }
+            let (run_index, stage) = (running[i].run, running[i].stage.clone());
+            let run = &mut runs[run_index];
+            let spec = run
+                .pipeline
+                .stage(&stage)
+                .expect("stage of this pipeline")
+                .clone();
+            let state_of = |dep: &String| run.manifest.stage(dep).map(|r| r.state);
+            if let Some(dep) = spec
+                .after
+                .iter()
+                .find(|d| matches!(state_of(d), Some(StageState::Failed | StageState::Skipped)))
+            {
+                let why = format!("not run: stage '{dep}' did not succeed");
+                cancel(&mut running[i], StageState::Skipped, why);
+                continue;
+            }
+            if !spec
+                .after
+                .iter()
+                .all(|d| state_of(d) == Some(StageState::Succeeded))
+            {
+                continue;
+            }
+            if let Some(missing) = spec
+                .inputs
+                .iter()
+                .map(|i| run.dir.join(fill(i, &run.vars)))
+                .find(|p| !p.exists())
+            {
+                let why = format!("its input '{}' is missing", missing.display());
+                cancel(&mut running[i], StageState::Failed, why);
+                continue;
+            }
+            let pool = self.pool(spec.device).clone();
+            let devices = match readings
+                .entry(spec.device)
+                .or_insert_with(|| pool.snapshot().map_err(|e| e.to_string()))
+            {
+                Ok(devices) => devices.clone(),
+                Err(err) => {
+                    let why = format!("cannot read devices to place stage '{stage}': {err}");
+                    cancel(&mut running[i], StageState::Failed, why);
+                    continue;
+                }
+            };
+            // Its own context is in the ask, not among what is held.
+            let me = |r: &Running| r.run == run_index && r.stage == stage;
+            let loads = device_loads(spec.device, devices, running, &me);
+            let index = running[i].index;
+            let others: Vec<usize> = loads
+                .iter()
+                .map(|l| l.snapshot.index)
+                .filter(|&x| x != index)
+                .collect();
+            let context = pool.context_overhead();
+            let promised = running[i].prepared.as_ref().map_or(0, |p| p.need);
+            let ask = Ask {
+                stage: &stage,
+                need: promised,
+                least: None,
+                context,
+            };
+            let entry = tries.entry((run_index, stage.clone())).or_default();
+            match place(ask, &loads, &others, self.reserve) {
+                Placement::Place { need, .. } => {
+                    entry.waiting_since = None;
+                    entry.last_said = None;
+                    let granted = need + context;
+                    let r = &mut running[i];
+                    let prepared = r.prepared.take().expect("prepared");
+                    prepared.go.granted.store(granted, Ordering::Relaxed);
+                    let at = crate::manifest::unix_ms();
+                    prepared.go.at_unix_ms.store(at, Ordering::Relaxed);
+                    r.granted = granted;
+                    // A stage that died while it waited is seen when its attempt ends.
+                    if let Some(mut pipe) = prepared.pipe
+                        && let Err(e) = writeln!(pipe, "go {granted}")
+                    {
+                        tracing::debug!("stage '{stage}': its go was not read: {e}");
+                    }
+                    let record = run.manifest.stage_mut(&stage);
+                    record.note = None;
+                    if let Some(attempt) = record.attempts.last_mut() {
+                        attempt.granted_bytes = granted;
+                        attempt.go_unix_ms = Some(at);
+                    }
+                    self.save(run);
+                }
+                Placement::Wait { reason } => {
+                    let since = *entry.waiting_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= run.pipeline.wait_timeout {
+                        let why = format!(
+                            "prepared, then waited {}s for memory and gave up: {reason}",
+                            run.pipeline.wait_timeout.as_secs()
+                        );
+                        cancel(&mut running[i], StageState::Failed, why);
+                        continue;
+                    }
+                    let due = entry
+                        .last_said
+                        .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+                    if due {
+                        entry.last_said = Some(Instant::now());
+                        let record = run.manifest.stage_mut(&stage);
+                        record.note = Some(format!("prepared; waits for memory: {reason}"));
+                        self.save(run);
+                        self.observer.event(&Event::Waiting {
+                            run: &run.manifest.run_id,
+                            stage: &stage,
+                            reason: &reason,
+                            what: "memory",
+                        });
+                    }
+                }
+                Placement::Never { reason } => {
+                    cancel(&mut running[i], StageState::Failed, reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts ahead of its turn each stage of `run` that opted in (`prestart`) and waits only
+    /// for stages that run now, on a GPU: placed where its need fits once those have freed
+    /// what they hold, if its context fits there now beside what runs, and no other prepared
+    /// stage waits on that device. It prepares while they run and waits for its go
+    /// ([`Engine::grant_prepared`]). `BATON_PRESTART=0` turns this off (to measure it).
+    fn prestart(
+        &self,
+        run_index: usize,
+        run: &mut RunPlan,
+        running: &mut Vec<Running>,
+        tries: &mut HashMap<(usize, String), Tries>,
+        readings: &mut HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>>,
+        tx: &mpsc::Sender<Message>,
+    ) -> Result<(), RunnerError> {
+        if std::env::var("BATON_PRESTART").is_ok_and(|v| v == "0") {
+            return Ok(());
+        }
+        let runs_now = |stage: &str| {
+            running
+                .iter()
+                .any(|r| r.run == run_index && r.stage == stage && r.prepared.is_none())
+        };
+        let early: Vec<StageSpec> = run
+            .pipeline
+            .stages
+            .iter()
+            .filter(|spec| {
+                spec.prestart
+                    && run
+                        .manifest
+                        .stage(&spec.name)
+                        .is_some_and(|r| r.state == StageState::Pending)
+                    && !running
+                        .iter()
+                        .any(|r| r.run == run_index && r.stage == spec.name)
+                    && spec.after.iter().any(|d| runs_now(d))
+                    && spec.after.iter().all(|d| {
+                        runs_now(d)
+                            || run
+                                .manifest
+                                .stage(d)
+                                .is_some_and(|r| r.state == StageState::Succeeded)
+                    })
+            })
+            .cloned()
+            .collect();
+        for spec in early {
+            let pool = self.pool(spec.device).clone();
+            if pool.kind() == baton_memory::BackendKind::Host {
+                continue;
+            }
+            let Ok(devices) = readings
+                .entry(spec.device)
+                .or_insert_with(|| pool.snapshot().map_err(|e| e.to_string()))
+                .clone()
+            else {
+                continue;
+            };
+            // Where it will run: placed as if the stages it waits for had ended.
+            let upstream = |r: &Running| r.run == run_index && spec.after.contains(&r.stage);
+            let mut after = device_loads(spec.device, devices.clone(), running, &upstream);
+            for load in &mut after {
+                let freed: u64 = running
+                    .iter()
+                    .filter(|r| upstream(r) && r.pool == spec.device)
+                    .filter(|r| r.index == load.snapshot.index)
+                    .map(|r| r.live.load(Ordering::Relaxed))
+                    .sum();
+                load.snapshot.free = (load.snapshot.free + freed).min(load.snapshot.total);
+            }
+            let need = self.need_of(&spec);
+            let context = pool.context_overhead();
+            let excluded = tries
+                .get(&(run_index, spec.name.clone()))
+                .map(|t| t.excluded.clone())
+                .unwrap_or_default();
+            let ask = Ask {
+                stage: &spec.name,
+                need,
+                least: spec.memory_min,
+                context,
+            };
+            let Placement::Place { index, need } = place(ask, &after, &excluded, self.reserve)
+            else {
+                continue;
+            };
+            if running
+                .iter()
+                .any(|r| r.pool == spec.device && r.index == index && r.prepared.is_some())
+            {
+                continue;
+            }
+            // Its context must fit now, beside what runs.
+            let now = device_loads(spec.device, devices, running, &|_| false);
+            let others: Vec<usize> = now
+                .iter()
+                .map(|l| l.snapshot.index)
+                .filter(|&x| x != index)
+                .collect();
+            let context_ask = Ask {
+                stage: &spec.name,
+                need: 0,
+                least: None,
+                context,
+            };
+            if !matches!(
+                place(context_ask, &now, &others, self.reserve),
+                Placement::Place { .. }
+            ) {
+                continue;
+            }
+            let outputs: Vec<String> = spec.outputs.iter().map(|o| fill(o, &run.vars)).collect();
+            if set_aside(&run.dir, &spec.name, &outputs).is_err() {
+                // The start in its turn says why.
+                continue;
+            }
+            let (read, write) = go_pipe().map_err(|e| RunnerError::Io {
+                action: "cannot make a go pipe for",
+                path: run.dir.clone(),
+                source: e,
+            })?;
+            let state = Arc::new(GoState::default());
+            let live = Arc::new(AtomicU64::new(0));
+            running.push(Running {
+                run: run_index,
+                stage: spec.name.clone(),
+                group: None,
+                pool: spec.device,
+                index,
+                granted: context,
+                live: live.clone(),
+                threads: 0,
+                prepared: Some(Prepared {
+                    pipe: Some(write),
+                    go: state.clone(),
+                    cancelled: None,
+                    need,
+                }),
+            });
+            let snapshot = now
+                .iter()
+                .find(|l| l.snapshot.index == index)
+                .expect("placed on a listed device")
+                .snapshot
+                .clone();
+            let go = Go {
+                read: Arc::new(read),
+                state,
+                budget: need + context,
+            };
+            self.start(
+                run_index,
+                run,
+                &spec,
+                pool,
+                &snapshot,
+                context,
+                live,
+                tx.clone(),
+                Some(go),
+            )?;
         }
         Ok(())
     }
@@ -429,12 +740,22 @@ impl Engine {
         granted: u64,
         live: Arc<AtomicU64>,
         tx: mpsc::Sender<Message>,
+        go: Option<Go>,
     ) -> Result<(), RunnerError> {
         let record = run.manifest.stage_mut(&spec.name);
         let number = record.attempts.len() as u32 + 1;
         let token = attempt_token(&run.dir, &spec.name, number);
         record.state = StageState::Running;
-        record.note = None;
+        record.note = go.as_ref().map(|_| {
+            format!(
+                "prepared ahead while {} runs",
+                spec.after
+                    .iter()
+                    .map(|d| format!("'{d}'"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
         let mut attempt = Attempt::begin(number, &device.label(), device.index, granted);
         attempt.token = token.clone();
         record.attempts.push(attempt);
@@ -446,6 +767,19 @@ impl Engine {
         })?;
         self.warm_next(run, spec);
         let argv = spec.command.argv();
+        let mut env = stage_env(
+            run,
+            spec,
+            &*pool,
+            device,
+            go.as_ref().map_or(granted, |g| g.budget),
+            number,
+            &token,
+            self.catalog.inherited_prefixes(),
+        );
+        if let Some(go) = &go {
+            env.push((GO_FD_VAR.to_string(), go.read.as_raw_fd().to_string()));
+        }
         let plan = AttemptPlan {
             run_id: run.manifest.run_id.clone(),
             stage: spec.name.clone(),
@@ -453,18 +787,10 @@ impl Engine {
             launch: Launch {
                 stage: spec.name.clone(),
                 argv: argv.iter().map(|a| fill(a, &run.vars)).collect(),
-                env: stage_env(
-                    run,
-                    spec,
-                    &*pool,
-                    device,
-                    granted,
-                    number,
-                    &token,
-                    self.catalog.inherited_prefixes(),
-                ),
+                env,
                 cwd: run.dir.clone(),
                 log: log_path(&run.dir, &spec.name),
+                go: go.as_ref().map(|g| g.read.clone()),
             },
             token,
             backend: pool,
@@ -474,6 +800,7 @@ impl Engine {
             timeout: spec.timeout,
             reclaim_timeout: run.pipeline.reclaim_timeout,
             outputs: spec.outputs.iter().map(|o| fill(o, &run.vars)).collect(),
+            go: go.map(|g| g.state),
         };
         let executor = self.executor.clone();
         let observer = self.observer.clone();
@@ -610,6 +937,11 @@ impl Engine {
                 outcome,
             } => {
                 let handled = Instant::now();
+                let cancelled = running
+                    .iter()
+                    .find(|r| r.run == run_index && r.stage == stage)
+                    .and_then(|r| r.prepared.as_ref())
+                    .and_then(|p| p.cancelled.clone());
                 running.retain(|r| !(r.run == run_index && r.stage == stage));
                 let run = &mut runs[run_index];
                 let spec = run
@@ -624,6 +956,11 @@ impl Engine {
                 } = *outcome;
                 let entry = tries.entry((run_index, stage.clone())).or_default();
                 let (state, note) = match &attempt.failure {
+                    // Stopped before its go: not a failure of its own, and not retried.
+                    _ if cancelled.is_some() => {
+                        let (state, why) = cancelled.expect("cancelled");
+                        (state, Some(why))
+                    }
                     None => {
                         let record = run.manifest.stage_mut(&stage);
                         record.artifacts = artifacts;
@@ -841,6 +1178,77 @@ fn signal_groups(running: &[Running], signal: i32) {
             libc::kill(-(group as i32), signal);
         }
     }
+}
+
+/// Stops a prepared stage before its go: no go will come (its pipe closes, which ends its
+/// wait), its processes are asked to stop, and its stage takes `state` with `why`.
+fn cancel(r: &mut Running, state: StageState, why: String) {
+    if let Some(prepared) = r.prepared.as_mut() {
+        prepared.pipe = None;
+        prepared.cancelled = Some((state, why));
+    }
+    if let Some(group) = r.group {
+        // SAFETY: kill has no memory-safety preconditions; a negative PID names the group.
+        unsafe {
+            libc::kill(-(group as i32), libc::SIGTERM);
+        }
+    }
+}
+
+/// A pipe for a go: the read end for the stage, the write end for baton; both close on exec,
+/// and the executor opens the read end in the stage's process alone.
+fn go_pipe() -> std::io::Result<(OwnedFd, std::fs::File)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given, which this code then
+    // owns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just opened by pipe2 and belong to nobody else.
+    unsafe {
+        Ok((
+            OwnedFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        ))
+    }
+}
+
+/// What each device of `kind` holds and owes: the stages baton runs there (granted, or held if
+/// more) and the processes that are none of them.
+fn device_loads(
+    kind: DeviceKind,
+    devices: Vec<DeviceSnapshot>,
+    running: &[Running],
+    skip: &dyn Fn(&Running) -> bool,
+) -> Vec<DeviceLoad> {
+    devices
+        .into_iter()
+        .map(|snapshot| {
+            let here = || {
+                running
+                    .iter()
+                    .filter(|r| r.pool == kind && r.index == snapshot.index && !skip(r))
+            };
+            let tracked = here()
+                .map(|r| r.granted.max(r.live.load(Ordering::Relaxed)))
+                .sum();
+            let groups: Vec<u32> = here().filter_map(|r| r.group).collect();
+            let outside = snapshot
+                .processes
+                .iter()
+                .filter(|p| p.bytes.unwrap_or(0) > 0)
+                .filter(|p| {
+                    !baton_base::procfs::stat(p.pid).is_some_and(|s| groups.contains(&s.pgrp))
+                })
+                .cloned()
+                .collect();
+            DeviceLoad {
+                snapshot,
+                tracked,
+                outside,
+            }
+        })
+        .collect()
 }
 
 fn run_is_over(run: &RunPlan) -> bool {

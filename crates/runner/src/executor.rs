@@ -29,6 +29,9 @@ pub struct Launch {
     pub cwd: PathBuf,
     /// Appended to; stdout and stderr both go here.
     pub log: PathBuf,
+    /// For a prestarted stage: the read end of its go pipe, left open in the stage (its number
+    /// is in the environment as `BATON_GO_FD`).
+    pub go: Option<Arc<OwnedFd>>,
 }
 
 /// How a stage process ended.
@@ -128,9 +131,17 @@ impl Executor for LocalExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
+        let go = launch.go.as_ref().map(|fd| fd.as_raw_fd());
+        // SAFETY: only async-signal-safe calls (fcntl, prctl, getppid, _exit) run between fork
+        // and exec.
         unsafe {
             command.pre_exec(move || {
+                // The go pipe's read end stays open across exec (only in this child).
+                if let Some(fd) = go
+                    && libc::fcntl(fd, libc::F_SETFD, 0) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
                 // PDEATHSIG fires when the thread that forked us ends; baton keeps that thread
                 // alive for the whole attempt, so this means "when baton dies".
                 libc::prctl(

@@ -97,6 +97,14 @@ pub struct Attempt {
     /// What the stage asked the user to read (`baton:warn` lines).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A prestarted stage: when it said it was prepared (`baton:ready`), when the runner sent
+    /// its go, and when it said it runs (`baton:running`), Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_unix_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_unix_ms: Option<u64>,
 }
 
 /// One weights file a stage loaded: what, how much, how fast.
@@ -129,12 +137,27 @@ impl Attempt {
             timeline: Vec::new(),
             loads: Vec::new(),
             warnings: Vec::new(),
+            ready_unix_ms: None,
+            go_unix_ms: None,
+            running_unix_ms: None,
         }
     }
 
+    /// From its start (a prestarted stage's: its go) to its end.
     pub fn wall_ms(&self) -> Option<u64> {
-        self.ended_unix_ms
-            .map(|end| end.saturating_sub(self.started_unix_ms))
+        let from = self.go_unix_ms.unwrap_or(self.started_unix_ms);
+        self.ended_unix_ms.map(|end| end.saturating_sub(from))
+    }
+
+    /// A prestarted stage given its go: how long it prepared before the go (start to ready,
+    /// or to the go if that came first), and how long it took from the go to say it runs.
+    pub fn prestart_ms(&self) -> Option<(u64, Option<u64>)> {
+        let go = self.go_unix_ms?;
+        let prepared = self.ready_unix_ms.unwrap_or(go).min(go);
+        Some((
+            prepared.saturating_sub(self.started_unix_ms),
+            self.running_unix_ms.map(|r| r.saturating_sub(go)),
+        ))
     }
 }
 

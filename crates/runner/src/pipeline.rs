@@ -73,6 +73,10 @@ pub struct StageSpec {
     /// Weights files to pull into the page cache while the stages it waits for run, so that
     /// its own load finds them in memory (placeholders allowed). Built-in stages find theirs.
     pub warm: Vec<String>,
+    /// Started ahead of its turn, while the stages it waits for run: it prepares (context,
+    /// kernels, host-side weights), says `baton:ready`, and waits for the runner's go on the
+    /// descriptor `BATON_GO_FD` names (`prestart = true`; built-in stages do by default).
+    pub prestart: bool,
 }
 
 /// A whole pipeline, checked: every dependency exists and there is no cycle.
@@ -128,6 +132,7 @@ struct StageFile {
     #[serde(default)]
     warm: Vec<String>,
     threads: Option<ThreadsFile>,
+    prestart: Option<bool>,
 }
 
 /// `threads` as a pipeline file writes it: a number, or "all".
@@ -382,6 +387,10 @@ fn check_stage(
         StageCommand::Builtin(builtin) => builtin.device,
         StageCommand::Argv(_) => DeviceKind::Gpu,
     });
+    // Built-in stages wait for their go; another program must say it does.
+    let prestart = s
+        .prestart
+        .unwrap_or(matches!(command, StageCommand::Builtin(_)));
     Ok(StageSpec {
         timeout: s
             .timeout
@@ -403,6 +412,7 @@ fn check_stage(
         env: s.env,
         warm: s.warm,
         threads,
+        prestart,
     })
 }
 

@@ -39,6 +39,21 @@ pub fn stage_table(manifest: &Manifest) -> String {
             }
             _ => String::new(),
         };
+        let note = match last.and_then(|a| a.prestart_ms()) {
+            Some((ahead, to_running)) => {
+                let said = format!(
+                    "prepared {:.2}s ahead{}",
+                    ahead as f64 / 1000.0,
+                    to_running.map_or(String::new(), |ms| format!(", go to running {ms} ms"))
+                );
+                if note.is_empty() {
+                    said
+                } else {
+                    format!("{said}; {note}")
+                }
+            }
+            None => note,
+        };
         let _ = writeln!(
             out,
             "{:<14} {:<10} {:<7} {:>8} {:>9} {:>11} {:>11}  {}",

@@ -37,15 +37,50 @@ pub fn main() -> ExitCode {
     baton::run_main(dispatch, CLASSIFIERS)
 }
 
+/// A built-in stage the runner started ahead of its turn (`BATON_GO_FD` set): it prepares what
+/// takes no device memory to speak of (on a GPU, the CUDA context and the kernels every model
+/// of baton uses), says `baton:ready`, and waits for its go before it reads its inputs or loads
+/// anything; the go's budget then stands for `BATON_MEMORY_BUDGET`. The context stays for the
+/// stage, which joins it. Without the variable, nothing happens.
+fn prepare_and_await_go(compute: Option<baton_memory::DeviceChoice>) -> anyhow::Result<()> {
+    use baton_base::protocol::{GO_FD_VAR, await_go};
+    if std::env::var_os(GO_FD_VAR).is_none() {
+        return Ok(());
+    }
+    if let Some(choice) = compute {
+        let (compute, _) = baton_studio::compute::Compute::choose(choice)?;
+        if matches!(compute, baton_studio::compute::Compute::Cuda(_)) {
+            let (_, device) = compute.open()?;
+            baton_studio::llm::warm_up(&device)?;
+            // Kept for the life of the process: the stage's own device joins this context.
+            std::mem::forget((compute, device));
+        }
+    }
+    await_go().map_err(|e| anyhow::anyhow!("waiting for the runner's go: {e}"))?;
+    Ok(())
+}
+
 /// Runs any command: the stage program's own here, the supervisor's through `baton`.
 pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
     use commands::*;
     match command {
         Command::Run(args) if command.runs_in_stage_program() => monolithic::run(args, out),
-        Command::Scenes(args) => scenes::scenes(args, out),
-        Command::Voice(args) => voice::voice(args, out),
-        Command::Images(args) => images::images(args, out),
-        Command::Video(args) => video::video(args, out),
+        Command::Scenes(args) => {
+            prepare_and_await_go(Some(args.compute))?;
+            scenes::scenes(args, out)
+        }
+        Command::Voice(args) => {
+            prepare_and_await_go(Some(args.compute))?;
+            voice::voice(args, out)
+        }
+        Command::Images(args) => {
+            prepare_and_await_go(Some(args.compute))?;
+            images::images(args, out)
+        }
+        Command::Video(args) => {
+            prepare_and_await_go(None)?;
+            video::video(args, out)
+        }
         Command::Models(ModelsCommand::List { json }) => models::models_list(*json, out),
         Command::Models(ModelsCommand::Fetch { name }) => models::models_fetch(name, out),
         Command::Models(ModelsCommand::Warm { name }) => models::models_warm(name, out),

@@ -173,6 +173,21 @@ pub fn work(args: &WorkArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         }
     }
     let sim = SimBackend::from_env()?;
+    // Started ahead of its turn: a context is made, then the go awaited, as a real stage does.
+    let mut granted = None;
+    let _context = if std::env::var_os(baton_base::protocol::GO_FD_VAR).is_some() {
+        let context = sim.allocate(
+            args.device,
+            baton_memory::sim::SIM_CONTEXT_OVERHEAD,
+            "sim work context",
+        )?;
+        std::thread::sleep(Duration::from_secs_f64(args.prepare.max(0.0)));
+        out.flush()?;
+        granted = baton_base::protocol::await_go()?;
+        Some(context)
+    } else {
+        None
+    };
     let held = sim.allocate(args.device, args.size, "sim work")?;
     writeln!(
         out,
@@ -201,6 +216,7 @@ pub fn work(args: &WorkArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             "topic": std::env::var("BATON_TOPIC").ok(),
             "device": format!("sim{}", args.device),
             "bytes": args.size,
+            "granted": granted,
         });
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;

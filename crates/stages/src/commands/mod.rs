@@ -19,6 +19,10 @@ pub mod voice;
 /// The device memory the runner granted this stage (`BATON_MEMORY_BUDGET`), when it runs as a
 /// stage of a run on a GPU.
 pub(crate) fn granted_budget() -> anyhow::Result<Option<u64>> {
+    // A prestarted stage's go says what it got.
+    if let Some(granted) = baton_base::protocol::granted_budget() {
+        return Ok(Some(granted));
+    }
     match std::env::var("BATON_MEMORY_BUDGET") {
         Ok(budget) => Ok(Some(baton_base::units::parse_size(&budget).map_err(
             |e| baton::BadInput(format!("BATON_MEMORY_BUDGET '{budget}': {e}")),
