@@ -665,6 +665,7 @@ mod tests {
                 env: vec![("PATH".into(), std::env::var("PATH").unwrap_or_default())],
                 cwd: dir.path().to_path_buf(),
                 log: dir.path().join("train.log"),
+                go: None,
             },
             token: format!("test-{}", std::process::id()),
             backend: Arc::new(ForeignPids { flag }),
