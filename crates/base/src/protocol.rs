@@ -117,6 +117,41 @@ impl fmt::Display for StageLine {
     }
 }
 
+/// A pipe for a go: the read end for the stage, the write end for the one that gives the go;
+/// both close on exec ([`pass_go_fd`] opens the read end in one child alone).
+pub fn go_pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::fs::File)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array it is given, which this code then
+    // owns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just opened by pipe2 and belong to nobody else.
+    unsafe {
+        Ok((
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        ))
+    }
+}
+
+/// Keeps the go pipe's read end `fd` open across `command`'s exec (in that child only) and
+/// names it in its environment as [`GO_FD_VAR`].
+pub fn pass_go_fd(command: &mut std::process::Command, fd: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    command.env(GO_FD_VAR, fd.to_string());
+    // SAFETY: fcntl is async-signal-safe; it changes a flag of the child's own descriptor.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The variable that gives a prestarted stage the file descriptor its go arrives on.
 pub const GO_FD_VAR: &str = "BATON_GO_FD";
 

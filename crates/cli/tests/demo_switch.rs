@@ -47,6 +47,16 @@ fn both_modes_on_simulated_gpus_free_the_first_model_before_the_second() {
             "{table}"
         );
     }
+    // The second model's process is started ahead, while the first holds its model, and gets
+    // its go once the first's memory is back.
+    let processes =
+        &stdout[stdout.find("mode processes").unwrap()..stdout.find("mode in-process").unwrap()];
+    let prepare = processes.find("prepare the next process").expect(processes);
+    let exits = processes.find("mock LLM process exits").expect(processes);
+    let second = processes
+        .find("start mock image model process")
+        .expect(processes);
+    assert!(prepare < exits && exits < second, "{processes}");
     // Two 8 GiB models never coexist: the peak is one model.
     assert_eq!(stdout.matches("peak 8.0 GiB").count(), 2, "{stdout}");
     assert!(stdout.contains("side by side: switch"), "{stdout}");

@@ -9,13 +9,12 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use baton_base::protocol::GO_FD_VAR;
 use baton_memory::{DeviceSnapshot, MemoryBackend};
 
 use crate::RunnerError;
@@ -651,7 +650,7 @@ impl Engine {
                 // The start in its turn says why.
                 continue;
             }
-            let (read, write) = go_pipe().map_err(|e| RunnerError::Io {
+            let (read, write) = baton_base::protocol::go_pipe().map_err(|e| RunnerError::Io {
                 action: "cannot make a go pipe for",
                 path: run.dir.clone(),
                 source: e,
@@ -767,7 +766,7 @@ impl Engine {
         })?;
         self.warm_next(run, spec);
         let argv = spec.command.argv();
-        let mut env = stage_env(
+        let env = stage_env(
             run,
             spec,
             &*pool,
@@ -777,9 +776,6 @@ impl Engine {
             &token,
             self.catalog.inherited_prefixes(),
         );
-        if let Some(go) = &go {
-            env.push((GO_FD_VAR.to_string(), go.read.as_raw_fd().to_string()));
-        }
         let plan = AttemptPlan {
             run_id: run.manifest.run_id.clone(),
             stage: spec.name.clone(),
@@ -1192,24 +1188,6 @@ fn cancel(r: &mut Running, state: StageState, why: String) {
         unsafe {
             libc::kill(-(group as i32), libc::SIGTERM);
         }
-    }
-}
-
-/// A pipe for a go: the read end for the stage, the write end for baton; both close on exec,
-/// and the executor opens the read end in the stage's process alone.
-fn go_pipe() -> std::io::Result<(OwnedFd, std::fs::File)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given, which this code then
-    // owns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just opened by pipe2 and belong to nobody else.
-    unsafe {
-        Ok((
-            OwnedFd::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        ))
     }
 }
 

@@ -131,17 +131,12 @@ impl Executor for LocalExecutor {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let go = launch.go.as_ref().map(|fd| fd.as_raw_fd());
-        // SAFETY: only async-signal-safe calls (fcntl, prctl, getppid, _exit) run between fork
-        // and exec.
+        if let Some(go) = &launch.go {
+            baton_base::protocol::pass_go_fd(&mut command, go.as_raw_fd());
+        }
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                // The go pipe's read end stays open across exec (only in this child).
-                if let Some(fd) = go
-                    && libc::fcntl(fd, libc::F_SETFD, 0) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
                 // PDEATHSIG fires when the thread that forked us ends; baton keeps that thread
                 // alive for the whole attempt, so this means "when baton dies".
                 libc::prctl(

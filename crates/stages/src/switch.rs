@@ -325,10 +325,16 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
     let mut switch_seconds = 0.0;
     let mut verified = true;
     let mut problems = Vec::new();
-    for label in LABELS {
+    // The next model's process, started ahead (as the runner prestarts a stage): it has made
+    // its context and waits for its go.
+    let mut prepared: Option<MockProcess> = None;
+    for (i, label) in LABELS.iter().enumerate() {
         let before = place.used(&[])?;
         let start = Instant::now();
-        let mut child = spawn_mock(target, size, label)?;
+        let mut child = match prepared.take() {
+            Some(next) => next.go(size, label)?,
+            None => spawn_mock(target, size, label, false)?.resident(label)?,
+        };
         let resident = Instant::now();
         if let Some(released) = released_at {
             switch_seconds = resident.duration_since(released).as_secs_f64();
@@ -342,6 +348,20 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
             used_after: after,
             seconds: start.elapsed().as_secs_f64(),
         });
+        if let Some(next) = LABELS.get(i + 1) {
+            let start = Instant::now();
+            let next = spawn_mock(target, size, next, true)?.ready(next)?;
+            let used = place.used(&[pid, next.id()])?;
+            peak = peak.max(used);
+            steps.push(Step {
+                step: "prepare the next process".into(),
+                used_before: after,
+                used_after: used,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+            prepared = Some(next);
+        }
+        let next_pid = prepared.as_ref().map(|p| p.id());
         let start = Instant::now();
         released_at = Some(start);
         drop(child.stdin.take());
@@ -349,11 +369,13 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
         if !status.success() {
             bail!("the {label} process failed ({status})");
         }
-        // Back means: the child holds nothing, and the device is at its level before the demo.
+        // Back means: the child holds nothing, and the device is at its level before the demo
+        // (beside the next process's context).
         let settled = loop {
             let device = place.backend.device(0)?;
             let held = device.held_by(pid);
-            let used = place.used(&[pid])?;
+            let waiting = next_pid.map_or(0, |p| device.held_by(p));
+            let used = place.used(&[pid])?.saturating_sub(waiting);
             let back = held == 0
                 && (!place.backend.attributes_all_memory() || used <= baseline + tolerance);
             if back || start.elapsed() >= Duration::from_secs(5) {
@@ -392,6 +414,59 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
     })
 }
 
+/// A `baton demo mock` process and its output.
+struct MockProcess {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+    /// The go pipe's write end, for one started ahead.
+    go: Option<std::fs::File>,
+}
+
+impl MockProcess {
+    fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads its lines until `want` (the protocol's own lines pass by).
+    fn until(&mut self, want: &str, label: &str) -> anyhow::Result<()> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.out.read_line(&mut line)? == 0 {
+                let status = self.child.wait()?;
+                bail!("the {label} process ended before it said '{want}' ({status})");
+            }
+            if line.trim() == want {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits until its model is resident.
+    fn resident(mut self, label: &str) -> anyhow::Result<Child> {
+        self.until("resident", label)
+            .with_context(|| format!("the {label} process did not get its memory"))?;
+        Ok(self.child)
+    }
+
+    /// Waits until, started ahead, it has prepared.
+    fn ready(mut self, label: &str) -> anyhow::Result<MockProcess> {
+        self.until(&baton_base::protocol::StageLine::Ready.to_string(), label)?;
+        Ok(self)
+    }
+
+    /// Gives it its go (`bytes` granted) and waits until its model is resident.
+    fn go(mut self, bytes: u64, label: &str) -> anyhow::Result<Child> {
+        let mut pipe = self
+            .go
+            .take()
+            .context("a mock started in its turn has no go")?;
+        writeln!(pipe, "go {bytes}")?;
+        drop(pipe);
+        self.resident(label)
+    }
+}
+
 fn verdict(steps: &[Step], verified: bool, problems: &[String]) -> String {
     let freed: u64 = steps
         .iter()
@@ -409,10 +484,11 @@ fn verdict(steps: &[Step], verified: bool, problems: &[String]) -> String {
     }
 }
 
-/// Starts `baton demo mock` and waits until its model is resident.
-fn spawn_mock(target: Target, size: u64, label: &str) -> anyhow::Result<Child> {
+/// Starts `baton demo mock`; `ahead`: with a go pipe, to make its context and wait for its go.
+fn spawn_mock(target: Target, size: u64, label: &str, ahead: bool) -> anyhow::Result<MockProcess> {
     let exe = std::env::current_exe().context("cannot find baton's own executable")?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    command
         .args([
             "demo",
             "mock",
@@ -423,22 +499,29 @@ fn spawn_mock(target: Target, size: u64, label: &str) -> anyhow::Result<Child> {
             "--label",
             label,
         ])
+        .env_remove(baton_base::protocol::GO_FD_VAR)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::inherit());
+    let pipe = if ahead {
+        let (read, write) = baton_base::protocol::go_pipe()?;
+        baton_base::protocol::pass_go_fd(&mut command, std::os::fd::AsRawFd::as_raw_fd(&read));
+        Some((read, write))
+    } else {
+        None
+    };
+    let mut child = command
         .spawn()
         .context("cannot start a mock model process")?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-    if line.trim() != "resident" {
-        let status = child.wait()?;
-        bail!("the {label} process did not get its memory ({status})");
-    }
-    Ok(child)
+    // The read end is the child's now.
+    let go = pipe.map(|(_, write)| write);
+    let out = BufReader::new(child.stdout.take().expect("piped"));
+    Ok(MockProcess { child, out, go })
 }
 
 /// `baton demo mock`: one mock model in this process; says `resident` once it is, and exits
-/// when its standard input closes.
+/// when its standard input closes. Started with a go pipe (`BATON_GO_FD`), it makes its
+/// context, says `baton:ready`, and allocates only after its go.
 pub fn mock(
     target: DeviceChoice,
     size: u64,
@@ -451,6 +534,8 @@ pub fn mock(
         DeviceChoice::Cpu | DeviceChoice::Auto => Target::Host,
     };
     let place = Place::in_process(target)?;
+    // Started ahead: the context is made; the model waits for the go.
+    baton_base::protocol::await_go()?;
     let model = place.allocate(size, label)?;
     writeln!(out, "resident")?;
     out.flush()?;
