@@ -78,6 +78,25 @@ pub enum Command {
     /// Internal: what the stage program can tell the supervisor about this machine.
     #[command(subcommand, hide = true)]
     Catalog(CatalogCommand),
+    /// Internal, on a Slurm node (`--executor slurm`): run one stage attempt as the local runner
+    /// does, and write its record into the run folder.
+    #[command(hide = true)]
+    StageExec {
+        /// The attempt's plan, written by the submitting baton (slurm/STAGE-N.plan.json).
+        #[arg(long, value_name = "FILE")]
+        plan: PathBuf,
+    },
+}
+
+/// Where stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExecutorChoice {
+    /// On this machine, placed on its devices by baton.
+    #[default]
+    Local,
+    /// As Slurm jobs (`sbatch`), placed by Slurm; the run folder must be on a filesystem the
+    /// nodes share, and baton at the same path there. See docs/slurm.md.
+    Slurm,
 }
 
 impl Command {
@@ -104,6 +123,7 @@ impl Command {
             | Command::Config(_)
             | Command::Completions { .. }
             | Command::Metrics(_)
+            | Command::StageExec { .. }
             | Command::Man { .. }
             | Command::Stats(_)
             | Command::Watch(_)
@@ -208,6 +228,10 @@ pub struct PipelineArgs {
     #[arg(long, env = "BATON_GPU_RESERVE", default_value = "1GiB",
           value_parser = |s: &str| s.parse::<baton_runner::Reserve>())]
     pub gpu_reserve: baton_runner::Reserve,
+    /// Where stages run: local (this machine) or slurm (each stage a Slurm job; see
+    /// docs/slurm.md).
+    #[arg(long, value_enum, env = "BATON_EXECUTOR", default_value = "local")]
+    pub executor: ExecutorChoice,
     /// Print the final summary as JSON on stdout (progress stays on stderr) instead of the
     /// table.
     #[arg(long)]
@@ -492,6 +516,10 @@ pub struct ResumeArgs {
     /// same.
     #[arg(long, visible_alias = "from", value_name = "STAGE")]
     pub rerun: Vec<String>,
+    /// Where stages run: local, or slurm (jobs a stopped baton left queued or running are
+    /// followed, not submitted again).
+    #[arg(long, value_enum, env = "BATON_EXECUTOR", default_value = "local")]
+    pub executor: ExecutorChoice,
     /// Print the final summary (and what was kept) as JSON on stdout instead of the table.
     #[arg(long)]
     pub json: bool,

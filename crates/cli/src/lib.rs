@@ -121,6 +121,7 @@ pub fn dispatch(command: &Command, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Sim(SimCommand::Hold(args)) => sim::hold(args, out),
         Command::Sim(SimCommand::Reset) => sim::reset(out),
         Command::Sim(SimCommand::Work(args)) => sim::work(args, out),
+        Command::StageExec { plan } => stage_exec::stage_exec(plan, out),
         Command::Bench(BenchCommand::Snapshot { iterations }) => {
             bench_snapshot::snapshot(*iterations, out)
         }

@@ -115,6 +115,7 @@ pub fn run_attempt(
         plan.device_index,
         plan.granted,
     );
+    attempt.token = plan.token.clone();
     let before = plan.backend.device(plan.device_index).ok();
     let unexplained_before = before.as_ref().map_or(0, unexplained);
     let mut accounting = Accounting::new(before.as_ref());

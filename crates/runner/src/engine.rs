@@ -76,9 +76,26 @@ pub struct Engine {
     pub learned: Option<LearnedNeeds>,
     /// What placement keeps back from each device.
     pub reserve: Reserve,
+    /// Stages as Slurm jobs (`--executor slurm`): Slurm places them; none runs here.
+    pub cluster: Option<Cluster>,
+}
+
+/// How `--executor slurm` submits: what the nodes open as their GPUs, and the baton that runs
+/// there (the same path on every node: the filesystem is shared).
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// `sim`, `gpu` or `auto`, as baton was given it.
+    pub device: String,
+    pub baton: std::path::PathBuf,
 }
 
 enum Message {
+    /// A stage's job is in Slurm's queue.
+    Submitted {
+        run: usize,
+        stage: String,
+        job: u64,
+    },
     Started {
         run: usize,
         stage: String,
@@ -104,6 +121,8 @@ struct Running {
     threads: u32,
     /// A stage started ahead of its turn, until its go.
     prepared: Option<Prepared>,
+    /// Its Slurm job, once submitted.
+    job: Option<u64>,
 }
 
 /// A prestarted stage waiting for its go.
@@ -151,6 +170,9 @@ impl Engine {
             .collect();
         // Set once a signal asks baton to stop: when the stages were sent SIGTERM.
         let mut stopping: Option<(Instant, bool)> = None;
+        if self.cluster.is_some() {
+            self.follow_resumed(runs, &mut running, &tx)?;
+        }
         loop {
             while let Ok(message) = rx.try_recv() {
                 self.handle(message, runs, &mut running, &mut tries)?;
@@ -176,6 +198,7 @@ impl Engine {
                         });
                     }
                     signal_groups(&running, libc::SIGTERM);
+                    crate::slurm::cancel(&running.iter().filter_map(|r| r.job).collect::<Vec<_>>());
                     stopping = Some((Instant::now(), false));
                 }
                 (Some(_), Some((since, killed))) => {
@@ -265,6 +288,14 @@ impl Engine {
                     )?;
                     continue;
                 }
+                if let Some(cluster) = &self.cluster {
+                    // Slurm places it: submitted as soon as it is ready.
+                    let ooms = tries
+                        .get(&(run_index, spec.name.clone()))
+                        .map_or(0, |t| t.ooms);
+                    self.submit(run_index, run, &spec, cluster, ooms, running, tx)?;
+                    continue;
+                }
                 let pool = self.pool(spec.device).clone();
                 let devices = match readings
                     .entry(spec.device)
@@ -352,6 +383,7 @@ impl Engine {
                             live: live.clone(),
                             threads,
                             prepared: None,
+                            job: None,
                         });
                         let starting = Instant::now();
                         self.start(
@@ -386,6 +418,230 @@ impl Engine {
                     }
                     Placement::Never { reason } => self.fail_stage(run, &spec.name, reason)?,
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits a ready stage as a Slurm job and follows it on a thread of its own, as a local
+    /// attempt's thread follows its process. The GRES comes from the stage's need (learned or
+    /// declared) through the pipeline's `[slurm]` mapping, a step larger per out-of-memory
+    /// attempt before it.
+    #[allow(clippy::too_many_arguments)]
+    fn submit(
+        &self,
+        run_index: usize,
+        run: &mut RunPlan,
+        spec: &StageSpec,
+        cluster: &Cluster,
+        ooms: u32,
+        running: &mut Vec<Running>,
+        tx: &mpsc::Sender<Message>,
+    ) -> Result<(), RunnerError> {
+        let need = self.need_of(spec);
+        let gpu = spec.device == DeviceKind::Gpu;
+        let config = run.pipeline.slurm.clone();
+        let gres = gpu.then(|| config.gres_for(need, ooms));
+        let record = run.manifest.stage_mut(&spec.name);
+        let number = record.attempts.len() as u32 + 1;
+        let token = attempt_token(&run.dir, &spec.name, number);
+        record.state = StageState::Running;
+        record.note = None;
+        let mut attempt = Attempt::begin(number, "slurm", 0, need);
+        attempt.token = token.clone();
+        record.attempts.push(attempt.clone());
+        self.save(run);
+        for dir in ["logs", "slurm"] {
+            std::fs::create_dir_all(run.dir.join(dir)).map_err(|e| RunnerError::Io {
+                action: "cannot create",
+                path: run.dir.join(dir),
+                source: e,
+            })?;
+        }
+        let outputs: Vec<String> = spec.outputs.iter().map(|o| fill(o, &run.vars)).collect();
+        if let Err(err) = set_aside(&run.dir, &spec.name, &outputs) {
+            return self.fail_stage(run, &spec.name, err.to_string());
+        }
+        // The node sets the device's variables again for the GPU Slurm gives.
+        let nowhere = DeviceSnapshot {
+            backend: self.gpu.kind(),
+            index: 0,
+            name: "slurm".into(),
+            uuid: String::new(),
+            total: 0,
+            used: 0,
+            free: 0,
+            reserved: 0,
+            utilization: None,
+            processes: Vec::new(),
+        };
+        let (plan_file, record_file) = crate::slurm::plan_paths(&run.dir, &spec.name, number);
+        let plan = crate::slurm::NodePlan {
+            run_id: run.manifest.run_id.clone(),
+            stage: spec.name.clone(),
+            number,
+            argv: spec
+                .command
+                .argv()
+                .iter()
+                .map(|a| fill(a, &run.vars))
+                .collect(),
+            env: stage_env(
+                run,
+                spec,
+                &*self.gpu,
+                &nowhere,
+                need,
+                number,
+                &token,
+                self.catalog.inherited_prefixes(),
+            ),
+            cwd: run.dir.clone(),
+            log: log_path(&run.dir, &spec.name),
+            token,
+            gpu,
+            device: cluster.device.clone(),
+            granted: need,
+            timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+            reclaim_timeout_ms: run.pipeline.reclaim_timeout.as_millis() as u64,
+            outputs,
+            record: record_file,
+        };
+        running.push(Running {
+            run: run_index,
+            stage: spec.name.clone(),
+            group: None,
+            pool: spec.device,
+            index: 0,
+            granted: need,
+            live: Arc::new(AtomicU64::new(0)),
+            threads: 0,
+            prepared: None,
+            job: None,
+        });
+        let (observer, tx, baton) = (self.observer.clone(), tx.clone(), cluster.baton.clone());
+        let stage = spec.name.clone();
+        std::thread::Builder::new()
+            .name(format!("job-{stage}"))
+            .spawn(move || {
+                let outcome =
+                    match crate::slurm::submit(&plan, &plan_file, &config, gres.as_deref(), &baton)
+                    {
+                        Ok(job) => {
+                            let _ = tx.send(Message::Submitted {
+                                run: run_index,
+                                stage: stage.clone(),
+                                job,
+                            });
+                            observer.event(&Event::Started {
+                                run: &plan.run_id,
+                                stage: &stage,
+                                device: &format!("job {job}"),
+                                attempt: number,
+                            });
+                            crate::slurm::follow(
+                                job,
+                                &plan.run_id,
+                                &stage,
+                                &plan.log,
+                                &plan.record,
+                                attempt,
+                                &*observer,
+                            )
+                        }
+                        Err(why) => {
+                            attempt.ended_unix_ms = Some(crate::manifest::unix_ms());
+                            attempt.failure = Some(format!("could not submit: {why}"));
+                            AttemptOutcome {
+                                attempt,
+                                retriable: false,
+                                artifacts: Vec::new(),
+                            }
+                        }
+                    };
+                let _ = tx.send(Message::Done {
+                    run: run_index,
+                    stage,
+                    outcome: Box::new(outcome),
+                });
+            })
+            .map_err(|e| RunnerError::Io {
+                action: "cannot start a thread for",
+                path: run.dir.clone(),
+                source: e,
+            })?;
+        Ok(())
+    }
+
+    /// After `baton resume`: follows the jobs an interrupted baton left queued or running
+    /// (their stages are still running, their attempts unended, their job ids recorded)
+    /// instead of submitting them again.
+    fn follow_resumed(
+        &self,
+        runs: &[RunPlan],
+        running: &mut Vec<Running>,
+        tx: &mpsc::Sender<Message>,
+    ) -> Result<(), RunnerError> {
+        for (run_index, run) in runs.iter().enumerate() {
+            for record in &run.manifest.stages {
+                let Some(attempt) = record.attempts.last() else {
+                    continue;
+                };
+                let (Some(job), None) = (attempt.job_id, attempt.ended_unix_ms) else {
+                    continue;
+                };
+                if record.state != StageState::Running
+                    || running
+                        .iter()
+                        .any(|r| r.run == run_index && r.stage == record.name)
+                {
+                    continue;
+                }
+                let spec = run
+                    .pipeline
+                    .stage(&record.name)
+                    .expect("stage of this pipeline");
+                running.push(Running {
+                    run: run_index,
+                    stage: record.name.clone(),
+                    group: None,
+                    pool: spec.device,
+                    index: 0,
+                    granted: attempt.granted_bytes,
+                    live: Arc::new(AtomicU64::new(0)),
+                    threads: 0,
+                    prepared: None,
+                    job: Some(job),
+                });
+                let (_, record_file) =
+                    crate::slurm::plan_paths(&run.dir, &record.name, attempt.number);
+                let (observer, tx) = (self.observer.clone(), tx.clone());
+                let (stage, run_id) = (record.name.clone(), run.manifest.run_id.clone());
+                let log = log_path(&run.dir, &record.name);
+                let attempt = attempt.clone();
+                std::thread::Builder::new()
+                    .name(format!("job-{stage}"))
+                    .spawn(move || {
+                        let outcome = crate::slurm::follow(
+                            job,
+                            &run_id,
+                            &stage,
+                            &log,
+                            &record_file,
+                            attempt,
+                            &*observer,
+                        );
+                        let _ = tx.send(Message::Done {
+                            run: run_index,
+                            stage,
+                            outcome: Box::new(outcome),
+                        });
+                    })
+                    .map_err(|e| RunnerError::Io {
+                        action: "cannot start a thread for",
+                        path: run.dir.clone(),
+                        source: e,
+                    })?;
             }
         }
         Ok(())
@@ -548,7 +804,7 @@ impl Engine {
         readings: &mut HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>>,
         tx: &mpsc::Sender<Message>,
     ) -> Result<(), RunnerError> {
-        if std::env::var("BATON_PRESTART").is_ok_and(|v| v == "0") {
+        if std::env::var("BATON_PRESTART").is_ok_and(|v| v == "0") || self.cluster.is_some() {
             return Ok(());
         }
         let runs_now = |stage: &str| {
@@ -672,6 +928,7 @@ impl Engine {
                     cancelled: None,
                     need,
                 }),
+                job: None,
             });
             let snapshot = now
                 .iter()
@@ -912,6 +1169,22 @@ impl Engine {
         tries: &mut HashMap<(usize, String), Tries>,
     ) -> Result<(), RunnerError> {
         match message {
+            Message::Submitted { run, stage, job } => {
+                if let Some(r) = running
+                    .iter_mut()
+                    .find(|r| r.run == run && r.stage == stage)
+                {
+                    r.job = Some(job);
+                }
+                // Saved at once: a resume after `kill -9` follows the job instead of submitting
+                // the stage again.
+                let run = &mut runs[run];
+                if let Some(attempt) = run.manifest.stage_mut(&stage).attempts.last_mut() {
+                    attempt.job_id = Some(job);
+                }
+                self.save(run);
+                Ok(())
+            }
             Message::Started { run, stage, pid } => {
                 if let Some(r) = running
                     .iter_mut()
@@ -1293,31 +1566,53 @@ fn stage_env(
             .iter()
             .map(|(k, v)| (k.clone(), fill(v, &run.vars))),
     );
-    let visible = match (spec.device, pool.kind()) {
-        (DeviceKind::Cpu, _) | (_, baton_memory::BackendKind::Host) => String::new(),
-        (_, baton_memory::BackendKind::Nvml | baton_memory::BackendKind::Cuda) => {
-            device.uuid.clone()
-        }
-        (_, baton_memory::BackendKind::Sim) => device.index.to_string(),
-    };
     let ours = [
-        ("CUDA_VISIBLE_DEVICES", visible),
         ("BATON_RUN_DIR", run.dir.display().to_string()),
         ("BATON_RUN_ID", run.manifest.run_id.clone()),
         ("BATON_TOPIC", run.manifest.topic.clone()),
         ("BATON_SLUG", run.manifest.slug.clone()),
         ("BATON_STAGE", spec.name.clone()),
         ("BATON_ATTEMPT", number.to_string()),
-        ("BATON_BACKEND", pool.kind().name().to_string()),
+        ("BATON_MEMORY_BUDGET", granted.to_string()),
+        (TOKEN_VAR, token.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .chain(device_env(
+        pool.kind(),
+        device,
+        spec.device == DeviceKind::Gpu,
+    ))
+    .collect::<Vec<_>>();
+    env.retain(|(k, _)| !ours.iter().any(|(o, _)| o == k));
+    env.extend(ours);
+    env
+}
+
+/// The variables that name a stage's device: which GPU it may see (`CUDA_VISIBLE_DEVICES`:
+/// the GPU's UUID, a simulated GPU's index, nothing for a CPU stage or host memory) and how
+/// baton names it. `baton stage-exec` sets them again on a Slurm node, for the GPU Slurm gave.
+pub fn device_env(
+    kind: baton_memory::BackendKind,
+    device: &DeviceSnapshot,
+    gpu: bool,
+) -> Vec<(String, String)> {
+    let visible = match kind {
+        _ if !gpu => String::new(),
+        baton_memory::BackendKind::Host => String::new(),
+        baton_memory::BackendKind::Nvml | baton_memory::BackendKind::Cuda => device.uuid.clone(),
+        baton_memory::BackendKind::Sim => device.index.to_string(),
+    };
+    [
+        ("CUDA_VISIBLE_DEVICES", visible),
+        ("BATON_BACKEND", kind.name().to_string()),
         ("BATON_DEVICE", device.label()),
         ("BATON_DEVICE_INDEX", device.index.to_string()),
         ("BATON_DEVICE_UUID", device.uuid.clone()),
-        ("BATON_MEMORY_BUDGET", granted.to_string()),
-        (TOKEN_VAR, token.to_string()),
-    ];
-    env.retain(|(k, _)| !ours.iter().any(|(o, _)| o == k));
-    env.extend(ours.into_iter().map(|(k, v)| (k.to_string(), v)));
-    env
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 /// The host's cores for placement: `BATON_HOST_CORES` when set (tests, or a share of a shared

@@ -25,11 +25,12 @@ pub mod pipeline;
 pub mod placement;
 pub mod plan;
 pub mod report;
+pub mod slurm;
 
 use std::path::PathBuf;
 
 pub use catalog::{Builtin, NoBuiltins, StageCatalog};
-pub use engine::Engine;
+pub use engine::{Cluster, Engine};
 pub use events::{Event, Observer, Quiet};
 pub use executor::{Executor, LocalExecutor};
 pub use learned::LearnedNeeds;

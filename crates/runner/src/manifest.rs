@@ -105,6 +105,9 @@ pub struct Attempt {
     pub go_unix_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub running_unix_ms: Option<u64>,
+    /// Its Slurm job (`--executor slurm`), recorded once submitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<u64>,
 }
 
 /// One weights file a stage loaded: what, how much, how fast.
@@ -140,6 +143,7 @@ impl Attempt {
             ready_unix_ms: None,
             go_unix_ms: None,
             running_unix_ms: None,
+            job_id: None,
         }
     }
 

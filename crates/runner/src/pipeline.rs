@@ -94,6 +94,8 @@ pub struct Pipeline {
     pub source: String,
     /// The absolute folder of the pipeline file, for `{pipeline_dir}` (empty when built in).
     pub dir: String,
+    /// How its stages are submitted under `--executor slurm` (`[slurm]`).
+    pub slurm: crate::slurm::SlurmConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +106,7 @@ struct PipelineFile {
     reclaim_timeout: Option<String>,
     retries: Option<u32>,
     oom_retries: Option<u32>,
+    slurm: Option<crate::slurm::SlurmConfig>,
     #[serde(default, rename = "stage")]
     stages: Vec<StageFile>,
 }
@@ -229,6 +232,13 @@ impl Pipeline {
             oom_retries: file.oom_retries.unwrap_or(3),
             source: text.to_string(),
             dir: String::new(),
+            slurm: match file.slurm {
+                Some(slurm) => {
+                    slurm.check().map_err(&bad)?;
+                    slurm
+                }
+                None => crate::slurm::SlurmConfig::default(),
+            },
         })
     }
 

@@ -187,6 +187,7 @@ pub fn resume_run(
     dir: &Path,
     catalog: &dyn StageCatalog,
     rerun_asked: &[String],
+    follow_jobs: bool,
 ) -> Result<(RunPlan, Vec<ResumeDecision>), RunnerError> {
     Manifest::load(dir)?;
     let dir = &dir.canonicalize().map_err(|e| RunnerError::Io {
@@ -224,9 +225,20 @@ pub fn resume_run(
             ),
         });
     }
+    // A Slurm job an interrupted baton left queued or running is followed, not run again
+    // (`follow_jobs`: resumed with `--executor slurm`).
+    let followed = |record: &crate::manifest::StageRecord| {
+        follow_jobs
+            && record.state == StageState::Running
+            && record
+                .attempts
+                .last()
+                .is_some_and(|a| a.job_id.is_some() && a.ended_unix_ms.is_none())
+    };
     // Stop what an interrupted attempt left: its processes carry the attempt's token.
     for record in &manifest.stages {
         if matches!(record.state, StageState::Running)
+            && !followed(record)
             && let Some(attempt) = record.attempts.last()
         {
             // Attempts recorded before tokens were kept named their run folder, stage and
@@ -253,6 +265,18 @@ pub fn resume_run(
     // Upstream first, whatever the file's order: a stage whose upstream runs again (directly
     // or through another stage) runs again too.
     for spec in pipeline.in_dependency_order() {
+        if followed(manifest.stage(&spec.name).expect("recorded")) {
+            let record = manifest.stage(&spec.name).expect("recorded");
+            let job = record.attempts.last().and_then(|a| a.job_id).unwrap_or(0);
+            let why = format!("follows Slurm job {job}, queued or running when baton stopped");
+            rerun.push(spec.name.clone());
+            decisions.push(ResumeDecision {
+                stage: spec.name.clone(),
+                kept: false,
+                why,
+            });
+            continue;
+        }
         let record = manifest.stage_mut(&spec.name);
         let upstream = spec.after.iter().find(|d| rerun.contains(d));
         let asked = rerun_asked.contains(&spec.name);

@@ -16,7 +16,12 @@ pub fn batch(args: &BatchArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let settings = crate::knobs::apply(&args.knobs)?;
     let topics = read_topics(&args.topics)?;
     let pipeline = load_pipeline(&args.common)?;
-    let engine = engine(args.common.device, true, args.common.gpu_reserve)?;
+    let engine = engine(
+        args.common.device,
+        true,
+        args.common.gpu_reserve,
+        args.common.executor,
+    )?;
     let started = Instant::now();
     let mut plans = Vec::new();
     let mut refused = Vec::new();

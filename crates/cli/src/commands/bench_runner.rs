@@ -35,6 +35,7 @@ pub fn runner(
             learned: None,
             catalog: Arc::new(baton_runner::NoBuiltins),
             reserve: baton_runner::Reserve::default(),
+            cluster: None,
         };
 
         // 1. Chained no-op stages: everything between one stage's start and the next's is

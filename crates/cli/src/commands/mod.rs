@@ -8,5 +8,6 @@ pub mod metrics;
 pub mod resume;
 pub mod run;
 pub mod sim;
+pub mod stage_exec;
 pub mod stats;
 pub mod watch;

@@ -42,11 +42,12 @@ pub fn resume(args: &ResumeArgs, out: &mut dyn Write) -> anyhow::Result<()> {
             .map_err(|e| crate::BadInput(format!("BATON_GPU_RESERVE {e}")))?,
         Err(_) => baton_runner::Reserve::default(),
     };
-    let engine = engine(choice, false, reserve)?;
+    let engine = engine(choice, false, reserve, args.executor)?;
     let (plan, decisions) = resume_run(
         &args.run_dir,
         &baton_content::ContentCatalog::default(),
         &args.rerun,
+        args.executor == crate::args::ExecutorChoice::Slurm,
     )?;
     if !args.json {
         for d in &decisions {

@@ -24,6 +24,7 @@ pub(crate) fn engine(
     choice: DeviceChoice,
     batch: bool,
     reserve: baton_runner::Reserve,
+    executor: crate::args::ExecutorChoice,
 ) -> anyhow::Result<Engine> {
     // From here on Ctrl-C and SIGTERM stop the stages cleanly and leave resumable runs.
     baton_runner::interrupt::install();
@@ -39,6 +40,19 @@ pub(crate) fn engine(
         learned: Some(LearnedNeeds::from_env()),
         catalog: Arc::new(baton_content::ContentCatalog::default()),
         reserve,
+        cluster: match executor {
+            crate::args::ExecutorChoice::Local => None,
+            crate::args::ExecutorChoice::Slurm => Some(baton_runner::Cluster {
+                device: match choice {
+                    DeviceChoice::Auto => "auto",
+                    DeviceChoice::Gpu => "gpu",
+                    DeviceChoice::Cpu => "cpu",
+                    DeviceChoice::Sim => "sim",
+                }
+                .into(),
+                baton: std::env::current_exe()?,
+            }),
+        },
     })
 }
 
@@ -144,7 +158,12 @@ pub fn run(args: &RunArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let settings = crate::knobs::apply(&args.knobs)?;
     baton_base::run_dir::slug(&args.topic).map_err(baton_runner::RunnerError::from)?;
     let pipeline = load_pipeline(&args.common)?;
-    let engine = engine(args.common.device, false, args.common.gpu_reserve)?;
+    let engine = engine(
+        args.common.device,
+        false,
+        args.common.gpu_reserve,
+        args.common.executor,
+    )?;
     let mut plans = vec![create_run(
         &args.common.output,
         &args.topic,
