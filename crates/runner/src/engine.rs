@@ -519,58 +519,49 @@ impl Engine {
             prepared: None,
             job: None,
         });
-        let (observer, tx, baton) = (self.observer.clone(), tx.clone(), cluster.baton.clone());
-        let stage = spec.name.clone();
-        std::thread::Builder::new()
-            .name(format!("job-{stage}"))
-            .spawn(move || {
-                let outcome =
-                    match crate::slurm::submit(&plan, &plan_file, &config, gres.as_deref(), &baton)
-                    {
-                        Ok(job) => {
-                            let _ = tx.send(Message::Submitted {
-                                run: run_index,
-                                stage: stage.clone(),
-                                job,
-                            });
-                            observer.event(&Event::Started {
-                                run: &plan.run_id,
-                                stage: &stage,
-                                device: &format!("job {job}"),
-                                attempt: number,
-                            });
-                            crate::slurm::follow(
-                                job,
-                                &plan.run_id,
-                                &stage,
-                                &plan.log,
-                                &plan.record,
-                                attempt,
-                                &*observer,
-                            )
-                        }
-                        Err(why) => {
-                            attempt.ended_unix_ms = Some(crate::manifest::unix_ms());
-                            attempt.failure = Some(format!("could not submit: {why}"));
-                            AttemptOutcome {
-                                attempt,
-                                retriable: false,
-                                artifacts: Vec::new(),
-                            }
-                        }
-                    };
-                let _ = tx.send(Message::Done {
-                    run: run_index,
-                    stage,
-                    outcome: Box::new(outcome),
-                });
-            })
-            .map_err(|e| RunnerError::Io {
-                action: "cannot start a thread for",
-                path: run.dir.clone(),
-                source: e,
-            })?;
-        Ok(())
+        let (observer, baton) = (self.observer.clone(), cluster.baton.clone());
+        let (stage, sender) = (spec.name.clone(), tx.clone());
+        attempt_thread(
+            &format!("job-{stage}"),
+            run_index,
+            stage.clone(),
+            &run.dir,
+            tx.clone(),
+            move || match crate::slurm::submit(&plan, &plan_file, &config, gres.as_deref(), &baton)
+            {
+                Ok(job) => {
+                    let _ = sender.send(Message::Submitted {
+                        run: run_index,
+                        stage: stage.clone(),
+                        job,
+                    });
+                    observer.event(&Event::Started {
+                        run: &plan.run_id,
+                        stage: &stage,
+                        device: &format!("job {job}"),
+                        attempt: number,
+                    });
+                    crate::slurm::follow(
+                        job,
+                        &plan.run_id,
+                        &stage,
+                        &plan.log,
+                        &plan.record,
+                        attempt,
+                        &*observer,
+                    )
+                }
+                Err(why) => {
+                    attempt.ended_unix_ms = Some(crate::manifest::unix_ms());
+                    attempt.failure = Some(format!("could not submit: {why}"));
+                    AttemptOutcome {
+                        attempt,
+                        retriable: false,
+                        artifacts: Vec::new(),
+                    }
+                }
+            },
+        )
     }
 
     /// After `baton resume`: follows the jobs an interrupted baton left queued or running
@@ -615,14 +606,19 @@ impl Engine {
                 });
                 let (_, record_file) =
                     crate::slurm::plan_paths(&run.dir, &record.name, attempt.number);
-                let (observer, tx) = (self.observer.clone(), tx.clone());
+                let observer = self.observer.clone();
                 let (stage, run_id) = (record.name.clone(), run.manifest.run_id.clone());
                 let log = log_path(&run.dir, &record.name);
                 let attempt = attempt.clone();
-                std::thread::Builder::new()
-                    .name(format!("job-{stage}"))
-                    .spawn(move || {
-                        let outcome = crate::slurm::follow(
+                let name = format!("job-{stage}");
+                attempt_thread(
+                    &name,
+                    run_index,
+                    stage.clone(),
+                    &run.dir,
+                    tx.clone(),
+                    move || {
+                        crate::slurm::follow(
                             job,
                             &run_id,
                             &stage,
@@ -630,18 +626,9 @@ impl Engine {
                             &record_file,
                             attempt,
                             &*observer,
-                        );
-                        let _ = tx.send(Message::Done {
-                            run: run_index,
-                            stage,
-                            outcome: Box::new(outcome),
-                        });
-                    })
-                    .map_err(|e| RunnerError::Io {
-                        action: "cannot start a thread for",
-                        path: run.dir.clone(),
-                        source: e,
-                    })?;
+                        )
+                    },
+                )?;
             }
         }
         Ok(())
@@ -1058,30 +1045,23 @@ impl Engine {
         let executor = self.executor.clone();
         let observer = self.observer.clone();
         let stage = spec.name.clone();
-        std::thread::Builder::new()
-            .name(format!("stage-{stage}"))
-            .spawn(move || {
-                let started = tx.clone();
+        attempt_thread(
+            &format!("stage-{stage}"),
+            run_index,
+            stage.clone(),
+            &run.dir,
+            tx.clone(),
+            move || {
                 let on_start = |pid| {
-                    let _ = started.send(Message::Started {
+                    let _ = tx.send(Message::Started {
                         run: run_index,
                         stage: stage.clone(),
                         pid,
                     });
                 };
-                let outcome = run_attempt(&plan, &*executor, &*observer, &live, &on_start);
-                let _ = tx.send(Message::Done {
-                    run: run_index,
-                    stage,
-                    outcome: Box::new(outcome),
-                });
-            })
-            .map_err(|e| RunnerError::Io {
-                action: "cannot start a thread for",
-                path: run.dir.clone(),
-                source: e,
-            })?;
-        Ok(())
+                run_attempt(&plan, &*executor, &*observer, &live, &on_start)
+            },
+        )
     }
 
     /// Pulls the weights of the stages that wait for `spec` into the page cache, in the
@@ -1447,6 +1427,34 @@ fn signal_groups(running: &[Running], signal: i32) {
             libc::kill(-(group as i32), signal);
         }
     }
+}
+
+/// Runs one attempt (`body`) on a thread of its own that lives as long as the attempt (a local
+/// stage's parent-death signal is tied to it) and hands its outcome to the scheduler.
+fn attempt_thread(
+    name: &str,
+    run: usize,
+    stage: String,
+    run_dir: &Path,
+    tx: mpsc::Sender<Message>,
+    body: impl FnOnce() -> AttemptOutcome + Send + 'static,
+) -> Result<(), RunnerError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let outcome = body();
+            let _ = tx.send(Message::Done {
+                run,
+                stage,
+                outcome: Box::new(outcome),
+            });
+        })
+        .map(|_| ())
+        .map_err(|e| RunnerError::Io {
+            action: "cannot start a thread for",
+            path: run_dir.to_path_buf(),
+            source: e,
+        })
 }
 
 /// Stops a prepared stage before its go: no go will come (its pipe closes, which ends its

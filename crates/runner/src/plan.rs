@@ -226,7 +226,21 @@ pub fn resume_run(
         });
     }
     // A Slurm job an interrupted baton left queued or running is followed, not run again
-    // (`follow_jobs`: resumed with `--executor slurm`).
+    // (`follow_jobs`: resumed with `--executor slurm`); one whose id baton was killed before
+    // writing is found by its name.
+    if follow_jobs {
+        let run_id = manifest.run_id.clone();
+        for record in manifest.stages.iter_mut() {
+            if record.state == StageState::Running
+                && let Some(attempt) = record.attempts.last_mut()
+                && attempt.job_id.is_none()
+                && attempt.ended_unix_ms.is_none()
+            {
+                attempt.job_id =
+                    crate::slurm::active_job_named(&crate::slurm::job_name(&run_id, &record.name));
+            }
+        }
+    }
     let followed = |record: &crate::manifest::StageRecord| {
         follow_jobs
             && record.state == StageState::Running

@@ -174,7 +174,7 @@ pub fn submit(
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
     }
     baton_base::atomic_file::write_atomic(plan_file, &bytes).map_err(|e| e.to_string())?;
-    let name = format!("baton:{}:{}", plan.run_id, plan.stage);
+    let name = job_name(&plan.run_id, &plan.stage);
     let out = plan
         .cwd
         .join("slurm")
@@ -257,6 +257,25 @@ pub fn job_state(id: u64) -> JobState {
     }
 }
 
+/// The name an attempt's job is submitted under.
+pub fn job_name(run_id: &str, stage: &str) -> String {
+    format!("baton:{run_id}:{stage}")
+}
+
+/// A queued or running job of this user named `name` (the newest), for a resume whose
+/// `run.json` missed the id: a baton killed between `sbatch` and writing it.
+pub fn active_job_named(name: &str) -> Option<u64> {
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    slurm(
+        "squeue",
+        &["-h", "-u", &user, &format!("--name={name}"), "-o", "%i"],
+    )
+    .ok()?
+    .lines()
+    .filter_map(|l| l.trim().parse::<u64>().ok())
+    .max()
+}
+
 /// Cancels jobs (Ctrl-C on baton); what cannot be cancelled is logged.
 pub fn cancel(ids: &[u64]) {
     if ids.is_empty() {
@@ -285,12 +304,16 @@ pub fn follow(
     observer: &dyn Observer,
 ) -> AttemptOutcome {
     let mut tail = LogTail::new(log);
+    // A controller too busy to answer is not a job that is gone: only 5 s of not knowing it is.
+    let mut unknown = 0;
     let ended = loop {
         tail.forward(run_id, stage, observer);
         match job_state(id) {
-            JobState::Active(_) => std::thread::sleep(POLL),
+            JobState::Active(_) => unknown = 0,
+            JobState::Unknown if unknown < 20 => unknown += 1,
             other => break other,
         }
+        std::thread::sleep(POLL);
     };
     tail.forward(run_id, stage, observer);
     // The record is written before the job ends; on a shared filesystem it may show a moment
