@@ -484,13 +484,98 @@ fn metrics_name_a_running_stages_memory_and_pass_promtool() {
     let reply = get("/metrics");
     assert!(reply.starts_with("HTTP/1.1 200 OK"), "{reply}");
     assert!(reply.contains(&staged), "{reply}");
+    // The sensors, under DCGM's names (the simulation's are made up from its load: 3 of 24 GiB).
+    for line in [
+        "DCGM_FI_DEV_GPU_TEMP{gpu=\"1\",uuid=\"sim-1\",device=\"sim1\",",
+        "DCGM_FI_DEV_POWER_USAGE{gpu=\"1\"",
+        "DCGM_FI_DEV_SM_CLOCK{gpu=\"1\"",
+    ] {
+        assert!(reply.contains(line), "{line}: {reply}");
+    }
+    assert!(
+        reply
+            .lines()
+            .any(|l| l.starts_with("DCGM_FI_DEV_GPU_TEMP{gpu=\"1\"") && l.ends_with(" 36")),
+        "{reply}"
+    );
     assert!(get("/").starts_with("HTTP/1.1 404"));
+    scraped_by_prometheus(addr, dir.path());
     stage.kill();
     let reply = get("/metrics");
     assert!(
         !reply.contains("stage=\"images\""),
         "the stage is gone: {reply}"
     );
+}
+
+/// A real Prometheus server (Debian's `prometheus`, which scripts/ci-deps.sh installs) scrapes
+/// `addr` every second; its query API then names the running stage's memory. Skipped, saying so,
+/// where Prometheus is not installed.
+fn scraped_by_prometheus(addr: &str, dir: &std::path::Path) {
+    use std::io::{Read, Write};
+    if std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "prometheus is not installed: the scrape is skipped (scripts/ci-deps.sh installs it)"
+        );
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: baton\n    static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed when this ends, pass or fail.
+    let _server = common::Holder {
+        child,
+        first_line: String::new(),
+    };
+    let query = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(
+            s,
+            "GET /api/v1/query?query=baton_stage_memory_bytes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let reply = query().unwrap_or_default();
+        if reply.contains("\"stage\":\"images\"") {
+            assert!(reply.contains(&format!("\"{}\"", 3u64 << 30)), "{reply}");
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "Prometheus never scraped the stage's memory: {reply}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 /// `program args` with `input` on its stdin: whether it succeeded saying nothing, and what it

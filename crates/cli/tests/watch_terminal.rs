@@ -83,6 +83,11 @@ fn watch_in_tmux(quit_keys: &[&str]) {
     });
     assert!(screen.contains("sim0 Simulated GPU 24.0 GiB"), "{screen}");
     assert!(screen.contains("used 6.0 GiB / 24.0 GiB (25%)"), "{screen}");
+    // Temperature, power and clocks (the simulation makes them up from its load).
+    assert!(
+        screen.contains("42°C · 145/400 W · SM 1980 MHz · mem 2619 MHz"),
+        "{screen}"
+    );
     assert!(
         screen.contains("baton") && screen.contains("6.0 GiB"),
         "{screen}"

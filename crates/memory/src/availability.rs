@@ -192,6 +192,7 @@ mod tests {
             free,
             reserved: 0,
             utilization: None,
+            sensors: Default::default(),
             processes: vec![],
         }
     }

@@ -54,6 +54,7 @@ impl MemoryBackend for HostBackend {
             free: available,
             reserved: 0,
             utilization: None,
+            sensors: Default::default(),
             processes,
         }])
     }

@@ -43,4 +43,4 @@ pub use scope::{
     DEFAULT_SETTLE, DEFAULT_TOLERANCE, Freed, MemoryScope, ScopeReport, cleanup, cleanup_model,
     managed,
 };
-pub use snapshot::{BackendKind, DeviceSnapshot, ProcessMemory, log_snapshot};
+pub use snapshot::{BackendKind, DeviceSnapshot, ProcessMemory, Sensors, log_snapshot};

@@ -8,11 +8,12 @@
 use std::sync::OnceLock;
 
 use nvml_wrapper::Nvml;
+use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
 
 use crate::snapshot::sort_processes;
-use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError, ProcessMemory};
+use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError, ProcessMemory, Sensors};
 use baton_base::procfs;
 
 /// What a CUDA context costs on a current NVIDIA card (measured ~0.5 GiB on H100/H200).
@@ -95,6 +96,16 @@ impl NvmlBackend {
             free: memory.free,
             reserved: memory.reserved,
             utilization: device.utilization_rates().ok().map(|u| u.gpu),
+            sensors: Sensors {
+                temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+                power_w: device.power_usage().ok().map(|mw| mw as f64 / 1000.0),
+                power_limit_w: device
+                    .enforced_power_limit()
+                    .ok()
+                    .map(|mw| mw as f64 / 1000.0),
+                sm_clock_mhz: device.clock_info(Clock::SM).ok(),
+                memory_clock_mhz: device.clock_info(Clock::Memory).ok(),
+            },
             processes,
         })
     }

@@ -29,6 +29,20 @@ pub const DEFAULT_SIM_GPUS: &str = "1x24GiB";
 /// What a CUDA context costs on a real card; the simulation charges placement the same.
 pub const SIM_CONTEXT_OVERHEAD: u64 = 512 << 20;
 
+/// A simulated GPU's sensors, made up from its load so tests can check what shows them: 30 °C
+/// idle to 80 °C full, 60 W to 400 W of a 400 W limit, the SM clock at 345 MHz idle and 1980
+/// MHz in use, the memory clock at 2619 MHz.
+fn sim_sensors(used: u64, total: u64) -> crate::Sensors {
+    let load = |span: u64| (span as u128 * used as u128 / total.max(1) as u128) as u64;
+    crate::Sensors {
+        temperature_c: Some(30 + load(50) as u32),
+        power_w: Some((60 + load(340)) as f64),
+        power_limit_w: Some(400.0),
+        sm_clock_mhz: Some(if used > 0 { 1980 } else { 345 }),
+        memory_clock_mhz: Some(2619),
+    }
+}
+
 /// Parses `4x24GiB`, `24GiB` or `2x24GiB,1x80GiB` into device sizes.
 pub fn parse_sim_spec(spec: &str) -> Result<Vec<u64>, MemoryError> {
     let bad = |why: String| MemoryError::BadSimSpec {
@@ -373,6 +387,7 @@ impl MemoryBackend for SimBackend {
                         free: total - used,
                         reserved: 0,
                         utilization: None,
+                        sensors: sim_sensors(used, total),
                         processes,
                     }
                 })

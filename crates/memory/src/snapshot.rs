@@ -60,6 +60,39 @@ pub struct ProcessMemory {
 }
 
 /// One reading of one device.
+/// A GPU's sensors as the driver reads them (NVML; the simulation makes them up from its load);
+/// none for host memory. Each reading the driver refuses stays `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sensors {
+    pub temperature_c: Option<u32>,
+    pub power_w: Option<f64>,
+    pub power_limit_w: Option<f64>,
+    pub sm_clock_mhz: Option<u32>,
+    pub memory_clock_mhz: Option<u32>,
+}
+
+impl Sensors {
+    /// `43°C · 145/400 W · SM 1980 MHz · mem 2619 MHz`, with what is known; empty if nothing.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(t) = self.temperature_c {
+            parts.push(format!("{t}°C"));
+        }
+        match (self.power_w, self.power_limit_w) {
+            (Some(p), Some(l)) => parts.push(format!("{p:.0}/{l:.0} W")),
+            (Some(p), None) => parts.push(format!("{p:.0} W")),
+            _ => {}
+        }
+        if let Some(c) = self.sm_clock_mhz {
+            parts.push(format!("SM {c} MHz"));
+        }
+        if let Some(c) = self.memory_clock_mhz {
+            parts.push(format!("mem {c} MHz"));
+        }
+        parts.join(" · ")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceSnapshot {
     pub backend: BackendKind,
@@ -75,6 +108,9 @@ pub struct DeviceSnapshot {
     pub reserved: u64,
     /// Percent of time the device was busy over the driver's last sample period, when known.
     pub utilization: Option<u32>,
+    /// Temperature, power and clocks, where the driver reads them.
+    #[serde(default)]
+    pub sensors: Sensors,
     /// Processes holding memory on the device, largest first.
     pub processes: Vec<ProcessMemory>,
 }

@@ -636,6 +636,7 @@ mod tests {
                 free: (23 << 30) - held,
                 reserved: 0,
                 utilization: None,
+                sensors: Default::default(),
                 // A host PID: no process of this namespace has it (PIDs stop below 2^22).
                 processes: vec![baton_memory::ProcessMemory {
                     pid: 4_000_000,

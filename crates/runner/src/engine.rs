@@ -6,6 +6,10 @@
 //! is tied to that thread). Placement counts what running stages were granted, so stages
 //! started in the same instant never share memory that is only free on paper. Many runs
 //! (`baton batch`) share the one scheduler, which is what keeps every GPU busy.
+//!
+//! Two ways past a plain start: a stage that opts in is started ahead of its turn and waits
+//! for its go (prestart: [`Engine::grant_prepared`]), and under `--executor slurm` a ready stage
+//! is submitted as a job and followed instead of placed here ([`crate::slurm`]).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -473,6 +477,7 @@ impl Engine {
             free: 0,
             reserved: 0,
             utilization: None,
+            sensors: Default::default(),
             processes: Vec::new(),
         };
         let (plan_file, record_file) = crate::slurm::plan_paths(&run.dir, &spec.name, number);

@@ -1,5 +1,6 @@
-//! How a stage's process is started: behind [`Executor`], so a cluster executor can come later;
-//! [`LocalExecutor`] runs it on this machine.
+//! How a stage's process is started: behind [`Executor`]; [`LocalExecutor`] runs it on this
+//! machine. Under `--executor slurm` the same local executor runs on the node, inside `baton
+//! stage-exec` ([`crate::slurm`]).
 //!
 //! A local stage is owned: its own process group (so stopping it stops everything it started),
 //! a parent-death signal (so killing baton, even with SIGKILL, never leaves the stage holding a

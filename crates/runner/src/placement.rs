@@ -250,6 +250,7 @@ mod tests {
                 free,
                 reserved: 0,
                 utilization: None,
+                sensors: Default::default(),
                 processes: vec![],
             },
             tracked,

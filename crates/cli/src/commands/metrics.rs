@@ -1,6 +1,7 @@
 //! `baton metrics`: the devices baton reads as Prometheus text, once or served over HTTP. Device
-//! memory and utilisation under DCGM exporter's names (`DCGM_FI_DEV_FB_USED`, `…_FB_FREE`,
-//! `…_GPU_UTIL`, in its units), so existing dashboards work; and what DCGM cannot say: each
+//! memory, utilisation, temperature, power and clocks under DCGM exporter's names
+//! (`DCGM_FI_DEV_FB_USED`, `…_FB_FREE`, `…_GPU_UTIL`, `…_GPU_TEMP`, `…_POWER_USAGE`,
+//! `…_SM_CLOCK`, `…_MEM_CLOCK`, in its units), so existing dashboards work; and what DCGM cannot say: each
 //! process's memory, and each running baton stage's (the processes whose environment names its
 //! run and stage, as the runner starts them). The HTTP side is a few lines over std's
 //! `TcpListener`: the supervisor links no HTTP stack.
@@ -124,6 +125,26 @@ pub fn exposition(
             samples: Vec::new(),
         },
         Family {
+            name: "DCGM_FI_DEV_GPU_TEMP",
+            help: "GPU temperature (in C).",
+            samples: Vec::new(),
+        },
+        Family {
+            name: "DCGM_FI_DEV_POWER_USAGE",
+            help: "Power draw (in W).",
+            samples: Vec::new(),
+        },
+        Family {
+            name: "DCGM_FI_DEV_SM_CLOCK",
+            help: "SM clock frequency (in MHz).",
+            samples: Vec::new(),
+        },
+        Family {
+            name: "DCGM_FI_DEV_MEM_CLOCK",
+            help: "Memory clock frequency (in MHz).",
+            samples: Vec::new(),
+        },
+        Family {
             name: "baton_device_memory_total_bytes",
             help: "The device's memory, in bytes.",
             samples: Vec::new(),
@@ -150,7 +171,18 @@ pub fn exposition(
         if let Some(u) = d.utilization {
             families[2].samples.push((device_labels.clone(), u as f64));
         }
-        families[3]
+        let sensors = [
+            d.sensors.temperature_c.map(f64::from),
+            d.sensors.power_w,
+            d.sensors.sm_clock_mhz.map(f64::from),
+            d.sensors.memory_clock_mhz.map(f64::from),
+        ];
+        for (family, value) in families[3..7].iter_mut().zip(sensors) {
+            if let Some(v) = value {
+                family.samples.push((device_labels.clone(), v));
+            }
+        }
+        families[7]
             .samples
             .push((device_labels.clone(), d.total as f64));
         let mut stages: Vec<((String, String), u64)> = Vec::new();
@@ -159,7 +191,7 @@ pub fn exposition(
             let [run, stage] =
                 baton_base::procfs::environ_vars(p.pid, ["BATON_RUN_ID", "BATON_STAGE"])
                     .map(Option::unwrap_or_default);
-            families[4].samples.push((
+            families[8].samples.push((
                 format!(
                     "gpu=\"{}\",uuid=\"{}\",pid=\"{}\",name=\"{}\",run=\"{}\",stage=\"{}\"",
                     d.index,
@@ -179,7 +211,7 @@ pub fn exposition(
             }
         }
         for ((run, stage), bytes) in stages {
-            families[5].samples.push((
+            families[9].samples.push((
                 format!(
                     "gpu=\"{}\",uuid=\"{}\",run=\"{}\",stage=\"{}\"",
                     d.index,

@@ -329,7 +329,12 @@ fn draw_device(
     interval: Duration,
     area: Rect,
 ) {
-    let block = Block::bordered().title(format!(" {} {} ", d.label(), d.name));
+    let sensors = d.sensors.describe();
+    let block = Block::bordered().title(if sensors.is_empty() {
+        format!(" {} {} ", d.label(), d.name)
+    } else {
+        format!(" {} {} · {sensors} ", d.label(), d.name)
+    });
     let inner = block.inner(area);
     frame.render_widget(block, area);
     let [bar, graph] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(inner);

@@ -84,6 +84,7 @@ impl MemoryBackend for CudaBackend {
             free,
             reserved: 0,
             utilization: None,
+            sensors: Default::default(),
             processes: vec![ProcessMemory {
                 pid: std::process::id(),
                 name: "this process".into(),
