@@ -377,3 +377,30 @@ fn sigkill_of_baton_mid_batch_then_resume_follows_its_jobs_and_submits_none_twic
         assert_eq!(plans, 2, "one job per stage, none twice");
     }
 }
+
+#[test]
+fn on_a_host_without_slurm_the_executor_is_refused_before_a_run_folder_is_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::baton(&dir.path().join("sim"), "1x24GiB")
+        .current_dir(dir.path())
+        .env("PATH", "/nonexistent")
+        .args([
+            "run",
+            "--executor",
+            "slurm",
+            "--device",
+            "sim",
+            "--topic",
+            "x",
+        ])
+        .args(["--output", "output"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("--executor slurm: cannot run sbatch") && said.contains("--executor local"),
+        "{said}"
+    );
+    assert!(!dir.path().join("output").exists());
+}

@@ -276,6 +276,14 @@ pub fn active_job_named(name: &str) -> Option<u64> {
     .max()
 }
 
+/// Whether this host can submit jobs: `sbatch` answers. Asked before a run folder is made, so
+/// `--executor slurm` on a host without Slurm fails at once, saying so.
+pub fn check_submit_host() -> Result<(), String> {
+    slurm("sbatch", &["--version"]).map(|_| ()).map_err(|e| {
+        format!("--executor slurm: {e}; run baton on a host that submits to your cluster (sbatch on PATH), or use --executor local")
+    })
+}
+
 /// Cancels jobs (Ctrl-C on baton); what cannot be cancelled is logged.
 pub fn cancel(ids: &[u64]) {
     if ids.is_empty() {
@@ -343,15 +351,27 @@ pub fn follow(
             }
         }
         None => {
+            // What the job itself printed (baton stage-exec's own errors) is in Slurm's file.
+            let job_out = record.with_file_name(
+                record
+                    .file_name()
+                    .map(|n| {
+                        n.to_string_lossy()
+                            .replace(".record.json", &format!(".job-{id}.out"))
+                    })
+                    .unwrap_or_default(),
+            );
             attempt.job_id = Some(id);
             attempt.ended_unix_ms = Some(unix_ms());
             attempt.failure = Some(match ended {
                 JobState::Ended { state, reason } => format!(
-                    "Slurm job {id} ended {state} ({reason}) before its attempt was recorded (log: {})",
+                    "Slurm job {id} ended {state} ({reason}) before its attempt was recorded (job output: {}; stage log: {})",
+                    job_out.display(),
                     log.display()
                 ),
                 _ => format!(
-                    "Slurm job {id} is gone and left no attempt record (log: {})",
+                    "Slurm job {id} is gone and left no attempt record (job output: {}; stage log: {})",
+                    job_out.display(),
                     log.display()
                 ),
             });

@@ -26,6 +26,9 @@ pub(crate) fn engine(
     reserve: baton_runner::Reserve,
     executor: crate::args::ExecutorChoice,
 ) -> anyhow::Result<Engine> {
+    if executor == crate::args::ExecutorChoice::Slurm {
+        baton_runner::slurm::check_submit_host().map_err(crate::BadInput)?;
+    }
     // From here on Ctrl-C and SIGTERM stop the stages cleanly and leave resumable runs.
     baton_runner::interrupt::install();
     let opened = baton_memory::open(choice)?;
