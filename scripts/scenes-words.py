@@ -21,6 +21,15 @@ import sys
 
 LIMIT = 18  # NARRATION_WORDS' largest, crates/studio/src/scenes.rs
 
+# Forms the dictionaries lack: irregular pasts and contractions a narration may well use.
+IRREGULAR = set("""began begun became went gone came saw seen took taken gave given knew known
+grew grown flew flown ran sang sung spoke spoken wrote written stood felt found made said told
+thought brought bought caught taught fought left kept slept swept meant sent spent built lit held
+sat met led fed fled shone woke rose fell drew drawn threw thrown blew blown wore worn tore torn
+bore born froze frozen chose chosen broke broken rode ridden drove driven hid hidden struck stuck
+hung swung sprang sprung sank sunk shrank don't won't can't shan't ain't""".split())
+CONTRACTIONS = ("n't", "'re", "'ll", "'ve", "'d", "'m")
+
 
 def dictionary():
     base = os.path.join(os.environ.get("EW", "/tmp/ew"), "english_words", "data")
@@ -32,8 +41,11 @@ def dictionary():
 
 
 def known(word, words, topic):
-    if word in words or word in topic:
+    if word in words or word in topic or word in IRREGULAR or any(c.isdigit() for c in word):
         return True
+    for end in CONTRACTIONS:
+        if word.endswith(end) and known(word[: -len(end)], words, topic):
+            return True
     for end in ("s", "es", "ed", "d", "ing", "ly", "er", "est", "ies"):
         if word.endswith(end) and len(word) > len(end) + 2:
             stem = word[: -len(end)]
@@ -53,9 +65,13 @@ def judge(folder, words):
             narrations += 1
             at_limit += len(said) >= LIMIT
             odd = []
-            for w in said:
+            for i, w in enumerate(said):
                 w = re.sub(r"[.,;:!?]+$", "", w)
-                w = re.sub(r"['\u2019]s$", "", w).lower()
+                w = re.sub(r"['\u2019]s$", "", w)
+                # A capitalised word inside a sentence is a name (Armstrong, Gutenberg).
+                if w[:1].isupper() and i > 0 and not said[i - 1].endswith((".", "!", "?")):
+                    continue
+                w = w.lower()
                 parts = [p for p in re.split(r"-", w) if p]
                 if any(not known(p, words, topic) for p in parts):
                     odd.append(w)
