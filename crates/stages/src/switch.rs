@@ -348,7 +348,10 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
             used_after: after,
             seconds: start.elapsed().as_secs_f64(),
         });
-        if let Some(next) = LABELS.get(i + 1) {
+        // `BATON_PRESTART=0`: the next process starts only after this one is gone, as before
+        // prestart (to measure what it saves).
+        let ahead = std::env::var("BATON_PRESTART").as_deref() != Ok("0");
+        if let Some(next) = LABELS.get(i + 1).filter(|_| ahead) {
             let start = Instant::now();
             let next = spawn_mock(target, size, next, true)?.ready(next)?;
             let used = place.used(&[pid, next.id()])?;
