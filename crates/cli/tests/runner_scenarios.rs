@@ -866,3 +866,24 @@ fn sigkill_of_baton_while_a_stage_is_prepared_leaves_no_process_behind() {
         );
     }
 }
+
+#[test]
+fn a_prestarted_stage_that_does_not_wait_for_its_go_fails_saying_what_it_must_do() {
+    let s = Scenario::new("1x24GiB");
+    let p = s.pipeline(&format!(
+        "[[stage]]\nname = \"first\"\ncommand = [{WORK}, \"2GiB\", \"--seconds\", \"1\"]\nmemory = \"2GiB\"\n\
+         [[stage]]\nname = \"eager\"\nafter = [\"first\"]\nprestart = true\ncommand = [\"sh\", \"-c\", \"echo done > eager.txt\"]\noutputs = [\"eager.txt\"]\nmemory = \"1GiB\"\n"
+    ));
+    let out = s.run(&p, "eager");
+    assert!(!out.status.success(), "{}", text(&out));
+    let m = Manifest::load(&s.run_dir()).unwrap();
+    assert_eq!(stage(&m, "first").state, StageState::Succeeded);
+    let eager = stage(&m, "eager");
+    assert_eq!(eager.state, StageState::Failed);
+    assert_eq!(eager.attempts.len(), 1, "not retried");
+    let why = eager.attempts[0].failure.as_deref().unwrap();
+    assert!(
+        why.contains("ended before its go") && why.contains("BATON_GO_FD"),
+        "{why}"
+    );
+}

@@ -643,11 +643,14 @@ impl Engine {
                 outcome,
             } => {
                 let handled = Instant::now();
-                let cancelled = running
+                let prepared = running
                     .iter()
                     .find(|r| r.run == run_index && r.stage == stage)
-                    .and_then(|r| r.prepared.as_ref())
-                    .and_then(|p| p.cancelled.clone());
+                    .and_then(|r| r.prepared.as_ref());
+                let cancelled = prepared.and_then(|p| p.cancelled.clone());
+                // A prestarted stage that ends well before its go did not wait for it: it ran
+                // beside the stages it comes after, on memory it was not given.
+                let jumped = prepared.is_some() && cancelled.is_none();
                 running.retain(|r| !(r.run == run_index && r.stage == stage));
                 let run = &mut runs[run_index];
                 let spec = run
@@ -656,10 +659,16 @@ impl Engine {
                     .expect("stage of this pipeline")
                     .clone();
                 let AttemptOutcome {
-                    attempt,
-                    retriable,
+                    mut attempt,
+                    mut retriable,
                     artifacts,
                 } = *outcome;
+                if jumped && attempt.failure.is_none() {
+                    attempt.failure = Some(
+                        "it ended before its go: a stage with prestart = true must print baton:ready and wait for the go on BATON_GO_FD (docs/runner.md, \"Prestart\"), or drop prestart".into(),
+                    );
+                    retriable = false;
+                }
                 let entry = tries.entry((run_index, stage.clone())).or_default();
                 let (state, note) = match &attempt.failure {
                     // Stopped before its go: not a failure of its own, and not retried.
