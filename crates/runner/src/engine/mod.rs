@@ -210,6 +210,19 @@ impl Engine {
         }
     }
 
+    /// The devices of `kind`, read once per scheduling pass (`readings`) for every stage
+    /// placed, granted or prestarted in it.
+    fn devices(
+        &self,
+        kind: DeviceKind,
+        readings: &mut Readings,
+    ) -> Result<Vec<DeviceSnapshot>, String> {
+        readings
+            .entry(kind)
+            .or_insert_with(|| self.pool(kind).snapshot().map_err(|e| e.to_string()))
+            .clone()
+    }
+
     /// The bytes a stage is placed with.
     fn need_of(&self, spec: &StageSpec) -> u64 {
         match spec.memory {
@@ -229,7 +242,7 @@ impl Engine {
         tries: &mut HashMap<(usize, String), Tries>,
         tx: &mpsc::Sender<Message>,
     ) -> Result<(), RunnerError> {
-        let mut readings: HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>> = HashMap::new();
+        let mut readings = Readings::new();
         self.grant_prepared(runs, running, tries, &mut readings)?;
         for (run_index, run) in runs.iter_mut().enumerate() {
             if run.manifest.state != RunState::Running {
@@ -252,12 +265,7 @@ impl Engine {
                 .cloned()
                 .collect();
             for spec in ready {
-                if let Some(missing) = spec
-                    .inputs
-                    .iter()
-                    .map(|i| run.dir.join(fill(i, &run.vars)))
-                    .find(|p| !p.exists())
-                {
+                if let Some(missing) = missing_input(run, &spec) {
                     self.fail_stage(
                         run,
                         &spec.name,
@@ -274,11 +282,8 @@ impl Engine {
                     continue;
                 }
                 let pool = self.pool(spec.device).clone();
-                let devices = match readings
-                    .entry(spec.device)
-                    .or_insert_with(|| pool.snapshot().map_err(|e| e.to_string()))
-                {
-                    Ok(devices) => devices.clone(),
+                let devices = match self.devices(spec.device, &mut readings) {
+                    Ok(devices) => devices,
                     Err(err) => {
                         let message =
                             format!("cannot read devices to place stage '{}': {err}", spec.name);
@@ -921,6 +926,17 @@ fn attempt_thread(
             path: run_dir.to_path_buf(),
             source: e,
         })
+}
+
+/// One reading of each device pool, taken once per scheduling pass.
+type Readings = HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>>;
+
+/// The first of `spec`'s inputs that is not in `run`'s folder.
+fn missing_input(run: &RunPlan, spec: &StageSpec) -> Option<std::path::PathBuf> {
+    spec.inputs
+        .iter()
+        .map(|i| run.dir.join(fill(i, &run.vars)))
+        .find(|p| !p.exists())
 }
 
 /// What each device of `kind` holds and owes: the stages baton runs there (granted, or held if

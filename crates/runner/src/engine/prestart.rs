@@ -10,15 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use baton_memory::DeviceSnapshot;
-
-use super::{Engine, Message, Running, Tries, device_loads};
+use super::{Engine, Message, Readings, Running, Tries, device_loads, missing_input};
 use crate::RunnerError;
 use crate::attempt::GoState;
 use crate::events::Event;
 use crate::manifest::StageState;
 use crate::outputs::set_aside;
-use crate::pipeline::{DeviceKind, StageSpec, fill};
+use crate::pipeline::{StageSpec, fill};
 use crate::placement::{Ask, Placement, place};
 use crate::plan::RunPlan;
 
@@ -55,7 +53,7 @@ impl Engine {
         runs: &mut [RunPlan],
         running: &mut [Running],
         tries: &mut HashMap<(usize, String), Tries>,
-        readings: &mut HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>>,
+        readings: &mut Readings,
     ) -> Result<(), RunnerError> {
         for i in 0..running.len() {
             let waiting = running[i]
@@ -89,22 +87,14 @@ impl Engine {
             {
                 continue;
             }
-            if let Some(missing) = spec
-                .inputs
-                .iter()
-                .map(|i| run.dir.join(fill(i, &run.vars)))
-                .find(|p| !p.exists())
-            {
+            if let Some(missing) = missing_input(run, &spec) {
                 let why = format!("its input '{}' is missing", missing.display());
                 cancel(&mut running[i], StageState::Failed, why);
                 continue;
             }
             let pool = self.pool(spec.device).clone();
-            let devices = match readings
-                .entry(spec.device)
-                .or_insert_with(|| pool.snapshot().map_err(|e| e.to_string()))
-            {
-                Ok(devices) => devices.clone(),
+            let devices = match self.devices(spec.device, readings) {
+                Ok(devices) => devices,
                 Err(err) => {
                     let why = format!("cannot read devices to place stage '{stage}': {err}");
                     cancel(&mut running[i], StageState::Failed, why);
@@ -199,7 +189,7 @@ impl Engine {
         run: &mut RunPlan,
         running: &mut Vec<Running>,
         tries: &mut HashMap<(usize, String), Tries>,
-        readings: &mut HashMap<DeviceKind, Result<Vec<DeviceSnapshot>, String>>,
+        readings: &mut Readings,
         tx: &mpsc::Sender<Message>,
     ) -> Result<(), RunnerError> {
         if std::env::var("BATON_PRESTART").is_ok_and(|v| v == "0") || self.cluster.is_some() {
@@ -239,11 +229,7 @@ impl Engine {
             if pool.kind() == baton_memory::BackendKind::Host {
                 continue;
             }
-            let Ok(devices) = readings
-                .entry(spec.device)
-                .or_insert_with(|| pool.snapshot().map_err(|e| e.to_string()))
-                .clone()
-            else {
+            let Ok(devices) = self.devices(spec.device, readings) else {
                 continue;
             };
             // Where it will run: placed as if the stages it waits for had ended.
