@@ -12,7 +12,14 @@
 # Needs root (Slurm's daemons run as root here; munged runs as the munge user). The cluster's
 # files live in $BATON_SLURM_DIR (default /tmp/baton-slurm): its config, state, spool and logs.
 # GPUS (default 4) sets the GRES count; CPUS (default 32) the cores the node claims, so GPU jobs
-# are not held back by this machine's real core count.
+# are not held back by this machine's real core count. GRES_FILES (e.g. /dev/nvidia0) gives the
+# node real GPU device files instead of the fake ones, as on a GPU machine.
+#
+# SLURM_DEBS=DIR installs from .deb files in DIR instead of apt (a GPU machine with no package
+# archive): each is unpacked, and its files copied only where no file is already, so nothing the
+# machine has is replaced. `apt-get download slurmctld slurmd slurm-client
+# slurm-wlm-basic-plugins munge libmunge2 libhwloc15 libjson-c5 liblua5.1-0 libnuma1 libyaml-0-2`
+# on Debian 12 fetches them (14 MB).
 set -euo pipefail
 dir=${BATON_SLURM_DIR:-/tmp/baton-slurm}
 gpus=${GPUS:-4}
@@ -26,6 +33,19 @@ install() {
         return
     fi
     [ "$(id -u)" = 0 ] || die "slurm-wlm and munge are missing; run as root to install them"
+    if [ -n "${SLURM_DEBS:-}" ]; then
+        ls "$SLURM_DEBS"/*.deb >/dev/null 2>&1 || die "SLURM_DEBS=$SLURM_DEBS holds no .deb files"
+        local unpacked
+        unpacked=$(mktemp -d)
+        for deb in "$SLURM_DEBS"/*.deb; do dpkg -x "$deb" "$unpacked"; done
+        cp -rn "$unpacked"/. / 2>/dev/null || true
+        rm -rf "$unpacked"
+        ldconfig
+        id munge >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin munge
+        mkdir -p /etc/munge /etc/slurm
+        command -v slurmctld >/dev/null || die "slurmctld is still missing after unpacking $SLURM_DEBS"
+        return
+    fi
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; then
         apt-get update -q >/dev/null
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null
@@ -47,9 +67,12 @@ up() {
     chown munge:munge /run/munge /var/log/munge /var/lib/munge
     chmod 0755 /run/munge
     runuser -u munge -- /usr/sbin/munged --force
-    for i in $(seq 0 $((gpus - 1))); do
-        [ -e /dev/fakegpu$i ] || mknod /dev/fakegpu$i c 1 3
-    done
+    local files=${GRES_FILES:-/dev/fakegpu[0-$((gpus - 1))]}
+    if [ -z "${GRES_FILES:-}" ]; then
+        for i in $(seq 0 $((gpus - 1))); do
+            [ -e /dev/fakegpu$i ] || mknod /dev/fakegpu$i c 1 3
+        done
+    fi
     cat >"$dir/slurm.conf" <<EOF
 ClusterName=baton
 SlurmctldHost=$host
@@ -82,7 +105,7 @@ PartitionName=baton Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
     cat >"$dir/gres.conf" <<EOF
 AutoDetect=off
-NodeName=$host Name=gpu File=/dev/fakegpu[0-$((gpus - 1))]
+NodeName=$host Name=gpu File=$files
 EOF
     cp "$dir/gres.conf" /etc/slurm/gres.conf
     cp "$dir/slurm.conf" /etc/slurm/slurm.conf

@@ -13,16 +13,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 
-/// One tiny model of `family` for every test in this file, written once (tiny-sd's text encoder
-/// is 470 MB of f32; tiny-sdxl's two are written in f16 and read as f32).
+/// One tiny model of `family` for every test in this file, written once per test process (tiny-sd's
+/// text encoder is 470 MB of f32; tiny-sdxl's two are written in f16 and read as f32).
+///
+/// A `TempDir` held in a static is never dropped, so each run used to leave about 1 GB in /tmp.
+/// The models go instead under cargo's `CARGO_TARGET_TMPDIR`, in a folder named by this process,
+/// and each process first removes the folders of processes that are gone.
 fn model_of(family: &'static str) -> PathBuf {
-    static DIRS: OnceLock<Mutex<HashMap<&'static str, (tempfile::TempDir, PathBuf)>>> =
-        OnceLock::new();
+    static DIRS: OnceLock<Mutex<HashMap<&'static str, PathBuf>>> = OnceLock::new();
     let mut dirs = DIRS.get_or_init(Default::default).lock().unwrap();
+    if dirs.is_empty() {
+        remove_models_of_gone_processes();
+    }
     dirs.entry(family)
         .or_insert_with(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join(family);
+            let path = models_root()
+                .join(std::process::id().to_string())
+                .join(family);
+            let _ = std::fs::remove_dir_all(&path);
             let dtype = if family == "tiny-sdxl" {
                 candle_core::DType::F16
             } else {
@@ -34,10 +42,31 @@ fn model_of(family: &'static str) -> PathBuf {
                 dtype,
             )
             .unwrap();
-            (dir, path)
+            path
         })
-        .1
         .clone()
+}
+
+fn models_root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("images-tests")
+}
+
+/// Removes `models_root()/PID` for every PID that no longer runs (a finished or killed run of
+/// this file), so at most the models of the runs alive now are on disk.
+fn remove_models_of_gone_processes() {
+    let Ok(entries) = std::fs::read_dir(models_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let gone = match name.to_str().and_then(|n| n.parse::<u32>().ok()) {
+            Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+            None => false,
+        };
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// `baton images` with a tiny `family` model, on the CPU.
