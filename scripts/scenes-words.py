@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads storyboards as a reader would, word by word: how many narrations run to the word limit
-(where the constraint forces a full stop onto whatever word comes), and which words are in no
-English dictionary (glued or invented: "asin'lly", "inmidnight"). For `baton bench scenes --out
+(where the constraint forces a full stop onto whatever word comes), and which words of the
+narrations, scene titles and image prompts are in no English dictionary (glued or invented:
+"asin'lly", "inmidnight", "self-sacr"). For `baton bench scenes --out
 DIR` folders; figures in docs/scenes.md.
 
     scripts/scenes-words.py DIR [DIR ...]
@@ -54,32 +55,43 @@ def known(word, words, topic):
     return False
 
 
+def odd_words(text, words, topic, title=False):
+    """The words of `text` in no dictionary (names inside a sentence aside; a title capitalises
+    every word, so each of its words is looked up)."""
+    said = text.split()
+    odd = []
+    for i, w in enumerate(said):
+        w = re.sub(r"[.,;:!?]+$", "", w)
+        w = re.sub(r"['\u2019]s$", "", w)
+        # A capitalised word inside a sentence is a name (Armstrong, Gutenberg).
+        if not title and w[:1].isupper() and i > 0 and not said[i - 1].endswith((".", "!", "?")):
+            continue
+        w = w.lower()
+        parts = [p for p in re.split(r"-", w) if p]
+        if any(not known(p, words, topic) for p in parts):
+            odd.append(w)
+    return odd
+
+
 def judge(folder, words):
-    narrations = at_limit = with_unknown = 0
-    unknown = []
+    fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
+    at_limit = 0
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
         topic = {w.lower() for w in re.findall(r"[A-Za-z]+", board.get("topic", ""))}
         for scene in board["scenes"]:
-            said = scene["narration"].split()
-            narrations += 1
-            at_limit += len(said) >= LIMIT
-            odd = []
-            for i, w in enumerate(said):
-                w = re.sub(r"[.,;:!?]+$", "", w)
-                w = re.sub(r"['\u2019]s$", "", w)
-                # A capitalised word inside a sentence is a name (Armstrong, Gutenberg).
-                if w[:1].isupper() and i > 0 and not said[i - 1].endswith((".", "!", "?")):
-                    continue
-                w = w.lower()
-                parts = [p for p in re.split(r"-", w) if p]
-                if any(not known(p, words, topic) for p in parts):
-                    odd.append(w)
-            with_unknown += bool(odd)
-            unknown += odd
-    print(f"{folder}: {narrations} narrations; {at_limit} ({100 * at_limit / max(narrations, 1):.0f}%) at the "
-          f"{LIMIT}-word limit; {with_unknown} ({100 * with_unknown / max(narrations, 1):.0f}%) with a word in no "
-          f"dictionary: {', '.join(sorted(set(unknown)))}")
+            at_limit += len(scene["narration"].split()) >= LIMIT
+            for field, count in fields.items():
+                odd = odd_words(scene[field], words, topic, title=field == "title")
+                count[0] += 1
+                count[1] += bool(odd)
+                count[2] += odd
+    n = fields["narration"][0]
+    print(f"{folder}: {n} scenes; narrations at the {LIMIT}-word limit: {at_limit} "
+          f"({100 * at_limit / max(n, 1):.0f}%)")
+    for field, (count, with_odd, odd) in fields.items():
+        print(f"  {field}s with a word in no dictionary: {with_odd} ({100 * with_odd / max(count, 1):.0f}%): "
+              f"{', '.join(sorted(set(odd)))}")
 
 
 def main():

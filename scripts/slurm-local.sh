@@ -18,8 +18,8 @@
 # SLURM_DEBS=DIR installs from .deb files in DIR instead of apt (a GPU machine with no package
 # archive): each is unpacked, and its files copied only where no file is already, so nothing the
 # machine has is replaced. `apt-get download slurmctld slurmd slurm-client
-# slurm-wlm-basic-plugins munge libmunge2 libhwloc15 libjson-c5 liblua5.1-0 libnuma1 libyaml-0-2`
-# on Debian 12 fetches them (14 MB).
+# slurm-wlm-basic-plugins munge libmunge2 libhwloc15 libjson-c5 liblua5.1-0 libnuma1 libyaml-0-2
+# libdbus-1-3` on Debian 12 fetches them (4 MB; docs/gpu/slurm-h200.md).
 set -euo pipefail
 dir=${BATON_SLURM_DIR:-/tmp/baton-slurm}
 gpus=${GPUS:-4}
@@ -38,8 +38,20 @@ install() {
         local unpacked
         unpacked=$(mktemp -d)
         for deb in "$SLURM_DEBS"/*.deb; do dpkg -x "$deb" "$unpacked"; done
+        # On a merged-/usr system (/lib a link to usr/lib) a package's /lib goes under /usr.
+        for top in lib lib64 bin sbin; do
+            if [ -L /$top ] && [ -d "$unpacked/$top" ]; then
+                mkdir -p "$unpacked/usr/$top"
+                cp -rn "$unpacked/$top"/. "$unpacked/usr/$top"/
+                rm -rf "${unpacked:?}/$top"
+            fi
+        done
         cp -rn "$unpacked"/. / 2>/dev/null || true
         rm -rf "$unpacked"
+        # Debian names the daemons *-wlm and links them in its postinst (update-alternatives).
+        for daemon in slurmctld slurmd slurmstepd; do
+            [ -e /usr/sbin/$daemon ] || ln -s /usr/sbin/$daemon-wlm /usr/sbin/$daemon
+        done
         ldconfig
         id munge >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin munge
         mkdir -p /etc/munge /etc/slurm
@@ -107,6 +119,14 @@ EOF
 AutoDetect=off
 NodeName=$host Name=gpu File=$files
 EOF
+    # Slurm 22.05's cgroup/v2 plugin asks systemd, over D-Bus, for slurmstepd's scope. A
+    # container on cgroup v2 (as the GPU machines are) has neither: slurmd then makes the scope
+    # itself, under a system.slice it may have to create.
+    if [ ! -S /run/dbus/system_bus_socket ] && [ "$(stat -fc %T /sys/fs/cgroup)" = cgroup2fs ]; then
+        printf 'CgroupPlugin=autodetect\nIgnoreSystemd=yes\nIgnoreSystemdOnFailure=yes\n' \
+            >/etc/slurm/cgroup.conf
+        mkdir -p /sys/fs/cgroup/system.slice
+    fi
     cp "$dir/gres.conf" /etc/slurm/gres.conf
     cp "$dir/slurm.conf" /etc/slurm/slurm.conf
     /usr/sbin/slurmctld -i

@@ -81,7 +81,9 @@ def psnr(ours01, ref01):
 
 
 def to01(pixels):
-    return ((torch.as_tensor(np.asarray(pixels)).float().cpu() + 1) / 2).clamp(0, 1).numpy()
+    if not torch.is_tensor(pixels):
+        pixels = torch.as_tensor(np.asarray(pixels))
+    return ((pixels.float().cpu() + 1) / 2).clamp(0, 1).numpy()
 
 
 class Ref:

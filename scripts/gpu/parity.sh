@@ -23,7 +23,11 @@
 # the voice's reference only. Each model is deleted after its family's run (FLUX's is 32 GB; the
 # disk is 64 GB).
 #
-#   scripts/gpu/parity.sh [FAMILY[:SIZE[:STEPS]] | parler-SIZE[:FRAMES] ...]
+#   scripts/gpu/parity.sh [FAMILY[:SIZE[:STEPS]] | parler-SIZE[:FRAMES[:f32]] ...]
+#
+# parler-mini:100:f32 computes in f32 on the GPU too (`baton voice --f32`, and the reference in
+# the same dtype): with random weights, bf16's rounding through T5's 24 layers moves baton and
+# the reference each about 50% away from f32, so only f32 shows whether they compute the same.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if [ -d .whl ] && ! python3 -c "import diffusers" 2>/dev/null; then
@@ -45,11 +49,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
     tee -a "$md" || echo "no GPU: $(nproc) CPU cores" | tee -a "$md"
 
 voice_parity() {
-    local family=$1 frames=${2:-100}
+    local family=$1 frames=${2:-100} dtype=${3:-}
     local size=${family#parler-} dir=$work/$1
+    local f32=()
+    [ "$dtype" = f32 ] && f32=(--f32)
     rm -rf "$dir"
     mkdir -p "$dir"
-    echo "== $family, $frames frames ($(date +%T))"
+    echo "== $family, $frames frames${dtype:+, $dtype} ($(date +%T))"
     "$baton" bench voice --size "$size" --scenes 2 --dir "$dir" >"$dir/bench.log" 2>&1 ||
         { tail -20 "$dir/bench.log"; exit 1; }
     local model=$dir/parler-$size-random run=$dir/run-parity
@@ -57,7 +63,7 @@ voice_parity() {
     cp "$dir/run/1_scripts/benchmark_scenes.json" "$run/1_scripts/"
     "$baton" voice --input "$run/1_scripts/benchmark_scenes.json" --run-dir "$run" \
         --engine parler --voice-model "$model" --greedy --frames "$frames" \
-        --dump "$dir/dump" 2>&1 | tail -3
+        "${f32[@]}" --dump "$dir/dump" 2>&1 | tail -3
     echo "   reference ($(date +%T))"
     PYTHONPATH=$parler_site PYTHONUNBUFFERED=1 python3 scripts/gpu/parity_voice.py \
         --model "$model" --dump "$dir/dump" --md "$md" 2>&1 |
@@ -67,8 +73,8 @@ voice_parity() {
 
 for spec in "$@"; do
     if [[ $spec == parler-* ]]; then
-        IFS=: read -r family frames <<<"$spec"
-        voice_parity "$family" "${frames:-}"
+        IFS=: read -r family frames dtype <<<"$spec"
+        voice_parity "$family" "${frames:-}" "${dtype:-}"
         continue
     fi
     IFS=: read -r family size steps <<<"$spec"

@@ -32,7 +32,7 @@ section "a one-node Slurm over the real GPUs"
 gpus=$(nvidia-smi -L | wc -l)
 if [ "$gpus" = 1 ]; then files=/dev/nvidia0; else files="/dev/nvidia[0-$((gpus - 1))]"; fi
 GPUS=$gpus GRES_FILES=$files CPUS=$(nproc) bash scripts/slurm-local.sh up || {
-    tail -30 /tmp/baton-slurm/log/*.log
+    tail -n 30 /tmp/baton-slurm/log/*.log
     exit 1
 }
 trap 'bash scripts/slurm-local.sh down' EXIT

@@ -348,6 +348,9 @@ pub struct VoiceArgs {
     /// never drawn.
     #[arg(long, value_name = "N", help_heading = "Debugging")]
     pub frames: Option<usize>,
+    /// For comparisons (with --engine parler): compute in f32 on a GPU too, not bf16.
+    #[arg(long, help_heading = "Debugging")]
+    pub f32: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

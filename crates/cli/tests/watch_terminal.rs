@@ -120,7 +120,7 @@ fn watch_draws_and_quits_on_ctrl_c() {
 fn watch_names_stages_and_selects_devices() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = common::baton(dir.path(), "2x24GiB");
-    cmd.env("BATON_RUN_ID", "20261204_tokyo")
+    cmd.env("BATON_RUN_ID", "20261204_093015_cyberpunk_tokyo")
         .env("BATON_STAGE", "images")
         .args(["sim", "hold", "5GiB", "--device", "1"]);
     // Killed when the test ends, pass or fail.
@@ -143,7 +143,11 @@ fn watch_names_stages_and_selects_devices() {
         !screen.contains("sim0 Simulated"),
         "-i 1 shows sim1 alone:\n{screen}"
     );
-    assert!(screen.contains("20261204_tokyo/images"), "{screen}");
+    // The stage's name first, then as much of its run's as the column holds.
+    assert!(
+        screen.contains("images · 20261204_093015_cyber"),
+        "{screen}"
+    );
     assert!(
         screen.contains("baton sim hold 5GiB --device 1"),
         "{screen}"

@@ -372,12 +372,14 @@ fn generate_part<T: serde::de::DeserializeOwned>(
             ..sampler.clone()
         };
         let before = total.tokens;
+        // `BATON_SCENES_WRAP_UP=0` turns the wrap-up and the word limits' ends off, to measure
+        // what they do.
+        let wrap_up = std::env::var("BATON_SCENES_WRAP_UP").as_deref() != Ok("0");
         let steering = Steering {
             avoid: avoid.0,
             penalty: avoid.1,
-            // `BATON_SCENES_WRAP_UP=0` turns it off, to measure what it does.
-            wrap_up: (std::env::var("BATON_SCENES_WRAP_UP").as_deref() != Ok("0"))
-                .then_some(WRAP_UP),
+            wrap_up: wrap_up.then_some(WRAP_UP),
+            end_at_word_limit: wrap_up,
         };
         match llm.generate_json_steered(&prompt, schema.clone(), &seeded, &steering, &mut |n| {
             on_token(before + n)
@@ -587,21 +589,7 @@ pub fn generate_storyboard(
                 image_prompt: w.image_prompt.trim().to_string(),
                 duration_seconds: f64::from(w.duration_seconds),
             };
-            let overlap = written
-                .iter()
-                .map(|s| s.narration.as_str())
-                .chain([example::NARRATION])
-                .map(|earlier| crate::quality::trigram_overlap(earlier, &scene.narration))
-                .fold(0.0, f64::max);
-            // A copied image prompt counts as a repeat: it is what draws the picture.
-            let copied_example =
-                crate::quality::trigram_overlap(example::IMAGE_PROMPT, &scene.image_prompt)
-                    >= crate::quality::MAX_OVERLAP;
-            let score = if copied_example || crate::quality::prompt_copies_narration(&scene) {
-                overlap.max(1.0)
-            } else {
-                overlap
-            };
+            let score = repeat_score(&scene, &written);
             if best.as_ref().is_none_or(|(b, _)| score < *b) {
                 best = Some((score, scene));
             }
@@ -634,6 +622,33 @@ pub fn generate_storyboard(
     };
     total.text = serde_json::to_string(&board).expect("a storyboard serializes");
     Ok((board, total))
+}
+
+/// How much `scene` repeats the scenes `written` before it or the worked example: the largest
+/// share of narration word trigrams it has with one of them, or 1.0 when its image prompt copies
+/// its narration or the example's, or its title is one they already have (SmolLM2 gave two
+/// scenes of "Cyberpunk Tokyo" the example's "A Snowman in the Square").
+fn repeat_score(scene: &Scene, written: &[Scene]) -> f64 {
+    let overlap = written
+        .iter()
+        .map(|s| s.narration.as_str())
+        .chain([example::NARRATION])
+        .map(|earlier| crate::quality::trigram_overlap(earlier, &scene.narration))
+        .fold(0.0, f64::max);
+    // A copied image prompt counts as a repeat: it is what draws the picture.
+    let copied_example =
+        crate::quality::trigram_overlap(example::IMAGE_PROMPT, &scene.image_prompt)
+            >= crate::quality::MAX_OVERLAP;
+    let same_title = written
+        .iter()
+        .map(|s| s.title.as_str())
+        .chain([example::SCENE_TITLE])
+        .any(|t| t.eq_ignore_ascii_case(&scene.title));
+    if copied_example || same_title || crate::quality::prompt_copies_narration(scene) {
+        overlap.max(1.0)
+    } else {
+        overlap
+    }
 }
 
 /// Generates, validates and writes a storyboard for `req.topic`.
@@ -715,6 +730,42 @@ pub fn write_scenes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scene_repeats_by_its_narration_its_prompt_or_its_title() {
+        let scene = |title: &str, narration: &str, prompt: &str| Scene {
+            index: 1,
+            title: title.into(),
+            narration: narration.into(),
+            image_prompt: prompt.into(),
+            duration_seconds: 5.0,
+        };
+        let first = scene(
+            "Neon Rain",
+            "Rain falls on the neon streets of Tokyo while the trains hum overhead.",
+            "a wet street at night, neon signs, reflections, cinematic light",
+        );
+        let fresh = scene(
+            "The Last Train",
+            "A tired courier waits for the last train home, counting the stations.",
+            "an empty platform, a lone courier, fluorescent light, film grain",
+        );
+        assert!(repeat_score(&fresh, std::slice::from_ref(&first)) < crate::quality::MAX_OVERLAP);
+        let retold = scene(
+            "Another Title",
+            "Rain falls on the neon streets of Tokyo while the trains hum overhead.",
+            "an empty platform, a lone courier, fluorescent light, film grain",
+        );
+        assert!(repeat_score(&retold, std::slice::from_ref(&first)) >= crate::quality::MAX_OVERLAP);
+        for title in ["neon rain", example::SCENE_TITLE] {
+            let renamed = scene(title, &fresh.narration, &fresh.image_prompt);
+            assert_eq!(
+                repeat_score(&renamed, std::slice::from_ref(&first)),
+                1.0,
+                "{title}"
+            );
+        }
+    }
 
     #[test]
     fn the_example_answers_are_written_as_the_constraint_writes_json() {

@@ -93,6 +93,7 @@ fn greedy_with_fixed_frames_dumps_what_the_decoder_computed_and_draws_its_most_l
         dump: Some(dir.path().join("dump")),
         greedy: true,
         frames: Some(40),
+        f32: false,
     };
     let engine = Parler::load(&files, &Device::Cpu, 7)
         .unwrap()

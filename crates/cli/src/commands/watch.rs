@@ -124,7 +124,8 @@ fn collect(opened: &Opened, args: &WatchArgs) -> mpsc::Receiver<Reading> {
 
 fn proc_info(pid: u32) -> ProcInfo {
     let stage = match baton_base::procfs::environ_vars(pid, ["BATON_RUN_ID", "BATON_STAGE"]) {
-        [Some(run), Some(stage)] => format!("{run}/{stage}"),
+        // The stage first: the column cuts what does not fit, and a run's name is long.
+        [Some(run), Some(stage)] => format!("{stage} · {run}"),
         [None, Some(stage)] => stage,
         _ => String::new(),
     };
@@ -424,7 +425,7 @@ fn draw_processes(
                 Constraint::Min(16),
             ],
         )
-        .header(Row::new(["DEVICE", "PID", "MEMORY", "RUN/STAGE", "COMMAND"]).bold())
+        .header(Row::new(["DEVICE", "PID", "MEMORY", "STAGE · RUN", "COMMAND"]).bold())
         .block(Block::bordered().title(title)),
         area,
     );

@@ -76,6 +76,7 @@ pub fn bench_voice(
         dump: None,
         greedy: false,
         frames: None,
+        f32: false,
     };
     crate::commands::voice::voice(&args, out)
 }

@@ -40,6 +40,7 @@ pub fn voice(args: &baton::args::VoiceArgs, out: &mut dyn Write) -> anyhow::Resu
             dump: args.dump.clone(),
             greedy: args.greedy,
             frames: args.frames,
+            f32: args.f32,
         },
     };
     // The download and the stage's events both write to `out`, one after the other.

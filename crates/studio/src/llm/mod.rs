@@ -88,6 +88,11 @@ pub struct Llm {
     ends_sentence: Vec<bool>,
     /// Tokens that close a JSON string (their text starts with `"`).
     closes_string: Vec<bool>,
+    /// Tokens whose text begins inside a word (a letter, a digit, `'` or `-`): what the model
+    /// picks when the word it is writing is not finished.
+    continues_word: Vec<bool>,
+    /// Tokens that begin a new word: a space, then a letter.
+    begins_word: Vec<bool>,
     /// The constraint engine over this model's tokenizer, built on the first constrained
     /// generation and kept: building it walks the whole vocabulary, which costs more than a
     /// scene's generation on a CPU, and a storyboard is written in many parts.
@@ -193,11 +198,38 @@ impl Llm {
                     .is_ok_and(|t| t.starts_with('"'))
             })
             .collect();
+        // A token decoded alone loses a SentencePiece word's leading space ("▁word" reads
+        // "word"), so its raw text says that it begins a word.
+        let first_chars = |id: u32| {
+            let raw = text.tokenizer.id_to_token(id).unwrap_or_default();
+            match raw.strip_prefix('\u{2581}') {
+                Some(word) => (' ', word.chars().next()),
+                None => {
+                    let t = text.tokenizer.decode(&[id], false).unwrap_or_default();
+                    let mut c = t.chars();
+                    (c.next().unwrap_or('"'), c.next())
+                }
+            }
+        };
+        let continues_word = (0..n_vocab as u32)
+            .map(|id| {
+                let (first, _) = first_chars(id);
+                first.is_alphanumeric() || first == '\'' || first == '-'
+            })
+            .collect();
+        let begins_word = (0..n_vocab as u32)
+            .map(|id| match first_chars(id) {
+                (' ', Some(c)) => c.is_alphabetic(),
+                _ => false,
+            })
+            .collect();
         Ok(Llm {
             weights,
             free_text,
             ends_sentence,
             closes_string,
+            continues_word,
+            begins_word,
             bos_text: token_text(text.bos),
             eos_text: token_text(Some(text.eos)),
             tokenizer: text.tokenizer,
@@ -434,9 +466,19 @@ impl Llm {
             in_mask += t.elapsed();
             let mut values: Vec<f32> = logits.to_dtype(candle_core::DType::F32)?.to_vec1()?;
             values.resize(self.n_vocab.max(values.len()), f32::NEG_INFINITY);
+            // What the model would write next with no constraint: whether it thinks its word is
+            // finished.
+            let unconstrained = values
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(id, _)| id);
+            let mut new_word_allowed = false;
             for (id, v) in values.iter_mut().enumerate() {
                 if !mask.is_allowed(id as u32) {
                     *v = f32::NEG_INFINITY;
+                } else if self.begins_word.get(id) == Some(&true) {
+                    new_word_allowed = true;
                 }
             }
             // Small models loop; make the recent words less likely (llama.cpp's penalty), but
@@ -462,9 +504,33 @@ impl Llm {
                     *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
                 }
             }
+            let written = if steering.wrap_up.is_some() || steering.end_at_word_limit {
+                self.tokenizer.decode(&out, false).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            // The model has finished its word and would begin another (or write what the
+            // constraint refuses), but the constraint admits no other word in this string: the
+            // field is at its word limit. End it here (close the string, or end the sentence
+            // where it must end one) rather than let the constraint glue letters onto the word.
+            if steering.end_at_word_limit
+                && !new_word_allowed
+                && let Some(top) = unconstrained
+                && self.continues_word.get(top) == Some(&false)
+                && values.get(top).is_some_and(|v| !v.is_finite())
+                && inside_string(&written)
+            {
+                for (id, v) in values.iter_mut().enumerate() {
+                    if self.continues_word.get(id) == Some(&false)
+                        && (self.closes_string[id] || self.ends_sentence[id])
+                        && v.is_finite()
+                    {
+                        *v += WORD_LIMIT_END;
+                    }
+                }
+            }
             if let Some(wrap) = &steering.wrap_up
-                && let Some(nudge) =
-                    wrap.nudge(&self.tokenizer.decode(&out, false).unwrap_or_default())
+                && let Some(nudge) = wrap.nudge(&written)
             {
                 let (tokens, bonus) = match nudge {
                     Nudge::EndSentence(b) => (&self.ends_sentence, b),
@@ -707,6 +773,9 @@ pub struct Steering<'a> {
     pub avoid: &'a [u32],
     pub penalty: f32,
     pub wrap_up: Option<WrapUp>,
+    /// A string at the most words its schema allows is ended where the model finishes its last
+    /// word, instead of having letters glued on by the constraint.
+    pub end_at_word_limit: bool,
 }
 
 impl Default for Steering<'_> {
@@ -716,6 +785,7 @@ impl Default for Steering<'_> {
             avoid: &[],
             penalty: 1.0,
             wrap_up: None,
+            end_at_word_limit: false,
         }
     }
 }
@@ -745,11 +815,7 @@ pub enum Nudge {
 impl WrapUp {
     /// The nudge for the JSON written so far, `None` outside the field (or before its count).
     pub fn nudge(&self, written: &str) -> Option<Nudge> {
-        let key = format!("\"{}\": \"", self.field);
-        let inside = &written[written.rfind(&key)? + key.len()..];
-        if inside.contains('"') {
-            return None;
-        }
+        let inside = open_field(written, self.field)?;
         let words = inside.split_whitespace().count();
         if words < self.from_words {
             return None;
@@ -761,6 +827,32 @@ impl WrapUp {
         })
     }
 }
+
+/// What the string field `field` holds so far, while it is the one being written.
+fn open_field<'a>(written: &'a str, field: &str) -> Option<&'a str> {
+    let key = format!("\"{field}\": \"");
+    let inside = &written[written.rfind(&key)? + key.len()..];
+    (!inside.contains('"')).then_some(inside)
+}
+
+/// Whether JSON written so far ends inside a string (an odd number of unescaped quotes).
+fn inside_string(written: &str) -> bool {
+    let mut inside = false;
+    let mut escaped = false;
+    for c in written.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => inside = !inside,
+            _ => {}
+        }
+    }
+    inside
+}
+
+/// The logit added to the tokens that end a field at its word limit: enough to win over any
+/// letter the model would glue on.
+const WORD_LIMIT_END: f32 = 30.0;
 
 /// How tokens are chosen.
 #[derive(Debug, Clone)]
@@ -811,7 +903,20 @@ impl Generation {
 
 #[cfg(test)]
 mod tests {
-    use super::{Nudge, WrapUp};
+    use super::{Nudge, WrapUp, inside_string};
+
+    #[test]
+    fn inside_a_string_is_told_by_unescaped_quotes() {
+        assert!(!inside_string(""));
+        assert!(inside_string(r#"{"title": "One two"#));
+        assert!(!inside_string(r#"{"title": "One two""#));
+        assert!(inside_string(r#"{"title": "One \"two"#), "an escaped quote");
+        assert!(
+            !inside_string(r#"{"title": "One \\""#),
+            "an escaped backslash"
+        );
+        assert!(inside_string(r#"{"a": ["x", "y"#));
+    }
 
     #[test]
     fn the_wrap_up_nudges_to_end_the_sentence_then_to_close_its_field_only() {

@@ -177,12 +177,14 @@ pub struct ParlerDebug {
     pub greedy: bool,
     /// Exactly this many frames a clip, the end token never drawn.
     pub frames: Option<usize>,
+    /// f32 on a GPU too (bf16 otherwise), so a comparison is not drowned in bf16's rounding.
+    pub f32: bool,
 }
 
 impl ParlerDebug {
     /// Whether any debugging setting is given.
     pub fn is_set(&self) -> bool {
-        self.dump.is_some() || self.greedy || self.frames.is_some()
+        self.dump.is_some() || self.greedy || self.frames.is_some() || self.f32
     }
 }
 
@@ -216,6 +218,16 @@ pub struct Parler {
 impl Parler {
     /// Loads the model in `files` onto `device` (bf16 on a GPU, f32 on a CPU).
     pub fn load(files: &ParlerFiles, device: &Device, seed: u64) -> Result<Parler, VoiceError> {
+        Parler::load_debug(files, device, seed, &ParlerDebug::default())
+    }
+
+    /// [`Parler::load`] with the debugging settings `debug` (f32 on a GPU where it asks).
+    pub fn load_debug(
+        files: &ParlerFiles,
+        device: &Device,
+        seed: u64,
+        debug: &ParlerDebug,
+    ) -> Result<Parler, VoiceError> {
         let bad = |what: &Path, e: String| {
             VoiceError::Option(format!("the voice model's '{}': {e}", what.display()))
         };
@@ -225,7 +237,7 @@ impl Parler {
             .map_err(|e| bad(&files.config, e))?;
         let tokenizer = tokenizers::Tokenizer::from_file(&files.tokenizer)
             .map_err(|e| bad(&files.tokenizer, e.to_string()))?;
-        let dtype = if device.is_cuda() {
+        let dtype = if device.is_cuda() && !debug.f32 {
             DType::BF16
         } else {
             DType::F32
@@ -240,7 +252,7 @@ impl Parler {
         let load = Some(loaded.report.clone());
         let vb = loaded.var_builder(dtype, device);
         let model = parler_tts::Model::new(&config, vb).map_err(|e| engine(e.to_string()))?;
-        Ok(Parler {
+        Parler {
             model: Mutex::new(model),
             config,
             tokenizer,
@@ -252,7 +264,8 @@ impl Parler {
             debug: ParlerDebug::default(),
             dump: None,
             clips: AtomicU32::new(0),
-        })
+        }
+        .with_debug(debug)
     }
 
     /// The same model with the debugging settings `debug`; `--frames` is checked against the

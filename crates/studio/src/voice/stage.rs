@@ -149,8 +149,7 @@ pub fn run_voice(
     let scope = MemoryScope::new(backend.clone(), 0, "voice")?.with_tolerance(64 << 20);
     let watch = PeakWatch::start(backend.clone(), 0);
     let result = (|| {
-        let engine =
-            Parler::load(&files, &device, request.seed)?.with_debug(&request.parler_debug)?;
+        let engine = Parler::load_debug(&files, &device, request.seed, &request.parler_debug)?;
         if let Some(report) = engine.load_report() {
             on(VoiceEvent::Loaded {
                 report,
