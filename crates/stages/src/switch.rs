@@ -352,25 +352,41 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
     // The next model's process, started ahead (as the runner prestarts a stage): it has made
     // its context and waits for its go.
     let mut prepared: Option<MockProcess> = None;
+    // Or, given its go as soon as the model before it was freed, while that process was still
+    // exiting: the device's use before its go, the go's time, and a thread that reads its
+    // output until it says resident, and when.
+    let mut early: Option<(u64, Instant, Resident)> = None;
     for (i, label) in LABELS.iter().enumerate() {
-        let before = place.used(&[])?;
-        let start = Instant::now();
-        let mut child = match prepared.take() {
-            Some(next) => next.go(size, label)?,
-            None => spawn_mock(target, size, label, false)?.resident(label)?,
+        let (mut child, before, start, resident, after) = match (early.take(), prepared.take()) {
+            (Some((before, go, reading)), _) => {
+                let (child, resident) = reading.join().map_err(|_| {
+                    anyhow::anyhow!("the thread reading the {label} process failed")
+                })??;
+                let after = place.used(&[child.id()])?;
+                (child, before, go, resident, after)
+            }
+            (None, next) => {
+                let before = place.used(&[])?;
+                let start = Instant::now();
+                let child = match next {
+                    Some(next) => next.go(size, label)?,
+                    None => spawn_mock(target, size, label, false)?.resident(label)?,
+                };
+                let resident = Instant::now();
+                let after = place.used(&[child.id()])?;
+                (child, before, start, resident, after)
+            }
         };
-        let resident = Instant::now();
         if let Some(released) = released_at {
             switch_seconds = resident.duration_since(released).as_secs_f64();
         }
         let pid = child.id();
-        let after = place.used(&[pid])?;
         peak = peak.max(after);
         steps.push(Step {
             step: format!("start {label} process"),
             used_before: before,
             used_after: after,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: resident.duration_since(start).as_secs_f64(),
         });
         // `BATON_PRESTART=0`: the next process starts only after this one is gone, as before
         // prestart (to measure what it saves).
@@ -399,7 +415,15 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
         if let Some(next) = prepared.take() {
             child.until("released", label)?;
             place.wait_for_room(pid, size, Duration::from_secs(5))?;
-            prepared = Some(next.send_go(size)?);
+            let before = place.used(&[])?;
+            let go = Instant::now();
+            let next = next.send_go(size)?;
+            let next_label = LABELS[i + 1];
+            let reading = std::thread::spawn(move || {
+                next.resident(next_label)
+                    .map(|resident| (resident, Instant::now()))
+            });
+            early = Some((before, go, reading));
         }
         let status = child.child.wait()?;
         if !status.success() {
@@ -449,6 +473,9 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
         verified,
     })
 }
+
+/// A thread that waits until a mock process says its model is resident, and when it did.
+type Resident = std::thread::JoinHandle<anyhow::Result<(MockProcess, Instant)>>;
 
 /// A `baton demo mock` process and its output.
 struct MockProcess {
