@@ -174,14 +174,22 @@ impl Place {
         })
     }
 
-    /// Waits until process `pid` holds less than `size` (its model freed) and `size` is free
-    /// on the device.
-    fn wait_for_room(&self, pid: u32, size: u64, limit: Duration) -> anyhow::Result<()> {
+    /// Waits until process `pid`, which held `resident` with its model, holds at most
+    /// `tolerance` more than that less the model's `size` (its model wholly freed, as the device
+    /// reports it), and `size` is free on the device.
+    fn wait_for_room(
+        &self,
+        pid: u32,
+        size: u64,
+        resident: u64,
+        tolerance: u64,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
             let device = self.backend.device(0)?;
             let held = device.held_by(pid);
-            if held < size && device.free >= size {
+            if held + size <= resident + tolerance && device.free >= size {
                 return Ok(());
             }
             if start.elapsed() >= limit {
@@ -381,6 +389,9 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
             switch_seconds = resident.duration_since(released).as_secs_f64();
         }
         let pid = child.id();
+        // What it holds with its model: the go for the next waits until that is down by the
+        // model's size.
+        let held_resident = place.backend.device(0)?.held_by(pid);
         peak = peak.max(after);
         steps.push(Step {
             step: format!("start {label} process"),
@@ -414,7 +425,7 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
         // whole reclaim is still proved below, once this process has exited.
         if let Some(next) = prepared.take() {
             child.until("released", label)?;
-            place.wait_for_room(pid, size, Duration::from_secs(5))?;
+            place.wait_for_room(pid, size, held_resident, tolerance, Duration::from_secs(5))?;
             let before = place.used(&[])?;
             let go = Instant::now();
             let next = next.send_go(size)?;
