@@ -2,7 +2,7 @@
 # Issue #24's figures on a GPU: what starting the next stage ahead (prestart) saves.
 #   1. `baton bench switch` with 4 GiB mock models, with prestart and with BATON_PRESTART=0:
 #      the processes mode's switch (first model released -> second resident) against the
-#      in-process switch;
+#      in-process switch, then `baton demo switch --mode processes`'s table;
 #   2. the whole content pipeline (scripts/gpu/pipeline.sh: processes and monolithic), with
 #      prestart and with BATON_PRESTART=0, NVML watched from outside.
 # Needs a cuda build in target/release and MODEL (the SmolLM2 GGUF) as pipeline.sh does. From
@@ -16,9 +16,11 @@ export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 for prestart in 1 0; do
     printf '\n=== baton bench switch, BATON_PRESTART=%s\n' "$prestart"
-    BATON_PRESTART=$prestart $B bench switch --size 4GiB --device gpu --repeat 5 \
+    BATON_PRESTART=$prestart $B bench switch --size 4GiB --device gpu --repeat 7 \
         --json "$OUT/switch-prestart-$prestart.json" 2>&1 | tail -12
 done
+printf '\n=== baton demo switch --mode processes\n'
+$B demo switch --mode processes --size 4GiB --device gpu 2>&1 | grep -v " INFO "
 for prestart in 1 0; do
     printf '\n=== the content pipeline, BATON_PRESTART=%s\n' "$prestart"
     BATON_PRESTART=$prestart bash scripts/gpu/pipeline.sh "$OUT/pipeline-prestart-$prestart" 2>&1 |

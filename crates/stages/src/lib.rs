@@ -40,8 +40,8 @@ pub fn main() -> ExitCode {
 /// A built-in stage the runner started ahead of its turn (`BATON_GO_FD` set): it prepares what
 /// takes no device memory to speak of (on a GPU, the CUDA context and the kernels every model
 /// of baton uses), says `baton:ready`, and waits for its go before it reads its inputs or loads
-/// anything; the go's budget then stands for `BATON_MEMORY_BUDGET`. The context stays for the
-/// stage, which joins it. Without the variable, nothing happens.
+/// anything; the go's budget then stands for `BATON_MEMORY_BUDGET`. The context and its kernels
+/// stay for the stage, which computes on the same device. Without the variable, nothing happens.
 fn prepare_and_await_go(compute: Option<baton_memory::DeviceChoice>) -> anyhow::Result<()> {
     use baton_base::protocol::{GO_FD_VAR, await_go};
     if std::env::var_os(GO_FD_VAR).is_none() {
@@ -50,10 +50,10 @@ fn prepare_and_await_go(compute: Option<baton_memory::DeviceChoice>) -> anyhow::
     if let Some(choice) = compute {
         let (compute, _) = baton_studio::compute::Compute::choose(choice)?;
         if matches!(compute, baton_studio::compute::Compute::Cuda(_)) {
+            // The process has one candle device per GPU, kept until it exits: the stage will
+            // compute on this one, with the kernels loaded here.
             let (_, device) = compute.open()?;
             baton_studio::llm::warm_up(&device)?;
-            // Kept for the life of the process: the stage's own device joins this context.
-            std::mem::forget((compute, device));
         }
     }
     await_go().map_err(|e| anyhow::anyhow!("waiting for the runner's go: {e}"))?;

@@ -605,8 +605,9 @@ fn spawn_mock(target: Target, size: u64, label: &str, ahead: bool) -> anyhow::Re
 }
 
 /// `baton demo mock`: one mock model in this process; says `resident` once it is, and when its
-/// standard input closes, frees it, says `released` and exits. Started with a go pipe (`BATON_GO_FD`), it makes its
-/// context, says `baton:ready`, and allocates only after its go.
+/// standard input closes, frees it (back to the device, not a pool), says `released` and exits.
+/// Started with a go pipe (`BATON_GO_FD`), it makes its context, says `baton:ready`, and
+/// allocates only after its go.
 pub fn mock(
     target: DeviceChoice,
     size: u64,
@@ -627,6 +628,11 @@ pub fn mock(
     let mut rest = String::new();
     let _ = std::io::stdin().read_line(&mut rest);
     drop(model);
+    // A dropped CUDA block goes back to this process's memory pool, not to the device, until
+    // the stream has run past the free and the pool is trimmed: `released` is true only after
+    // both (the in-process mode's scope does the same), so the supervisor's go, which waits for
+    // the device to show the whole model back, is not held up until this process's exit.
+    place.backend.trim()?;
     // The supervisor may start the next model now; this process's context goes with its exit.
     writeln!(out, "released")?;
     out.flush()?;

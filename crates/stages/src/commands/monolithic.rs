@@ -42,10 +42,8 @@ fn backend() -> (Arc<dyn MemoryBackend>, String) {
         // Kernel modules and the cuBLAS workspace, once loaded, stay with the context until the
         // process exits, whatever a stage frees: load them before the first stage, so that they
         // are part of the baseline (as each stage's own scope does) and not charged to scenes.
-        let warmed = candle_core::Device::new_cuda(0)
-            .map_err(|e| e.to_string())
-            .and_then(|device| baton_studio::llm::warm_up(&device).map_err(|e| e.to_string()));
-        if let Err(e) = warmed {
+        // The stages compute on this same device (the process has one per GPU).
+        if let Err(e) = baton_studio::llm::warm_up(cuda.device()) {
             tracing::warn!("CUDA warm-up failed: {e}");
         }
         return (Arc::new(cuda), "GPU 0 (CUDA, this process)".into());

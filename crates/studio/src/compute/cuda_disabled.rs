@@ -36,6 +36,10 @@ impl MemoryBackend for CudaBackend {
 pub struct CudaBlock(());
 
 impl CudaBackend {
+    pub fn device(&self) -> &candle_core::Device {
+        unreachable!("CudaBackend cannot be constructed without the cuda feature")
+    }
+
     pub fn fill_random(&self, _bytes: u64) -> Result<CudaBlock, MemoryError> {
         unreachable!("CudaBackend cannot be constructed without the cuda feature")
     }

@@ -41,11 +41,9 @@ impl Compute {
                 Arc::new(baton_memory::host::HostBackend::new()),
                 candle_core::Device::Cpu,
             ),
-            // candle's CUDA device joins the primary context the backend already holds.
-            Compute::Cuda(cuda) => (
-                cuda.clone(),
-                candle_core::Device::new_cuda(0).map_err(|e| ComputeError::Device(Box::new(e)))?,
-            ),
+            // The backend's own device: the process has one per GPU (`cuda::shared_device`), so
+            // the kernels a warm-up loaded serve the stage, and a trim syncs the stage's stream.
+            Compute::Cuda(cuda) => (cuda.clone(), cuda.device().clone()),
         })
     }
 
