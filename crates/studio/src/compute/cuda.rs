@@ -65,7 +65,9 @@ impl CudaBackend {
 fn shared_device(ordinal: usize) -> Result<candle_core::Device, candle_core::Error> {
     static DEVICES: std::sync::Mutex<Vec<(usize, candle_core::Device)>> =
         std::sync::Mutex::new(Vec::new());
-    let mut devices = DEVICES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut devices = DEVICES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some((_, device)) = devices.iter().find(|(o, _)| *o == ordinal) {
         return Ok(device.clone());
     }
