@@ -499,94 +499,6 @@ fn describe_picture(
     ))
 }
 
-/// A title for a scene whose title an earlier scene (or the worked example) already has: asked on
-/// its own, with the titles taken listed and their words made much less likely, the topic's
-/// words too (SmolLM2 built every title of "How bees make honey" from "honey" and "bees", and
-/// two came out the same). The scene's own title is kept when two tries give none of its own.
-#[allow(clippy::too_many_arguments)]
-fn retitle(
-    llm: &mut Llm,
-    topic: &str,
-    scene: &Scene,
-    taken: &[&str],
-    sampler: &Sampler,
-    total: &mut Generation,
-    on_token: &mut dyn FnMut(usize),
-) -> Result<String, ScenesError> {
-    #[derive(serde::Deserialize)]
-    struct Title {
-        title: String,
-    }
-    let schema = compact(serde_json::json!({
-        "type": "object",
-        "properties": {"title": words_schema(TITLE_WORDS)},
-        "required": ["title"],
-        "additionalProperties": false
-    }));
-    fn shown<'a>(taken: &[&'a str]) -> Vec<&'a str> {
-        let own: Vec<&str> = taken
-            .iter()
-            .copied()
-            .filter(|t| *t != example::SCENE_TITLE)
-            .collect();
-        if own.is_empty() { taken.to_vec() } else { own }
-    }
-    let ask = |topic: &str, narration: &str, taken: &[&str]| {
-        let taken: Vec<String> = taken.iter().map(|t| format!("\"{t}\"")).collect();
-        format!(
-            "A scene of a narrated video about {topic}. Its narration: \"{narration}\"\n\
-             The other scenes are titled {}. Give this scene a short title of its own, \
-             unlike theirs, that says what happens in it.",
-            taken.join(", ")
-        )
-    };
-    let turns = vec![
-        ("system".to_string(), SYSTEM.to_string()),
-        (
-            "user".to_string(),
-            ask(example::TOPIC, example::NARRATION, &[example::TITLE]),
-        ),
-        (
-            "assistant".to_string(),
-            compact_json(&serde_json::json!({"title": example::SCENE_TITLE})),
-        ),
-        // The worked example's title is not shown as one of this video's, unless it is the
-        // one taken.
-        (
-            "user".to_string(),
-            ask(topic, &scene.narration, &shown(taken)),
-        ),
-    ];
-    let avoid = llm.word_tokens(&shown(taken).join(" "), &[]);
-    for attempt in 0..2u64 {
-        let seeded = Sampler {
-            seed: sampler
-                .seed
-                .wrapping_add(7 * scene.index as u64 + 9000 + attempt),
-            ..sampler.clone()
-        };
-        let title: Title = generate_part(
-            llm,
-            &format!("title of scene {}", scene.index),
-            &turns,
-            &schema,
-            &seeded,
-            (&avoid, 3.0 + attempt as f32),
-            total,
-            on_token,
-        )?;
-        let title = title.title.trim().to_string();
-        if !taken.iter().any(|t| t.eq_ignore_ascii_case(&title)) {
-            return Ok(title);
-        }
-    }
-    tracing::info!(
-        "scene {}'s title kept repeating another's; keeping it",
-        scene.index
-    );
-    Ok(scene.title.clone())
-}
-
 /// Writes a storyboard of `scenes` scenes about `topic` the way small models do it well: a
 /// title and a one-line outline first, then each scene on its own with the topic and the
 /// outline in its prompt. A scene that repeats an earlier one (word trigrams) or whose image
@@ -690,14 +602,6 @@ pub fn generate_storyboard(
             );
         }
         let mut scene = best.expect("at least one try").1;
-        let taken: Vec<&str> = written
-            .iter()
-            .map(|s| s.title.as_str())
-            .chain([example::SCENE_TITLE])
-            .collect();
-        if taken.iter().any(|t| t.eq_ignore_ascii_case(&scene.title)) {
-            scene.title = retitle(llm, topic, &scene, &taken, sampler, &mut total, on_token)?;
-        }
         if crate::quality::prompt_copies_narration(&scene) {
             scene.image_prompt = describe_picture(
                 llm,
