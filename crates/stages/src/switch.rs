@@ -357,29 +357,24 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
     let mut switch_seconds = 0.0;
     let mut verified = true;
     let mut problems = Vec::new();
-    // The next model's process, started ahead (as the runner prestarts a stage): it has made
-    // its context and waits for its go.
-    let mut prepared: Option<MockProcess> = None;
-    // Or, given its go as soon as the model before it was freed, while that process was still
-    // exiting: the device's use before its go, the go's time, and a thread that reads its
-    // output until it says resident, and when.
+    // The next model's process, started ahead (as the runner prestarts a stage) and given its
+    // go as soon as the model before it was freed, while that process was still exiting: the
+    // device's use before its go, the go's time, and a thread that reads its output until it
+    // says resident, and when.
     let mut early: Option<(u64, Instant, Resident)> = None;
     for (i, label) in LABELS.iter().enumerate() {
-        let (mut child, before, start, resident, after) = match (early.take(), prepared.take()) {
-            (Some((before, go, reading)), _) => {
+        let (mut child, before, start, resident, after) = match early.take() {
+            Some((before, go, reading)) => {
                 let (child, resident) = reading.join().map_err(|_| {
                     anyhow::anyhow!("the thread reading the {label} process failed")
                 })??;
                 let after = place.used(&[child.id()])?;
                 (child, before, go, resident, after)
             }
-            (None, next) => {
+            None => {
                 let before = place.used(&[])?;
                 let start = Instant::now();
-                let child = match next {
-                    Some(next) => next.go(size, label)?,
-                    None => spawn_mock(target, size, label, false)?.resident(label)?,
-                };
+                let child = spawn_mock(target, size, label, false)?.resident(label)?;
                 let resident = Instant::now();
                 let after = place.used(&[child.id()])?;
                 (child, before, start, resident, after)
@@ -402,6 +397,7 @@ pub fn processes(target: Target, size: u64, tolerance: u64) -> anyhow::Result<Mo
         // `BATON_PRESTART=0`: the next process starts only after this one is gone, as before
         // prestart (to measure what it saves).
         let ahead = std::env::var("BATON_PRESTART").as_deref() != Ok("0");
+        let mut prepared = None;
         if let Some(next) = LABELS.get(i + 1).filter(|_| ahead) {
             let start = Instant::now();
             let next = spawn_mock(target, size, next, true)?.ready(next)?;
@@ -538,17 +534,6 @@ impl MockProcess {
         writeln!(pipe, "go {bytes}")?;
         drop(pipe);
         Ok(self)
-    }
-
-    /// Gives it its go (`bytes` granted) unless it has had it, and waits until its model is
-    /// resident.
-    fn go(self, bytes: u64, label: &str) -> anyhow::Result<MockProcess> {
-        let given = if self.go.is_some() {
-            self.send_go(bytes)?
-        } else {
-            self
-        };
-        given.resident(label)
     }
 }
 

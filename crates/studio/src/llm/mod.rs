@@ -211,18 +211,15 @@ impl Llm {
                 }
             }
         };
-        let continues_word = (0..n_vocab as u32)
+        let (continues_word, begins_word) = (0..n_vocab as u32)
             .map(|id| {
-                let (first, _) = first_chars(id);
-                first.is_alphanumeric() || first == '\'' || first == '-'
+                let (first, second) = first_chars(id);
+                (
+                    first.is_alphanumeric() || first == '\'' || first == '-',
+                    first == ' ' && second.is_some_and(char::is_alphabetic),
+                )
             })
-            .collect();
-        let begins_word = (0..n_vocab as u32)
-            .map(|id| match first_chars(id) {
-                (' ', Some(c)) => c.is_alphabetic(),
-                _ => false,
-            })
-            .collect();
+            .unzip();
         Ok(Llm {
             weights,
             free_text,
