@@ -247,7 +247,8 @@ pub struct ModeResult {
     /// The baseline the leftovers are measured from.
     pub baseline: u64,
     pub peak: u64,
-    /// What this process's CUDA context costs (in-process mode on a GPU).
+    /// What this process's CUDA context costs (in-process mode on a GPU): what it took when
+    /// made, so 0 for a run after the first, which finds it made (one context per process).
     pub context: Option<u64>,
     pub verified: bool,
     pub verdict: String,
