@@ -2,8 +2,10 @@
 """Reads storyboards as a reader would, word by word: how many narrations run to the word limit
 (where the constraint forces a full stop onto whatever word comes), and which words of the
 narrations, scene titles and image prompts are in no English dictionary (glued or invented:
-"asin'lly", "inmidnight", "self-sacr"). For `baton bench scenes --out
-DIR` folders; figures in docs/scenes.md.
+"asin'lly", "inmidnight", "self-sacr"); how many scene titles repeat an earlier scene's in
+their storyboard; and how many image prompts read as a sentence rather than a picture (a
+sentence mark, or a pronoun that a picture has no use for: "They're happy, but when"). For
+`baton bench scenes --out DIR` folders; figures in docs/scenes.md.
 
     scripts/scenes-words.py DIR [DIR ...]
 
@@ -30,6 +32,17 @@ sat met led fed fled shone woke rose fell drew drawn threw thrown blew blown wor
 bore born froze frozen chose chosen broke broken rode ridden drove driven hid hidden struck stuck
 hung swung sprang sprung sank sunk shrank don't won't can't shan't ain't""".split())
 CONTRACTIONS = ("n't", "'re", "'ll", "'ve", "'d", "'m")
+
+# Words that make an image prompt a sentence told to someone, not a picture.
+PRONOUNS = set("i me my you your he him his she her we us our they them their it's i'm you're"
+               " they're he's she's we're".split())
+
+
+def sentence_like(prompt):
+    """A prompt with a sentence mark, or with a personal pronoun."""
+    if re.search(r"[.!?;]", prompt):
+        return True
+    return any(w.strip(",:").lower() in PRONOUNS for w in prompt.split())
 
 
 def dictionary():
@@ -75,12 +88,19 @@ def odd_words(text, words, topic, title=False):
 
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
-    at_limit = 0
+    at_limit = repeated = sentences = 0
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
+        if "scenes" not in board:
+            continue
         topic = {w.lower() for w in re.findall(r"[A-Za-z]+", board.get("topic", ""))}
+        titles = set()
         for scene in board["scenes"]:
             at_limit += len(scene["narration"].split()) >= LIMIT
+            title = scene["title"].strip(" .,;:!?").lower()
+            repeated += title in titles
+            titles.add(title)
+            sentences += sentence_like(scene["image_prompt"])
             for field, count in fields.items():
                 odd = odd_words(scene[field], words, topic, title=field == "title")
                 count[0] += 1
@@ -88,7 +108,9 @@ def judge(folder, words):
                 count[2] += odd
     n = fields["narration"][0]
     print(f"{folder}: {n} scenes; narrations at the {LIMIT}-word limit: {at_limit} "
-          f"({100 * at_limit / max(n, 1):.0f}%)")
+          f"({100 * at_limit / max(n, 1):.0f}%); scene titles repeating an earlier scene's: "
+          f"{repeated}; image prompts that read as a sentence: {sentences} "
+          f"({100 * sentences / max(n, 1):.0f}%)")
     for field, (count, with_odd, odd) in fields.items():
         print(f"  {field}s with a word in no dictionary: {with_odd} ({100 * with_odd / max(count, 1):.0f}%): "
               f"{', '.join(sorted(set(odd)))}")
