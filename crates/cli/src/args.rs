@@ -271,11 +271,11 @@ pub struct ScenesArgs {
     #[arg(long, env = "BATON_SCENES_REPEAT_PENALTY", default_value_t = 1.15)]
     pub repeat_penalty: f32,
     /// Words added to every scene's image prompt, for one look across the pictures (empty:
-    /// none).
+    /// none). No light: each scene's prompt names its own.
     #[arg(
         long,
         env = "BATON_SCENES_STYLE",
-        default_value = "cinematic, detailed, soft light"
+        default_value = "cinematic, detailed"
     )]
     pub style: String,
     /// Where the run folder is made.

@@ -423,9 +423,28 @@ impl Picture {
     /// "subject, place, light".
     fn prompt(&self) -> String {
         [&self.subject, &self.place, &self.light]
-            .map(|p| p.trim())
+            .map(|p| without_dangling_words(p))
             .join(", ")
     }
+}
+
+/// Words a phrase cannot end on: a small model at a phrase's word limit stops in the middle of
+/// one ("the northernmost tip of", "A Christmas Eve at the").
+const DANGLING: &[&str] = &[
+    "a", "an", "the", "of", "on", "in", "at", "to", "for", "with", "and", "or", "from", "by",
+    "into", "onto", "over", "under", "his", "her", "their", "its", "my", "your", "our", "is",
+    "are", "was", "were", "that", "which", "who", "as", "but", "than",
+];
+
+/// `phrase` (a title, a picture's subject, place or light) without the words it was cut off
+/// after: "a small cottage on" is "a small cottage". A phrase of nothing else is kept whole.
+fn without_dangling_words(phrase: &str) -> String {
+    let words: Vec<&str> = phrase.split_whitespace().collect();
+    let kept = words
+        .iter()
+        .rposition(|w| !DANGLING.contains(&w.to_lowercase().as_str()))
+        .map_or(words.len(), |last| last + 1);
+    words[..kept].join(" ")
 }
 
 /// One scene as the model writes it (the index and the title are the plan's).
@@ -661,7 +680,7 @@ pub fn generate_storyboard(
             seed: sampler.seed.wrapping_add(attempt * 31),
             ..sampler.clone()
         };
-        let outline: Outline = generate_part(
+        let mut outline: Outline = generate_part(
             llm,
             "outline",
             &outline_turns(topic, scenes),
@@ -671,6 +690,10 @@ pub fn generate_storyboard(
             &mut total,
             on_token,
         )?;
+        outline.title = without_dangling_words(&outline.title);
+        for p in &mut outline.outline {
+            p.title = without_dangling_words(&p.title);
+        }
         let repeated = repeated_titles(&outline.outline);
         if plan.as_ref().is_none_or(|(r, _)| repeated < *r) {
             plan = Some((repeated, outline));
@@ -728,7 +751,7 @@ pub fn generate_storyboard(
             )?;
             let scene = Scene {
                 index: k as u32,
-                title: plan.outline[k - 1].title.trim().to_string(),
+                title: plan.outline[k - 1].title.clone(),
                 narration: w.narration.trim().to_string(),
                 image_prompt: w.picture.prompt(),
                 duration_seconds: f64::from(w.duration_seconds),
@@ -761,7 +784,7 @@ pub fn generate_storyboard(
     }
     let board = Storyboard {
         topic: topic.trim().to_string(),
-        title: plan.title.trim().to_string(),
+        title: plan.title.clone(),
         scenes: written,
     };
     total.text = serde_json::to_string(&board).expect("a storyboard serializes");
@@ -895,6 +918,34 @@ mod tests {
         assert_eq!(repeat_score(&example_picture, &[]), 1.0);
         let copied = scene("A", &fresh.narration, "waits for the last train home");
         assert_eq!(repeat_score(&copied, &[]), 1.0);
+    }
+
+    #[test]
+    fn phrases_lose_the_words_they_were_cut_off_after() {
+        assert_eq!(
+            without_dangling_words("a small cottage on"),
+            "a small cottage"
+        );
+        assert_eq!(
+            without_dangling_words("A Christmas Eve at the"),
+            "A Christmas Eve"
+        );
+        assert_eq!(
+            without_dangling_words("The Queen Bee in A"),
+            "The Queen Bee"
+        );
+        assert_eq!(without_dangling_words(" morning  light "), "morning light");
+        // Nothing but such words: kept, not emptied.
+        assert_eq!(without_dangling_words("in the"), "in the");
+        let picture = Picture {
+            subject: "a lighthouse keeper at".into(),
+            place: "the northernmost tip of".into(),
+            light: "morning light".into(),
+        };
+        assert_eq!(
+            picture.prompt(),
+            "a lighthouse keeper, the northernmost tip, morning light"
+        );
     }
 
     #[test]
