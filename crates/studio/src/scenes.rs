@@ -388,7 +388,7 @@ fn compact_json(value: &serde_json::Value) -> String {
     out
 }
 
-/// The plan of a storyboard: its title, and per scene what happens and the scene's title.
+/// The plan of a storyboard: its title, and per scene its title and what happens in it.
 #[derive(serde::Deserialize)]
 struct Outline {
     title: String,
@@ -396,7 +396,7 @@ struct Outline {
 }
 
 /// One scene of the plan.
-#[derive(serde::Deserialize, serde::Serialize, Clone)]
+#[derive(serde::Deserialize, serde::Serialize)]
 struct Planned {
     title: String,
     happens: String,
@@ -631,7 +631,7 @@ fn repeated_titles(plan: &[Planned]) -> usize {
 }
 
 /// Writes a storyboard of `scenes` scenes about `topic` the way small models do it well: a
-/// title and an outline first (per scene, what happens and its title; written again with
+/// title and an outline first (per scene, its title and what happens; written again with
 /// another seed while scene titles repeat), then each scene on its own with the topic and the
 /// outline in its prompt. A scene that repeats an earlier one (word trigrams) or whose image
 /// prompt copies its narration is written again with another seed; the least repetitive of its
