@@ -545,10 +545,11 @@ fn describe_picture(
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<String, ScenesError> {
+    let properties = Picture::properties();
     let schema = compact(serde_json::json!({
         "type": "object",
-        "properties": Picture::properties(),
-        "required": ["subject", "place", "light"],
+        "required": properties.keys().collect::<Vec<_>>(),
+        "properties": properties,
         "additionalProperties": false
     }));
     let ask = |narration: &str| {
@@ -705,17 +706,19 @@ pub fn generate_storyboard(
     }
     let plan = plan.expect("at least one try").1;
     let topic_words = crate::quality::content_words(topic);
+    // In the order the model writes them, every one required.
+    let mut properties = serde_json::Map::new();
+    properties.insert("narration".into(), narration_schema(topic, &topic_words));
+    properties.extend(Picture::properties());
+    // Whole seconds: a number with decimals lets a small model write digits forever.
+    properties.insert(
+        "duration_seconds".into(),
+        serde_json::json!({"type": "integer", "minimum": 4, "maximum": 8}),
+    );
     let scene_schema = compact(serde_json::json!({
         "type": "object",
-        "properties": {
-            "narration": narration_schema(topic, &topic_words),
-            "subject": Picture::properties()["subject"],
-            "place": Picture::properties()["place"],
-            "light": Picture::properties()["light"],
-            // Whole seconds: a number with decimals lets a small model write digits forever.
-            "duration_seconds": {"type": "integer", "minimum": 4, "maximum": 8}
-        },
-        "required": ["narration", "subject", "place", "light", "duration_seconds"],
+        "required": properties.keys().collect::<Vec<_>>(),
+        "properties": properties,
         "additionalProperties": false
     }));
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
