@@ -4,7 +4,10 @@
 narrations, scene titles and image prompts are in no English dictionary (glued or invented:
 "asin'lly", "inmidnight", "self-sacr"); how many scene titles repeat an earlier scene's in
 their storyboard; and how many image prompts read as a sentence rather than a picture (a
-sentence mark, or a pronoun that a picture has no use for: "They're happy, but when"). For
+sentence mark, or a pronoun that a picture has no use for: "They're happy, but when"); how
+many narrations read out the video's title ("The End of the Dream. I'm a ghost") or quote the
+whole topic after an earlier scene did ("The deep sea at midnight, …" again); and which lights
+the pictures are shown in most (the third of an image prompt's phrases). For
 `baton bench scenes --out DIR` folders; figures in docs/scenes.md.
 
     scripts/scenes-words.py DIR [DIR ...]
@@ -15,6 +18,7 @@ unzip -o -q *.whl`, then EW=/tmp/ew. A word counts as known if it, or it without
 ending (s, es, ed, d, ing, ly, er, est), is in them, or it is a word of the topic.
 """
 
+import collections
 import glob
 import json
 import os
@@ -86,16 +90,33 @@ def odd_words(text, words, topic, title=False):
     return odd
 
 
+def quotes(text, phrase):
+    """`text` has `phrase`'s words one after another (case and punctuation aside)."""
+    norm = lambda t: " " + " ".join(re.findall(r"[\w']+", t.lower())) + " "
+    return len(phrase.split()) > 0 and norm(phrase) in norm(text)
+
+
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
-    at_limit = repeated = sentences = 0
+    at_limit = repeated = sentences = read_title = requoted = 0
+    lights = collections.Counter()
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
         if "scenes" not in board:
             continue
         topic = {w.lower() for w in re.findall(r"[A-Za-z]+", board.get("topic", ""))}
         titles = set()
+        quoted = False
         for scene in board["scenes"]:
+            narration = scene["narration"]
+            if len(board["title"].split()) >= 2:
+                read_title += quotes(narration, board["title"])
+            if len(board["topic"].split()) >= 3 and quotes(narration, board["topic"]):
+                requoted += quoted
+                quoted = True
+            phrases = scene["image_prompt"].split(", ")
+            if len(phrases) >= 3:
+                lights[phrases[2].lower()] += 1
             at_limit += len(scene["narration"].split()) >= LIMIT
             title = scene["title"].strip(" .,;:!?").lower()
             repeated += title in titles
@@ -111,6 +132,10 @@ def judge(folder, words):
           f"({100 * at_limit / max(n, 1):.0f}%); scene titles repeating an earlier scene's: "
           f"{repeated}; image prompts that read as a sentence: {sentences} "
           f"({100 * sentences / max(n, 1):.0f}%)")
+    print(f"  narrations reading out the video's title: {read_title}; quoting the whole topic "
+          f"after an earlier scene did: {requoted}; lights: "
+          f"{', '.join(f'{light} {k}' for light, k in lights.most_common(5))}, "
+          f"{len(lights)} different")
     for field, (count, with_odd, odd) in fields.items():
         print(f"  {field}s with a word in no dictionary: {with_odd} ({100 * with_odd / max(count, 1):.0f}%): "
               f"{', '.join(sorted(set(odd)))}")

@@ -95,6 +95,28 @@ pub fn prompt_copies_narration(scene: &Scene) -> bool {
     !prompt.is_empty() && narration.contains(&prompt)
 }
 
+/// True when `text` has all of `phrase`'s words, in its order and one after another (letter
+/// case and punctuation aside): "The end of the dream. The Tokyo Tower…" quotes "The End of the
+/// Dream".
+pub fn quotes(text: &str, phrase: &str) -> bool {
+    let (text, phrase) = (words(text), words(phrase));
+    !phrase.is_empty() && text.windows(phrase.len()).any(|w| w == phrase.as_slice())
+}
+
+/// Words that make an image prompt a sentence told to someone, not a picture: a personal
+/// pronoun has no one to point at in a picture ("I am in love with him, my fatherland").
+const PRONOUNS: &[&str] = &[
+    "i", "me", "my", "you", "your", "he", "him", "his", "she", "her", "we", "us", "our", "they",
+    "them", "their", "it's", "i'm", "you're", "they're", "he's", "she's", "we're",
+];
+
+/// True when an image prompt reads as a sentence rather than a picture: it has a sentence mark
+/// or a personal pronoun (`scripts/scenes-words.py` counts the same).
+pub fn reads_as_sentence(prompt: &str) -> bool {
+    prompt.contains(['.', '!', '?', ';'])
+        || words(prompt).iter().any(|w| PRONOUNS.contains(&w.as_str()))
+}
+
 /// Characters that make text markup, a path or a placeholder rather than words to be read.
 pub const MARKUP: &[char] = &[
     '<', '>', '[', ']', '{', '}', '/', '\\', '|', '#', '*', '_', '~', '`', '@', '^', '=',
@@ -192,6 +214,28 @@ mod tests {
         assert!(mentions_topic(&board("The lighthouses stand dark.")));
         assert!(mentions_topic(&board("Old keepers never sleep.")));
         assert!(!mentions_topic(&board("The city of the dead awaits.")));
+    }
+
+    #[test]
+    fn quotes_and_pictures_told_as_sentences_are_caught() {
+        let title = "The End of the Dream";
+        assert!(quotes(
+            "The end of the dream. The Tokyo Tower is a shadow.",
+            title
+        ));
+        // All the words, but not one after another.
+        assert!(!quotes("The dream of the end came at last.", title));
+        assert!(!quotes("Anything at all.", ""));
+        assert!(reads_as_sentence("I am in love with him, my fatherland"));
+        assert!(reads_as_sentence("They're happy, but when"));
+        assert!(reads_as_sentence("a lamp. The end"));
+        assert!(!reads_as_sentence(
+            "a lighthouse keeper climbing the stairs, a stone tower, lamplight"
+        ));
+        // A word that only starts like a pronoun is no pronoun.
+        assert!(!reads_as_sentence(
+            "heron in the shallows, a theme park, usual light"
+        ));
     }
 
     #[test]

@@ -133,10 +133,12 @@ fn phrase_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
     })
 }
 
-/// The narration's schema: words, as [`words_schema`], one of which is a word of the topic (or
-/// an obvious form of it: `bees`, `keeper's`, `Tokyo's`), so a small model cannot drift off
-/// the topic; any words when the topic has none worth naming.
-fn narration_schema(topic: &str, topic_words: &[String]) -> serde_json::Value {
+/// A schema for words, as [`words_schema`], one of which is a word of the topic (or an obvious
+/// form of it: `bees`, `keeper's`, `Tokyo's`), at most `shape.before` words in, and whose last
+/// word ends a sentence; any words when the topic has none worth naming. A narration is held to
+/// it, so a small model cannot drift off the topic, and so is a line of the outline, which a
+/// small model otherwise lets wander ("The life of a monarch butterfly" became a king named Auk).
+fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_json::Value {
     // A name (a word capitalised inside the topic: Tokyo, Paris) is written capitalised only.
     let is_name = |w: &str| {
         topic.split_whitespace().skip(1).any(|t| {
@@ -145,9 +147,6 @@ fn narration_schema(topic: &str, topic_words: &[String]) -> serde_json::Value {
                 && t.chars().next().is_some_and(char::is_uppercase)
         })
     };
-    if topic_words.is_empty() {
-        return words_schema(NARRATION_WORDS);
-    }
     let forms: Vec<String> = topic_words
         .iter()
         .map(|w| w.trim_end_matches("'s"))
@@ -164,13 +163,11 @@ fn narration_schema(topic: &str, topic_words: &[String]) -> serde_json::Value {
         })
         .collect();
     if forms.is_empty() {
-        return words_schema(NARRATION_WORDS);
+        return words_schema(shape.words.clone());
     }
     // The topic's word, a plural or a possessive, then a closing mark.
     let topic = format!("(?:{})(?:s|es)?(?:'s)?[.,;:!?]?", forms.join("|"));
-    // A few words before it, more after: at most NARRATION_WORDS' longest in all.
-    let (before, after) = (NARRATION_TOPIC_BEFORE, NARRATION_TOPIC_AFTER);
-    let (after_min, after_max) = (after.start(), after.end());
+    let (before, after_min, after_max) = (shape.before, shape.after.start(), shape.after.end());
     serde_json::json!({
         "type": "string",
         // The last word ends the sentence: a narration is read aloud, and one cut off at a
@@ -179,11 +176,34 @@ fn narration_schema(topic: &str, topic_words: &[String]) -> serde_json::Value {
     })
 }
 
-/// At most this many words come before the topic's word in a narration, and this many after.
-const NARRATION_TOPIC_BEFORE: usize = 6;
-const NARRATION_TOPIC_AFTER: std::ops::RangeInclusive<usize> = 5..=10;
-const _: () =
-    assert!(NARRATION_TOPIC_BEFORE + *NARRATION_TOPIC_AFTER.end() + 2 <= *NARRATION_WORDS.end());
+/// Where a [`naming_schema`] puts the topic's word: at most `before` words come before it, and
+/// `after` words (then the sentence's last word) after it; `words` is what the text has when
+/// the topic has no word to name.
+struct Naming {
+    words: std::ops::RangeInclusive<usize>,
+    before: usize,
+    after: std::ops::RangeInclusive<usize>,
+}
+
+/// A narration: one or two sentences, the topic's word at most six words in.
+/// A short sentence may end it ("Tokyo never sleeps."): made to go on after the topic's word
+/// came late, a small model wrote fragments ("…and Tokyo has its own. Golden. Stars. You know.").
+const NARRATION: Naming = Naming {
+    words: 10..=18,
+    before: 6,
+    after: 2..=10,
+};
+/// A line of the outline: one sentence.
+const OUTLINE_LINE: Naming = Naming {
+    words: 6..=20,
+    before: 6,
+    after: 4..=12,
+};
+const _: () = {
+    // Naming the topic never makes a text longer than its words allow.
+    assert!(NARRATION.before + *NARRATION.after.end() + 2 <= *NARRATION.words.end());
+    assert!(OUTLINE_LINE.before + *OUTLINE_LINE.after.end() + 2 <= *OUTLINE_LINE.words.end());
+};
 
 /// One word: at most `MAX_WORD` characters.
 /// It starts with a letter: a small model left free to write digits writes lists of them
@@ -206,22 +226,56 @@ const _: () = {
     use crate::storyboard::limits;
     assert!(longest(*TITLE_WORDS.end()) <= limits::TITLE);
     assert!(longest(*TITLE_WORDS.end()) <= limits::SCENE_TITLE);
-    assert!(longest(*NARRATION_WORDS.end()) <= limits::NARRATION);
+    assert!(longest(*NARRATION.words.end()) <= limits::NARRATION);
     // A picture's three phrases, joined by ", " (one character more than a word's space),
     // then the style.
-    let words = *SUBJECT_WORDS.end() + *PLACE_WORDS.end() + *LIGHT_WORDS.end();
-    assert!(words * (MAX_PHRASE_WORD + 1) - 1 + 2 + ", ".len() + MAX_STYLE <= limits::IMAGE_PROMPT);
+    let words = *SUBJECT_WORDS.end() + *PLACE_WORDS.end();
+    let mut light = 0;
+    let mut i = 0;
+    while i < LIGHTS.len() {
+        if LIGHTS[i].len() > light {
+            light = LIGHTS[i].len();
+        }
+        i += 1;
+    }
+    assert!(
+        words * (MAX_PHRASE_WORD + 1) - 1 + ", ".len() + light + ", ".len() + MAX_STYLE
+            <= limits::IMAGE_PROMPT
+    );
 };
 
 /// How many words each field has: titles short, a narration one or two sentences, an outline
 /// line one sentence.
 const TITLE_WORDS: std::ops::RangeInclusive<usize> = 2..=5;
-const NARRATION_WORDS: std::ops::RangeInclusive<usize> = 10..=18;
 /// A picture, as three phrases: who or what (doing what), where, and the light.
 const SUBJECT_WORDS: std::ops::RangeInclusive<usize> = 2..=7;
 const PLACE_WORDS: std::ops::RangeInclusive<usize> = 2..=4;
-const LIGHT_WORDS: std::ops::RangeInclusive<usize> = 1..=2;
-const OUTLINE_WORDS: std::ops::RangeInclusive<usize> = 6..=20;
+/// The lights a picture is shown in, one chosen per scene. Left to write its own, SmolLM2-135M
+/// wrote "morning light" for 53 of 120 pictures (the worked example's), and for others
+/// "electricity", "his smile" or, told to avoid "morning", "morale". Two words can say little
+/// more than these do, and each reads well to an image generator.
+const LIGHTS: &[&str] = &[
+    "dawn light",
+    "bright daylight",
+    "harsh noon sun",
+    "overcast daylight",
+    "golden hour",
+    "sunset glow",
+    "blue dusk",
+    "moonlight",
+    "starlight",
+    "candlelight",
+    "firelight",
+    "lamplight",
+    "neon glow",
+    "stormy light",
+    "misty light",
+    "underwater light",
+    "dappled sunlight",
+    "dim interior light",
+];
+/// In how many of a storyboard's pictures one light may be.
+const SAME_LIGHT: usize = 2;
 
 /// The constraint of one generation: compact JSON, or a small model spends its budget on
 /// whitespace.
@@ -256,9 +310,10 @@ fn scene_prompt(topic: &str, title: &str, outline: &[Planned], k: usize) -> Stri
          Give: the narration, one or two full sentences to be read aloud, about {topic}, \
          saying something no other scene says; the picture shown during it, for an image \
          generator, as three short phrases in words of their own, not the narration's: its \
-         subject (who or what, doing what), the place, and the light; and a duration in \
-         seconds, from 4 to 8.",
-        outline[k - 1].happens
+         subject (who or what, doing what), the place, and the light ({}); and a duration \
+         in seconds, from 4 to 8.",
+        outline[k - 1].happens,
+        light_choices()
     )
 }
 
@@ -273,7 +328,7 @@ mod example {
     pub const OUTLINE: [(&str, &str); 4] = [
         (
             "Clouds Over the Peaks",
-            "An old shepherd watches grey clouds gather over the peaks at dusk.",
+            "An old shepherd watches snow clouds gather over the mountain at dusk.",
         ),
         (
             "A White Morning",
@@ -281,22 +336,24 @@ mod example {
         ),
         (
             "A Snowman in the Square",
-            "Children race out of school to build a snowman in the square.",
+            "Village children race out of school to build a snowman in the square.",
         ),
         (
             "Windows in the Storm",
-            "At night the windows glow warm while the snow keeps falling.",
+            "At night the village windows glow warm while the snow keeps falling.",
         ),
     ];
     /// Scene 3.
     pub const SCENE: usize = 3;
     /// 14 words, well inside the 18 a narration may have: a small model writes as long as the
-    /// example's.
+    /// example's. Like every line of the plan, it names a word of its topic early, as the
+    /// model's own must.
     pub const NARRATION: &str =
-        "The bell rings and the children burst into the square to build a snowman.";
+        "The school bell rings and the village children burst out to build a snowman.";
     pub const SUBJECT: &str = "children in red coats building a snowman";
     pub const PLACE: &str = "a snowy village square";
-    pub const LIGHT: &str = "morning light";
+    /// After school, in winter: low sun.
+    pub const LIGHT: &str = "golden hour";
     pub const DURATION: u32 = 6;
 
     pub fn outline() -> Vec<super::Planned> {
@@ -316,6 +373,11 @@ mod example {
             light: LIGHT.into(),
         }
     }
+}
+
+/// The lights a picture may have, as the question lists them.
+fn light_choices() -> String {
+    format!("one of: {}", LIGHTS.join(", "))
 }
 
 /// The conversation for one part: the system text, the worked example's question and answer,
@@ -411,12 +473,13 @@ struct Picture {
 }
 
 impl Picture {
-    /// The phrases' schema, as properties of the object the model writes.
-    fn properties() -> serde_json::Map<String, serde_json::Value> {
+    /// The phrases' schema, as properties of the object the model writes; the light is one of
+    /// `lights`.
+    fn properties(lights: &[&str]) -> serde_json::Map<String, serde_json::Value> {
         let mut p = serde_json::Map::new();
         p.insert("subject".into(), phrase_schema(SUBJECT_WORDS));
         p.insert("place".into(), phrase_schema(PLACE_WORDS));
-        p.insert("light".into(), phrase_schema(LIGHT_WORDS));
+        p.insert("light".into(), serde_json::json!({"enum": lights}));
         p
     }
 
@@ -526,6 +589,9 @@ const WRAP_UP: WrapUp = WrapUp {
     from_words: 11,
     per_word: 0.6,
     close: 10.0,
+    min_sentence: 3,
+    min_clause: 2,
+    dangling: DANGLING,
 };
 
 /// How much less likely a scene's words make the same words in the scenes after it (logits
@@ -545,7 +611,7 @@ fn describe_picture(
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<String, ScenesError> {
-    let properties = Picture::properties();
+    let properties = Picture::properties(LIGHTS);
     let schema = compact(serde_json::json!({
         "type": "object",
         "required": properties.keys().collect::<Vec<_>>(),
@@ -557,7 +623,8 @@ fn describe_picture(
             "A scene of a narrated video about {topic}. Its narration: \"{narration}\"\n\
              Describe the picture shown during it for an image generator, as three short \
              phrases in words of your own, not the narration's: its subject (who or what, \
-             doing what), the place, and the light."
+             doing what), the place, and the light ({}).",
+            light_choices()
         )
     };
     let example = example::picture();
@@ -656,6 +723,7 @@ pub fn generate_storyboard(
         prompt_time: std::time::Duration::ZERO,
         decode_time: std::time::Duration::ZERO,
     };
+    let topic_words = crate::quality::content_words(topic);
     let outline_schema = compact(serde_json::json!({
         "type": "object",
         "properties": {
@@ -666,7 +734,7 @@ pub fn generate_storyboard(
                     // A title is a phrase: with punctuation a small model writes the start of
                     // a sentence ("Males are large and black,").
                     "title": phrase_schema(TITLE_WORDS),
-                    "happens": words_schema(OUTLINE_WORDS)
+                    "happens": naming_schema(topic, &topic_words, &OUTLINE_LINE)
                 },
                 "required": ["title", "happens"],
                 "additionalProperties": false
@@ -705,37 +773,58 @@ pub fn generate_storyboard(
         tracing::info!("{repeated} of the outline's scene titles repeat; planning again");
     }
     let plan = plan.expect("at least one try").1;
-    let topic_words = crate::quality::content_words(topic);
-    // In the order the model writes them, every one required.
-    let mut properties = serde_json::Map::new();
-    properties.insert("narration".into(), narration_schema(topic, &topic_words));
-    properties.extend(Picture::properties());
-    // Whole seconds: a number with decimals lets a small model write digits forever.
-    properties.insert(
-        "duration_seconds".into(),
-        serde_json::json!({"type": "integer", "minimum": 4, "maximum": 8}),
-    );
-    let scene_schema = compact(serde_json::json!({
-        "type": "object",
-        "required": properties.keys().collect::<Vec<_>>(),
-        "properties": properties,
-        "additionalProperties": false
-    }));
+    // A scene's schema, with the lights its picture may still have: each light is in at most
+    // `SAME_LIGHT` of a storyboard's pictures (SmolLM2 gave four of six "sunset glow").
+    let scene_schema = |used: &[String]| {
+        let left: Vec<&str> = LIGHTS
+            .iter()
+            .copied()
+            .filter(|l| used.iter().filter(|u| u == l).count() < SAME_LIGHT)
+            .collect();
+        // In the order the model writes them, every one required.
+        let mut properties = serde_json::Map::new();
+        properties.insert(
+            "narration".into(),
+            naming_schema(topic, &topic_words, &NARRATION),
+        );
+        properties.extend(Picture::properties(&left));
+        // Whole seconds: a number with decimals lets a small model write digits forever.
+        properties.insert(
+            "duration_seconds".into(),
+            serde_json::json!({"type": "integer", "minimum": 4, "maximum": 8}),
+        );
+        compact(serde_json::json!({
+            "type": "object",
+            "required": properties.keys().collect::<Vec<_>>(),
+            "properties": properties,
+            "additionalProperties": false
+        }))
+    };
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
+    let mut lights: Vec<String> = Vec::with_capacity(scenes);
     for k in 1..=scenes {
+        let schema = scene_schema(&lights);
         let turns = scene_turns(topic, &plan.title, &plan.outline, k);
         // The words earlier scenes (and the worked example) used, but the topic's: this scene
-        // should find its own.
-        // The example's subject and place too: SmolLM2 put "a snowy village" in half its
-        // pictures.
+        // should find its own. The example's picture too (SmolLM2 put its "a snowy village" in
+        // half its pictures), and the video's title (narrations began by reading it out: "The
+        // End of the Dream. The Tokyo Tower is a shadow."). Not the earlier pictures' words:
+        // with those too, so many words were made less likely that commas won ("The Roman
+        // aqueducts, ancient, it is, one, he met a team").
         let said: String = written
             .iter()
             .map(|s| s.narration.as_str())
-            .chain([example::NARRATION, example::SUBJECT, example::PLACE])
+            .chain([
+                example::NARRATION,
+                example::SUBJECT,
+                example::PLACE,
+                example::LIGHT,
+                &plan.title,
+            ])
             .collect::<Vec<_>>()
             .join(" ");
         let avoid = llm.word_tokens(&said, &topic_words);
-        let mut best: Option<(f64, Scene)> = None;
+        let mut best: Option<(f64, Scene, String)> = None;
         for attempt in 0..SCENE_TRIES {
             let seeded = Sampler {
                 seed: sampler.seed.wrapping_add(1000 * k as u64 + attempt),
@@ -745,7 +834,7 @@ pub fn generate_storyboard(
                 llm,
                 &format!("scene {k}"),
                 &turns,
-                &scene_schema,
+                &schema,
                 &seeded,
                 // Harder at each try: the last one found the earlier scenes' words again.
                 (&avoid, AVOID_PENALTY + 0.4 * attempt as f32),
@@ -759,19 +848,18 @@ pub fn generate_storyboard(
                 image_prompt: w.picture.prompt(),
                 duration_seconds: f64::from(w.duration_seconds),
             };
-            let score = repeat_score(&scene, &written);
-            if best.as_ref().is_none_or(|(b, _)| score < *b) {
-                best = Some((score, scene));
-            }
+            let (score, why) = repeat_score(&scene, &written, topic, &plan.title);
             if score < crate::quality::MAX_OVERLAP {
+                best = Some((score, scene, w.picture.light.clone()));
                 break;
             }
-            tracing::info!(
-                "scene {k} repeats an earlier one ({:.0}% of its word trigrams); writing it again",
-                score * 100.0
-            );
+            tracing::info!("scene {k} {why}; writing it again");
+            if best.as_ref().is_none_or(|(b, ..)| score < *b) {
+                best = Some((score, scene, w.picture.light.clone()));
+            }
         }
-        let mut scene = best.expect("at least one try").1;
+        let (_, mut scene, light) = best.expect("at least one try");
+        lights.push(light);
         if crate::quality::prompt_copies_narration(&scene) {
             scene.image_prompt = describe_picture(
                 llm,
@@ -794,25 +882,58 @@ pub fn generate_storyboard(
     Ok((board, total))
 }
 
-/// How much `scene` repeats the scenes `written` before it or the worked example: the largest
-/// share of narration word trigrams it has with one of them, or 1.0 when its image prompt copies
-/// its narration or the example's. (Titles are the outline's: [`repeated_titles`].)
-fn repeat_score(scene: &Scene, written: &[Scene]) -> f64 {
+/// How much `scene` repeats the scenes `written` before it or the worked example, and why: the
+/// largest share of narration word trigrams it has with one of them; 1.0 when its image prompt
+/// copies its narration or the example's, or its narration reads out the video's `title`;
+/// [`MAX_OVERLAP`](crate::quality::MAX_OVERLAP), so that it is written again, when its
+/// narration quotes the whole `topic` after an earlier scene already did ("The deep sea at
+/// midnight, …" five times), or its picture is told as a sentence ("I am in love with him").
+/// (Titles are the outline's: [`repeated_titles`].)
+fn repeat_score(scene: &Scene, written: &[Scene], topic: &str, title: &str) -> (f64, String) {
+    use crate::quality::{MAX_OVERLAP, quotes, reads_as_sentence, trigram_overlap};
     let overlap = written
         .iter()
         .map(|s| s.narration.as_str())
         .chain([example::NARRATION])
-        .map(|earlier| crate::quality::trigram_overlap(earlier, &scene.narration))
+        .map(|earlier| trigram_overlap(earlier, &scene.narration))
         .fold(0.0, f64::max);
+    let repeats = format!(
+        "repeats an earlier one ({:.0}% of its word trigrams)",
+        overlap * 100.0
+    );
     // A copied image prompt counts as a repeat: it is what draws the picture.
     let copied_example =
-        crate::quality::trigram_overlap(&example::picture().prompt(), &scene.image_prompt)
-            >= crate::quality::MAX_OVERLAP;
-    if copied_example || crate::quality::prompt_copies_narration(scene) {
-        overlap.max(1.0)
-    } else {
-        overlap
-    }
+        trigram_overlap(&example::picture().prompt(), &scene.image_prompt) >= MAX_OVERLAP;
+    let faults = [
+        (
+            copied_example || crate::quality::prompt_copies_narration(scene),
+            1.0,
+            "copies a picture",
+        ),
+        (
+            title.split_whitespace().count() >= 2 && quotes(&scene.narration, title),
+            1.0,
+            "reads out the video's title",
+        ),
+        (
+            topic.split_whitespace().count() >= 3
+                && quotes(&scene.narration, topic)
+                && written.iter().any(|s| quotes(&s.narration, topic)),
+            MAX_OVERLAP,
+            "quotes the topic again",
+        ),
+        (
+            reads_as_sentence(&scene.image_prompt),
+            MAX_OVERLAP,
+            "tells its picture as a sentence",
+        ),
+    ];
+    faults
+        .into_iter()
+        .filter(|&(found, score, _)| found && score > overlap)
+        .map(|(_, score, why)| (score, why.to_string()))
+        .next()
+        .unwrap_or((overlap, repeats))
 }
 
 /// Generates, validates and writes a storyboard for `req.topic`.
@@ -914,13 +1035,40 @@ mod tests {
             "A tired courier waits for the last train home, counting the stations.",
             "a lone courier waiting, an empty platform, fluorescent light",
         );
-        assert!(repeat_score(&fresh, std::slice::from_ref(&first)) < crate::quality::MAX_OVERLAP);
+        let score = |scene: &Scene, written: &[Scene]| {
+            repeat_score(scene, written, "Cyberpunk Tokyo", "Neon Nights").0
+        };
+        let max = crate::quality::MAX_OVERLAP;
+        assert!(score(&fresh, std::slice::from_ref(&first)) < max);
         let retold = scene("Another Title", &first.narration, &fresh.image_prompt);
-        assert!(repeat_score(&retold, std::slice::from_ref(&first)) >= crate::quality::MAX_OVERLAP);
+        assert!(score(&retold, std::slice::from_ref(&first)) >= max);
         let example_picture = scene("A", &fresh.narration, &example::picture().prompt());
-        assert_eq!(repeat_score(&example_picture, &[]), 1.0);
+        assert_eq!(score(&example_picture, &[]), 1.0);
         let copied = scene("A", &fresh.narration, "waits for the last train home");
-        assert_eq!(repeat_score(&copied, &[]), 1.0);
+        assert_eq!(score(&copied, &[]), 1.0);
+        // A narration that reads out the video's title.
+        let title_read = scene(
+            "A",
+            "Neon nights. A tired courier waits for the last train home.",
+            &fresh.image_prompt,
+        );
+        let (s, why) = repeat_score(&title_read, &[], "Cyberpunk Tokyo", "Neon Nights");
+        assert_eq!((s, why.as_str()), (1.0, "reads out the video's title"));
+        // A picture told as a sentence.
+        let told = scene(
+            "A",
+            &fresh.narration,
+            "I am in love with him, my fatherland",
+        );
+        assert_eq!(score(&told, &[]), max);
+        // The whole topic, quoted a second time (a quote in one scene is fine).
+        let topic = "The deep sea at midnight";
+        let deep = |narration: &str| scene("A", narration, "a lantern fish, the abyss, blue glow");
+        let once = deep("The deep sea at midnight hides creatures no diver has seen.");
+        let twice = deep("The deep sea at midnight glows where the anglerfish hunts alone.");
+        assert!(repeat_score(&once, &[], topic, "Night Water").0 < max);
+        let (s, why) = repeat_score(&twice, std::slice::from_ref(&once), topic, "Night Water");
+        assert_eq!((s, why.as_str()), (max, "quotes the topic again"));
     }
 
     #[test]
@@ -976,7 +1124,10 @@ mod tests {
         let plan = example::outline();
         let turns = scene_turns("Cyberpunk Tokyo", "Neon", &plan, 1);
         let answer = &turns[2].1;
-        assert!(answer.starts_with("{\"narration\": \"The bell"), "{answer}");
+        assert!(
+            answer.starts_with("{\"narration\": \"The school bell"),
+            "{answer}"
+        );
         assert!(answer.contains("\", \"subject\": \"children"), "{answer}");
         let parsed: serde_json::Value = serde_json::from_str(answer).unwrap();
         assert_eq!(parsed["duration_seconds"], 6);
@@ -985,18 +1136,27 @@ mod tests {
         assert!(turns[3].1.contains("Write scene 1: An old shepherd"));
         assert!(!turns[3].1.contains("Clouds Over"));
         // The example's own fields obey the schemas the model is held to.
-        let narration = regex_lite(&words_schema(NARRATION_WORDS));
+        let example_words = crate::quality::content_words(example::TOPIC);
+        let narration = regex_lite(&naming_schema(example::TOPIC, &example_words, &NARRATION));
         assert!(narration(example::NARRATION));
-        let picture = Picture::properties();
-        for (field, text) in [
-            ("subject", example::SUBJECT),
-            ("place", example::PLACE),
-            ("light", example::LIGHT),
-        ] {
+        let picture = Picture::properties(LIGHTS);
+        for (field, text) in [("subject", example::SUBJECT), ("place", example::PLACE)] {
             assert!(regex_lite(&picture[field])(text), "{field}: {text}");
         }
+        // The light is one of the list, which the question gives.
+        assert_eq!(
+            picture["light"]["enum"].as_array().unwrap().len(),
+            LIGHTS.len()
+        );
+        assert!(LIGHTS.contains(&example::LIGHT));
+        assert!(
+            turns[3]
+                .1
+                .contains("the light (one of: dawn light, bright daylight,")
+        );
         for (title, happens) in example::OUTLINE {
-            assert!(regex_lite(&words_schema(OUTLINE_WORDS))(happens));
+            let line = naming_schema(example::TOPIC, &example_words, &OUTLINE_LINE);
+            assert!(regex_lite(&line)(happens), "{happens}");
             assert!(regex_lite(&phrase_schema(TITLE_WORDS))(title));
         }
         let outline = &outline_turns("Cyberpunk Tokyo", 3)[2].1;
@@ -1007,10 +1167,20 @@ mod tests {
         // A phrase is no sentence: no full stop, no comma.
         assert!(!regex_lite(&picture["subject"])("she is standing. But"));
         assert!(!regex_lite(&picture["place"])("the street, the house"));
-        assert!(!narration(
+        let words = regex_lite(&words_schema(NARRATION.words.clone()));
+        assert!(!words(
             "his...his and then some more words to pass the floor"
         ));
-        assert!(!narration("The Last Hours of A','Thelax'','A"));
+        assert!(!words("The Last Hours of A','Thelax'','A"));
+        // Words, but none of the topic's: no narration, and no line of the plan.
+        let off_topic = "The bell rings and the children burst into the square to build a snowman.";
+        assert!(words(off_topic));
+        assert!(!narration(off_topic));
+        assert!(!regex_lite(&naming_schema(
+            example::TOPIC,
+            &example_words,
+            &OUTLINE_LINE
+        ))(off_topic));
     }
 
     /// A matcher for a words schema's pattern, by the regex crate llguidance also builds on.

@@ -86,6 +86,8 @@ pub struct Llm {
     free_text: Vec<bool>,
     /// Word tokens that end a sentence (their text ends with `.`, `!` or `?`).
     ends_sentence: Vec<bool>,
+    /// Tokens that end a clause: a comma or a semicolon last.
+    ends_clause: Vec<bool>,
     /// Tokens that close a JSON string (their text starts with `"`).
     closes_string: Vec<bool>,
     /// Tokens whose text begins inside a word (a letter, a digit, `'` or `-`): what the model
@@ -191,6 +193,14 @@ impl Llm {
                 })
             })
             .collect();
+        let ends_clause = (0..n_vocab as u32)
+            .map(|id| {
+                text.tokenizer.id_to_token(id).is_some_and(|t| {
+                    !t.contains(['"', '{', '}', '[', ']', ':', '<', '>'])
+                        && t.trim_end().ends_with([',', ';'])
+                })
+            })
+            .collect();
         let closes_string = (0..n_vocab as u32)
             .map(|id| {
                 text.tokenizer
@@ -224,6 +234,7 @@ impl Llm {
             weights,
             free_text,
             ends_sentence,
+            ends_clause,
             closes_string,
             continues_word,
             begins_word,
@@ -355,14 +366,18 @@ impl Llm {
     /// The token ids of `text`'s longer words (four letters or more), for
     /// [`Llm::generate_json_avoiding`]: what an earlier scene said, so the next one says
     /// something else. Words in `keep` (the topic's) are left out: those should repeat.
+    ///
+    /// A word is taken both as it comes inside a text (after a space) and as it comes first
+    /// in a string (after the JSON's quote, with no space): byte-level BPE makes two tokens of
+    /// these, and a field's first word ("morning" of "morning light") is written the second way.
     pub fn word_tokens(&self, text: &str, keep: &[String]) -> Vec<u32> {
-        let Ok(encoding) = self.tokenizer.encode(text, false) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<u32> = encoding
-            .get_ids()
-            .iter()
-            .copied()
+        let alone = text
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()));
+        let mut ids: Vec<u32> = std::iter::once(text)
+            .chain(alone)
+            .filter_map(|piece| self.tokenizer.encode(piece, false).ok())
+            .flat_map(|encoding| encoding.get_ids().to_vec())
             .filter(|&id| {
                 self.tokenizer.decode(&[id], false).is_ok_and(|t| {
                     let t = t.trim().to_lowercase();
@@ -523,6 +538,20 @@ impl Llm {
                         && v.is_finite()
                     {
                         *v += WORD_LIMIT_END;
+                    }
+                }
+            }
+            // A sentence too short to end, or on "a" or "the", or a clause of one word: no end
+            // here while another word may follow.
+            if let Some(wrap) = &steering.wrap_up
+                && new_word_allowed
+            {
+                let hold = wrap.holds(&written);
+                for (id, v) in values.iter_mut().enumerate() {
+                    if (hold.sentence && self.ends_sentence[id])
+                        || (hold.clause && self.ends_clause[id])
+                    {
+                        *v = f32::NEG_INFINITY;
                     }
                 }
             }
@@ -792,12 +821,28 @@ impl Default for Steering<'_> {
 /// there, the tokens that close the string get `close` more: a small model then ends where it
 /// reads well, rather than where the field's word limit forces a full stop onto whatever word
 /// comes ("asin'lly."), and does not start a sentence it has no room to finish ("As she.").
+/// A sentence is not pushed to end, nor let end, before it has `min_sentence` words or on one of
+/// the `dangling` words ("a", "the"), and a clause does not end (with a comma or a semicolon)
+/// before it has `min_clause` words or on a dangling word: with many of its words made less
+/// likely, a small model wrote fragments ("…in a. Golden. Stars. You know, a. A. Day.") and
+/// lists of commas ("The jazz club, a place, where, he's, going to."). Either is let end all
+/// the same where no other word may follow (the field's word limit).
 #[derive(Debug, Clone)]
 pub struct WrapUp {
     pub field: &'static str,
     pub from_words: usize,
     pub per_word: f32,
     pub close: f32,
+    pub min_sentence: usize,
+    pub min_clause: usize,
+    pub dangling: &'static [&'static str],
+}
+
+/// What [`WrapUp::holds`] keeps from ending yet.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Hold {
+    pub sentence: bool,
+    pub clause: bool,
 }
 
 /// What [`WrapUp`] makes more likely now, and by how much.
@@ -817,11 +862,36 @@ impl WrapUp {
         if words < self.from_words {
             return None;
         }
-        Some(if inside.trim_end().ends_with(['.', '!', '?']) {
-            Nudge::Close(self.close)
-        } else {
-            Nudge::EndSentence(self.per_word * (words + 1 - self.from_words) as f32)
-        })
+        if inside.trim_end().ends_with(['.', '!', '?']) {
+            return Some(Nudge::Close(self.close));
+        }
+        (!self.holds(written).sentence)
+            .then(|| Nudge::EndSentence(self.per_word * (words + 1 - self.from_words) as f32))
+    }
+
+    /// Whether the sentence, and the clause, being written in the field may not end yet: it
+    /// has fewer words than it needs (`min_sentence`, `min_clause`), or its last word is one
+    /// of the `dangling` ones.
+    pub fn holds(&self, written: &str) -> Hold {
+        let Some(inside) = open_field(written, self.field) else {
+            return Hold::default();
+        };
+        let sentence: Vec<&str> = inside
+            .split_whitespace()
+            .rev()
+            .take_while(|w| !w.ends_with(['.', '!', '?']))
+            .collect();
+        let clause = sentence
+            .iter()
+            .take_while(|w| !w.ends_with([',', ';', ':']))
+            .count();
+        let dangling = sentence
+            .first()
+            .is_some_and(|w| self.dangling.contains(&w.to_lowercase().as_str()));
+        Hold {
+            sentence: sentence.len() < self.min_sentence || dangling,
+            clause: clause < self.min_clause || dangling,
+        }
     }
 }
 
@@ -900,7 +970,7 @@ impl Generation {
 
 #[cfg(test)]
 mod tests {
-    use super::{Nudge, WrapUp, inside_string};
+    use super::{Hold, Nudge, WrapUp, inside_string};
 
     #[test]
     fn inside_a_string_is_told_by_unescaped_quotes() {
@@ -922,6 +992,9 @@ mod tests {
             from_words: 3,
             per_word: 0.5,
             close: 4.0,
+            min_sentence: 2,
+            min_clause: 2,
+            dangling: &["the"],
         };
         let before = r#"{"title": "A b c d e", "narration": "#;
         assert_eq!(wrap.nudge(r#"{"title": "A b c d e"#), None, "another field");
@@ -938,6 +1011,39 @@ mod tests {
             wrap.nudge(&format!("{before}\"One two three four.")),
             Some(Nudge::Close(4.0)),
             "a sentence ended: close the string rather than begin another"
+        );
+        assert_eq!(
+            wrap.nudge(&format!("{before}\"One two three four. Five")),
+            None,
+            "a sentence begun all the same is not cut to one word"
+        );
+        assert_eq!(
+            wrap.nudge(&format!("{before}\"One two three four. Five six")),
+            Some(Nudge::EndSentence(2.0))
+        );
+        // Nor let end: on a word alone, or on "the"; a clause neither.
+        let holds = |text: &str| {
+            let h = wrap.holds(&format!("{before}\"{text}"));
+            (h.sentence, h.clause)
+        };
+        assert_eq!(holds("One two three four. Five"), (true, true));
+        assert_eq!(holds("One two three, the"), (true, true));
+        assert_eq!(holds("One two three"), (false, false));
+        assert_eq!(
+            holds("One two three, four"),
+            (false, true),
+            "a clause of one word"
+        );
+        assert_eq!(holds("One two three, four five"), (false, false));
+        assert_eq!(
+            wrap.holds(r#"{"title": "A b c d e"#),
+            Hold::default(),
+            "another field"
+        );
+        assert_eq!(
+            wrap.nudge(&format!("{before}\"One two three four the")),
+            None,
+            "no push to end on a dangling word"
         );
         assert_eq!(
             wrap.nudge(&format!(
