@@ -6,8 +6,10 @@ narrations, scene titles and image prompts are in no English dictionary (glued o
 their storyboard; and how many image prompts read as a sentence rather than a picture (a
 sentence mark, or a pronoun that a picture has no use for: "They're happy, but when"); how
 many narrations read out the video's title ("The End of the Dream. I'm a ghost") or quote the
-whole topic after an earlier scene did ("The deep sea at midnight, …" again); and which lights
-the pictures are shown in most (the third of an image prompt's phrases). For
+whole topic after an earlier scene did ("The deep sea at midnight, …" again); how many of the
+narrations' sentences have fewer than three words ("Golden. Stars.") and how many of their
+clauses after a comma one word ("a place, where, he's,"); and which lights the pictures are
+shown in most (the third of an image prompt's phrases). For
 `baton bench scenes --out DIR` folders; figures in docs/scenes.md.
 
     scripts/scenes-words.py DIR [DIR ...]
@@ -98,7 +100,7 @@ def quotes(text, phrase):
 
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
-    at_limit = repeated = sentences = read_title = requoted = 0
+    at_limit = repeated = sentences = read_title = requoted = fragments = one_word = 0
     lights = collections.Counter()
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
@@ -109,6 +111,9 @@ def judge(folder, words):
         quoted = False
         for scene in board["scenes"]:
             narration = scene["narration"]
+            for sentence in re.split(r"(?<=[.!?])\s", narration):
+                fragments += len(sentence.split()) < 3
+                one_word += sum(len(c.split()) <= 1 for c in re.split(r"[,;:]", sentence)[1:])
             if len(board["title"].split()) >= 2:
                 read_title += quotes(narration, board["title"])
             if len(board["topic"].split()) >= 3 and quotes(narration, board["topic"]):
@@ -132,6 +137,7 @@ def judge(folder, words):
           f"({100 * at_limit / max(n, 1):.0f}%); scene titles repeating an earlier scene's: "
           f"{repeated}; image prompts that read as a sentence: {sentences} "
           f"({100 * sentences / max(n, 1):.0f}%)")
+    print(f"  narration sentences under three words: {fragments}; clauses of one word: {one_word}")
     print(f"  narrations reading out the video's title: {read_title}; quoting the whole topic "
           f"after an earlier scene did: {requoted}; lights: "
           f"{', '.join(f'{light} {k}' for light, k in lights.most_common(5))}, "
