@@ -601,17 +601,20 @@ const AVOID_PENALTY: f32 = 1.4;
 
 /// The picture for a scene whose image prompt only repeated its narration: asked on its own,
 /// with the narration's words made less likely, so it names what the picture shows; after
-/// two tries that still copy, the scene's title and the topic.
+/// two tries that still copy, the scene's title and the topic. Its light is one of `lights`
+/// (those the storyboard has not used up), and is returned with the prompt (none for the title).
+#[allow(clippy::too_many_arguments)]
 fn describe_picture(
     llm: &mut Llm,
     topic: &str,
     scene: &Scene,
     topic_words: &[String],
+    lights: &[&str],
     sampler: &Sampler,
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
-) -> Result<String, ScenesError> {
-    let properties = Picture::properties(LIGHTS);
+) -> Result<(String, Option<String>), ScenesError> {
+    let properties = Picture::properties(lights);
     let schema = compact(serde_json::json!({
         "type": "object",
         "required": properties.keys().collect::<Vec<_>>(),
@@ -662,17 +665,18 @@ fn describe_picture(
             ..scene.clone()
         };
         if !crate::quality::prompt_copies_narration(&candidate) {
-            return Ok(candidate.image_prompt);
+            return Ok((candidate.image_prompt, Some(picture.light)));
         }
     }
     tracing::info!(
         "scene {}'s image prompt kept copying its narration; using its title and the topic",
         scene.index
     );
-    Ok(format!(
+    let prompt = format!(
         "{}, {topic}",
         scene.title.trim_end_matches(['.', ',', '!', '?'])
-    ))
+    );
+    Ok((prompt, None))
 }
 
 /// How many of the plan's scene titles an earlier scene of the plan, or the worked example,
@@ -773,21 +777,15 @@ pub fn generate_storyboard(
         tracing::info!("{repeated} of the outline's scene titles repeat; planning again");
     }
     let plan = plan.expect("at least one try").1;
-    // A scene's schema, with the lights its picture may still have: each light is in at most
-    // `SAME_LIGHT` of a storyboard's pictures (SmolLM2 gave four of six "sunset glow").
-    let scene_schema = |used: &[String]| {
-        let left: Vec<&str> = LIGHTS
-            .iter()
-            .copied()
-            .filter(|l| used.iter().filter(|u| u == l).count() < SAME_LIGHT)
-            .collect();
+    // A scene's schema, with the lights its picture may still have (`left`).
+    let scene_schema = |left: &[&str]| {
         // In the order the model writes them, every one required.
         let mut properties = serde_json::Map::new();
         properties.insert(
             "narration".into(),
             naming_schema(topic, &topic_words, &NARRATION),
         );
-        properties.extend(Picture::properties(&left));
+        properties.extend(Picture::properties(left));
         // Whole seconds: a number with decimals lets a small model write digits forever.
         properties.insert(
             "duration_seconds".into(),
@@ -803,7 +801,14 @@ pub fn generate_storyboard(
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
     let mut lights: Vec<String> = Vec::with_capacity(scenes);
     for k in 1..=scenes {
-        let schema = scene_schema(&lights);
+        // Each light is in at most `SAME_LIGHT` of a storyboard's pictures (SmolLM2 gave four
+        // of six "sunset glow").
+        let left: Vec<&str> = LIGHTS
+            .iter()
+            .copied()
+            .filter(|l| lights.iter().filter(|u| u == l).count() < SAME_LIGHT)
+            .collect();
+        let schema = scene_schema(&left);
         let turns = scene_turns(topic, &plan.title, &plan.outline, k);
         // The words earlier scenes (and the worked example) used, but the topic's: this scene
         // should find its own. The example's picture too (SmolLM2 put its "a snowy village" in
@@ -824,7 +829,7 @@ pub fn generate_storyboard(
             .collect::<Vec<_>>()
             .join(" ");
         let avoid = llm.word_tokens(&said, &topic_words);
-        let mut best: Option<(f64, Scene, String)> = None;
+        let mut best: Option<(f64, Scene, Option<String>)> = None;
         for attempt in 0..SCENE_TRIES {
             let seeded = Sampler {
                 seed: sampler.seed.wrapping_add(1000 * k as u64 + attempt),
@@ -850,27 +855,28 @@ pub fn generate_storyboard(
             };
             let (score, why) = repeat_score(&scene, &written, topic, &plan.title);
             if score < crate::quality::MAX_OVERLAP {
-                best = Some((score, scene, w.picture.light.clone()));
+                best = Some((score, scene, Some(w.picture.light.clone())));
                 break;
             }
             tracing::info!("scene {k} {why}; writing it again");
             if best.as_ref().is_none_or(|(b, ..)| score < *b) {
-                best = Some((score, scene, w.picture.light.clone()));
+                best = Some((score, scene, Some(w.picture.light.clone())));
             }
         }
-        let (_, mut scene, light) = best.expect("at least one try");
-        lights.push(light);
+        let (_, mut scene, mut light) = best.expect("at least one try");
         if crate::quality::prompt_copies_narration(&scene) {
-            scene.image_prompt = describe_picture(
+            (scene.image_prompt, light) = describe_picture(
                 llm,
                 topic,
                 &scene,
                 &topic_words,
+                &left,
                 sampler,
                 &mut total,
                 on_token,
             )?;
         }
+        lights.extend(light);
         written.push(scene);
     }
     let board = Storyboard {
