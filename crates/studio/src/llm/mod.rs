@@ -364,7 +364,7 @@ impl Llm {
     }
 
     /// The token ids of `text`'s longer words (four letters or more), for
-    /// [`Llm::generate_json_avoiding`]: what an earlier scene said, so the next one says
+    /// [`Llm::generate_json_steered`]: what an earlier scene said, so the next one says
     /// something else. Words in `keep` (the topic's) are left out: those should repeat.
     ///
     /// A word is taken both as it comes inside a text (after a space) and as it comes first
