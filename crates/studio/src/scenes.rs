@@ -288,6 +288,16 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
     schema
 }
 
+/// The compact constraint of an object that has exactly `properties`, every one required.
+fn object_schema(properties: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    compact(serde_json::json!({
+        "type": "object",
+        "required": properties.keys().collect::<Vec<_>>(),
+        "properties": properties,
+        "additionalProperties": false
+    }))
+}
+
 fn outline_prompt(topic: &str, scenes: usize) -> String {
     format!(
         "Plan a narrated video of {scenes} scenes about: {topic}\n\
@@ -614,13 +624,7 @@ fn describe_picture(
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<(String, Option<String>), ScenesError> {
-    let properties = Picture::properties(lights);
-    let schema = compact(serde_json::json!({
-        "type": "object",
-        "required": properties.keys().collect::<Vec<_>>(),
-        "properties": properties,
-        "additionalProperties": false
-    }));
+    let schema = object_schema(Picture::properties(lights));
     let ask = |narration: &str| {
         format!(
             "A scene of a narrated video about {topic}. Its narration: \"{narration}\"\n\
@@ -791,12 +795,7 @@ pub fn generate_storyboard(
             "duration_seconds".into(),
             serde_json::json!({"type": "integer", "minimum": 4, "maximum": 8}),
         );
-        compact(serde_json::json!({
-            "type": "object",
-            "required": properties.keys().collect::<Vec<_>>(),
-            "properties": properties,
-            "additionalProperties": false
-        }))
+        object_schema(properties)
     };
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
     let mut lights: Vec<String> = Vec::with_capacity(scenes);

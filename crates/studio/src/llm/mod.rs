@@ -185,22 +185,19 @@ impl Llm {
                 })
             })
             .collect();
-        let ends_sentence = (0..n_vocab as u32)
-            .map(|id| {
-                text.tokenizer.id_to_token(id).is_some_and(|t| {
-                    !t.contains(['"', '{', '}', '[', ']', ':', '<', '>'])
-                        && t.trim_end().ends_with(['.', '!', '?'])
+        // Word tokens whose text ends with one of `marks` (none of the JSON's structure).
+        let ending_with = |marks: &[char]| -> Vec<bool> {
+            (0..n_vocab as u32)
+                .map(|id| {
+                    text.tokenizer.id_to_token(id).is_some_and(|t| {
+                        !t.contains(['"', '{', '}', '[', ']', ':', '<', '>'])
+                            && t.trim_end().ends_with(marks)
+                    })
                 })
-            })
-            .collect();
-        let ends_clause = (0..n_vocab as u32)
-            .map(|id| {
-                text.tokenizer.id_to_token(id).is_some_and(|t| {
-                    !t.contains(['"', '{', '}', '[', ']', ':', '<', '>'])
-                        && t.trim_end().ends_with([',', ';'])
-                })
-            })
-            .collect();
+                .collect()
+        };
+        let ends_sentence = ending_with(&['.', '!', '?']);
+        let ends_clause = ending_with(&[',', ';']);
         let closes_string = (0..n_vocab as u32)
             .map(|id| {
                 text.tokenizer
