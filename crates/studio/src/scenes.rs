@@ -601,6 +601,7 @@ const WRAP_UP: WrapUp = WrapUp {
     close: 10.0,
     min_sentence: 3,
     min_clause: 2,
+    min_words: 8,
     dangling: DANGLING,
 };
 
@@ -683,22 +684,27 @@ fn describe_picture(
     Ok((prompt, None))
 }
 
-/// How many of the plan's scene titles an earlier scene of the plan, or the worked example,
-/// already has (letter case aside).
-fn repeated_titles(plan: &[Planned]) -> usize {
+/// A title as [`repeated_titles`] compares it: letter case and closing marks aside.
+fn title_key(title: &str) -> String {
+    title
+        .trim()
+        .trim_end_matches(['.', ',', '!', '?', ';', ':'])
+        .to_lowercase()
+}
+
+/// The scenes (0-based) whose title the video's `title`, an earlier scene of the plan, or the
+/// worked example already has (letter case aside).
+fn repeated_titles(title: &str, plan: &[Planned]) -> Vec<usize> {
     let mut seen: Vec<String> = example::OUTLINE
         .iter()
-        .map(|(t, _)| t.to_lowercase())
+        .map(|(t, _)| title_key(t))
+        .chain([title_key(title)])
         .collect();
-    let mut repeated = 0;
-    for p in plan {
-        let t = p
-            .title
-            .trim()
-            .trim_end_matches(['.', ',', '!', '?', ';', ':'])
-            .to_lowercase();
+    let mut repeated = Vec::new();
+    for (i, p) in plan.iter().enumerate() {
+        let t = title_key(&p.title);
         if seen.contains(&t) {
-            repeated += 1;
+            repeated.push(i);
         } else {
             seen.push(t);
         }
@@ -706,9 +712,90 @@ fn repeated_titles(plan: &[Planned]) -> usize {
     repeated
 }
 
+/// The question that asks scene `k` of a plan for a title of its own.
+fn retitle_prompt(topic: &str, title: &str, outline: &[Planned], k: usize) -> String {
+    let plan: String = outline
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}. {}: {}\n", i + 1, p.title, p.happens))
+        .collect();
+    format!(
+        "A narrated video about {topic}, titled \"{title}\". Its scenes:\n{plan}\
+         Scene {k}'s title repeats another one. Give scene {k} a short title of its own, unlike \
+         every title above, for what happens in it: {}",
+        outline[k - 1].happens
+    )
+}
+
+/// A title of its own for scene `k` (1-based) of `plan`, whose title another one has: asked for
+/// on its own, with the plan's other titles' words made less likely (the topic's too: "A
+/// Northern Lights" came three times in one plan). `None` when [`SCENE_TRIES`] tries all
+/// repeat one.
+#[allow(clippy::too_many_arguments)]
+fn retitle(
+    llm: &mut Llm,
+    topic: &str,
+    plan: &Outline,
+    k: usize,
+    sampler: &Sampler,
+    total: &mut Generation,
+    on_token: &mut dyn FnMut(usize),
+) -> Result<Option<String>, ScenesError> {
+    // The worked example, its scene 2 given scene 1's title.
+    let mut example_plan = example::outline();
+    example_plan[1].title = example_plan[0].title.clone();
+    let turns = with_example(
+        retitle_prompt(example::TOPIC, example::TITLE, &example_plan, 2),
+        compact_json(&serde_json::json!({"title": example::OUTLINE[1].0})),
+        retitle_prompt(topic, &plan.title, &plan.outline, k),
+    );
+    let mut properties = serde_json::Map::new();
+    properties.insert("title".into(), phrase_schema(TITLE_WORDS));
+    let schema = object_schema(properties);
+    let others: Vec<&str> = plan
+        .outline
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != k - 1)
+        .map(|(_, p)| p.title.as_str())
+        .chain([plan.title.as_str()])
+        .collect();
+    let avoid = llm.word_tokens(&others.join(" "), &[]);
+    let taken: Vec<String> = others
+        .iter()
+        .chain(example::OUTLINE.iter().map(|(t, _)| t))
+        .map(|t| title_key(t))
+        .collect();
+    for attempt in 0..SCENE_TRIES {
+        let seeded = Sampler {
+            seed: sampler.seed.wrapping_add(100 * k as u64 + 7000 + attempt),
+            ..sampler.clone()
+        };
+        #[derive(serde::Deserialize)]
+        struct Titled {
+            title: String,
+        }
+        let titled: Titled = generate_part(
+            llm,
+            &format!("title of scene {k}"),
+            &turns,
+            &schema,
+            &seeded,
+            (&avoid, 2.0 + attempt as f32),
+            total,
+            on_token,
+        )?;
+        let title = without_dangling_words(&titled.title);
+        if !taken.contains(&title_key(&title)) {
+            return Ok(Some(title));
+        }
+    }
+    Ok(None)
+}
+
 /// Writes a storyboard of `scenes` scenes about `topic` the way small models do it well: a
-/// title and an outline first (per scene, its title and what happens; written again with
-/// another seed while scene titles repeat), then each scene on its own with the topic and the
+/// title and an outline first (per scene, its title and what happens; a scene whose title
+/// repeats another is given one of its own, [`retitle`]), then each scene on its own with the topic and the
 /// outline in its prompt. A scene that repeats an earlier one (word trigrams) or whose image
 /// prompt copies its narration is written again with another seed; the least repetitive of its
 /// tries is kept. A picture is asked for as three phrases (subject, place, light), which a
@@ -751,36 +838,38 @@ pub fn generate_storyboard(
         "required": ["title", "outline"],
         "additionalProperties": false
     }));
-    let mut plan: Option<(usize, Outline)> = None;
-    for attempt in 0..SCENE_TRIES {
-        let seeded = Sampler {
-            seed: sampler.seed.wrapping_add(attempt * 31),
-            ..sampler.clone()
-        };
-        let mut outline: Outline = generate_part(
-            llm,
-            "outline",
-            &outline_turns(topic, scenes),
-            &outline_schema,
-            &seeded,
-            (&[], 1.0),
-            &mut total,
-            on_token,
-        )?;
-        outline.title = without_dangling_words(&outline.title);
-        for p in &mut outline.outline {
-            p.title = without_dangling_words(&p.title);
-        }
-        let repeated = repeated_titles(&outline.outline);
-        if plan.as_ref().is_none_or(|(r, _)| repeated < *r) {
-            plan = Some((repeated, outline));
-        }
-        if repeated == 0 {
-            break;
-        }
-        tracing::info!("{repeated} of the outline's scene titles repeat; planning again");
+    let mut plan: Outline = generate_part(
+        llm,
+        "outline",
+        &outline_turns(topic, scenes),
+        &outline_schema,
+        sampler,
+        (&[], 1.0),
+        &mut total,
+        on_token,
+    )?;
+    plan.title = without_dangling_words(&plan.title);
+    for p in &mut plan.outline {
+        p.title = without_dangling_words(&p.title);
     }
-    let plan = plan.expect("at least one try").1;
+    // A scene whose title another has (or the video's) is given one of its own; a repeat
+    // found later in the plan is checked against the titles given before it.
+    for i in repeated_titles(&plan.title, &plan.outline) {
+        if !repeated_titles(&plan.title, &plan.outline).contains(&i) {
+            continue;
+        }
+        let was = plan.outline[i].title.clone();
+        match retitle(llm, topic, &plan, i + 1, sampler, &mut total, on_token)? {
+            Some(title) => {
+                tracing::info!(
+                    "scene {}'s title \"{was}\" repeated another; now \"{title}\"",
+                    i + 1
+                );
+                plan.outline[i].title = title;
+            }
+            None => tracing::info!("scene {}'s title \"{was}\" still repeats another", i + 1),
+        }
+    }
     // A scene's schema, with the lights its picture may still have (`left`).
     let scene_schema = |left: &[&str]| {
         // In the order the model writes them, every one required.
@@ -811,10 +900,11 @@ pub fn generate_storyboard(
         let turns = scene_turns(topic, &plan.title, &plan.outline, k);
         // The words earlier scenes (and the worked example) used, but the topic's: this scene
         // should find its own. The example's picture too (SmolLM2 put its "a snowy village" in
-        // half its pictures), and the video's title (narrations began by reading it out: "The
-        // End of the Dream. The Tokyo Tower is a shadow."). Not the earlier pictures' words:
-        // with those too, so many words were made less likely that commas won ("The Roman
-        // aqueducts, ancient, it is, one, he met a team").
+        // half its pictures). Not the video's title: kept from its words, SmolLM2 misspelled
+        // them instead ("The Bigest Street Food Scene"); a narration that reads the title out
+        // is written again ([`repeat_score`]). Not the earlier pictures' words: with those too,
+        // so many words were made less likely that commas won ("The Roman aqueducts, ancient,
+        // it is, one, he met a team").
         let said: String = written
             .iter()
             .map(|s| s.narration.as_str())
@@ -823,7 +913,6 @@ pub fn generate_storyboard(
                 example::SUBJECT,
                 example::PLACE,
                 example::LIGHT,
-                &plan.title,
             ])
             .collect::<Vec<_>>()
             .join(" ");
@@ -1115,13 +1204,23 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(repeated_titles(&plan(&["Neon Rain", "The Last Train"])), 0);
+        let none: Vec<usize> = Vec::new();
         assert_eq!(
-            repeated_titles(&plan(&["Neon Rain", "The Last Train", "neon rain."])),
-            1
+            repeated_titles("Neon", &plan(&["Neon Rain", "The Last Train"])),
+            none
         );
-        // The worked example's titles are taken too.
-        assert_eq!(repeated_titles(&plan(&["A White Morning"])), 1);
+        assert_eq!(
+            repeated_titles(
+                "Neon",
+                &plan(&["Neon Rain", "The Last Train", "neon rain.", "Neon Rain"])
+            ),
+            vec![2, 3]
+        );
+        // The worked example's titles are taken too, and the video's.
+        assert_eq!(
+            repeated_titles("Neon", &plan(&["A White Morning", "Rain", "NEON"])),
+            vec![0, 2]
+        );
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct Llm {
     ends_sentence: Vec<bool>,
     /// Tokens that end a clause: a comma or a semicolon last.
     ends_clause: Vec<bool>,
+    /// The tokens that end a sentence or a clause, with the word each carries, which decides
+    /// whether it may end one now ([`WrapUp::holds`]).
+    endings: Vec<(u32, Piece)>,
     /// Tokens that close a JSON string (their text starts with `"`).
     closes_string: Vec<bool>,
     /// Tokens whose text begins inside a word (a letter, a digit, `'` or `-`): what the model
@@ -205,33 +208,36 @@ impl Llm {
                     .is_ok_and(|t| t.starts_with('"'))
             })
             .collect();
-        // A token decoded alone loses a SentencePiece word's leading space ("▁word" reads
-        // "word"), so its raw text says that it begins a word.
-        let first_chars = |id: u32| {
+        // A token's text with its leading space, which a SentencePiece token decoded alone
+        // loses ("▁word" reads "word"; its raw text says that it begins a word).
+        let spaced = |id: u32| {
             let raw = text.tokenizer.id_to_token(id).unwrap_or_default();
             match raw.strip_prefix('\u{2581}') {
-                Some(word) => (' ', word.chars().next()),
-                None => {
-                    let t = text.tokenizer.decode(&[id], false).unwrap_or_default();
-                    let mut c = t.chars();
-                    (c.next().unwrap_or('"'), c.next())
-                }
+                Some(word) => format!(" {word}"),
+                None => text.tokenizer.decode(&[id], false).unwrap_or_default(),
             }
         };
         let (continues_word, begins_word) = (0..n_vocab as u32)
             .map(|id| {
-                let (first, second) = first_chars(id);
+                let t = spaced(id);
+                let mut c = t.chars();
+                let (first, second) = (c.next().unwrap_or('"'), c.next());
                 (
                     first.is_alphanumeric() || first == '\'' || first == '-',
                     first == ' ' && second.is_some_and(char::is_alphabetic),
                 )
             })
             .unzip();
+        let endings = (0..n_vocab as u32)
+            .filter(|&id| ends_sentence[id as usize] || ends_clause[id as usize])
+            .map(|id| (id, Piece::new(&spaced(id))))
+            .collect();
         Ok(Llm {
             weights,
             free_text,
             ends_sentence,
             ends_clause,
+            endings,
             closes_string,
             continues_word,
             begins_word,
@@ -542,13 +548,17 @@ impl Llm {
             // here while another word may follow.
             if let Some(wrap) = &steering.wrap_up
                 && new_word_allowed
+                && let Some(tail) = wrap.tail(&written)
             {
-                let hold = wrap.holds(&written);
-                for (id, v) in values.iter_mut().enumerate() {
-                    if (hold.sentence && self.ends_sentence[id])
-                        || (hold.clause && self.ends_clause[id])
-                    {
-                        *v = f32::NEG_INFINITY;
+                for (id, piece) in &self.endings {
+                    let id = *id as usize;
+                    if values[id].is_finite() {
+                        let hold = wrap.holds(&tail, piece);
+                        if (hold.sentence && self.ends_sentence[id])
+                            || (hold.clause && self.ends_clause[id])
+                        {
+                            values[id] = f32::NEG_INFINITY;
+                        }
                     }
                 }
             }
@@ -818,8 +828,8 @@ impl Default for Steering<'_> {
 /// there, the tokens that close the string get `close` more: a small model then ends where it
 /// reads well, rather than where the field's word limit forces a full stop onto whatever word
 /// comes ("asin'lly."), and does not start a sentence it has no room to finish ("As she.").
-/// A sentence is not pushed to end, nor let end, before it has `min_sentence` words or on one of
-/// the `dangling` words ("a", "the"), and a clause does not end (with a comma or a semicolon)
+/// A sentence is not pushed to end, nor let end, before it has `min_sentence` words (the field
+/// `min_words`) or on one of the `dangling` words ("a", "the"), and a clause does not end (with a comma or a semicolon)
 /// before it has `min_clause` words or on a dangling word: with many of its words made less
 /// likely, a small model wrote fragments ("…in a. Golden. Stars. You know, a. A. Day.") and
 /// lists of commas ("The jazz club, a place, where, he's, going to."). Either is let end all
@@ -832,6 +842,9 @@ pub struct WrapUp {
     pub close: f32,
     pub min_sentence: usize,
     pub min_clause: usize,
+    /// No sentence ends before the field has this many words: SmolLM2 closed narrations of
+    /// five ("The migration of the wildebeest.").
+    pub min_words: usize,
     pub dangling: &'static [&'static str],
 }
 
@@ -862,17 +875,15 @@ impl WrapUp {
         if inside.trim_end().ends_with(['.', '!', '?']) {
             return Some(Nudge::Close(self.close));
         }
-        (!self.holds(written).sentence)
+        let tail = self.tail(written)?;
+        (!self.holds(&tail, &Piece::default()).sentence)
             .then(|| Nudge::EndSentence(self.per_word * (words + 1 - self.from_words) as f32))
     }
 
-    /// Whether the sentence, and the clause, being written in the field may not end yet: it
-    /// has fewer words than it needs (`min_sentence`, `min_clause`), or its last word is one
-    /// of the `dangling` ones.
-    pub fn holds(&self, written: &str) -> Hold {
-        let Some(inside) = open_field(written, self.field) else {
-            return Hold::default();
-        };
+    /// The sentence being written in the field, as far as ending it goes; `None` outside the
+    /// field.
+    pub fn tail(&self, written: &str) -> Option<Tail> {
+        let inside = open_field(written, self.field)?;
         let sentence: Vec<&str> = inside
             .split_whitespace()
             .rev()
@@ -882,12 +893,79 @@ impl WrapUp {
             .iter()
             .take_while(|w| !w.ends_with([',', ';', ':']))
             .count();
-        let dangling = sentence
-            .first()
-            .is_some_and(|w| self.dangling.contains(&w.to_lowercase().as_str()));
+        Some(Tail {
+            words: inside.split_whitespace().count(),
+            sentence: sentence.len(),
+            clause,
+            last: sentence
+                .first()
+                .map(|w| w.to_lowercase())
+                .unwrap_or_default(),
+            in_word: inside
+                .chars()
+                .last()
+                .is_some_and(|c| c.is_alphanumeric() || c == '\'' || c == '-'),
+        })
+    }
+
+    /// Whether `piece`, a token that ends a sentence or a clause, may not be written next: the
+    /// sentence (or clause) it would end has fewer words than it needs (`min_sentence`,
+    /// `min_clause`), or its last word is one of the `dangling` ones. The token's own word
+    /// counts: " as." after "It was" ends a sentence on "as", and " But." after a full stop
+    /// is a sentence of one word (SmolLM2 wrote both while only the text before them was
+    /// looked at).
+    pub fn holds(&self, tail: &Tail, piece: &Piece) -> Hold {
+        let (new, last) = if tail.in_word && !piece.begins_word {
+            (0, format!("{}{}", tail.last, piece.word))
+        } else if piece.word.is_empty() {
+            (0, tail.last.clone())
+        } else {
+            (1, piece.word.clone())
+        };
+        let (sentence, clause) = (tail.sentence + new, tail.clause + new);
+        let dangling = self.dangling.contains(&last.as_str());
         Hold {
-            sentence: sentence.len() < self.min_sentence || dangling,
+            sentence: sentence < self.min_sentence || tail.words + new < self.min_words || dangling,
             clause: clause < self.min_clause || dangling,
+        }
+    }
+}
+
+/// The sentence being written, as [`WrapUp::holds`] needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tail {
+    /// The field's words so far, the one being written included.
+    words: usize,
+    /// The sentence's words so far, the one being written included.
+    sentence: usize,
+    /// The words since its last comma, semicolon or colon.
+    clause: usize,
+    /// Its last word, lowercased.
+    last: String,
+    /// Whether the text ends inside a word, which a token without a leading space continues.
+    in_word: bool,
+}
+
+/// A token that ends a sentence or a clause, as [`WrapUp::holds`] needs it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Piece {
+    /// It begins a new word (a space, then a letter).
+    pub begins_word: bool,
+    /// Its letters, lowercased, without the leading space and the closing marks: "as" for
+    /// " as.", "" for ".".
+    pub word: String,
+}
+
+impl Piece {
+    /// The piece a token's text (its leading space included) makes.
+    pub fn new(text: &str) -> Piece {
+        let word = text
+            .trim()
+            .trim_end_matches(['.', '!', '?', ',', ';', ':'])
+            .to_lowercase();
+        Piece {
+            begins_word: text.starts_with(char::is_whitespace) && !word.is_empty(),
+            word,
         }
     }
 }
@@ -967,7 +1045,7 @@ impl Generation {
 
 #[cfg(test)]
 mod tests {
-    use super::{Hold, Nudge, WrapUp, inside_string};
+    use super::{Nudge, Piece, WrapUp, inside_string};
 
     #[test]
     fn inside_a_string_is_told_by_unescaped_quotes() {
@@ -991,6 +1069,7 @@ mod tests {
             close: 4.0,
             min_sentence: 2,
             min_clause: 2,
+            min_words: 3,
             dangling: &["the"],
         };
         let before = r#"{"title": "A b c d e", "narration": "#;
@@ -1018,25 +1097,53 @@ mod tests {
             wrap.nudge(&format!("{before}\"One two three four. Five six")),
             Some(Nudge::EndSentence(2.0))
         );
-        // Nor let end: on a word alone, or on "the"; a clause neither.
-        let holds = |text: &str| {
-            let h = wrap.holds(&format!("{before}\"{text}"));
+        // Nor let end: on a word alone, or on "the"; a clause neither. The ending token's own
+        // word counts.
+        let holds = |text: &str, token: &str| {
+            let tail = wrap
+                .tail(&format!("{before}\"{text}"))
+                .expect("in the field");
+            let h = wrap.holds(&tail, &Piece::new(token));
             (h.sentence, h.clause)
         };
-        assert_eq!(holds("One two three four. Five"), (true, true));
-        assert_eq!(holds("One two three, the"), (true, true));
-        assert_eq!(holds("One two three"), (false, false));
+        assert_eq!(holds("One two three four. Five", "."), (true, true));
+        assert_eq!(holds("One two three, the", "."), (true, true));
+        assert_eq!(holds("One two three", "."), (false, false));
         assert_eq!(
-            holds("One two three, four"),
+            holds("One two thr", "ee."),
+            (false, false),
+            "a word finished"
+        );
+        assert_eq!(
+            holds("One two three, four", ","),
             (false, true),
             "a clause of one word"
         );
-        assert_eq!(holds("One two three, four five"), (false, false));
+        assert_eq!(holds("One two three, four five", ","), (false, false));
         assert_eq!(
-            wrap.holds(r#"{"title": "A b c d e"#),
-            Hold::default(),
-            "another field"
+            holds("One two", " three."),
+            (false, false),
+            "its word makes 3"
         );
+        assert_eq!(holds("One two three", " the."), (true, true), "ends on the");
+        assert_eq!(
+            holds("One two three four.", " Five."),
+            (true, true),
+            "a sentence of one word in one token"
+        );
+        assert_eq!(
+            holds("One", " two,"),
+            (true, false),
+            "its word makes a clause of 2, but the field needs 3 before a sentence ends"
+        );
+        assert_eq!(
+            holds("One two. Three", " four."),
+            (false, false),
+            "3 in all"
+        );
+        assert_eq!(holds("One two. Three", ","), (true, true), "one word");
+        assert_eq!(holds("", "One."), (true, true), "the field's first word");
+        assert_eq!(wrap.tail(r#"{"title": "A b c d e"#), None, "another field");
         assert_eq!(
             wrap.nudge(&format!("{before}\"One two three four the")),
             None,
