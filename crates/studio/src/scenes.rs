@@ -167,22 +167,33 @@ fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_j
     }
     // The topic's word, a plural or a possessive, then a closing mark.
     let topic = format!("(?:{})(?:s|es)?(?:'s)?[.,;:!?]?", forms.join("|"));
-    let (before, after_min, after_max) = (shape.before, shape.after.start(), shape.after.end());
+    // One branch per count of words before the topic's, so the text may have its full count
+    // of words wherever the topic's word comes (a later one does not cut it short, which the
+    // wrap-up, counting to the field's limit, could not foresee: "…It is in fact the.").
+    let branches: Vec<String> = (0..=shape.before)
+        .map(|before| {
+            let after_max = shape.words.end() - before - 2;
+            format!(
+                "(?:{WORD} ){{{before}}}{topic}(?: {WORD}){{{},{after_max}}}",
+                shape.after_min
+            )
+        })
+        .collect();
     serde_json::json!({
         "type": "string",
         // The last word ends the sentence: a narration is read aloud, and one cut off at a
         // comma by the word limit sounds broken.
-        "pattern": format!("^(?:{WORD} ){{0,{before}}}{topic}(?: {WORD}){{{after_min},{after_max}}} {LAST_WORD}$"),
+        "pattern": format!("^(?:{}) {LAST_WORD}$", branches.join("|")),
     })
 }
 
 /// Where a [`naming_schema`] puts the topic's word: at most `before` words come before it, and
-/// `after` words (then the sentence's last word) after it; `words` is what the text has when
-/// the topic has no word to name.
+/// at least `after_min` words (then the sentence's last word) after it; the text has at most
+/// `words.end()` words, and `words` is what it has when the topic has no word to name.
 struct Naming {
     words: std::ops::RangeInclusive<usize>,
     before: usize,
-    after: std::ops::RangeInclusive<usize>,
+    after_min: usize,
 }
 
 /// A narration: one or two sentences, the topic's word at most six words in.
@@ -191,18 +202,18 @@ struct Naming {
 const NARRATION: Naming = Naming {
     words: 10..=18,
     before: 6,
-    after: 2..=10,
+    after_min: 2,
 };
 /// A line of the outline: one sentence.
 const OUTLINE_LINE: Naming = Naming {
     words: 6..=20,
     before: 6,
-    after: 4..=12,
+    after_min: 4,
 };
 const _: () = {
-    // Naming the topic never makes a text longer than its words allow.
-    assert!(NARRATION.before + *NARRATION.after.end() + 2 <= *NARRATION.words.end());
-    assert!(OUTLINE_LINE.before + *OUTLINE_LINE.after.end() + 2 <= *OUTLINE_LINE.words.end());
+    // Every branch of a naming schema has room for its words after the topic's.
+    assert!(NARRATION.before + NARRATION.after_min + 2 <= *NARRATION.words.end());
+    assert!(OUTLINE_LINE.before + OUTLINE_LINE.after_min + 2 <= *OUTLINE_LINE.words.end());
 };
 
 /// One word: at most `MAX_WORD` characters.
@@ -502,11 +513,13 @@ impl Picture {
 }
 
 /// Words a phrase cannot end on: a small model at a phrase's word limit stops in the middle of
-/// one ("the northernmost tip of", "A Christmas Eve at the").
+/// one ("the northernmost tip of", "A Christmas Eve at the"), and a narration's sentence
+/// neither ("…but it has a very.", "…where nothing can.").
 const DANGLING: &[&str] = &[
     "a", "an", "the", "of", "on", "in", "at", "to", "for", "with", "and", "or", "from", "by",
     "into", "onto", "over", "under", "his", "her", "their", "its", "my", "your", "our", "is",
-    "are", "was", "were", "that", "which", "who", "as", "but", "than",
+    "are", "was", "were", "that", "which", "who", "as", "but", "than", "very", "just", "can",
+    "could", "will", "would", "should", "must", "has", "have", "had",
 ];
 
 /// `phrase` (a title, a picture's subject, place or light) without the words it was cut off
@@ -602,6 +615,8 @@ const WRAP_UP: WrapUp = WrapUp {
     min_sentence: 3,
     min_clause: 2,
     min_words: 8,
+    max_words: *NARRATION.words.end(),
+    room: 6,
     dangling: DANGLING,
 };
 

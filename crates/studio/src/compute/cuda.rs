@@ -127,16 +127,30 @@ impl MemoryBackend for CudaBackend {
         context
             .bind_to_thread()
             .map_err(cuda_err("cuCtxSetCurrent"))?;
-        // Frees are stream-ordered: they land when the stream has run past them.
-        stream
+        // Frees are stream-ordered: they land when the stream (every stream of the context:
+        // the weights loader copies on its own) has run past them.
+        context
             .synchronize()
-            .map_err(cuda_err("cuStreamSynchronize"))?;
+            .map_err(cuda_err("cuCtxSynchronize"))?;
         // SAFETY: the device handle comes from a live context bound to this thread; the pool is
-        // the device's default pool, valid for the context's life.
+        // the device's default pool, valid for the context's life; each attribute is a u64.
         unsafe {
             let pool = result::device::get_default_mem_pool(context.cu_device())
                 .map_err(cuda_err("cuDeviceGetDefaultMemPool"))?;
             result::mem_pool::trim_to(pool, 0).map_err(cuda_err("cuMemPoolTrimTo"))?;
+            let attribute = |attr| {
+                let mut value = 0u64;
+                result::mem_pool::get_attribute(pool, attr, (&raw mut value).cast())
+                    .map(|()| value)
+                    .map_err(cuda_err("cuMemPoolGetAttribute"))
+            };
+            use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute as A;
+            let reserved = attribute(A::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+            let used = attribute(A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+            tracing::debug!(
+                "GPU {}'s memory pool after trimming: {reserved} bytes reserved, {used} in use",
+                self.ordinal
+            );
         }
         Ok(())
     }

@@ -188,13 +188,16 @@ impl Llm {
                 })
             })
             .collect();
-        // Word tokens whose text ends with one of `marks` (none of the JSON's structure).
+        // Tokens whose text ends with one of `marks`, or does where a quote closes the string
+        // (`."`: SmolLM2 ended "…Tokyo has its own. Golden Stars." with it, past the hold on
+        // a two-word sentence); none of the JSON's other structure.
         let ending_with = |marks: &[char]| -> Vec<bool> {
             (0..n_vocab as u32)
                 .map(|id| {
                     text.tokenizer.id_to_token(id).is_some_and(|t| {
-                        !t.contains(['"', '{', '}', '[', ']', ':', '<', '>'])
-                            && t.trim_end().ends_with(marks)
+                        let words = before_quote(&t);
+                        !words.contains(['{', '}', '[', ']', ':', '<', '>'])
+                            && words.trim_end().ends_with(marks)
                     })
                 })
                 .collect()
@@ -546,14 +549,28 @@ impl Llm {
             }
             // A sentence too short to end, or on "a" or "the", or a clause of one word: no end
             // here while another word may follow.
-            if let Some(wrap) = &steering.wrap_up
+            let tail = steering.wrap_up.as_ref().and_then(|w| w.tail(&written));
+            if let (Some(wrap), Some(tail)) = (&steering.wrap_up, &tail)
+                && wrap.no_room(tail)
+                && self
+                    .closes_string
+                    .iter()
+                    .zip(&values)
+                    .any(|(&closes, v)| closes && v.is_finite())
+            {
+                for (&begins, v) in self.begins_word.iter().zip(values.iter_mut()) {
+                    if begins {
+                        *v = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            if let (Some(wrap), Some(tail)) = (&steering.wrap_up, &tail)
                 && new_word_allowed
-                && let Some(tail) = wrap.tail(&written)
             {
                 for (id, piece) in &self.endings {
                     let id = *id as usize;
                     if values[id].is_finite() {
-                        let hold = wrap.holds(&tail, piece);
+                        let hold = wrap.holds(tail, piece);
                         if (hold.sentence && self.ends_sentence[id])
                             || (hold.clause && self.ends_clause[id])
                         {
@@ -845,6 +862,11 @@ pub struct WrapUp {
     /// No sentence ends before the field has this many words: SmolLM2 closed narrations of
     /// five ("The migration of the wildebeest.").
     pub min_words: usize,
+    /// No sentence begins with fewer than `room` words left before the field's `max_words`:
+    /// where the string may close there, it must. SmolLM2 began one all the same and was cut
+    /// at the limit ("…and it just got here. It flies up to.").
+    pub max_words: usize,
+    pub room: usize,
     pub dangling: &'static [&'static str],
 }
 
@@ -894,6 +916,7 @@ impl WrapUp {
             .take_while(|w| !w.ends_with([',', ';', ':']))
             .count();
         Some(Tail {
+            ended: inside.trim_end().ends_with(['.', '!', '?']),
             words: inside.split_whitespace().count(),
             sentence: sentence.len(),
             clause,
@@ -929,11 +952,18 @@ impl WrapUp {
             clause: clause < self.min_clause || dangling,
         }
     }
+
+    /// Whether the field must close rather than begin another sentence ([`WrapUp::room`]).
+    pub fn no_room(&self, tail: &Tail) -> bool {
+        tail.ended && tail.words + self.room > self.max_words
+    }
 }
 
 /// The sentence being written, as [`WrapUp::holds`] needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tail {
+    /// Whether the text ends a sentence.
+    ended: bool,
     /// The field's words so far, the one being written included.
     words: usize,
     /// The sentence's words so far, the one being written included.
@@ -957,8 +987,10 @@ pub struct Piece {
 }
 
 impl Piece {
-    /// The piece a token's text (its leading space included) makes.
+    /// The piece a token's text (its leading space included) makes; what follows a quote
+    /// (the string's end) is not its.
     pub fn new(text: &str) -> Piece {
+        let text = before_quote(text);
         let word = text
             .trim()
             .trim_end_matches(['.', '!', '?', ',', ';', ':'])
@@ -968,6 +1000,11 @@ impl Piece {
             word,
         }
     }
+}
+
+/// A token's text up to its first quote: what it writes inside a JSON string.
+fn before_quote(text: &str) -> &str {
+    text.split('"').next().unwrap_or_default()
 }
 
 /// What the string field `field` holds so far, while it is the one being written.
@@ -1070,6 +1107,8 @@ mod tests {
             min_sentence: 2,
             min_clause: 2,
             min_words: 3,
+            max_words: 12,
+            room: 4,
             dangling: &["the"],
         };
         let before = r#"{"title": "A b c d e", "narration": "#;
@@ -1143,7 +1182,27 @@ mod tests {
         );
         assert_eq!(holds("One two. Three", ","), (true, true), "one word");
         assert_eq!(holds("", "One."), (true, true), "the field's first word");
+        assert_eq!(
+            holds("One two three four. Five", ".\""),
+            (true, true),
+            "a full stop that closes the string ends a sentence too"
+        );
+        assert_eq!(
+            holds("One two three four. Five six", " seven.\","),
+            (false, false)
+        );
         assert_eq!(wrap.tail(r#"{"title": "A b c d e"#), None, "another field");
+        // A sentence ended 4 words (the room) or fewer before the 12-word limit: close.
+        let no_room = |text: &str| wrap.no_room(&wrap.tail(&format!("{before}\"{text}")).unwrap());
+        assert!(
+            !no_room("One two three four five six seven eight."),
+            "8 + 4 fit in 12"
+        );
+        assert!(no_room("One two three four five six seven eight nine."));
+        assert!(
+            !no_room("One two three four five six seven eight nine"),
+            "not ended"
+        );
         assert_eq!(
             wrap.nudge(&format!("{before}\"One two three four the")),
             None,
