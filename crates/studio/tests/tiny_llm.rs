@@ -293,3 +293,28 @@ fn a_prompt_that_shares_its_start_with_the_last_one_gives_what_a_fresh_model_giv
         assert_eq!(back.text, expected.text, "{}", path.display());
     }
 }
+
+#[test]
+fn a_prompt_longer_than_a_pass_is_computed_in_parts_to_the_same_logits() {
+    use baton_studio::llm::{PREFILL_CHUNK, candle_reference};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(&path, 3).unwrap();
+    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    // Two passes and a bit: the parts attend to what the earlier ones cached.
+    let tokens: Vec<u32> = (0..2 * PREFILL_CHUNK as u32 + 37)
+        .map(|i| i * 7 % 200)
+        .collect();
+    let ours = llm.logits(&tokens).unwrap();
+    let (candle, _) = candle_reference(&path, &Device::Cpu, &tokens)
+        .unwrap()
+        .expect("candle has a quantized llama");
+    assert_eq!(ours.len(), candle.len());
+    let worst = ours
+        .iter()
+        .zip(&candle)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    // candle computes all of it in one pass: the same numbers up to summation order.
+    assert!(worst < 1e-4, "logits differ by up to {worst}");
+}

@@ -272,15 +272,21 @@ impl Llm {
             .to_vec1()?)
     }
 
+    /// The logits after `input`, which follows the first `pos` tokens of the cache; at most
+    /// [`PREFILL_CHUNK`] tokens a pass.
     fn forward(&mut self, input: &[u32], pos: usize) -> Result<Tensor, LlmError> {
         // What the cache holds past `pos` belongs to another sequence.
         if pos < self.cached.len() {
             self.weights.truncate_cache(pos)?;
         }
         self.cached.truncate(pos);
-        let x = Tensor::new(input, &self.device)?.unsqueeze(0)?;
-        let logits = self.weights.forward(&x, pos)?;
-        self.cached.extend_from_slice(input);
+        let mut logits = None;
+        for chunk in input.chunks(PREFILL_CHUNK) {
+            let x = Tensor::new(chunk, &self.device)?.unsqueeze(0)?;
+            logits = Some(self.weights.forward(&x, self.cached.len())?);
+            self.cached.extend_from_slice(chunk);
+        }
+        let logits = logits.ok_or_else(|| LlmError::Generation("no tokens to compute".into()))?;
         Ok(logits.squeeze(0)?)
     }
 
@@ -698,9 +704,23 @@ impl Llm {
     }
 }
 
+/// The most tokens one forward pass computes; a longer prompt is computed in parts of this
+/// size. It bounds the workspaces [`warm_up`] grows in advance.
+pub const PREFILL_CHUNK: usize = 512;
+
+/// The widest input a quantized matmul of a model baton runs may have: a feed-forward's inner
+/// width (Llama-3.1-8B's is 14336, Qwen2.5-7B's 18944).
+const WIDEST_INPUT: usize = 32768;
+
 /// Runs each kind of kernel a forward pass uses once on `device` (a GPU), so the CUDA modules and
 /// the cuBLAS workspace they load are part of the process's baseline, not charged to the model:
 /// they stay with the CUDA context until the process exits, whatever the model does.
+///
+/// So do candle's quantized-matmul workspaces: one per GPU per process, grown to the largest
+/// batch seen and never freed. They are grown here to what a forward pass can need
+/// ([`PREFILL_CHUNK`] tokens of [`WIDEST_INPUT`]); grown by the scenes stage's first long
+/// prompt instead, they were 17.1 MiB still allocated after the model was dropped, pinning
+/// two chunks of the memory pool: monolithic mode's "+72 MiB" leak after the scenes stage.
 pub fn warm_up(device: &Device) -> Result<(), LlmError> {
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{DType, Module};
@@ -734,6 +754,20 @@ pub fn warm_up(device: &Device) -> Result<(), LlmError> {
     }
     let qmm = QMatMul::from_qtensor(QTensor::quantize_onto(&weights, GgmlDType::Q4_1, device)?)?;
     let _ = qmm.forward(&x)?;
+    // The workspaces: the few-token kernels' (decoding) and the many-token kernels' (a
+    // prompt), at their widest.
+    let wide = QMatMul::from_qtensor(QTensor::quantize_onto(
+        &Tensor::zeros((128, WIDEST_INPUT), DType::F32, &Device::Cpu)?,
+        GgmlDType::Q4_1,
+        device,
+    )?)?;
+    for tokens in [8, PREFILL_CHUNK] {
+        let _ = wide.forward(&Tensor::zeros(
+            (1, tokens, WIDEST_INPUT),
+            DType::F32,
+            device,
+        )?)?;
+    }
     let rows = x
         .squeeze(0)?
         .index_select(&Tensor::new(&[0u32, 1], device)?, 0)?;
