@@ -810,10 +810,10 @@ fn retitle(
 
 /// Writes a storyboard of `scenes` scenes about `topic` the way small models do it well: a
 /// title and an outline first (per scene, its title and what happens; a scene whose title
-/// repeats another is given one of its own, [`retitle`]), then each scene on its own with the topic and the
-/// outline in its prompt. A scene that repeats an earlier one (word trigrams) or whose image
-/// prompt copies its narration is written again with another seed; the least repetitive of its
-/// tries is kept. A picture is asked for as three phrases (subject, place, light), which a
+/// repeats another is given one of its own, [`retitle`]), then each scene on its own with the
+/// topic and the outline in its prompt. A scene that repeats an earlier one (word trigrams) or
+/// whose image prompt copies its narration is written again with another seed; the least
+/// repetitive of its tries is kept. A picture is asked for as three phrases (subject, place, light), which a
 /// small model writes as a picture rather than as another sentence. Titles and narrations are
 /// words only, by construction (no markup, paths or brackets), and the repetition penalty
 /// applies to words, never to the JSON.

@@ -553,8 +553,8 @@ impl Llm {
                     }
                 }
             }
-            // A sentence too short to end, or on "a" or "the", or a clause of one word: no end
-            // here while another word may follow.
+            // A sentence ended too near the field's word limit for another: close the field
+            // (where it may close).
             let tail = steering.wrap_up.as_ref().and_then(|w| w.tail(&written));
             if let (Some(wrap), Some(tail)) = (&steering.wrap_up, &tail)
                 && wrap.no_room(tail)
@@ -570,6 +570,8 @@ impl Llm {
                     }
                 }
             }
+            // A sentence too short to end, or on "a" or "the", or a clause of one word, counting
+            // the word the ending token carries: no end here while another word may follow.
             if let (Some(wrap), Some(tail)) = (&steering.wrap_up, &tail)
                 && new_word_allowed
             {
@@ -880,11 +882,11 @@ impl Default for Steering<'_> {
 /// reads well, rather than where the field's word limit forces a full stop onto whatever word
 /// comes ("asin'lly."), and does not start a sentence it has no room to finish ("As she.").
 /// A sentence is not pushed to end, nor let end, before it has `min_sentence` words (the field
-/// `min_words`) or on one of the `dangling` words ("a", "the"), and a clause does not end (with a comma or a semicolon)
-/// before it has `min_clause` words or on a dangling word: with many of its words made less
-/// likely, a small model wrote fragments ("…in a. Golden. Stars. You know, a. A. Day.") and
-/// lists of commas ("The jazz club, a place, where, he's, going to."). Either is let end all
-/// the same where no other word may follow (the field's word limit).
+/// `min_words`) or on one of the `dangling` words ("a", "the"), and a clause does not end (with
+/// a comma or a semicolon) before it has `min_clause` words or on a dangling word: with many of
+/// its words made less likely, a small model wrote fragments ("…in a. Golden. Stars. You know,
+/// a. A. Day.") and lists of commas ("The jazz club, a place, where, he's, going to."). Either
+/// is let end all the same where no other word may follow (the field's word limit).
 #[derive(Debug, Clone)]
 pub struct WrapUp {
     pub field: &'static str,
