@@ -651,42 +651,34 @@ fn describe_picture(
         )
     };
     let example = example::picture();
-    let turns = vec![
-        ("system".to_string(), SYSTEM.to_string()),
-        ("user".to_string(), ask(example::NARRATION)),
-        (
-            "assistant".to_string(),
-            compact_json(&serde_json::json!({
-                "subject": example.subject, "place": example.place, "light": example.light
-            })),
-        ),
-        ("user".to_string(), ask(&scene.narration)),
-    ];
+    let turns = with_example(
+        ask(example::NARRATION),
+        compact_json(&serde_json::json!({
+            "subject": example.subject, "place": example.place, "light": example.light
+        })),
+        ask(&scene.narration),
+    );
     let avoid = llm.word_tokens(&scene.narration, topic_words);
-    for attempt in 0..2u64 {
-        let seeded = Sampler {
-            seed: sampler
-                .seed
-                .wrapping_add(7 * scene.index as u64 + 5000 + attempt),
-            ..sampler.clone()
-        };
-        let picture: Picture = generate_part(
-            llm,
-            &format!("picture of scene {}", scene.index),
-            &turns,
-            &schema,
-            &seeded,
-            (&avoid, 2.0 + attempt as f32),
-            total,
-            on_token,
-        )?;
-        let candidate = Scene {
-            image_prompt: picture.prompt(),
-            ..scene.clone()
-        };
-        if !crate::quality::prompt_copies_narration(&candidate) {
-            return Ok((candidate.image_prompt, Some(picture.light)));
-        }
+    let described = ask_until(
+        llm,
+        &format!("picture of scene {}", scene.index),
+        (&turns, &schema),
+        sampler,
+        (7 * scene.index as u64 + 5000, 2),
+        &avoid,
+        total,
+        on_token,
+        |picture: Picture| {
+            let candidate = Scene {
+                image_prompt: picture.prompt(),
+                ..scene.clone()
+            };
+            (!crate::quality::prompt_copies_narration(&candidate))
+                .then_some((candidate.image_prompt, Some(picture.light)))
+        },
+    )?;
+    if let Some(described) = described {
+        return Ok(described);
     }
     tracing::info!(
         "scene {}'s image prompt kept copying its narration; using its title and the topic",
@@ -781,28 +773,59 @@ fn retitle(
         .chain(example::OUTLINE.iter().map(|(t, _)| t))
         .map(|t| title_key(t))
         .collect();
-    for attempt in 0..SCENE_TRIES {
+    #[derive(serde::Deserialize)]
+    struct Titled {
+        title: String,
+    }
+    ask_until(
+        llm,
+        &format!("title of scene {k}"),
+        (&turns, &schema),
+        sampler,
+        (100 * k as u64 + 7000, SCENE_TRIES),
+        &avoid,
+        total,
+        on_token,
+        |titled: Titled| {
+            let title = without_dangling_words(&titled.title);
+            (!taken.contains(&title_key(&title))).then_some(title)
+        },
+    )
+}
+
+/// Asks for a part (`ask`: the conversation and the constraint) up to `tries.1` times, each
+/// with the next seed from the sampler's plus `tries.0` and the `avoid` tokens made less likely
+/// by one more each time (from 2), until `accept` takes what came; `None` when it took none.
+#[allow(clippy::too_many_arguments)]
+fn ask_until<T: serde::de::DeserializeOwned, R>(
+    llm: &mut Llm,
+    what: &str,
+    ask: (&[(String, String)], &serde_json::Value),
+    sampler: &Sampler,
+    tries: (u64, u64),
+    avoid: &[u32],
+    total: &mut Generation,
+    on_token: &mut dyn FnMut(usize),
+    mut accept: impl FnMut(T) -> Option<R>,
+) -> Result<Option<R>, ScenesError> {
+    let (seed_offset, tries) = tries;
+    for attempt in 0..tries {
         let seeded = Sampler {
-            seed: sampler.seed.wrapping_add(100 * k as u64 + 7000 + attempt),
+            seed: sampler.seed.wrapping_add(seed_offset + attempt),
             ..sampler.clone()
         };
-        #[derive(serde::Deserialize)]
-        struct Titled {
-            title: String,
-        }
-        let titled: Titled = generate_part(
+        let part: T = generate_part(
             llm,
-            &format!("title of scene {k}"),
-            &turns,
-            &schema,
+            what,
+            ask.0,
+            ask.1,
             &seeded,
-            (&avoid, 2.0 + attempt as f32),
+            (avoid, 2.0 + attempt as f32),
             total,
             on_token,
         )?;
-        let title = without_dangling_words(&titled.title);
-        if !taken.contains(&title_key(&title)) {
-            return Ok(Some(title));
+        if let Some(taken) = accept(part) {
+            return Ok(Some(taken));
         }
     }
     Ok(None)
