@@ -299,6 +299,45 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
     schema
 }
 
+/// `schema` with its words' letters and digits (`\p{L}`, `\p{N}`) those of `topic`'s alphabet:
+/// for a topic in the Latin alphabet without letters beyond Latin-1 (English, French, German,
+/// Spanish…), those letters and 0-9. Free to write any letter, SmolLM2 put Arabic, Persian and
+/// fullwidth words in narrations about the printing press ("In Ｎﾒ, اسم بازرکتب, دولة من,
+/// invention of the printing press."). A topic in another alphabet keeps every letter.
+fn in_topic_letters(mut schema: serde_json::Value, topic: &str) -> serde_json::Value {
+    let latin_1 = |c: char| c.is_ascii_alphabetic() || ('\u{c0}'..='\u{ff}').contains(&c);
+    if !topic
+        .chars()
+        .filter(|c| c.is_alphabetic())
+        .all(|c| latin_1(c) && c != '\u{d7}' && c != '\u{f7}')
+    {
+        return schema;
+    }
+    fn rewrite(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v {
+                        serde_json::Value::String(pattern) if key == "pattern" => {
+                            *pattern = pattern
+                                .replace(
+                                    "\\p{L}",
+                                    "[A-Za-z\u{c0}-\u{d6}\u{d8}-\u{f6}\u{f8}-\u{ff}]",
+                                )
+                                .replace("\\p{N}", "[0-9]");
+                        }
+                        _ => rewrite(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(rewrite),
+            _ => {}
+        }
+    }
+    rewrite(&mut schema);
+    schema
+}
+
 /// The compact constraint of an object that has exactly `properties`, every one required.
 fn object_schema(properties: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
     compact(serde_json::json!({
@@ -640,7 +679,7 @@ fn describe_picture(
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<(String, Option<String>), ScenesError> {
-    let schema = object_schema(Picture::properties(lights));
+    let schema = in_topic_letters(object_schema(Picture::properties(lights)), topic);
     let ask = |narration: &str| {
         format!(
             "A scene of a narrated video about {topic}. Its narration: \"{narration}\"\n\
@@ -758,7 +797,7 @@ fn retitle(
     );
     let mut properties = serde_json::Map::new();
     properties.insert("title".into(), phrase_schema(TITLE_WORDS));
-    let schema = object_schema(properties);
+    let schema = in_topic_letters(object_schema(properties), topic);
     let others: Vec<&str> = plan
         .outline
         .iter()
@@ -857,25 +896,28 @@ pub fn generate_storyboard(
         decode_time: std::time::Duration::ZERO,
     };
     let topic_words = crate::quality::content_words(topic);
-    let outline_schema = compact(serde_json::json!({
-        "type": "object",
-        "properties": {
-            "title": phrase_schema(TITLE_WORDS),
-            "outline": {"type": "array", "minItems": scenes, "maxItems": scenes, "items": {
-                "type": "object",
-                "properties": {
-                    // A title is a phrase: with punctuation a small model writes the start of
-                    // a sentence ("Males are large and black,").
-                    "title": phrase_schema(TITLE_WORDS),
-                    "happens": naming_schema(topic, &topic_words, &OUTLINE_LINE)
-                },
-                "required": ["title", "happens"],
-                "additionalProperties": false
-            }}
-        },
-        "required": ["title", "outline"],
-        "additionalProperties": false
-    }));
+    let outline_schema = in_topic_letters(
+        compact(serde_json::json!({
+            "type": "object",
+            "properties": {
+                "title": phrase_schema(TITLE_WORDS),
+                "outline": {"type": "array", "minItems": scenes, "maxItems": scenes, "items": {
+                    "type": "object",
+                    "properties": {
+                        // A title is a phrase: with punctuation a small model writes the start of
+                        // a sentence ("Males are large and black,").
+                        "title": phrase_schema(TITLE_WORDS),
+                        "happens": naming_schema(topic, &topic_words, &OUTLINE_LINE)
+                    },
+                    "required": ["title", "happens"],
+                    "additionalProperties": false
+                }}
+            },
+            "required": ["title", "outline"],
+            "additionalProperties": false
+        })),
+        topic,
+    );
     let mut plan: Outline = generate_part(
         llm,
         "outline",
@@ -922,7 +964,7 @@ pub fn generate_storyboard(
             "duration_seconds".into(),
             serde_json::json!({"type": "integer", "minimum": 4, "maximum": 8}),
         );
-        object_schema(properties)
+        in_topic_letters(object_schema(properties), topic)
     };
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
     let mut lights: Vec<String> = Vec::with_capacity(scenes);
@@ -1326,6 +1368,33 @@ mod tests {
     }
 
     /// A matcher for a words schema's pattern, by the regex crate llguidance also builds on.
+    #[test]
+    fn a_latin_topic_is_written_in_latin_letters_and_any_other_in_its_own() {
+        let topic_words = crate::quality::content_words("Paris in the rain");
+        let narration = |topic: &str| {
+            in_topic_letters(
+                naming_schema("Paris in the rain", &topic_words, &NARRATION),
+                topic,
+            )
+        };
+        let latin = regex_lite(&narration("Paris in the rain"));
+        assert!(latin("In Paris the café owner waits for the rain to stop."));
+        assert!(latin(
+            "In Paris the B52 café waits, naïve and Zoë, for the rain."
+        ));
+        assert!(!latin(
+            "In Paris, اسم بازرکتب, the rain falls on the river."
+        ));
+        assert!(!latin("In Paris the Ｎﾒ sign glows over the wet street."));
+        assert!(!latin("In Paris the ǧİbakır shop waits for the rain."));
+        // A topic in another alphabet keeps every letter.
+        let other = regex_lite(&narration("東京の雨 Paris"));
+        assert!(other("In Paris, اسم بازرکتب, the rain falls on the river."));
+        // Every field of a nested constraint is rewritten.
+        let nested = in_topic_letters(object_schema(Picture::properties(&["dawn light"])), "Paris");
+        assert!(!nested.to_string().contains("\\p{L}"), "{nested}");
+    }
+
     fn regex_lite(schema: &serde_json::Value) -> impl Fn(&str) -> bool + use<> {
         let re = regex::RegexBuilder::new(schema["pattern"].as_str().unwrap())
             .size_limit(1 << 28)
