@@ -306,11 +306,8 @@ fn compact(mut schema: serde_json::Value) -> serde_json::Value {
 /// invention of the printing press."). A topic in another alphabet keeps every letter.
 fn in_topic_letters(mut schema: serde_json::Value, topic: &str) -> serde_json::Value {
     let latin_1 = |c: char| c.is_ascii_alphabetic() || ('\u{c0}'..='\u{ff}').contains(&c);
-    if !topic
-        .chars()
-        .filter(|c| c.is_alphabetic())
-        .all(|c| latin_1(c) && c != '\u{d7}' && c != '\u{f7}')
-    {
+    // (× and ÷, in Latin-1's range, are not alphabetic.)
+    if !topic.chars().filter(|c| c.is_alphabetic()).all(latin_1) {
         return schema;
     }
     fn rewrite(value: &mut serde_json::Value) {

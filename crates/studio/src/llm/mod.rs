@@ -587,8 +587,8 @@ impl Llm {
                     }
                 }
             }
-            if let Some(wrap) = &steering.wrap_up
-                && let Some(nudge) = wrap.nudge(&written)
+            if let (Some(wrap), Some(tail)) = (&steering.wrap_up, &tail)
+                && let Some(nudge) = wrap.nudge(tail)
             {
                 let (tokens, bonus) = match nudge {
                     Nudge::EndSentence(b) => (&self.ends_sentence, b),
@@ -923,19 +923,16 @@ pub enum Nudge {
 }
 
 impl WrapUp {
-    /// The nudge for the JSON written so far, `None` outside the field (or before its count).
-    pub fn nudge(&self, written: &str) -> Option<Nudge> {
-        let inside = open_field(written, self.field)?;
-        let words = inside.split_whitespace().count();
-        if words < self.from_words {
+    /// The nudge for the field's text as `tail` describes it, `None` before its count.
+    pub fn nudge(&self, tail: &Tail) -> Option<Nudge> {
+        if tail.words < self.from_words {
             return None;
         }
-        if inside.trim_end().ends_with(['.', '!', '?']) {
+        if tail.ended {
             return Some(Nudge::Close(self.close));
         }
-        let tail = self.tail(written)?;
-        (!self.holds(&tail, &Piece::default()).sentence)
-            .then(|| Nudge::EndSentence(self.per_word * (words + 1 - self.from_words) as f32))
+        (!self.holds(tail, &Piece::default()).sentence)
+            .then(|| Nudge::EndSentence(self.per_word * (tail.words + 1 - self.from_words) as f32))
     }
 
     /// The sentence being written in the field, as far as ending it goes; `None` outside the
@@ -1148,28 +1145,29 @@ mod tests {
             dangling: &["the"],
         };
         let before = r#"{"title": "A b c d e", "narration": "#;
-        assert_eq!(wrap.nudge(r#"{"title": "A b c d e"#), None, "another field");
-        assert_eq!(wrap.nudge(&format!("{before}\"One two")), None, "two words");
+        let nudge = |written: &str| wrap.tail(written).and_then(|t| wrap.nudge(&t));
+        assert_eq!(nudge(r#"{"title": "A b c d e"#), None, "another field");
+        assert_eq!(nudge(&format!("{before}\"One two")), None, "two words");
         assert_eq!(
-            wrap.nudge(&format!("{before}\"One two thr")),
+            nudge(&format!("{before}\"One two thr")),
             Some(Nudge::EndSentence(0.5))
         );
         assert_eq!(
-            wrap.nudge(&format!("{before}\"One two three four")),
+            nudge(&format!("{before}\"One two three four")),
             Some(Nudge::EndSentence(1.0))
         );
         assert_eq!(
-            wrap.nudge(&format!("{before}\"One two three four.")),
+            nudge(&format!("{before}\"One two three four.")),
             Some(Nudge::Close(4.0)),
             "a sentence ended: close the string rather than begin another"
         );
         assert_eq!(
-            wrap.nudge(&format!("{before}\"One two three four. Five")),
+            nudge(&format!("{before}\"One two three four. Five")),
             None,
             "a sentence begun all the same is not cut to one word"
         );
         assert_eq!(
-            wrap.nudge(&format!("{before}\"One two three four. Five six")),
+            nudge(&format!("{before}\"One two three four. Five six")),
             Some(Nudge::EndSentence(2.0))
         );
         // Nor let end: on a word alone, or on "the"; a clause neither. The ending token's own
@@ -1240,12 +1238,12 @@ mod tests {
             "not ended"
         );
         assert_eq!(
-            wrap.nudge(&format!("{before}\"One two three four the")),
+            nudge(&format!("{before}\"One two three four the")),
             None,
             "no push to end on a dangling word"
         );
         assert_eq!(
-            wrap.nudge(&format!(
+            nudge(&format!(
                 "{before}\"One two three four.\", \"image_prompt\": \"x y z w"
             )),
             None,
