@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_base::parse_size;
-use baton_memory::DeviceChoice;
+use baton_memory::{DeviceChoice, DeviceKind};
 use clap::{Args, Parser, Subcommand};
 
 /// Run multi-model generative pipelines on GPUs that cannot hold every model at once.
@@ -270,6 +270,10 @@ pub struct ScenesArgs {
     /// applies to word tokens only, never the JSON's structure.
     #[arg(long, env = "BATON_SCENES_REPEAT_PENALTY", default_value_t = 1.15)]
     pub repeat_penalty: f32,
+    /// Drafts of the outline and of each scene; the one the model finds most fluent is kept.
+    /// auto: 3 on a GPU (seconds each), 1 on the CPU (each costs the storyboard's time again).
+    #[arg(long, env = "BATON_SCENES_DRAFTS", default_value = "auto", value_parser = parse_drafts)]
+    pub drafts: Drafts,
     /// Words added to every scene's image prompt, for one look across the pictures (empty:
     /// none). No light: each scene's prompt names its own.
     #[arg(
@@ -828,6 +832,9 @@ pub struct BenchScenesArgs {
     pub repeat_penalty: f32,
     #[arg(long, default_value_t = 3000)]
     pub max_tokens: usize,
+    /// Drafts of the outline and of each scene, as `baton scenes --drafts`.
+    #[arg(long, env = "BATON_SCENES_DRAFTS", default_value = "auto", value_parser = parse_drafts)]
+    pub drafts: Drafts,
     /// Write every storyboard here, one JSON file per topic.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -936,6 +943,55 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
         .map_err(|e: baton_memory::MemoryError| e.to_string())
 }
 
+/// How many drafts of the outline and of each scene are written; the one the model itself
+/// finds most fluent (its mean log-probability of what it chose) is kept. A small model's drafts differ a lot
+/// ("The fire in the room, where lighthouses, has died." against "The sun sets, and a
+/// lighthouse keeper is on his way home."), and its own likelihood tells the better one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drafts {
+    /// [`Drafts::ON_GPU`] on a GPU, where drafts cost seconds; 1 on the CPU, where each costs
+    /// the whole storyboard's time again.
+    Auto,
+    Count(usize),
+}
+
+impl Drafts {
+    pub const ON_GPU: usize = 3;
+    pub const MAX: usize = 8;
+
+    /// The count on a device of `kind`.
+    pub fn count(self, kind: DeviceKind) -> usize {
+        match (self, kind) {
+            (Drafts::Count(n), _) => n,
+            (Drafts::Auto, DeviceKind::Gpu) => Self::ON_GPU,
+            (Drafts::Auto, _) => 1,
+        }
+    }
+}
+
+impl std::str::FromStr for Drafts {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text.trim().eq_ignore_ascii_case("auto") {
+            return Ok(Drafts::Auto);
+        }
+        match text.trim().parse::<usize>() {
+            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Drafts::Count(n)),
+            _ => Err(format!(
+                "--drafts {text}: give a count from 1 to {} (each one more costs the \
+                 storyboard's time again), or auto ({} on a GPU, 1 on the CPU)",
+                Self::MAX,
+                Self::ON_GPU
+            )),
+        }
+    }
+}
+
+fn parse_drafts(text: &str) -> Result<Drafts, String> {
+    text.parse()
+}
+
 fn parse_size_arg(text: &str) -> Result<u64, String> {
     parse_size(text).map_err(|e| e.to_string())
 }
@@ -995,6 +1051,25 @@ mod tests {
         assert_eq!(parse_interval("1m").unwrap(), Duration::from_secs(60));
         for bad in ["0", "0s", "-1", "abc", "NaN", "1ms", "2d"] {
             assert!(parse_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn drafts_are_a_count_or_auto_which_depends_on_the_device() {
+        assert_eq!(parse_drafts("auto").unwrap(), Drafts::Auto);
+        assert_eq!(
+            parse_drafts("AUTO").unwrap().count(DeviceKind::Gpu),
+            Drafts::ON_GPU
+        );
+        assert_eq!(parse_drafts("auto").unwrap().count(DeviceKind::Cpu), 1);
+        assert_eq!(parse_drafts("2").unwrap().count(DeviceKind::Cpu), 2);
+        assert_eq!(parse_drafts(" 8 ").unwrap().count(DeviceKind::Gpu), 8);
+        for bad in ["0", "9", "-1", "three", ""] {
+            let err = parse_drafts(bad).unwrap_err();
+            assert!(
+                err.contains(&format!("--drafts {bad}")) && err.contains("1 to 8"),
+                "{err}"
+            );
         }
     }
 

@@ -3,8 +3,11 @@
 
 use crate::{BackendKind, DeviceSnapshot, MemoryBackend, MemoryError};
 
-/// What a CUDA context costs on a current NVIDIA card (measured ~0.5 GiB on H100/H200).
-pub const CUDA_CONTEXT_OVERHEAD: u64 = 512 << 20;
+/// What a process with a CUDA context costs on a current NVIDIA card before it allocates
+/// anything: the context, its kernels, and (in a candle stage) the quantized matmul workspaces
+/// the warm-up grows. Measured: 591.6 MiB for a prepared PyTorch process, 782.8 MiB for the
+/// scenes stage's baseline (H100, docs/gpu/prestart-h100.md); rounded up.
+pub const CUDA_CONTEXT_OVERHEAD: u64 = 800 << 20;
 
 /// Never constructed: [`NvmlBackend::open`] always fails in this build.
 pub struct NvmlBackend(());

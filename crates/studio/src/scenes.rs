@@ -37,6 +37,9 @@ pub struct ScenesRequest<'a> {
     pub style: &'a str,
     pub compute: Compute,
     pub destination: Destination,
+    /// Drafts of the outline and of each scene; the one the model itself finds most fluent
+    /// ([`Generation::fluency`]) is kept.
+    pub drafts: usize,
 }
 
 pub struct ScenesOutcome {
@@ -105,6 +108,9 @@ const MAX_STYLE: usize = 56;
 
 /// Tries a scene gets (new seed each) to come out unlike the scenes before it.
 const SCENE_TRIES: u64 = 3;
+/// How far apart the outline drafts' seeds are (the first is the storyboard's own), away from
+/// the scenes' (1000 per scene) and the retitles' (100 per scene, from 7000).
+const OUTLINE_DRAFT_SEEDS: u64 = 97;
 /// Tries a part of the storyboard gets (new seed each) when it runs past the token limit.
 const FINISH_TRIES: u64 = 3;
 
@@ -569,6 +575,61 @@ fn without_dangling_words(phrase: &str) -> String {
     words[..kept].join(" ")
 }
 
+/// The most words after a narration's last comma that [`mend_cut_ending`] drops: a sentence
+/// the limit cut off was begun there ("…takes over the city, and he is said to be."); a
+/// longer clause was the sentence itself, and is kept.
+const CUT_CLAUSE: usize = 7;
+
+/// `narration` with its last sentence mended where it was cut off: when the word limit closed
+/// it (every one of its words used) or it ends on a word a sentence cannot end on ("…at the
+/// edge of the island, and."), it ends at its last comma instead, if at most [`CUT_CLAUSE`]
+/// words come after that comma; otherwise it loses its dangling words. It keeps at least
+/// `NARRATION.before + 1` words, so the topic's word stays, and 3 in its last sentence; a
+/// narration that cannot keep them is returned as it was.
+fn mend_cut_ending(narration: &str) -> String {
+    let words: Vec<&str> = narration.split_whitespace().collect();
+    let Some(end) = words
+        .last()
+        .and_then(|w| w.chars().last())
+        .filter(|c| matches!(c, '.' | '!' | '?'))
+    else {
+        return narration.to_string();
+    };
+    let bare = |w: &str| {
+        w.trim_end_matches(|c: char| !c.is_alphanumeric())
+            .to_lowercase()
+    };
+    let dangles = |w: &str| DANGLING.contains(&bare(w).as_str());
+    let last = words.len() - 1;
+    let at_limit = words.len() >= *NARRATION.words.end();
+    if !at_limit && !dangles(words[last]) {
+        return narration.to_string();
+    }
+    let sentence = words[..last]
+        .iter()
+        .rposition(|w| w.ends_with(['.', '!', '?']))
+        .map_or(0, |i| i + 1);
+    let least = (NARRATION.before + 1).max(sentence + WRAP_UP.min_sentence);
+    // Where the kept text ends (its last word's index): the last comma's word, if the clause
+    // after it is short enough to have been the cut one, else the last word.
+    let comma = words[sentence..last]
+        .iter()
+        .rposition(|w| w.ends_with([',', ';', ':']))
+        .map(|i| sentence + i)
+        .filter(|&c| last - c <= CUT_CLAUSE && c + 1 >= least);
+    let mut keep = comma.unwrap_or(last);
+    while keep >= least && dangles(words[keep]) {
+        keep -= 1;
+    }
+    if keep == last || dangles(words[keep]) {
+        return narration.to_string();
+    }
+    let mut kept = words[..=keep].join(" ");
+    kept.truncate(kept.trim_end_matches(|c: char| !c.is_alphanumeric()).len());
+    kept.push(end);
+    kept
+}
+
 /// One scene as the model writes it (the index and the title are the plan's).
 #[derive(serde::Deserialize)]
 struct Written {
@@ -579,7 +640,8 @@ struct Written {
 }
 
 /// Runs one constrained generation, with another seed when it does not finish in time (the
-/// unfinished text goes to the log), and adds its counts to `total`.
+/// unfinished text goes to the log), and adds its counts to `total`. Returns what it wrote,
+/// and how fluent the model found it ([`Generation::fluency`]).
 #[allow(clippy::too_many_arguments)]
 fn generate_part<T: serde::de::DeserializeOwned>(
     llm: &mut Llm,
@@ -590,7 +652,7 @@ fn generate_part<T: serde::de::DeserializeOwned>(
     avoid: (&[u32], f32),
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
-) -> Result<T, ScenesError> {
+) -> Result<(T, Option<f64>), ScenesError> {
     let turns: Vec<(&str, &str)> = turns
         .iter()
         .map(|(r, c)| (r.as_str(), c.as_str()))
@@ -620,10 +682,14 @@ fn generate_part<T: serde::de::DeserializeOwned>(
                 total.tokens += g.tokens;
                 total.prompt_time += g.prompt_time;
                 total.decode_time += g.decode_time;
-                return serde_json::from_str(&g.text).map_err(|e| {
-                    StoryboardError::Invalid(format!("the model's {what} is not usable: {e}"))
-                        .into()
-                });
+                total.chosen_logprob += g.chosen_logprob;
+                total.choices += g.choices;
+                return serde_json::from_str(&g.text)
+                    .map(|part| (part, g.fluency()))
+                    .map_err(|e| {
+                        StoryboardError::Invalid(format!("the model's {what} is not usable: {e}"))
+                            .into()
+                    });
             }
             Err(LlmError::Unfinished { tokens, partial }) => {
                 tracing::warn!(
@@ -850,7 +916,7 @@ fn ask_until<T: serde::de::DeserializeOwned, R>(
             seed: sampler.seed.wrapping_add(seed_offset + attempt),
             ..sampler.clone()
         };
-        let part: T = generate_part(
+        let (part, _): (T, _) = generate_part(
             llm,
             what,
             ask.0,
@@ -880,6 +946,7 @@ pub fn generate_storyboard(
     llm: &mut Llm,
     topic: &str,
     scenes: usize,
+    drafts: usize,
     sampler: &Sampler,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<(Storyboard, Generation), ScenesError> {
@@ -891,6 +958,8 @@ pub fn generate_storyboard(
         tokens: 0,
         prompt_time: std::time::Duration::ZERO,
         decode_time: std::time::Duration::ZERO,
+        chosen_logprob: 0.0,
+        choices: 0,
     };
     let topic_words = crate::quality::content_words(topic);
     let outline_schema = in_topic_letters(
@@ -915,16 +984,30 @@ pub fn generate_storyboard(
         })),
         topic,
     );
-    let mut plan: Outline = generate_part(
-        llm,
-        "outline",
-        &outline_turns(topic, scenes),
-        &outline_schema,
-        sampler,
-        (&[], 1.0),
-        &mut total,
-        on_token,
-    )?;
+    // The most fluent of `drafts` outlines: the outline holds the storyboard together.
+    let mut plan: Option<(f64, Outline)> = None;
+    for draft in 0..drafts.max(1) as u64 {
+        let seeded = Sampler {
+            seed: sampler.seed.wrapping_add(OUTLINE_DRAFT_SEEDS * draft),
+            ..sampler.clone()
+        };
+        let (outline, fluency): (Outline, _) = generate_part(
+            llm,
+            "outline",
+            &outline_turns(topic, scenes),
+            &outline_schema,
+            &seeded,
+            (&[], 1.0),
+            &mut total,
+            on_token,
+        )?;
+        let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
+        tracing::debug!("outline, draft {}: fluency {fluency:.3}", draft + 1);
+        if plan.as_ref().is_none_or(|(best, _)| fluency > *best) {
+            plan = Some((fluency, outline));
+        }
+    }
+    let (_, mut plan) = plan.expect("at least one draft");
     plan.title = without_dangling_words(&plan.title);
     for p in &mut plan.outline {
         p.title = without_dangling_words(&p.title);
@@ -994,40 +1077,58 @@ pub fn generate_storyboard(
             .collect::<Vec<_>>()
             .join(" ");
         let avoid = llm.word_tokens(&said, &topic_words);
-        let mut best: Option<(f64, Scene, Option<String>)> = None;
-        for attempt in 0..SCENE_TRIES {
+        // Tries until `drafts` scenes unlike the earlier ones are written (the most fluent
+        // is kept), or `SCENE_TRIES` tries repeated them (the least repetitive is kept).
+        let mut unlike: Vec<(f64, Scene, Option<String>)> = Vec::new();
+        let mut least_repetitive: Option<(f64, Scene, Option<String>)> = None;
+        let mut repeats = 0;
+        for attempt in 0.. {
             let seeded = Sampler {
                 seed: sampler.seed.wrapping_add(1000 * k as u64 + attempt),
                 ..sampler.clone()
             };
-            let w: Written = generate_part(
+            let (w, fluency): (Written, _) = generate_part(
                 llm,
                 &format!("scene {k}"),
                 &turns,
                 &schema,
                 &seeded,
-                // Harder at each try: the last one found the earlier scenes' words again.
-                (&avoid, AVOID_PENALTY + 0.4 * attempt as f32),
+                // Harder after each repeat: the try found the earlier scenes' words again.
+                (&avoid, AVOID_PENALTY + 0.4 * repeats as f32),
                 &mut total,
                 on_token,
             )?;
             let scene = Scene {
                 index: k as u32,
                 title: plan.outline[k - 1].title.clone(),
-                narration: w.narration.trim().to_string(),
+                narration: mend_cut_ending(w.narration.trim()),
                 image_prompt: w.picture.prompt(),
                 duration_seconds: f64::from(w.duration_seconds),
             };
+            let light = Some(w.picture.light.clone());
             let (score, why) = repeat_score(&scene, &written, topic, &plan.title);
             if score < crate::quality::MAX_OVERLAP {
-                best = Some((score, scene, Some(w.picture.light.clone())));
-                break;
+                let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
+                tracing::debug!("scene {k}, try {}: fluency {fluency:.3}", attempt + 1);
+                unlike.push((fluency, scene, light));
+                if unlike.len() >= drafts.max(1) {
+                    break;
+                }
+                continue;
             }
             tracing::info!("scene {k} {why}; writing it again");
-            if best.as_ref().is_none_or(|(b, ..)| score < *b) {
-                best = Some((score, scene, Some(w.picture.light.clone())));
+            repeats += 1;
+            if least_repetitive.as_ref().is_none_or(|(b, ..)| score < *b) {
+                least_repetitive = Some((score, scene, light));
+            }
+            if repeats >= SCENE_TRIES {
+                break;
             }
         }
+        let best = unlike
+            .into_iter()
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .or(least_repetitive);
         let (_, mut scene, mut light) = best.expect("at least one try");
         if crate::quality::prompt_copies_narration(&scene) {
             (scene.image_prompt, light) = describe_picture(
@@ -1132,8 +1233,14 @@ pub fn write_scenes(
         .first()
         .map(|d| d.summary())
         .unwrap_or_default();
-    let (mut storyboard, generation) =
-        generate_storyboard(&mut llm, req.topic, req.scenes, &req.sampler, on_token)?;
+    let (mut storyboard, generation) = generate_storyboard(
+        &mut llm,
+        req.topic,
+        req.scenes,
+        req.drafts,
+        &req.sampler,
+        on_token,
+    )?;
     let after_generation = baton_memory::log_snapshot(backend.as_ref(), "after scene generation")?
         .first()
         .map(|d| d.summary())
@@ -1268,6 +1375,46 @@ mod tests {
             picture.prompt(),
             "a lighthouse keeper, the northernmost tip, morning light"
         );
+    }
+
+    #[test]
+    fn a_narration_cut_off_by_its_limit_ends_at_its_last_comma() {
+        // SmolLM2's on an H100, at the 18-word limit or ending on a dangling word.
+        for (written, mended) in [
+            (
+                "When a robot, a digital voice, Cyberpunk Tokyo, takes over the city, and he is said to be.",
+                "When a robot, a digital voice, Cyberpunk Tokyo, takes over the city.",
+            ),
+            (
+                "The last day, when the neon-lit Tokyo lights of Hanaoka, where I grew up, all fade away, leaving.",
+                "The last day, when the neon-lit Tokyo lights of Hanaoka, where I grew up, all fade away.",
+            ),
+            (
+                "As night fell, a lone lighthouse keeper lay beside his family at the edge of the island, and.",
+                "As night fell, a lone lighthouse keeper lay beside his family at the edge of the island.",
+            ),
+            // No comma to end at: the dangling words go.
+            (
+                "The bees make honey in the hive all summer long and.",
+                "The bees make honey in the hive all summer long.",
+            ),
+            // The clause after the comma is long enough to be the sentence itself: kept.
+            (
+                "As the sun set, the streets of Paris filled with people who carried umbrellas and laughed together again.",
+                "As the sun set, the streets of Paris filled with people who carried umbrellas and laughed together again.",
+            ),
+        ] {
+            assert_eq!(mend_cut_ending(written), mended, "{written}");
+        }
+        // Sentences that ended where they should are not touched, nor a short one that would
+        // lose the topic's word.
+        for kept in [
+            "The train leaves, and a fire, Cyberpunks Tokyo, Echo of Tomorrow, begins.",
+            "The bees make honey by making a bee-song.",
+            "Tokyo, and the.",
+        ] {
+            assert_eq!(mend_cut_ending(kept), kept);
+        }
     }
 
     #[test]

@@ -147,10 +147,11 @@ fn the_storyboard_is_planned_then_written_scene_by_scene_in_words_only() {
     write_tiny_llama(&path, 11).unwrap();
     let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
     let mut seen = 0;
-    let (board, g) = generate_storyboard(&mut llm, "Cyberpunk Tokyo", 3, &sampler(5), &mut |n| {
-        seen = n
-    })
-    .unwrap();
+    let (board, g) =
+        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 3, 1, &sampler(5), &mut |n| {
+            seen = n
+        })
+        .unwrap();
     assert_eq!(board.topic, "Cyberpunk Tokyo");
     assert_eq!(board.scenes.len(), 3);
     board.validate(Some(3)).unwrap();
@@ -175,8 +176,44 @@ fn the_storyboard_is_planned_then_written_scene_by_scene_in_words_only() {
     // progress count covers all of them.
     assert!(g.tokens >= seen && seen > 0, "{} {seen}", g.tokens);
     let (again, _) =
-        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 3, &sampler(5), &mut |_| {}).unwrap();
+        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 3, 1, &sampler(5), &mut |_| {}).unwrap();
     assert_eq!(again, board, "the same seed writes the same storyboard");
+}
+
+#[test]
+fn drafts_are_written_and_one_is_kept_the_same_way_each_time() {
+    use baton_studio::scenes::generate_storyboard;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(&path, 11).unwrap();
+    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let (_, g1) =
+        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 2, 1, &sampler(5), &mut |_| {}).unwrap();
+    let (three, g3) =
+        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 2, 3, &sampler(5), &mut |_| {}).unwrap();
+    three.validate(Some(2)).unwrap();
+    // Three outlines and at least three drafts of each scene were written, not one.
+    assert!(
+        g3.tokens > 2 * g1.tokens,
+        "{} against {}",
+        g3.tokens,
+        g1.tokens
+    );
+    // A draft's fluency is a mean log-probability: below 0, and counted over the choices.
+    for g in [&g1, &g3] {
+        let fluency = g.fluency().expect("the model chose tokens");
+        assert!(fluency < 0.0 && fluency.is_finite(), "{fluency}");
+        assert!(
+            g.choices > 0 && g.choices <= g.tokens,
+            "{} of {}",
+            g.choices,
+            g.tokens
+        );
+    }
+    // The same seed writes the same drafts and keeps the same one.
+    let (again, _) =
+        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 2, 3, &sampler(5), &mut |_| {}).unwrap();
+    assert_eq!(again, three);
 }
 
 #[test]
@@ -190,7 +227,8 @@ fn a_storyboard_that_does_not_finish_is_tried_again_and_then_fails_naming_the_li
         max_tokens: 5,
         ..sampler(1)
     };
-    let err = generate_storyboard(&mut llm, "Cyberpunk Tokyo", 2, &tight, &mut |_| {}).unwrap_err();
+    let err =
+        generate_storyboard(&mut llm, "Cyberpunk Tokyo", 2, 1, &tight, &mut |_| {}).unwrap_err();
     assert!(
         matches!(
             err,

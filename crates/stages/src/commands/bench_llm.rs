@@ -115,6 +115,7 @@ pub fn llm(args: &baton::args::BenchLlmArgs, out: &mut dyn Write) -> anyhow::Res
                 &mut llm,
                 "Cyberpunk Tokyo",
                 args.scenes,
+                1,
                 &constrained,
                 &mut |_| {},
             )?;

@@ -171,6 +171,7 @@ pub fn bench_scenes(
     }
     let topics = baton::commands::batch::read_topics(topics)?;
     let (compute, place) = Compute::choose(args.compute)?;
+    let drafts = args.drafts.count(compute.kind());
     let path = crate::commands::scenes::scenes_model(&args.model, &compute)?;
     let (_, device) = compute.open()?;
     baton_studio::llm::warm_up(&device)?;
@@ -180,7 +181,7 @@ pub fn bench_scenes(
     }
     writeln!(
         out,
-        "{} ({}) {place}: {} topics, {} scenes each, seed {}, temperature {}, repeat penalty {}",
+        "{} ({}) {place}: {} topics, {} scenes each, {drafts} draft(s), seed {}, temperature {}, repeat penalty {}",
         path.display(),
         llm.arch,
         topics.len(),
@@ -200,7 +201,7 @@ pub fn bench_scenes(
     let mut tally = Tally::default();
     for (i, topic) in topics.iter().enumerate() {
         let started = std::time::Instant::now();
-        match generate_storyboard(&mut llm, topic, args.scenes, &sampler, &mut |_| {}) {
+        match generate_storyboard(&mut llm, topic, args.scenes, drafts, &sampler, &mut |_| {}) {
             Ok((board, g)) => {
                 tally.add(
                     topic,

@@ -53,6 +53,7 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 repeat_penalty: args.repeat_penalty,
             },
             style: &args.style,
+            drafts: args.drafts.count(compute.kind()),
             compute,
             destination: match &args.run_dir {
                 Some(dir) => Destination::RunDir(dir.clone()),

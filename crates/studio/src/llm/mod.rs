@@ -463,6 +463,7 @@ impl Llm {
         let mut out: Vec<u32> = Vec::new();
         let decode_start = Instant::now();
         let (mut in_mask, mut in_forward) = (Duration::ZERO, Duration::ZERO);
+        let (mut chosen_logprob, mut choices) = (0.0, 0);
         loop {
             if matcher.is_stopped() {
                 break;
@@ -497,12 +498,19 @@ impl Llm {
                 .enumerate()
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .map(|(id, _)| id);
+            // The model's own distribution, before the constraint and the steering, for how
+            // likely it finds what was chosen (`Generation::fluency`).
+            let raw = values.clone();
             let mut new_word_allowed = false;
+            let mut allowed = 0usize;
             for (id, v) in values.iter_mut().enumerate() {
                 if !mask.is_allowed(id as u32) {
                     *v = f32::NEG_INFINITY;
-                } else if self.begins_word.get(id) == Some(&true) {
-                    new_word_allowed = true;
+                } else {
+                    allowed += 1;
+                    if self.begins_word.get(id) == Some(&true) {
+                        new_word_allowed = true;
+                    }
                 }
             }
             // Small models loop; make the recent words less likely (llama.cpp's penalty), but
@@ -602,6 +610,10 @@ impl Llm {
             }
             let masked = Tensor::new(values.as_slice(), &Device::Cpu)?;
             let next = sampler.sample(&masked)?;
+            if allowed > 1 {
+                chosen_logprob += f64::from(raw[next as usize] - log_sum_exp(&raw));
+                choices += 1;
+            }
             if next == self.eos {
                 break;
             }
@@ -631,6 +643,8 @@ impl Llm {
             tokens: out.len(),
             prompt_time,
             decode_time: decode_start.elapsed(),
+            chosen_logprob,
+            choices,
         })
     }
 }
@@ -702,6 +716,8 @@ impl Llm {
             tokens: sampled,
             prompt_time,
             decode_time,
+            chosen_logprob: 0.0,
+            choices: 0,
         })
     }
 }
@@ -1105,17 +1121,61 @@ pub struct Generation {
     pub tokens: usize,
     pub prompt_time: Duration,
     pub decode_time: Duration,
+    /// The natural log of how likely the model itself (before the constraint and any
+    /// steering) found the tokens chosen where the constraint left a choice, summed; and how
+    /// many such tokens there were. A constrained generation only.
+    pub chosen_logprob: f64,
+    pub choices: usize,
 }
 
 impl Generation {
     pub fn tokens_per_second(&self) -> f64 {
         self.tokens as f64 / self.decode_time.as_secs_f64().max(1e-9)
     }
+
+    /// The mean log-probability of the chosen tokens under the model's own distribution: how
+    /// fluent the model finds what was written (higher reads better; a word the constraint
+    /// forced, or one made up where the model would have stopped, costs). `None` with no choice.
+    pub fn fluency(&self) -> Option<f64> {
+        (self.choices > 0).then(|| self.chosen_logprob / self.choices as f64)
+    }
+}
+
+/// `ln(sum(exp(v)))` over the finite values, computed without overflow.
+fn log_sum_exp(values: &[f32]) -> f32 {
+    let max = values
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return max;
+    }
+    let sum: f32 = values
+        .iter()
+        .filter(|v| v.is_finite())
+        .map(|v| (v - max).exp())
+        .sum();
+    max + sum.ln()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Nudge, Piece, WrapUp, inside_string};
+    use super::{Nudge, Piece, WrapUp, inside_string, log_sum_exp};
+
+    #[test]
+    fn log_sum_exp_skips_masked_values_and_does_not_overflow() {
+        let naive = |v: &[f32]| v.iter().map(|x| x.exp()).sum::<f32>().ln();
+        let small = [0.5_f32, -1.0, 2.0];
+        assert!((log_sum_exp(&small) - naive(&small)).abs() < 1e-5);
+        // Masked tokens (-inf) add nothing.
+        let masked = [0.5_f32, f32::NEG_INFINITY, -1.0, 2.0];
+        assert!((log_sum_exp(&masked) - naive(&small)).abs() < 1e-5);
+        // exp(1000) overflows f32; the shifted sum does not: 1000 + ln 2.
+        let large = [1000.0_f32, 1000.0];
+        assert!((log_sum_exp(&large) - (1000.0 + 2f32.ln())).abs() < 1e-3);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY]), f32::NEG_INFINITY);
+    }
 
     #[test]
     fn inside_a_string_is_told_by_unescaped_quotes() {
