@@ -1125,9 +1125,16 @@ pub fn generate_storyboard(
                 break;
             }
         }
+        // The most fluent draft, but one that opens as an earlier scene did only when all do:
+        // fluency alone kept "The lighthouse keeper leans in and…" for five scenes of six.
         let best = unlike
             .into_iter()
-            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .max_by(|a, b| {
+                let fresh = |s: &Scene| !opens_like(&s.narration, &written);
+                (fresh(&a.1), a.0)
+                    .partial_cmp(&(fresh(&b.1), b.0))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
             .or(least_repetitive);
         let (_, mut scene, mut light) = best.expect("at least one try");
         if crate::quality::prompt_copies_narration(&scene) {
@@ -1152,6 +1159,25 @@ pub fn generate_storyboard(
     };
     total.text = serde_json::to_string(&board).expect("a storyboard serializes");
     Ok((board, total))
+}
+
+/// How many first words of two narrations make them open alike.
+const OPENING_WORDS: usize = 4;
+
+/// Whether `narration` opens with the same [`OPENING_WORDS`] words (letter case and
+/// punctuation aside) as one of the narrations `written` before it.
+fn opens_like(narration: &str, written: &[Scene]) -> bool {
+    let opening = |text: &str| -> Vec<String> {
+        text.split_whitespace()
+            .take(OPENING_WORDS)
+            .map(|w| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            })
+            .collect()
+    };
+    let own = opening(narration);
+    own.len() == OPENING_WORDS && written.iter().any(|s| opening(&s.narration) == own)
 }
 
 /// How much `scene` repeats the scenes `written` before it or the worked example, and why: the
@@ -1375,6 +1401,33 @@ mod tests {
             picture.prompt(),
             "a lighthouse keeper, the northernmost tip, morning light"
         );
+    }
+
+    #[test]
+    fn a_narration_opens_like_an_earlier_one_by_its_first_four_words() {
+        let earlier = |narration: &str| Scene {
+            index: 1,
+            title: "A".into(),
+            narration: narration.into(),
+            image_prompt: "a keeper, a tower, dusk".into(),
+            duration_seconds: 5.0,
+        };
+        let written = [earlier(
+            "The lighthouse keeper leans in and tells the story.",
+        )];
+        assert!(opens_like(
+            "The Lighthouse keeper, leans out to sea.",
+            &written
+        ));
+        assert!(!opens_like(
+            "The lighthouse keeper stands atop the hill.",
+            &written
+        ));
+        assert!(
+            !opens_like("The lighthouse keeper", &written),
+            "fewer than four words"
+        );
+        assert!(!opens_like("The lighthouse keeper leans in.", &[]));
     }
 
     #[test]
