@@ -556,12 +556,13 @@ impl Picture {
 
 /// Words a phrase cannot end on: a small model at a phrase's word limit stops in the middle of
 /// one ("the northernmost tip of", "A Christmas Eve at the"), and a narration's sentence
-/// neither ("…but it has a very.", "…where nothing can.").
+/// neither ("…but it has a very.", "…where nothing can.", "…she can't decide whether.").
 const DANGLING: &[&str] = &[
     "a", "an", "the", "of", "on", "in", "at", "to", "for", "with", "and", "or", "from", "by",
     "into", "onto", "over", "under", "his", "her", "their", "its", "my", "your", "our", "is",
     "are", "was", "were", "that", "which", "who", "as", "but", "than", "very", "just", "can",
-    "could", "will", "would", "should", "must", "has", "have", "had",
+    "could", "will", "would", "should", "must", "has", "have", "had", "whether", "if", "because",
+    "until", "unless", "although",
 ];
 
 /// `phrase` (a title, a picture's subject, place or light) without the words it was cut off
@@ -1445,6 +1446,11 @@ mod tests {
             (
                 "As night fell, a lone lighthouse keeper lay beside his family at the edge of the island, and.",
                 "As night fell, a lone lighthouse keeper lay beside his family at the edge of the island.",
+            ),
+            // The clause after the comma is too long to drop: the dangling word goes.
+            (
+                "The woman walks into a bar, Tokyo's neon lights illuminate her face and she can't decide whether.",
+                "The woman walks into a bar, Tokyo's neon lights illuminate her face and she can't decide.",
             ),
             // No comma to end at: the dangling words go.
             (
