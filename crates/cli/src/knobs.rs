@@ -36,6 +36,12 @@ fn seed(v: &str) -> Result<(), String> {
         .map_err(|_| "a whole number, 0 or more".into())
 }
 
+fn drafts(v: &str) -> Result<(), String> {
+    v.parse::<crate::args::Drafts>()
+        .map(|_| ())
+        .map_err(|_| "a count from 1 to 8, or auto (3 on a GPU, 1 on the CPU)".into())
+}
+
 fn speed(v: &str) -> Result<(), String> {
     match v.parse::<f32>() {
         Ok(s) if (0.25..=4.0).contains(&s) => Ok(()),
@@ -102,6 +108,13 @@ pub const KNOBS: &[Knob] = &[
         env: "BATON_SCENES_MODEL",
         about: "the storyboard's model: a name from `baton models list`, auto, or a GGUF file",
         check: any,
+    },
+    Knob {
+        flag: "--drafts",
+        key: "scenes.drafts",
+        env: "BATON_SCENES_DRAFTS",
+        about: "drafts of the outline and of each scene, the most fluent kept: 1 to 8, or auto (3 on a GPU, 1 on the CPU)",
+        check: drafts,
     },
     Knob {
         flag: "--style",
@@ -188,6 +201,10 @@ pub struct RunKnobs {
     /// [env: BATON_SCENES_MODEL; baton.toml: scenes.model].
     #[arg(long, value_name = "NAME|FILE")]
     pub llm: Option<String>,
+    /// Drafts of the outline and of each scene, the most fluent kept: 1 to 8, or auto (3 on a
+    /// GPU, 1 on the CPU) [env: BATON_SCENES_DRAFTS; baton.toml: scenes.drafts].
+    #[arg(long, value_name = "N|auto")]
+    pub drafts: Option<String>,
     /// The look every image prompt ends with [env: BATON_SCENES_STYLE; baton.toml: scenes.style].
     #[arg(long, value_name = "TEXT")]
     pub style: Option<String>,
@@ -235,6 +252,7 @@ impl RunKnobs {
             "--scenes" => self.scenes.as_ref(),
             "--seed" => self.seed.as_ref(),
             "--llm" => self.llm.as_ref(),
+            "--drafts" => self.drafts.as_ref(),
             "--style" => self.style.as_ref(),
             "--image-model" => self.image_model.as_ref(),
             "--image-family" => self.image_family.as_ref(),
@@ -501,6 +519,15 @@ mod tests {
                 "{} is not passed to stages",
                 k.env
             );
+        }
+    }
+
+    #[test]
+    fn drafts_are_checked_before_any_stage_starts() {
+        assert_eq!(drafts("auto"), Ok(()));
+        assert_eq!(drafts("3"), Ok(()));
+        for bad in ["0", "9", "many"] {
+            assert!(drafts(bad).unwrap_err().contains("1 to 8, or auto"), "{bad}");
         }
     }
 
