@@ -944,9 +944,10 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 }
 
 /// How many drafts of the outline and of each scene are written; the one the model itself
-/// finds most fluent (its mean log-probability of what it chose) is kept. A small model's drafts differ a lot
-/// ("The fire in the room, where lighthouses, has died." against "The sun sets, and a
-/// lighthouse keeper is on his way home."), and its own likelihood tells the better one.
+/// finds most fluent (its mean log-probability of what it chose) is kept. A small model's
+/// drafts differ a lot ("The fire in the room, where lighthouses, has died." against "The sun
+/// sets, and a lighthouse keeper is on his way home."), and its own likelihood tells the
+/// better one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drafts {
     /// [`Drafts::ON_GPU`] on a GPU, where drafts cost seconds; 1 on the CPU, where each costs
@@ -958,6 +959,8 @@ pub enum Drafts {
 impl Drafts {
     pub const ON_GPU: usize = 3;
     pub const MAX: usize = 8;
+    /// What `--drafts` takes, in words.
+    pub const CHOICES: &str = "a count from 1 to 8, or auto (3 on a GPU, 1 on the CPU)";
 
     /// The count on a device of `kind`.
     pub fn count(self, kind: DeviceKind) -> usize {
@@ -979,10 +982,8 @@ impl std::str::FromStr for Drafts {
         match text.trim().parse::<usize>() {
             Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Drafts::Count(n)),
             _ => Err(format!(
-                "--drafts {text}: give a count from 1 to {} (each one more costs the \
-                 storyboard's time again), or auto ({} on a GPU, 1 on the CPU)",
-                Self::MAX,
-                Self::ON_GPU
+                "--drafts {text}: give {} (each one more costs the storyboard's time again)",
+                Self::CHOICES
             )),
         }
     }
@@ -1056,6 +1057,9 @@ mod tests {
 
     #[test]
     fn drafts_are_a_count_or_auto_which_depends_on_the_device() {
+        // What the error says is what the parser takes.
+        assert!(Drafts::CHOICES.contains(&format!("1 to {}", Drafts::MAX)));
+        assert!(Drafts::CHOICES.contains(&format!("{} on a GPU", Drafts::ON_GPU)));
         assert_eq!(parse_drafts("auto").unwrap(), Drafts::Auto);
         assert_eq!(
             parse_drafts("AUTO").unwrap().count(DeviceKind::Gpu),

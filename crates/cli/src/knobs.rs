@@ -39,7 +39,7 @@ fn seed(v: &str) -> Result<(), String> {
 fn drafts(v: &str) -> Result<(), String> {
     v.parse::<crate::args::Drafts>()
         .map(|_| ())
-        .map_err(|_| "a count from 1 to 8, or auto (3 on a GPU, 1 on the CPU)".into())
+        .map_err(|_| crate::args::Drafts::CHOICES.into())
 }
 
 fn speed(v: &str) -> Result<(), String> {
@@ -527,7 +527,10 @@ mod tests {
         assert_eq!(drafts("auto"), Ok(()));
         assert_eq!(drafts("3"), Ok(()));
         for bad in ["0", "9", "many"] {
-            assert!(drafts(bad).unwrap_err().contains("1 to 8, or auto"), "{bad}");
+            assert!(
+                drafts(bad).unwrap_err().contains("1 to 8, or auto"),
+                "{bad}"
+            );
         }
     }
 

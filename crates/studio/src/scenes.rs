@@ -939,8 +939,11 @@ fn ask_until<T: serde::de::DeserializeOwned, R>(
 /// repeats another is given one of its own, [`retitle`]), then each scene on its own with the
 /// topic and the outline in its prompt. A scene that repeats an earlier one (word trigrams) or
 /// whose image prompt copies its narration is written again with another seed; the least
-/// repetitive of its tries is kept. A picture is asked for as three phrases (subject, place, light), which a
-/// small model writes as a picture rather than as another sentence. Titles and narrations are
+/// repetitive of its tries is kept. With `drafts` above 1, that many outlines and that many
+/// drafts of each scene (unlike the scenes before it) are written, and the one the model finds
+/// most fluent is kept ([`Generation::fluency`]). A picture is asked for as three phrases
+/// (subject, place, light), which a small model writes as a picture rather than as another
+/// sentence. Titles and narrations are
 /// words only, by construction (no markup, paths or brackets), and the repetition penalty
 /// applies to words, never to the JSON.
 pub fn generate_storyboard(
