@@ -16,13 +16,18 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     baton_base::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
     let (compute, where_) = Compute::choose(args.compute)?;
     let model = scenes_model(&args.model, &compute)?;
+    let drafts = args.drafts.count(compute.kind());
     writeln!(
         out,
-        "writing {} scenes about '{}' with {} {where_}, seed {}",
+        "writing {} scenes about '{}' with {} {where_}, seed {}, {}",
         args.scenes,
         args.topic,
         model.display(),
-        attempt_seed(args)
+        attempt_seed(args),
+        match drafts {
+            1 => "1 draft each (--drafts 3 writes three and keeps the most fluent)".to_string(),
+            n => format!("{n} drafts of the outline and of each scene, the most fluent kept"),
+        }
     )?;
     out.flush()?;
     let bar = std::io::stderr().is_terminal().then(|| {
@@ -53,7 +58,7 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
                 repeat_penalty: args.repeat_penalty,
             },
             style: &args.style,
-            drafts: args.drafts.count(compute.kind()),
+            drafts,
             compute,
             destination: match &args.run_dir {
                 Some(dir) => Destination::RunDir(dir.clone()),
