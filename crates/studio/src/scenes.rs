@@ -794,16 +794,27 @@ fn describe_picture(
     Ok((prompt, None))
 }
 
-/// A title as [`repeated_titles`] compares it: letter case and closing marks aside.
+/// A title as [`repeated_titles`] compares it: its words without letter case, marks, articles
+/// or a plural's "s" (SmolLM2 titled scenes "A Woman" and "The Woman", and "The End of the
+/// Dreams" under a video called "The End of the Dream").
 fn title_key(title: &str) -> String {
     title
-        .trim()
-        .trim_end_matches(['.', ',', '!', '?', ';', ':'])
-        .to_lowercase()
+        .split_whitespace()
+        .map(|w| {
+            w.trim_matches(|c: char| !c.is_alphanumeric())
+                .to_lowercase()
+        })
+        .filter(|w| !matches!(w.as_str(), "" | "a" | "an" | "the"))
+        .map(|w| match w.strip_suffix('s') {
+            Some(stem) if stem.len() >= 3 && !stem.ends_with('s') => stem.to_string(),
+            _ => w,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The scenes (0-based) whose title the video's `title`, an earlier scene of the plan, or the
-/// worked example already has (letter case aside).
+/// worked example already has ([`title_key`]: letter case, articles and plurals aside).
 fn repeated_titles(title: &str, plan: &[Planned]) -> Vec<usize> {
     let mut seen: Vec<String> = example::OUTLINE
         .iter()
@@ -820,6 +831,58 @@ fn repeated_titles(title: &str, plan: &[Planned]) -> Vec<usize> {
         }
     }
     repeated
+}
+
+/// Whether `title`, given to scene `i` (0-based) of `plan`, repeats the video's title, another
+/// scene's or the worked example's ([`title_key`]).
+fn is_repeat(title: &str, plan: &Outline, i: usize) -> bool {
+    let key = title_key(title);
+    plan.outline
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != i)
+        .map(|(_, p)| p.title.as_str())
+        .chain([plan.title.as_str()])
+        .chain(example::OUTLINE.iter().map(|(t, _)| *t))
+        .any(|t| title_key(t) == key)
+}
+
+/// A title made of the start of a scene's line of the outline, for when the model cannot
+/// give one of its own: up to its first clause's end and at most the titles' most words, less
+/// the words a phrase cannot end on, in title case ("The sun rises over Tokyo's towers, and…"
+/// is "The Sun Rises over Tokyo's"). `None` when fewer than two words are left.
+fn title_from_line(happens: &str) -> Option<String> {
+    const SMALL: &[&str] = &[
+        "a", "an", "the", "of", "in", "on", "at", "to", "for", "and", "or", "over", "with", "by",
+    ];
+    let mut words = Vec::new();
+    for w in happens.split_whitespace().take(*TITLE_WORDS.end()) {
+        let bare = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\'');
+        if !bare.is_empty() {
+            words.push(bare);
+        }
+        if w.ends_with([',', ';', ':', '.', '!', '?']) {
+            break;
+        }
+    }
+    let kept = without_dangling_words(&words.join(" "));
+    let kept: Vec<String> = kept
+        .split_whitespace()
+        .enumerate()
+        .map(|(n, w)| {
+            if n > 0 && SMALL.contains(&w.to_lowercase().as_str()) {
+                w.to_lowercase()
+            } else {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_uppercase().chain(c).collect())
+                    .unwrap_or_default()
+            }
+        })
+        .collect();
+    (kept.len() >= *TITLE_WORDS.start()
+        && !DANGLING.contains(&kept[kept.len() - 1].to_lowercase().as_str()))
+    .then(|| kept.join(" "))
 }
 
 /// The question that asks scene `k` of a plan for a title of its own.
@@ -871,10 +934,10 @@ fn retitle(
         .chain([plan.title.as_str()])
         .collect();
     let avoid = llm.word_tokens(&others.join(" "), &[]);
-    let taken: Vec<String> = others
+    let taken: Vec<&str> = others
         .iter()
-        .chain(example::OUTLINE.iter().map(|(t, _)| t))
-        .map(|t| title_key(t))
+        .copied()
+        .chain(example::OUTLINE.iter().map(|(t, _)| *t))
         .collect();
     #[derive(serde::Deserialize)]
     struct Titled {
@@ -891,7 +954,11 @@ fn retitle(
         on_token,
         |titled: Titled| {
             let title = without_dangling_words(&titled.title);
-            (!taken.contains(&title_key(&title))).then_some(title)
+            if taken.iter().any(|t| title_key(t) == title_key(&title)) {
+                tracing::debug!("scene {k}: the title \"{title}\" is taken too");
+                return None;
+            }
+            Some(title)
         },
     )
 }
@@ -1031,7 +1098,21 @@ pub fn generate_storyboard(
                 );
                 plan.outline[i].title = title;
             }
-            None => tracing::info!("scene {}'s title \"{was}\" still repeats another", i + 1),
+            None => match title_from_line(&plan.outline[i].happens)
+                .filter(|t| !is_repeat(t, &plan, i))
+            {
+                // SmolLM2 asked for another title copies the last one it was shown.
+                Some(title) => {
+                    tracing::info!(
+                        "scene {}'s title \"{was}\" repeated another; now \"{title}\", from its line of the outline",
+                        i + 1
+                    );
+                    plan.outline[i].title = title;
+                }
+                None => {
+                    tracing::info!("scene {}'s title \"{was}\" still repeats another", i + 1)
+                }
+            },
         }
     }
     // A scene's schema, with the lights its picture may still have (`left`).
@@ -1480,7 +1561,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plan_repeats_by_its_titles_letter_case_aside() {
+    fn a_plan_repeats_by_its_titles_articles_plurals_and_letter_case_aside() {
         let plan = |titles: &[&str]| -> Vec<Planned> {
             titles
                 .iter()
@@ -1507,6 +1588,40 @@ mod tests {
             repeated_titles("Neon", &plan(&["A White Morning", "Rain", "NEON"])),
             vec![0, 2]
         );
+        // SmolLM2's "A Woman" then "The Woman", and "The End of the Dreams" under the video's
+        // "The End of the Dream"; "Glass" is not "Glas", nor "Bus" "Bu".
+        assert_eq!(
+            repeated_titles(
+                "The End of the Dream",
+                &plan(&[
+                    "A Woman",
+                    "The Woman",
+                    "The End of the Dreams",
+                    "Glass",
+                    "Bus"
+                ])
+            ),
+            vec![1, 2]
+        );
+    }
+
+    #[test]
+    fn a_title_can_be_made_of_the_start_of_a_line_of_the_outline() {
+        assert_eq!(
+            title_from_line("The sun rises over Tokyo's towers, and the city wakes.").as_deref(),
+            Some("The Sun Rises over Tokyo's")
+        );
+        assert_eq!(
+            title_from_line("At dawn, the village wakes.").as_deref(),
+            Some("At Dawn")
+        );
+        // Its last word is not one a phrase cannot end on.
+        assert_eq!(
+            title_from_line("An old shepherd watches the snow.").as_deref(),
+            Some("An Old Shepherd Watches")
+        );
+        // Fewer than two words: none.
+        assert_eq!(title_from_line("Tokyo, at night."), None);
     }
 
     #[test]
