@@ -934,11 +934,6 @@ fn retitle(
         .chain([plan.title.as_str()])
         .collect();
     let avoid = llm.word_tokens(&others.join(" "), &[]);
-    let taken: Vec<&str> = others
-        .iter()
-        .copied()
-        .chain(example::OUTLINE.iter().map(|(t, _)| *t))
-        .collect();
     #[derive(serde::Deserialize)]
     struct Titled {
         title: String,
@@ -954,7 +949,7 @@ fn retitle(
         on_token,
         |titled: Titled| {
             let title = without_dangling_words(&titled.title);
-            if taken.iter().any(|t| title_key(t) == title_key(&title)) {
+            if is_repeat(&title, plan, k - 1) {
                 tracing::debug!("scene {k}: the title \"{title}\" is taken too");
                 return None;
             }
