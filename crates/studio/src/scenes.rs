@@ -576,6 +576,13 @@ fn without_dangling_words(phrase: &str) -> String {
     words[..kept].join(" ")
 }
 
+/// A word as the checks on words compare it: lowercase, without the marks around it
+/// ("Keeper," is "keeper").
+fn bare_word(word: &str) -> String {
+    word.trim_matches(|c: char| !c.is_alphanumeric())
+        .to_lowercase()
+}
+
 /// The most words after a narration's last comma that [`mend_cut_ending`] drops: a sentence
 /// the limit cut off was begun there ("…takes over the city, and he is said to be."); a
 /// longer clause was the sentence itself, and is kept.
@@ -596,11 +603,7 @@ fn mend_cut_ending(narration: &str) -> String {
     else {
         return narration.to_string();
     };
-    let bare = |w: &str| {
-        w.trim_end_matches(|c: char| !c.is_alphanumeric())
-            .to_lowercase()
-    };
-    let dangles = |w: &str| DANGLING.contains(&bare(w).as_str());
+    let dangles = |w: &str| DANGLING.contains(&bare_word(w).as_str());
     let last = words.len() - 1;
     let at_limit = words.len() >= *NARRATION.words.end();
     if !at_limit && !dangles(words[last]) {
@@ -800,10 +803,7 @@ fn describe_picture(
 fn title_key(title: &str) -> String {
     title
         .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase()
-        })
+        .map(bare_word)
         .filter(|w| !matches!(w.as_str(), "" | "a" | "an" | "the"))
         .map(|w| match w.strip_suffix('s') {
             Some(stem) if stem.len() >= 3 && !stem.ends_with('s') => stem.to_string(),
@@ -1159,7 +1159,8 @@ pub fn generate_storyboard(
         let avoid = llm.word_tokens(&said, &topic_words);
         // Tries until `drafts` scenes unlike the earlier ones are written (the most fluent
         // is kept), or `SCENE_TRIES` tries repeated them (the least repetitive is kept).
-        let mut unlike: Vec<(f64, Scene, Option<String>)> = Vec::new();
+        // Each with whether it opens unlike the scenes before it, and its fluency.
+        let mut unlike: Vec<(bool, f64, Scene, Option<String>)> = Vec::new();
         let mut least_repetitive: Option<(f64, Scene, Option<String>)> = None;
         let mut repeats = 0;
         for attempt in 0.. {
@@ -1190,7 +1191,8 @@ pub fn generate_storyboard(
             if score < crate::quality::MAX_OVERLAP {
                 let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
                 tracing::debug!("scene {k}, try {}: fluency {fluency:.3}", attempt + 1);
-                unlike.push((fluency, scene, light));
+                let fresh = !opens_like(&scene.narration, &written);
+                unlike.push((fresh, fluency, scene, light));
                 if unlike.len() >= drafts.max(1) {
                     break;
                 }
@@ -1210,11 +1212,11 @@ pub fn generate_storyboard(
         let best = unlike
             .into_iter()
             .max_by(|a, b| {
-                let fresh = |s: &Scene| !opens_like(&s.narration, &written);
-                (fresh(&a.1), a.0)
-                    .partial_cmp(&(fresh(&b.1), b.0))
+                (a.0, a.1)
+                    .partial_cmp(&(b.0, b.1))
                     .unwrap_or(std::cmp::Ordering::Equal)
             })
+            .map(|(_, fluency, scene, light)| (fluency, scene, light))
             .or(least_repetitive);
         let (_, mut scene, mut light) = best.expect("at least one try");
         if crate::quality::prompt_copies_narration(&scene) {
@@ -1250,10 +1252,7 @@ fn opens_like(narration: &str, written: &[Scene]) -> bool {
     let opening = |text: &str| -> Vec<String> {
         text.split_whitespace()
             .take(OPENING_WORDS)
-            .map(|w| {
-                w.trim_matches(|c: char| !c.is_alphanumeric())
-                    .to_lowercase()
-            })
+            .map(bare_word)
             .collect()
     };
     let own = opening(narration);

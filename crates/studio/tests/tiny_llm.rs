@@ -7,6 +7,15 @@ use baton_studio::llm::{Llm, LlmError, Sampler};
 use baton_studio::storyboard::{Storyboard, schema};
 use candle_core::Device;
 
+/// A tiny llama of random weights (`seed`) written to a folder of its own, and loaded on the CPU.
+fn tiny_llama(seed: u64) -> (tempfile::TempDir, std::path::PathBuf, Llm) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    write_tiny_llama(&path, seed).unwrap();
+    let llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    (dir, path, llm)
+}
+
 fn sampler(seed: u64) -> Sampler {
     Sampler {
         temperature: 0.8,
@@ -19,10 +28,7 @@ fn sampler(seed: u64) -> Sampler {
 
 #[test]
 fn random_weights_still_write_a_valid_storyboard() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_llama(&path, 7).unwrap();
-    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let (_dir, _, mut llm) = tiny_llama(7);
     assert_eq!(llm.arch, "llama");
     let prompt = llm
         .chat_prompt("You write storyboards.", "Cyberpunk Tokyo")
@@ -142,10 +148,7 @@ fn a_qwen2_model_loads_and_writes_valid_json_too() {
 fn the_storyboard_is_planned_then_written_scene_by_scene_in_words_only() {
     use baton_studio::quality::has_markup;
     use baton_studio::scenes::generate_storyboard;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_llama(&path, 11).unwrap();
-    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let (_dir, _, mut llm) = tiny_llama(11);
     let mut seen = 0;
     let (board, g) =
         generate_storyboard(&mut llm, "Cyberpunk Tokyo", 3, 1, &sampler(5), &mut |n| {
@@ -183,10 +186,7 @@ fn the_storyboard_is_planned_then_written_scene_by_scene_in_words_only() {
 #[test]
 fn drafts_are_written_and_one_is_kept_the_same_way_each_time() {
     use baton_studio::scenes::generate_storyboard;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_llama(&path, 11).unwrap();
-    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let (_dir, _, mut llm) = tiny_llama(11);
     let (_, g1) =
         generate_storyboard(&mut llm, "Cyberpunk Tokyo", 2, 1, &sampler(5), &mut |_| {}).unwrap();
     let (three, g3) =
@@ -219,10 +219,7 @@ fn drafts_are_written_and_one_is_kept_the_same_way_each_time() {
 #[test]
 fn a_storyboard_that_does_not_finish_is_tried_again_and_then_fails_naming_the_limit() {
     use baton_studio::scenes::{ScenesError, generate_storyboard};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_llama(&path, 11).unwrap();
-    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let (_dir, _, mut llm) = tiny_llama(11);
     let tight = Sampler {
         max_tokens: 5,
         ..sampler(1)
@@ -335,10 +332,7 @@ fn a_prompt_that_shares_its_start_with_the_last_one_gives_what_a_fresh_model_giv
 #[test]
 fn a_prompt_longer_than_a_pass_is_computed_in_parts_to_the_same_logits() {
     use baton_studio::llm::{PREFILL_CHUNK, candle_reference};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tiny.gguf");
-    write_tiny_llama(&path, 3).unwrap();
-    let mut llm = Llm::load(&path, &Device::Cpu, None).unwrap();
+    let (_dir, path, mut llm) = tiny_llama(3);
     // Two passes and a bit: the parts attend to what the earlier ones cached.
     let tokens: Vec<u32> = (0..2 * PREFILL_CHUNK as u32 + 37)
         .map(|i| i * 7 % 200)
