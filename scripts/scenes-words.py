@@ -29,6 +29,20 @@ import re
 import sys
 
 LIMIT = 18  # NARRATION_WORDS' largest, crates/studio/src/scenes.rs
+# Words that say nothing of a topic (crates/studio/src/quality.rs, STOPWORDS).
+STOPWORDS = {
+    "the", "and", "for", "with", "from", "into", "onto", "about", "over", "under", "after",
+    "before", "that", "this", "these", "those", "its", "their", "his", "her", "our", "your",
+    "last", "first", "what", "when", "where", "how", "why", "who", "was", "were", "are", "has",
+    "have", "had", "but", "not", "all", "one", "two", "out", "off", "via", "per", "than", "then",
+}
+# Words that say how or what kind, not what a topic is about (crates/studio/src/scenes.rs,
+# GENERAL_WORDS): a narration naming its topic by one of these alone bent a sentence around it.
+GENERAL = {
+    "form", "forms", "make", "makes", "made", "become", "becomes", "became", "learn", "learning",
+    "deep", "small", "big", "great", "little", "rainy", "last", "new", "old", "long", "short",
+    "high", "low", "good", "best",
+}
 
 # Forms the dictionaries lack: irregular pasts and contractions a narration may well use.
 IRREGULAR = set("""began begun became went gone came saw seen took taken gave given knew known
@@ -101,20 +115,31 @@ def quotes(text, phrase):
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
     at_limit = repeated = sentences = read_title = requoted = fragments = one_word = 0
+    topic_clauses = general_only = 0
     lights = collections.Counter()
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
         if "scenes" not in board:
             continue
         topic = {w.lower() for w in re.findall(r"[A-Za-z]+", board.get("topic", ""))}
+        content = {w for w in re.findall(r"\w+", re.sub(r"'s\b", "", board.get("topic", "").lower()))
+                   if len(w) >= 3 and w not in STOPWORDS}
+        nouns = (content - GENERAL) or content
         titles = set()
         quoted = False
         for scene in board["scenes"]:
             narration = scene["narration"]
+            said = [w.strip("'") for w in re.findall(r"[\w']+", narration.lower())]
+            general_only += bool(nouns) and not any(
+                w.startswith(n[:max(3, min(6, len(n) - 1))]) for n in nouns for w in said)
             for sentence in re.split(r"(?<=[.!?])\s", narration):
                 fragments += len(sentence.split()) < 3
-                one_word += sum(len(c.split()) <= 1 for c in re.split(r"[,;:]", sentence)[1:])
-            if len(board["title"].split()) >= 2:
+                clauses = [re.findall(r"[\w']+", c.lower()) for c in re.split(r"[,;:]", sentence)[1:]]
+                one_word += sum(len(c) <= 1 for c in clauses)
+                # The topic alone between commas ("…, the lights, Cyberpunk Tokyo, her eyes").
+                topic_clauses += sum(len(c) > 1 and all(w in content for w in c) for c in clauses)
+            # A title that is the topic's own words is named, not read out.
+            if len(board["title"].split()) >= 2 and not quotes(board["topic"], board["title"]):
                 read_title += quotes(narration, board["title"])
             if len(board["topic"].split()) >= 3 and quotes(narration, board["topic"]):
                 requoted += quoted
@@ -137,7 +162,9 @@ def judge(folder, words):
           f"({100 * at_limit / max(n, 1):.0f}%); scene titles repeating an earlier scene's: "
           f"{repeated}; image prompts that read as a sentence: {sentences} "
           f"({100 * sentences / max(n, 1):.0f}%)")
-    print(f"  narration sentences under three words: {fragments}; clauses of one word: {one_word}")
+    print(f"  narration sentences under three words: {fragments}; clauses of one word: {one_word}; "
+          f"clauses of the topic alone: {topic_clauses}; narrations naming the topic only by a "
+          f"general word (\"form\", \"deep\"): {general_only}")
     print(f"  narrations reading out the video's title: {read_title}; quoting the whole topic "
           f"after an earlier scene did: {requoted}; lights: "
           f"{', '.join(f'{light} {k}' for light, k in lights.most_common(5))}, "

@@ -271,7 +271,8 @@ pub struct ScenesArgs {
     #[arg(long, env = "BATON_SCENES_REPEAT_PENALTY", default_value_t = 1.15)]
     pub repeat_penalty: f32,
     /// Drafts of the outline and of each scene; the one the model finds most fluent is kept.
-    /// auto: 3 on a GPU (seconds each), 1 on the CPU (each costs the storyboard's time again).
+    /// auto: 3 on a GPU, or on the CPU with a model file under 1 GiB (SmolLM2: about 30 s a
+    /// draft on 2 cores); 1 with a larger model on the CPU, where a draft costs minutes.
     #[arg(long, env = "BATON_SCENES_DRAFTS", default_value = "auto", value_parser = parse_drafts)]
     pub drafts: Drafts,
     /// Words added to every scene's image prompt, for one look across the pictures (empty:
@@ -950,23 +951,29 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 /// better one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drafts {
-    /// [`Drafts::ON_GPU`] on a GPU, where drafts cost seconds; 1 on the CPU, where each costs
-    /// the whole storyboard's time again.
+    /// [`Drafts::AUTO`] on a GPU, where drafts cost seconds, and on the CPU with a model file
+    /// under [`Drafts::SMALL_MODEL`]; 1 with a larger model on the CPU, where each draft costs
+    /// minutes.
     Auto,
     Count(usize),
 }
 
 impl Drafts {
-    pub const ON_GPU: usize = 3;
+    pub const AUTO: usize = 3;
     pub const MAX: usize = 8;
+    /// A model file this small writes a draft in about 30 s on 2 CPU cores (SmolLM2-135M,
+    /// 94 MB; Gemma 3 270M, 253 MB).
+    pub const SMALL_MODEL: u64 = 1 << 30;
     /// What `--drafts` takes, in words.
-    pub const CHOICES: &str = "a count from 1 to 8, or auto (3 on a GPU, 1 on the CPU)";
+    pub const CHOICES: &str =
+        "a count from 1 to 8, or auto (3 on a GPU or with a model under 1 GiB, else 1)";
 
-    /// The count on a device of `kind`.
-    pub fn count(self, kind: DeviceKind) -> usize {
+    /// The count for a model file of `model_bytes` on a device of `kind`.
+    pub fn count(self, kind: DeviceKind, model_bytes: u64) -> usize {
         match (self, kind) {
             (Drafts::Count(n), _) => n,
-            (Drafts::Auto, DeviceKind::Gpu) => Self::ON_GPU,
+            (Drafts::Auto, DeviceKind::Gpu) => Self::AUTO,
+            (Drafts::Auto, _) if model_bytes < Self::SMALL_MODEL => Self::AUTO,
             (Drafts::Auto, _) => 1,
         }
     }
@@ -1059,15 +1066,22 @@ mod tests {
     fn drafts_are_a_count_or_auto_which_depends_on_the_device() {
         // What the error says is what the parser takes.
         assert!(Drafts::CHOICES.contains(&format!("1 to {}", Drafts::MAX)));
-        assert!(Drafts::CHOICES.contains(&format!("{} on a GPU", Drafts::ON_GPU)));
+        assert!(Drafts::CHOICES.contains(&format!("{} on a GPU", Drafts::AUTO)));
+        assert!(Drafts::CHOICES.contains("under 1 GiB") && Drafts::SMALL_MODEL == 1 << 30);
         assert_eq!(parse_drafts("auto").unwrap(), Drafts::Auto);
+        let (small, large) = (94_000_000, 4_700_000_000);
         assert_eq!(
-            parse_drafts("AUTO").unwrap().count(DeviceKind::Gpu),
-            Drafts::ON_GPU
+            parse_drafts("AUTO").unwrap().count(DeviceKind::Gpu, large),
+            Drafts::AUTO
         );
-        assert_eq!(parse_drafts("auto").unwrap().count(DeviceKind::Cpu), 1);
-        assert_eq!(parse_drafts("2").unwrap().count(DeviceKind::Cpu), 2);
-        assert_eq!(parse_drafts(" 8 ").unwrap().count(DeviceKind::Gpu), 8);
+        let auto = parse_drafts("auto").unwrap();
+        assert_eq!(auto.count(DeviceKind::Cpu, small), Drafts::AUTO);
+        assert_eq!(auto.count(DeviceKind::Cpu, large), 1);
+        assert_eq!(parse_drafts("2").unwrap().count(DeviceKind::Cpu, large), 2);
+        assert_eq!(
+            parse_drafts(" 8 ").unwrap().count(DeviceKind::Gpu, small),
+            8
+        );
         for bad in ["0", "9", "-1", "three", ""] {
             let err = parse_drafts(bad).unwrap_err();
             assert!(

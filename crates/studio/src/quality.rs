@@ -117,6 +117,21 @@ pub fn reads_as_sentence(prompt: &str) -> bool {
         || words(prompt).iter().any(|w| PRONOUNS.contains(&w.as_str()))
 }
 
+/// Clauses of a narration that fill words instead of saying something: a clause of one word
+/// after a comma ("Tokyo has its own. Golden, stars, a.") and, after a sentence's first
+/// clause, the topic standing alone between commas ("The train was running, the lights,
+/// Cyberpunk Tokyo, her eyes"): how a small model names the topic where it does not fit.
+/// `scripts/scenes-words.py` counts the same.
+pub fn filler_clauses(narration: &str, topic: &str) -> usize {
+    let topic = content_words(topic);
+    narration
+        .split(['.', '!', '?'])
+        .flat_map(|sentence| sentence.split([',', ';', ':']).skip(1))
+        .map(words)
+        .filter(|w| w.len() == 1 || (!w.is_empty() && w.iter().all(|w| topic.contains(w))))
+        .count()
+}
+
 /// Characters that make text markup, a path or a placeholder rather than words to be read.
 pub const MARKUP: &[char] = &[
     '<', '>', '[', ']', '{', '}', '/', '\\', '|', '#', '*', '_', '~', '`', '@', '^', '=',
@@ -236,6 +251,31 @@ mod tests {
         assert!(!reads_as_sentence(
             "heron in the shallows, a theme park, usual light"
         ));
+    }
+
+    #[test]
+    fn one_word_clauses_and_the_topic_between_commas_are_filler() {
+        let topic = "Cyberpunk Tokyo";
+        for (narration, filler) in [
+            ("The neon rain falls on Tokyo, and the city wakes.", 0),
+            (
+                "Cyberpunk Tokyo, a city that never sleeps, glows in the rain.",
+                0,
+            ),
+            ("Tokyo, the capital of Japan, stands before it.", 0),
+            (
+                "The train was running, the lights, Cyberpunk Tokyo, her eyes.",
+                1,
+            ),
+            (
+                "The crate gets dragged, cyberpunk tokyo, and begins its journey.",
+                1,
+            ),
+            ("Tokyo has its own. Golden, stars, a.", 2),
+            ("It is late, Tokyo. The end.", 1),
+        ] {
+            assert_eq!(filler_clauses(narration, topic), filler, "{narration}");
+        }
     }
 
     #[test]

@@ -139,6 +139,28 @@ fn phrase_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
     })
 }
 
+/// Words a topic has that say how or what kind rather than what it is about: held to name
+/// one of the topic's words, SmolLM2 chose these and bent sentences around them ("The eruption
+/// begins, form in a volcano", "an old man deeps himself with his lamp").
+const GENERAL_WORDS: &[&str] = &[
+    "form", "forms", "make", "makes", "made", "become", "becomes", "became", "learn", "learning",
+    "deep", "small", "big", "great", "little", "rainy", "last", "new", "old", "long", "short",
+    "high", "low", "good", "best",
+];
+
+/// The topic's words a narration or a line of the outline may name it by: its content words
+/// but the [`GENERAL_WORDS`] ("volcanoes" for "How volcanoes form"), or all of them when
+/// nothing else is left.
+fn naming_words(topic: &str) -> Vec<String> {
+    let all = crate::quality::content_words(topic);
+    let named: Vec<String> = all
+        .iter()
+        .filter(|w| !GENERAL_WORDS.contains(&w.as_str()))
+        .cloned()
+        .collect();
+    if named.is_empty() { all } else { named }
+}
+
 /// A schema for words, as [`words_schema`], one of which is a word of the topic (or an obvious
 /// form of it: `bees`, `keeper's`, `Tokyo's`), at most `shape.before` words in, and whose last
 /// word ends a sentence; any words when the topic has none worth naming. A narration is held to
@@ -157,7 +179,9 @@ fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_j
         .iter()
         .map(|w| w.trim_end_matches("'s"))
         .filter(|w| !w.is_empty() && w.chars().all(char::is_alphanumeric))
+        .flat_map(number_forms)
         .map(|w| {
+            let w = w.as_str();
             let mut c = w.chars();
             let first = c.next().expect("content words are not empty");
             let rest: String = c.collect();
@@ -191,6 +215,36 @@ fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_j
         // comma by the word limit sounds broken.
         "pattern": format!("^(?:{}) {LAST_WORD}$", branches.join("|")),
     })
+}
+
+/// `word` and, when it is a plural, its singular; when it is a singular in -y, its plural in
+/// -ies: the schema adds -s and -es itself. A narration may then say "a volcano" for "How
+/// volcanoes form" and "butterflies" for "The life of a monarch butterfly", where only
+/// "volcanoes" and "butterflys" were open to it (SmolLM2 named "form" instead).
+fn number_forms(word: &str) -> Vec<String> {
+    let mut forms = vec![word.to_string()];
+    let consonant_before = |stem: &str| {
+        stem.chars()
+            .last()
+            .is_some_and(|c| c.is_alphabetic() && !"aeiou".contains(c))
+    };
+    if let Some(stem) = word.strip_suffix("ies").filter(|s| s.len() >= 2) {
+        forms.push(format!("{stem}y"));
+    } else if let Some(stem) = ["oes", "ches", "shes", "xes", "sses"]
+        .iter()
+        .find(|end| word.ends_with(*end))
+        .map(|_| &word[..word.len() - 2])
+    {
+        forms.push(stem.to_string());
+    } else if let Some(stem) = word
+        .strip_suffix('s')
+        .filter(|s| s.len() >= 3 && !s.ends_with(['s', 'u', 'i']))
+    {
+        forms.push(stem.to_string());
+    } else if let Some(stem) = word.strip_suffix('y').filter(|s| consonant_before(s)) {
+        forms.push(format!("{stem}ies"));
+    }
+    forms
 }
 
 /// Where a [`naming_schema`] puts the topic's word: at most `before` words come before it, and
@@ -563,6 +617,9 @@ const DANGLING: &[&str] = &[
     "are", "was", "were", "that", "which", "who", "as", "but", "than", "very", "just", "can",
     "could", "will", "would", "should", "must", "has", "have", "had", "whether", "if", "because",
     "until", "unless", "although",
+    // English ends no clause on a contracted verb ("…her eyes, they're.").
+    "it's", "they're", "we're", "you're", "he's", "she's", "i'm", "that's", "there's", "who's",
+    "what's", "let's",
 ];
 
 /// `phrase` (a title, a picture's subject, place or light) without the words it was cut off
@@ -1028,6 +1085,7 @@ pub fn generate_storyboard(
         choices: 0,
     };
     let topic_words = crate::quality::content_words(topic);
+    let naming = naming_words(topic);
     let outline_schema = in_topic_letters(
         compact(serde_json::json!({
             "type": "object",
@@ -1039,7 +1097,7 @@ pub fn generate_storyboard(
                         // A title is a phrase: with punctuation a small model writes the start of
                         // a sentence ("Males are large and black,").
                         "title": phrase_schema(TITLE_WORDS),
-                        "happens": naming_schema(topic, &topic_words, &OUTLINE_LINE)
+                        "happens": naming_schema(topic, &naming, &OUTLINE_LINE)
                     },
                     "required": ["title", "happens"],
                     "additionalProperties": false
@@ -1050,8 +1108,11 @@ pub fn generate_storyboard(
         })),
         topic,
     );
-    // The most fluent of `drafts` outlines: the outline holds the storyboard together.
-    let mut plan: Option<(f64, Outline)> = None;
+    // The most fluent of `drafts` outlines (the outline holds the storyboard together), but
+    // one titled with the topic's own words only when all are: with the topic and such a
+    // title both in every scene's question, SmolLM2 began narration after narration with
+    // them ("The life of a monarch butterfly…" under "The Life of a Monarch", six of six).
+    let mut plan: Option<((bool, f64), Outline)> = None;
     for draft in 0..drafts.max(1) as u64 {
         let seeded = Sampler {
             seed: sampler.seed.wrapping_add(OUTLINE_DRAFT_SEEDS * draft),
@@ -1068,9 +1129,20 @@ pub fn generate_storyboard(
             on_token,
         )?;
         let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
-        tracing::debug!("outline, draft {}: fluency {fluency:.3}", draft + 1);
-        if plan.as_ref().is_none_or(|(best, _)| fluency > *best) {
-            plan = Some((fluency, outline));
+        let borrowed = crate::quality::quotes(topic, &outline.title);
+        tracing::debug!(
+            "outline, draft {}: \"{}\", fluency {fluency:.3}{}",
+            draft + 1,
+            outline.title,
+            if borrowed {
+                ", titled with the topic's words"
+            } else {
+                ""
+            }
+        );
+        let better = |(b, f): &(bool, f64)| (!borrowed, fluency) > (!*b, *f);
+        if plan.as_ref().is_none_or(|(best, _)| better(best)) {
+            plan = Some(((borrowed, fluency), outline));
         }
     }
     let (_, mut plan) = plan.expect("at least one draft");
@@ -1116,7 +1188,7 @@ pub fn generate_storyboard(
         let mut properties = serde_json::Map::new();
         properties.insert(
             "narration".into(),
-            naming_schema(topic, &topic_words, &NARRATION),
+            naming_schema(topic, &naming, &NARRATION),
         );
         properties.extend(Picture::properties(left));
         // Whole seconds: a number with decimals lets a small model write digits forever.
@@ -1159,8 +1231,9 @@ pub fn generate_storyboard(
         let avoid = llm.word_tokens(&said, &topic_words);
         // Tries until `drafts` scenes unlike the earlier ones are written (the most fluent
         // is kept), or `SCENE_TRIES` tries repeated them (the least repetitive is kept).
-        // Each with whether it opens unlike the scenes before it, and its fluency.
-        let mut unlike: Vec<(bool, f64, Scene, Option<String>)> = Vec::new();
+        // Each ranked by whether it opens unlike the scenes before it, then by how few filler
+        // clauses it has, then by its fluency.
+        let mut unlike: Vec<(Rank, Scene, Option<String>)> = Vec::new();
         let mut least_repetitive: Option<(f64, Scene, Option<String>)> = None;
         let mut repeats = 0;
         for attempt in 0.. {
@@ -1191,8 +1264,12 @@ pub fn generate_storyboard(
             if score < crate::quality::MAX_OVERLAP {
                 let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
                 tracing::debug!("scene {k}, try {}: fluency {fluency:.3}", attempt + 1);
-                let fresh = !opens_like(&scene.narration, &written);
-                unlike.push((fresh, fluency, scene, light));
+                let rank = Rank {
+                    fresh: !opens_like(&scene.narration, &written),
+                    filler: crate::quality::filler_clauses(&scene.narration, topic),
+                    fluency,
+                };
+                unlike.push((rank, scene, light));
                 if unlike.len() >= drafts.max(1) {
                     break;
                 }
@@ -1207,16 +1284,13 @@ pub fn generate_storyboard(
                 break;
             }
         }
-        // The most fluent draft, but one that opens as an earlier scene did only when all do:
-        // fluency alone kept "The lighthouse keeper leans in and…" for five scenes of six.
+        // The most fluent draft, but one that opens as an earlier scene did only when all do
+        // (fluency alone kept "The lighthouse keeper leans in and…" for five scenes of six),
+        // and one with filler clauses only when all have as many.
         let best = unlike
             .into_iter()
-            .max_by(|a, b| {
-                (a.0, a.1)
-                    .partial_cmp(&(b.0, b.1))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
-            .map(|(_, fluency, scene, light)| (fluency, scene, light))
+            .max_by(|a, b| a.0.cmp(&b.0))
+            .map(|(rank, scene, light)| (rank.fluency, scene, light))
             .or(least_repetitive);
         let (_, mut scene, mut light) = best.expect("at least one try");
         if crate::quality::prompt_copies_narration(&scene) {
@@ -1243,6 +1317,26 @@ pub fn generate_storyboard(
     Ok((board, total))
 }
 
+/// How a scene draft compares with the others written for its place: greater is better.
+#[derive(Debug, Clone, Copy)]
+struct Rank {
+    /// It opens unlike every earlier scene ([`opens_like`]).
+    fresh: bool,
+    /// Its [`filler_clauses`](crate::quality::filler_clauses).
+    filler: usize,
+    /// [`Generation::fluency`].
+    fluency: f64,
+}
+
+impl Rank {
+    fn cmp(&self, other: &Rank) -> std::cmp::Ordering {
+        self.fresh
+            .cmp(&other.fresh)
+            .then(other.filler.cmp(&self.filler))
+            .then(self.fluency.total_cmp(&other.fluency))
+    }
+}
+
 /// How many first words of two narrations make them open alike.
 const OPENING_WORDS: usize = 4;
 
@@ -1261,7 +1355,8 @@ fn opens_like(narration: &str, written: &[Scene]) -> bool {
 
 /// How much `scene` repeats the scenes `written` before it or the worked example, and why: the
 /// largest share of narration word trigrams it has with one of them; 1.0 when its image prompt
-/// copies its narration or the example's, or its narration reads out the video's `title`;
+/// copies its narration or the example's, or its narration reads out the video's `title` (one
+/// that is not the topic's own words);
 /// [`MAX_OVERLAP`](crate::quality::MAX_OVERLAP), so that it is written again, when its
 /// narration quotes the whole `topic` after an earlier scene already did ("The deep sea at
 /// midnight, …" five times), or its picture is told as a sentence ("I am in love with him").
@@ -1288,7 +1383,11 @@ fn repeat_score(scene: &Scene, written: &[Scene], topic: &str, title: &str) -> (
             "copies a picture",
         ),
         (
-            title.split_whitespace().count() >= 2 && quotes(&scene.narration, title),
+            title.split_whitespace().count() >= 2
+                && quotes(&scene.narration, title)
+                // A title that is the topic's own words ("The Great Barrier Reef") is named,
+                // not read out.
+                && !quotes(topic, title),
             1.0,
             "reads out the video's title",
         ),
@@ -1437,6 +1536,16 @@ mod tests {
         );
         let (s, why) = repeat_score(&title_read, &[], "Cyberpunk Tokyo", "Neon Nights");
         assert_eq!((s, why.as_str()), (1.0, "reads out the video's title"));
+        // Unless the title is the topic's own words: then it names the topic.
+        let reef = scene(
+            "A",
+            "Under the waves the Great Barrier Reef wakes in a storm of colour.",
+            &fresh.image_prompt,
+        );
+        let topic = "The Great Barrier Reef";
+        assert!(repeat_score(&reef, &[], topic, "The Great Barrier Reef").0 < max);
+        assert!(repeat_score(&reef, &[], topic, "Great Barrier Reef").0 < max);
+        assert!(repeat_score(&reef, &[], "Coral seas", "The Great Barrier Reef").0 >= 1.0);
         // A picture told as a sentence.
         let told = scene(
             "A",
@@ -1483,6 +1592,37 @@ mod tests {
     }
 
     #[test]
+    fn a_draft_is_kept_for_its_opening_then_its_filler_then_its_fluency() {
+        let rank = |fresh, filler, fluency| Rank {
+            fresh,
+            filler,
+            fluency,
+        };
+        let mut drafts = [
+            rank(false, 0, -0.1),
+            rank(true, 2, -0.2),
+            rank(true, 0, -1.5),
+            rank(true, 0, -0.9),
+            rank(true, 1, -0.3),
+        ];
+        drafts.sort_by(|a, b| b.cmp(a));
+        let order: Vec<(bool, usize, f64)> = drafts
+            .iter()
+            .map(|r| (r.fresh, r.filler, r.fluency))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                (true, 0, -0.9),
+                (true, 0, -1.5),
+                (true, 1, -0.3),
+                (true, 2, -0.2),
+                (false, 0, -0.1)
+            ]
+        );
+    }
+
+    #[test]
     fn a_narration_opens_like_an_earlier_one_by_its_first_four_words() {
         let earlier = |narration: &str| Scene {
             index: 1,
@@ -1524,6 +1664,11 @@ mod tests {
             (
                 "As night fell, a lone lighthouse keeper lay beside his family at the edge of the island, and.",
                 "As night fell, a lone lighthouse keeper lay beside his family at the edge of the island.",
+            ),
+            // A contracted verb ends no clause (SmolLM2's on the CPU).
+            (
+                "The train was running, the lights, Cyberpunk Tokyo, her eyes, they're.",
+                "The train was running, the lights, Cyberpunk Tokyo, her eyes.",
             ),
             // The clause after the comma is too long to drop: the dangling word goes.
             (
@@ -1680,6 +1825,45 @@ mod tests {
             &example_words,
             &OUTLINE_LINE
         ))(off_topic));
+    }
+
+    #[test]
+    fn a_topic_is_named_by_its_nouns_in_either_number() {
+        assert_eq!(naming_words("How volcanoes form"), ["volcanoes"]);
+        assert_eq!(naming_words("A small bakery at dawn"), ["bakery", "dawn"]);
+        assert_eq!(naming_words("The Great Barrier Reef"), ["barrier", "reef"]);
+        // Nothing but general words: they are all there is.
+        assert_eq!(naming_words("Deep learning"), ["deep", "learning"]);
+        for (word, forms) in [
+            ("volcanoes", vec!["volcanoes", "volcano"]),
+            ("aqueducts", vec!["aqueducts", "aqueduct"]),
+            ("bees", vec!["bees", "bee"]),
+            ("butterflies", vec!["butterflies", "butterfly"]),
+            ("butterfly", vec!["butterfly", "butterflies"]),
+            ("beaches", vec!["beaches", "beach"]),
+            ("paris", vec!["paris"]),
+            ("press", vec!["press"]),
+            ("honey", vec!["honey"]),
+            ("tokyo", vec!["tokyo"]),
+        ] {
+            assert_eq!(number_forms(word), forms, "{word}");
+        }
+        let narration =
+            |topic: &str| regex_lite(&naming_schema(topic, &naming_words(topic), &NARRATION));
+        let volcanoes = narration("How volcanoes form");
+        assert!(volcanoes(
+            "A volcano wakes under the island, and the sky turns red."
+        ));
+        assert!(volcanoes(
+            "The old volcanoes sleep under the ice of the north."
+        ));
+        assert!(!volcanoes(
+            "The ground shakes and the lava will form a new island tonight."
+        ));
+        let butterfly = narration("The life of a monarch butterfly");
+        assert!(butterfly(
+            "A cloud of butterflies rises over the field at noon."
+        ));
     }
 
     /// A matcher for a words schema's pattern, by the regex crate llguidance also builds on.

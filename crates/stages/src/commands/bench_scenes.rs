@@ -171,8 +171,10 @@ pub fn bench_scenes(
     }
     let topics = baton::commands::batch::read_topics(topics)?;
     let (compute, place) = Compute::choose(args.compute)?;
-    let drafts = args.drafts.count(compute.kind());
     let path = crate::commands::scenes::scenes_model(&args.model, &compute)?;
+    let drafts = args
+        .drafts
+        .count(compute.kind(), crate::commands::scenes::file_bytes(&path));
     let (_, device) = compute.open()?;
     baton_studio::llm::warm_up(&device)?;
     let mut llm = Llm::load(&path, &device, None)?;

@@ -16,7 +16,7 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     baton_base::run_dir::slug(&args.topic).map_err(baton_studio::scenes::ScenesError::from)?;
     let (compute, where_) = Compute::choose(args.compute)?;
     let model = scenes_model(&args.model, &compute)?;
-    let drafts = args.drafts.count(compute.kind());
+    let drafts = args.drafts.count(compute.kind(), file_bytes(&model));
     writeln!(
         out,
         "writing {} scenes about '{}' with {} {where_}, seed {}, {}",
@@ -139,6 +139,12 @@ pub(crate) fn scenes_model(spec: &str, compute: &Compute) -> anyhow::Result<std:
         ))
     );
     Ok(path)
+}
+
+/// The size of the model file at `path`, for `--drafts auto`; 0 when it cannot be read (the
+/// load that follows says why).
+pub(crate) fn file_bytes(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 /// The seed of this attempt: as a stage of a run that retries it, attempt N samples with seed +
