@@ -5,11 +5,12 @@
 //! The computation is candle's, op for op (its `quantized_llama` and `quantized_qwen2`): the
 //! tests hold the logits equal, bit for bit, on the same file. One exception, for speed: a
 //! prompt on the CPU is multiplied by dequantized weights (`DENSE_FROM`), which a test holds
-//! equal to the dequantized model and close to candle's token-at-a-time rounding. The differences between the
-//! architectures are data: qwen2 adds biases to q, k and v and rotates halves (NeoX), llama
-//! rotates interleaved pairs. gemma3 adds norms on q and k and after attention and the MLP,
-//! scales the embeddings, uses GELU, and lets five of every six layers see only a sliding window
-//! of recent tokens (with their own rotary base). Its reference is candle's full-precision
+//! equal to the dequantized model and close to candle's token-at-a-time rounding.
+//!
+//! The differences between the architectures are data: qwen2 adds biases to q, k and v and
+//! rotates halves (NeoX), llama rotates interleaved pairs. gemma3 adds norms on q and k and
+//! after attention and the MLP, scales the embeddings, uses GELU, and lets five of every six
+//! layers see only a sliding window of recent tokens (with their own rotary base). Its reference is candle's full-precision
 //! `gemma3` (HF semantics), not candle's `quantized_gemma3`, whose MLP uses SiLU where the model
 //! was trained with GELU, and whose decoding ignores the sliding window.
 
@@ -192,7 +193,7 @@ const GEMMA_SLIDING_PATTERN: usize = 6;
 const MAX_CONTEXT: usize = 32_768;
 
 /// On the CPU a forward pass of this many tokens or more (a prompt) multiplies by dequantized
-/// f32 copies of the weights, made layer by layer and dropped after use: candle's quantized
+/// f32 copies of the weights, made one matrix at a time and dropped after use: candle's quantized
 /// matmul computes one token at a time, about as slowly as decoding, where a dense matrix
 /// product takes a whole prompt at once (SmolLM2 on 2 cores: 322 tokens in 0.6 s instead of
 /// 8.3 s). Decoding, one token at a time, keeps the quantized weights: it is bound by reading
@@ -381,8 +382,7 @@ impl LlamaLike {
     }
 
     /// Whether prompts on the CPU are multiplied by dequantized weights (the default) or, as
-    /// candle's quantized models do, one token at a time: the tests that hold the logits equal
-    /// to candle's bit for bit turn it off.
+    /// candle's quantized models do, one token at a time (a test compares the two).
     pub fn set_dense_prompts(&mut self, on: bool) {
         self.dense_prompts = on;
     }
