@@ -270,7 +270,8 @@ pub struct ScenesArgs {
     /// applies to word tokens only, never the JSON's structure.
     #[arg(long, env = "BATON_SCENES_REPEAT_PENALTY", default_value_t = 1.15)]
     pub repeat_penalty: f32,
-    /// Drafts of the outline and of each scene; the one the model finds most fluent is kept.
+    /// Drafts of the outline and of each scene; the least faulty (lines or openings that
+    /// repeat, filler clauses), then the one the model finds most fluent, is kept.
     /// auto: 3 on a GPU, or on the CPU with a model file under 1 GiB (SmolLM2: about 30 s a
     /// draft on 2 cores); 1 with a larger model on the CPU, where a draft costs minutes.
     #[arg(long, env = "BATON_SCENES_DRAFTS", default_value = "auto", value_parser = parse_drafts)]
@@ -944,8 +945,9 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
         .map_err(|e: baton_memory::MemoryError| e.to_string())
 }
 
-/// How many drafts of the outline and of each scene are written; the one the model itself
-/// finds most fluent (its mean log-probability of what it chose) is kept. A small model's
+/// How many drafts of the outline and of each scene are written; the least faulty, then the
+/// one the model itself finds most fluent (its mean log-probability of what it chose), is
+/// kept. A small model's
 /// drafts differ a lot ("The fire in the room, where lighthouses, has died." against "The sun
 /// sets, and a lighthouse keeper is on his way home."), and its own likelihood tells the
 /// better one.

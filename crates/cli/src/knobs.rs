@@ -113,7 +113,7 @@ pub const KNOBS: &[Knob] = &[
         flag: "--drafts",
         key: "scenes.drafts",
         env: "BATON_SCENES_DRAFTS",
-        about: "drafts of the outline and of each scene, the most fluent kept: 1 to 8, or auto (3 on a GPU or with a model under 1 GiB, else 1)",
+        about: "drafts of the outline and of each scene, the least faulty and most fluent kept: 1 to 8, or auto (3 on a GPU or with a model under 1 GiB, else 1)",
         check: drafts,
     },
     Knob {
@@ -201,9 +201,9 @@ pub struct RunKnobs {
     /// [env: BATON_SCENES_MODEL; baton.toml: scenes.model].
     #[arg(long, value_name = "NAME|FILE")]
     pub llm: Option<String>,
-    /// Drafts of the outline and of each scene, the most fluent kept: 1 to 8, or auto (3 on a
-    /// GPU or with a model under 1 GiB, else 1) [env: BATON_SCENES_DRAFTS; baton.toml:
-    /// scenes.drafts].
+    /// Drafts of the outline and of each scene, the least faulty and most fluent kept: 1 to 8,
+    /// or auto (3 on a GPU or with a model under 1 GiB, else 1) [env: BATON_SCENES_DRAFTS;
+    /// baton.toml: scenes.drafts].
     #[arg(long, value_name = "N|auto")]
     pub drafts: Option<String>,
     /// The look every image prompt ends with [env: BATON_SCENES_STYLE; baton.toml: scenes.style].

@@ -132,6 +132,23 @@ pub fn filler_clauses(narration: &str, topic: &str) -> usize {
         .count()
 }
 
+/// Words nearly every English sentence has, and few in other languages written in the same
+/// letters.
+const ENGLISH_WORDS: &[&str] = &[
+    "the", "and", "of", "is", "are", "was", "were", "with", "his", "her", "their", "its", "this",
+    "that", "from", "into", "to", "at", "by", "it", "he", "she", "they", "we", "you", "in", "an",
+    "for",
+];
+
+/// True when `text` has none of the words nearly every English sentence has: SmolLM2 asked
+/// for "A rainy day in Paris" planned one outline in French ("La Vie en Rose, la ville dayes
+/// le marché dans un café, et les amis sont l'amour.").
+pub fn not_english(text: &str) -> bool {
+    !words(text)
+        .iter()
+        .any(|w| ENGLISH_WORDS.contains(&w.as_str()))
+}
+
 /// Characters that make text markup, a path or a placeholder rather than words to be read.
 pub const MARKUP: &[char] = &[
     '<', '>', '[', ']', '{', '}', '/', '\\', '|', '#', '*', '_', '~', '`', '@', '^', '=',
@@ -276,6 +293,16 @@ mod tests {
         ] {
             assert_eq!(filler_clauses(narration, topic), filler, "{narration}");
         }
+    }
+
+    #[test]
+    fn a_line_without_the_words_english_cannot_do_without_is_not_english() {
+        assert!(not_english(
+            "La Vie en Rose, la ville dayes le marché dans un café, et les amis sont l'amour."
+        ));
+        assert!(not_english("Bienvenue au Louvre, voici le café."));
+        assert!(!not_english("The fog rolls in over the Paris sky."));
+        assert!(!not_english("Rain falls on Paris as it wakes."));
     }
 
     #[test]

@@ -574,6 +574,31 @@ struct Outline {
     outline: Vec<Planned>,
 }
 
+impl Outline {
+    /// Its lines that repeat an earlier line (half of their word trigrams, as scenes repeat
+    /// each other), hold a filler clause ([`filler_clauses`](crate::quality::filler_clauses)),
+    /// or are not in English ([`not_english`](crate::quality::not_english)) when the topic is
+    /// written in ASCII (the questions are English; a topic in other letters is let have its
+    /// own language). A scene is written from its line: SmolLM2 planned "This is a ghost, it's
+    /// in Tokyo." for scenes 3 and 5, ", cyberpunk tokyo," wedged into three lines, and "A
+    /// rainy day in Paris" in French, and the scenes written from them did the same.
+    fn faults(&self, topic: &str) -> usize {
+        use crate::quality::{MAX_OVERLAP, filler_clauses, not_english, trigram_overlap};
+        let english = topic.is_ascii();
+        self.outline
+            .iter()
+            .enumerate()
+            .filter(|(i, p)| {
+                filler_clauses(&p.happens, topic) > 0
+                    || (english && not_english(&p.happens))
+                    || self.outline[..*i]
+                        .iter()
+                        .any(|e| trigram_overlap(&e.happens, &p.happens) >= MAX_OVERLAP)
+            })
+            .count()
+    }
+}
+
 /// One scene of the plan.
 #[derive(serde::Deserialize, serde::Serialize)]
 struct Planned {
@@ -710,7 +735,7 @@ fn generate_part<T: serde::de::DeserializeOwned>(
     turns: &[(String, String)],
     schema: &serde_json::Value,
     sampler: &Sampler,
-    avoid: (&[u32], f32),
+    steering: Steering,
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<(T, Option<f64>), ScenesError> {
@@ -730,10 +755,9 @@ fn generate_part<T: serde::de::DeserializeOwned>(
         // what they do.
         let wrap_up = std::env::var("BATON_SCENES_WRAP_UP").as_deref() != Ok("0");
         let steering = Steering {
-            avoid: avoid.0,
-            penalty: avoid.1,
-            wrap_up: wrap_up.then_some(WRAP_UP),
-            end_at_word_limit: wrap_up,
+            wrap_up: steering.wrap_up.clone().filter(|_| wrap_up),
+            end_at_word_limit: steering.end_at_word_limit && wrap_up,
+            ..steering.clone()
         };
         match llm.generate_json_steered(&prompt, schema.clone(), &seeded, &steering, &mut |n| {
             on_token(before + n)
@@ -781,6 +805,28 @@ const WRAP_UP: WrapUp = WrapUp {
     max_words: *NARRATION.words.end(),
     room: 6,
     dangling: DANGLING,
+};
+
+/// How a scene (or a part of one) is steered: the `avoid` tokens' logits divided by `penalty`,
+/// and its narration wrapped up ([`WRAP_UP`]).
+fn narration_steering(avoid: &[u32], penalty: f32) -> Steering<'_> {
+    Steering {
+        avoid,
+        penalty,
+        wrap_up: Some(WRAP_UP),
+        end_at_word_limit: true,
+        ..Steering::default()
+    }
+}
+
+/// A line of the outline is steered as a narration is: SmolLM2 left free wrote "A light falls
+/// on everything. The. Tokyo. Tower. Over. A. Rock." and scenes are written from the lines.
+const OUTLINE_WRAP_UP: WrapUp = WrapUp {
+    field: "happens",
+    min_words: *OUTLINE_LINE.words.start(),
+    max_words: *OUTLINE_LINE.words.end(),
+    from_words: 12,
+    ..WRAP_UP
 };
 
 /// How much less likely a scene's words make the same words in the scenes after it (logits
@@ -1042,7 +1088,7 @@ fn ask_until<T: serde::de::DeserializeOwned, R>(
             ask.0,
             ask.1,
             &seeded,
-            (avoid, 2.0 + attempt as f32),
+            narration_steering(avoid, 2.0 + attempt as f32),
             total,
             on_token,
         )?;
@@ -1111,8 +1157,12 @@ pub fn generate_storyboard(
     // The most fluent of `drafts` outlines (the outline holds the storyboard together), but
     // one titled with the topic's own words only when all are: with the topic and such a
     // title both in every scene's question, SmolLM2 began narration after narration with
-    // them ("The life of a monarch butterfly…" under "The Life of a Monarch", six of six).
-    let mut plan: Option<((bool, f64), Outline)> = None;
+    // them ("The life of a monarch butterfly…" under "The Life of a Monarch", six of six);
+    // then the one with the fewest faulty lines ([`Outline::faults`]).
+    type OutlineRank = ((bool, std::cmp::Reverse<usize>), f64);
+    // Spared by the outline's recall: every line names the topic.
+    let topic_tokens = llm.tokens_of(&naming.join(" "));
+    let mut plan: Option<(OutlineRank, Outline)> = None;
     for draft in 0..drafts.max(1) as u64 {
         let seeded = Sampler {
             seed: sampler.seed.wrapping_add(OUTLINE_DRAFT_SEEDS * draft),
@@ -1124,14 +1174,21 @@ pub fn generate_storyboard(
             &outline_turns(topic, scenes),
             &outline_schema,
             &seeded,
-            (&[], 1.0),
+            Steering {
+                wrap_up: Some(OUTLINE_WRAP_UP),
+                end_at_word_limit: true,
+                recall: true,
+                spared: &topic_tokens,
+                ..Steering::default()
+            },
             &mut total,
             on_token,
         )?;
         let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
         let borrowed = crate::quality::quotes(topic, &outline.title);
+        let faults = outline.faults(topic);
         tracing::debug!(
-            "outline, draft {}: \"{}\", fluency {fluency:.3}{}",
+            "outline, draft {}: \"{}\", fluency {fluency:.3}, {faults} faulty lines{}",
             draft + 1,
             outline.title,
             if borrowed {
@@ -1140,9 +1197,13 @@ pub fn generate_storyboard(
                 ""
             }
         );
-        let better = |(b, f): &(bool, f64)| (!borrowed, fluency) > (!*b, *f);
+        for (i, p) in outline.outline.iter().enumerate() {
+            tracing::debug!("  {}. {}: {}", i + 1, p.title, p.happens);
+        }
+        let rank = (!borrowed, std::cmp::Reverse(faults));
+        let better = |(r, f): &OutlineRank| rank.cmp(r).then(fluency.total_cmp(f)).is_gt();
         if plan.as_ref().is_none_or(|(best, _)| better(best)) {
-            plan = Some(((borrowed, fluency), outline));
+            plan = Some(((rank, fluency), outline));
         }
     }
     let (_, mut plan) = plan.expect("at least one draft");
@@ -1248,7 +1309,7 @@ pub fn generate_storyboard(
                 &schema,
                 &seeded,
                 // Harder after each repeat: the try found the earlier scenes' words again.
-                (&avoid, AVOID_PENALTY + 0.4 * repeats as f32),
+                narration_steering(&avoid, AVOID_PENALTY + 0.4 * repeats as f32),
                 &mut total,
                 on_token,
             )?;
@@ -1263,7 +1324,11 @@ pub fn generate_storyboard(
             let (score, why) = repeat_score(&scene, &written, topic, &plan.title);
             if score < crate::quality::MAX_OVERLAP {
                 let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
-                tracing::debug!("scene {k}, try {}: fluency {fluency:.3}", attempt + 1);
+                tracing::debug!(
+                    "scene {k}, try {}: fluency {fluency:.3}: {}",
+                    attempt + 1,
+                    scene.narration
+                );
                 let rank = Rank {
                     fresh: !opens_like(&scene.narration, &written),
                     filler: crate::quality::filler_clauses(&scene.narration, topic),
@@ -1276,6 +1341,7 @@ pub fn generate_storyboard(
                 continue;
             }
             tracing::info!("scene {k} {why}; writing it again");
+            tracing::debug!("scene {k}, try {}: {}", attempt + 1, scene.narration);
             repeats += 1;
             if least_repetitive.as_ref().is_none_or(|(b, ..)| score < *b) {
                 least_repetitive = Some((score, scene, light));
@@ -1742,6 +1808,45 @@ mod tests {
             ),
             vec![1, 2]
         );
+    }
+
+    #[test]
+    fn an_outline_line_is_faulty_when_it_repeats_an_earlier_one_or_holds_filler() {
+        let outline = |lines: &[&str]| Outline {
+            title: "The City of the Dead".into(),
+            outline: lines
+                .iter()
+                .enumerate()
+                .map(|(i, happens)| Planned {
+                    title: format!("Scene {i}"),
+                    happens: happens.to_string(),
+                })
+                .collect(),
+        };
+        let topic = "Cyberpunk Tokyo";
+        // SmolLM2's, seed 42: lines 3 and 4 come back as 5 and 6, and the topic is wedged
+        // between commas in 2, 4 and 6.
+        let looped = outline(&[
+            "On a night in mid-moran, at cyberpunk Tokyo, there's an abandoned crate.",
+            "The abandoned crate slowly gets dragged, cyberpunk tokyo, and begins its journey.",
+            "This is a ghost, it's in Tokyo. It was brought here, from another city.",
+            "The ghosts, they are all trapped, cyberpunk tokyo, and begin their final journey.",
+            "This is a ghost, it's in Tokyo. It was brought here, from another city. The next day.",
+            "The ghosts, they are all trapped, cyberpunk tokyo, and begin their final journey.",
+        ]);
+        assert_eq!(looped.faults(topic), 4);
+        let told = outline(&[
+            "Rain falls on the neon streets of Tokyo as the night market opens.",
+            "A courier on a motorbike weaves through the traffic of Tokyo.",
+            "In a ramen bar, an old hacker watches the Tokyo news.",
+        ]);
+        assert_eq!(told.faults(topic), 0);
+        let french = outline(&[
+            "La Vie en Rose, la ville le marché dans un café, et les amis sont l'amour.",
+            "The fog rolls in over the Paris sky, and the cafés fill.",
+        ]);
+        assert_eq!(french.faults("A rainy day in Paris"), 1);
+        assert_eq!(french.faults("Un jour de pluie à Paris"), 0);
     }
 
     #[test]

@@ -25,8 +25,10 @@ pub fn scenes(args: &ScenesArgs, out: &mut dyn Write) -> anyhow::Result<()> {
         model.display(),
         attempt_seed(args),
         match drafts {
-            1 => "1 draft each (--drafts 3 writes three and keeps the most fluent)".to_string(),
-            n => format!("{n} drafts of the outline and of each scene, the most fluent kept"),
+            1 => "1 draft each (--drafts 3 writes three and keeps the best)".to_string(),
+            n => format!(
+                "{n} drafts of the outline and of each scene, the least faulty and most fluent kept"
+            ),
         }
     )?;
     out.flush()?;

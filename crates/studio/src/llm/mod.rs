@@ -410,6 +410,31 @@ impl Llm {
         ids
     }
 
+    /// Every token `words` can be written with, sorted: each word (its letters and digits)
+    /// as written, lowercased and capitalized, both after a space and first in a string, as
+    /// the tokenizer splits it.
+    pub fn tokens_of(&self, words: &str) -> Vec<u32> {
+        let mut ids: Vec<u32> = words
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .flat_map(|w| {
+                let lower = w.to_lowercase();
+                let mut chars = lower.chars();
+                let capital: String = chars
+                    .next()
+                    .map(|c| c.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default();
+                [w.to_string(), lower, capital]
+            })
+            .flat_map(|w| [format!(" {w}"), w])
+            .filter_map(|piece| self.tokenizer.encode(piece, false).ok())
+            .flat_map(|encoding| encoding.get_ids().to_vec())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// [`Llm::generate_json`], steered ([`Steering`]): the tokens in `avoid` made less likely,
     /// and a word-counted field brought to a sentence's end before its limit forces one.
     pub fn generate_json_steered(
@@ -468,6 +493,8 @@ impl Llm {
         let mut logits = self.prefill(&prompt_tokens)?;
         let prompt_time = start.elapsed();
         let mut out: Vec<u32> = Vec::new();
+        // The words [`Steering::recall`] keeps less likely.
+        let mut recalled: Vec<u32> = Vec::new();
         let decode_start = Instant::now();
         let (mut in_mask, mut in_forward) = (Duration::ZERO, Duration::ZERO);
         let (mut chosen_logprob, mut choices) = (0.0, 0);
@@ -520,21 +547,13 @@ impl Llm {
                     }
                 }
             }
-            // Small models loop; make the recent words less likely (llama.cpp's penalty), but
-            // never the JSON's own structure, which must repeat.
-            let recent = &out[out.len().saturating_sub(REPEAT_WINDOW)..];
-            for &id in recent {
-                if self.free_text.get(id as usize) == Some(&true)
-                    && let Some(v) = values.get_mut(id as usize)
-                    && v.is_finite()
-                {
-                    *v = if *v > 0.0 {
-                        *v / options.repeat_penalty
-                    } else {
-                        *v * options.repeat_penalty
-                    };
-                }
-            }
+            penalize_repeats(
+                &mut values,
+                &out,
+                &recalled,
+                &self.free_text,
+                options.repeat_penalty,
+            );
             for &id in avoid {
                 if self.free_text.get(id as usize) == Some(&true)
                     && let Some(v) = values.get_mut(id as usize)
@@ -628,6 +647,17 @@ impl Llm {
                 LlmError::Generation(format!("the constraint refused token {next}: {e}"))
             })?;
             out.push(next);
+            if steering.recall
+                && self.free_text.get(next as usize) == Some(&true)
+                && steering.spared.binary_search(&next).is_err()
+                && !recalled.contains(&next)
+                && self
+                    .tokenizer
+                    .decode(&[next], false)
+                    .is_ok_and(|t| t.chars().filter(|c| c.is_alphabetic()).count() >= 4)
+            {
+                recalled.push(next);
+            }
             on_token(out.len());
             if matcher.is_stopped() {
                 break;
@@ -885,6 +915,15 @@ pub struct Steering<'a> {
     /// A string at the most words its schema allows is ended where the model finishes its last
     /// word, instead of having letters glued on by the constraint.
     pub end_at_word_limit: bool,
+    /// Recall: every longer word (four letters or more) written so far stays less likely, the
+    /// repeat penalty applied once to each past its window, but for the `spared` tokens (the
+    /// topic's words, which every line of an outline names). For text longer than the window:
+    /// SmolLM2 wrote six outline lines in which the fifth and sixth copied the third and
+    /// fourth, 70 tokens back.
+    pub recall: bool,
+    /// Sorted. (Spared by the windowed penalty too, SmolLM2 filled outlines with the topic:
+    /// "Bees are like bees, bees can eat bees".)
+    pub spared: &'a [u32],
 }
 
 impl Default for Steering<'_> {
@@ -895,6 +934,8 @@ impl Default for Steering<'_> {
             penalty: 1.0,
             wrap_up: None,
             end_at_word_limit: false,
+            recall: false,
+            spared: &[],
         }
     }
 }
@@ -1085,6 +1126,31 @@ fn inside_string(written: &str) -> bool {
     inside
 }
 
+/// Small models loop: the words among the last [`REPEAT_WINDOW`] tokens of `out` are made
+/// less likely (llama.cpp's penalty: a positive logit divided by `penalty`, a negative one
+/// multiplied, once for each time the token is there), but never the JSON's own structure,
+/// which must repeat (`free_text` says which tokens are words). Each `recalled` token
+/// ([`Steering::recall`]) written before the window is made less likely once: counted per
+/// occurrence over a whole outline, the penalty crushed the words every sentence needs.
+fn penalize_repeats(
+    values: &mut [f32],
+    out: &[u32],
+    recalled: &[u32],
+    free_text: &[bool],
+    penalty: f32,
+) {
+    let window = out.len().saturating_sub(REPEAT_WINDOW);
+    let before_window = recalled.iter().filter(|id| !out[window..].contains(id));
+    for &id in out[window..].iter().chain(before_window) {
+        if free_text.get(id as usize) == Some(&true)
+            && let Some(v) = values.get_mut(id as usize)
+            && v.is_finite()
+        {
+            *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
+        }
+    }
+}
+
 /// The logit added to the tokens that end a field at its word limit: enough to win over any
 /// letter the model would glue on.
 const WORD_LIMIT_END: f32 = 30.0;
@@ -1168,7 +1234,37 @@ fn log_sum_exp(values: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Nudge, Piece, WrapUp, inside_string, log_sum_exp};
+    use super::{
+        Nudge, Piece, REPEAT_WINDOW, WrapUp, inside_string, log_sum_exp, penalize_repeats,
+    };
+
+    #[test]
+    fn repeats_in_the_window_count_each_time_and_recalled_words_before_it_once() {
+        // Tokens 0-2 are words, 3 is the JSON's structure; 9 fills the window.
+        let free_text = [
+            true, true, true, false, false, false, false, false, false, true,
+        ];
+        let penalize = |out: &[u32], recalled: &[u32]| {
+            let mut values = vec![4.0, 4.0, -4.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+            penalize_repeats(&mut values, out, recalled, &free_text, 2.0);
+            values
+        };
+        // In the window: a word once per time it is there; the structure never.
+        let v = penalize(&[0, 0, 2, 3, 3], &[]);
+        assert_eq!(&v[..4], [1.0, 4.0, -8.0, 4.0]);
+        // Out of the window, a word is forgotten, unless recalled: then once, however often
+        // it was written.
+        let mut out = vec![0, 0, 0, 1];
+        out.extend(std::iter::repeat_n(9, REPEAT_WINDOW));
+        let v = penalize(&out, &[]);
+        assert_eq!(&v[..2], [4.0, 4.0]);
+        let v = penalize(&out, &[0, 1]);
+        assert_eq!(&v[..2], [2.0, 2.0]);
+        // A recalled word written again inside the window counts as the window counts it.
+        out.push(0);
+        let v = penalize(&out, &[0]);
+        assert_eq!(v[0], 2.0);
+    }
 
     #[test]
     fn log_sum_exp_skips_masked_values_and_does_not_overflow() {
