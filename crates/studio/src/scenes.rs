@@ -1154,11 +1154,11 @@ pub fn generate_storyboard(
         })),
         topic,
     );
-    // The most fluent of `drafts` outlines (the outline holds the storyboard together), but
-    // one titled with the topic's own words only when all are: with the topic and such a
-    // title both in every scene's question, SmolLM2 began narration after narration with
-    // them ("The life of a monarch butterfly…" under "The Life of a Monarch", six of six);
-    // then the one with the fewest faulty lines ([`Outline::faults`]).
+    // Of `drafts` outlines (the outline holds the storyboard together), one titled with the
+    // topic's own words only when all are: with the topic and such a title both in every
+    // scene's question, SmolLM2 began narration after narration with them ("The life of a
+    // monarch butterfly…" under "The Life of a Monarch", six of six). Then the one with the
+    // fewest faulty lines ([`Outline::faults`]), then the most fluent.
     type OutlineRank = ((bool, std::cmp::Reverse<usize>), f64);
     // Spared by the outline's recall: every line names the topic.
     let topic_tokens = llm.tokens_of(&naming.join(" "));

@@ -921,8 +921,9 @@ pub struct Steering<'a> {
     /// SmolLM2 wrote six outline lines in which the fifth and sixth copied the third and
     /// fourth, 70 tokens back.
     pub recall: bool,
-    /// Sorted. (Spared by the windowed penalty too, SmolLM2 filled outlines with the topic:
-    /// "Bees are like bees, bees can eat bees".)
+    /// The tokens recall spares, sorted. The windowed penalty does not spare them: when it
+    /// did too, SmolLM2 filled outlines with the topic ("Bees are like bees, bees can eat
+    /// bees").
     pub spared: &'a [u32],
 }
 
