@@ -115,7 +115,7 @@ def quotes(text, phrase):
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
     at_limit = repeated = sentences = read_title = requoted = fragments = one_word = 0
-    topic_clauses = general_only = 0
+    topic_clauses = general_only = topic_pictures = 0
     lights = collections.Counter()
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
@@ -145,6 +145,8 @@ def judge(folder, words):
                 requoted += quoted
                 quoted = True
             phrases = scene["image_prompt"].split(", ")
+            # A picture whose subject is the whole topic ("the life of a monarch butterfly").
+            topic_pictures += len(board["topic"].split()) >= 3 and quotes(phrases[0], board["topic"])
             if len(phrases) >= 3:
                 lights[phrases[2].lower()] += 1
             at_limit += len(scene["narration"].split()) >= LIMIT
@@ -161,7 +163,8 @@ def judge(folder, words):
     print(f"{folder}: {n} scenes; narrations at the {LIMIT}-word limit: {at_limit} "
           f"({100 * at_limit / max(n, 1):.0f}%); scene titles repeating an earlier scene's: "
           f"{repeated}; image prompts that read as a sentence: {sentences} "
-          f"({100 * sentences / max(n, 1):.0f}%)")
+          f"({100 * sentences / max(n, 1):.0f}%); picture subjects quoting the whole topic: "
+          f"{topic_pictures}")
     print(f"  narration sentences under three words: {fragments}; clauses of one word: {one_word}; "
           f"clauses of the topic alone: {topic_clauses}; narrations naming the topic only by a "
           f"general word (\"form\", \"deep\"): {general_only}")
