@@ -947,10 +947,9 @@ fn parse_device(text: &str) -> Result<DeviceChoice, String> {
 
 /// How many drafts of the outline and of each scene are written; the least faulty, then the
 /// one the model itself finds most fluent (its mean log-probability of what it chose), is
-/// kept. A small model's
-/// drafts differ a lot ("The fire in the room, where lighthouses, has died." against "The sun
-/// sets, and a lighthouse keeper is on his way home."), and its own likelihood tells the
-/// better one.
+/// kept. A small model's drafts differ a lot ("The fire in the room, where lighthouses, has
+/// died." against "The sun sets, and a lighthouse keeper is on his way home."), and its own
+/// likelihood tells the better one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drafts {
     /// [`Drafts::AUTO`] on a GPU, where drafts cost seconds, and on the CPU with a model file

@@ -140,9 +140,9 @@ const ENGLISH_WORDS: &[&str] = &[
     "for",
 ];
 
-/// True when `text` has none of the words nearly every English sentence has: SmolLM2 asked
-/// for "A rainy day in Paris" planned one outline in French ("La Vie en Rose, la ville dayes
-/// le marché dans un café, et les amis sont l'amour.").
+/// True when `text` has none of the words nearly every English sentence has. Asked for "A
+/// rainy day in Paris", SmolLM2 planned one outline in French ("La Vie en Rose, la ville
+/// dayes le marché dans un café, et les amis sont l'amour.").
 pub fn not_english(text: &str) -> bool {
     !words(text)
         .iter()
