@@ -976,16 +976,21 @@ fn title_from_line(happens: &str) -> Option<String> {
             if n > 0 && SMALL.contains(&w.to_lowercase().as_str()) {
                 w.to_lowercase()
             } else {
-                let mut c = w.chars();
-                c.next()
-                    .map(|f| f.to_uppercase().chain(c).collect())
-                    .unwrap_or_default()
+                capitalized(w)
             }
         })
         .collect();
     (kept.len() >= *TITLE_WORDS.start()
         && !DANGLING.contains(&kept[kept.len() - 1].to_lowercase().as_str()))
     .then(|| kept.join(" "))
+}
+
+/// `word` with its first letter in upper case.
+fn capitalized(word: &str) -> String {
+    let mut c = word.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// The question that asks scene `k` of a plan for a title of its own.
@@ -1160,8 +1165,15 @@ pub fn generate_storyboard(
     // monarch butterfly…" under "The Life of a Monarch", six of six). Then the one with the
     // fewest faulty lines ([`Outline::faults`]), then the most fluent.
     type OutlineRank = ((bool, std::cmp::Reverse<usize>), f64);
-    // Spared by the outline's recall: every line names the topic.
-    let topic_tokens = llm.tokens_of(&naming.join(" "));
+    // Spared by the outline's recall, in either case: every line names the topic. A space
+    // first, so the first word is taken after one too ([`Llm::word_tokens`]).
+    let topic_tokens = {
+        let cased: Vec<String> = naming
+            .iter()
+            .flat_map(|w| [w.clone(), capitalized(w)])
+            .collect();
+        llm.word_tokens(&format!(" {}", cased.join(" ")), &[])
+    };
     let mut plan: Option<(OutlineRank, Outline)> = None;
     for draft in 0..drafts.max(1) as u64 {
         let seeded = Sampler {

@@ -410,31 +410,6 @@ impl Llm {
         ids
     }
 
-    /// Every token `words` can be written with, sorted: each word (its letters and digits)
-    /// as written, lowercased and capitalized, both after a space and first in a string, as
-    /// the tokenizer splits it.
-    pub fn tokens_of(&self, words: &str) -> Vec<u32> {
-        let mut ids: Vec<u32> = words
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .flat_map(|w| {
-                let lower = w.to_lowercase();
-                let mut chars = lower.chars();
-                let capital: String = chars
-                    .next()
-                    .map(|c| c.to_uppercase().chain(chars).collect())
-                    .unwrap_or_default();
-                [w.to_string(), lower, capital]
-            })
-            .flat_map(|w| [format!(" {w}"), w])
-            .filter_map(|piece| self.tokenizer.encode(piece, false).ok())
-            .flat_map(|encoding| encoding.get_ids().to_vec())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
-    }
-
     /// [`Llm::generate_json`], steered ([`Steering`]): the tokens in `avoid` made less likely,
     /// and a word-counted field brought to a sentence's end before its limit forces one.
     pub fn generate_json_steered(

@@ -10,9 +10,10 @@
 //! The differences between the architectures are data: qwen2 adds biases to q, k and v and
 //! rotates halves (NeoX), llama rotates interleaved pairs. gemma3 adds norms on q and k and
 //! after attention and the MLP, scales the embeddings, uses GELU, and lets five of every six
-//! layers see only a sliding window of recent tokens (with their own rotary base). Its reference is candle's full-precision
-//! `gemma3` (HF semantics), not candle's `quantized_gemma3`, whose MLP uses SiLU where the model
-//! was trained with GELU, and whose decoding ignores the sliding window.
+//! layers see only a sliding window of recent tokens (with their own rotary base). Its
+//! reference is candle's full-precision `gemma3` (HF semantics), not candle's
+//! `quantized_gemma3`, whose MLP uses SiLU where the model was trained with GELU, and whose
+//! decoding ignores the sliding window.
 
 use std::collections::HashMap;
 
