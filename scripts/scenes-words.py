@@ -5,7 +5,8 @@ narrations, scene titles and image prompts are in no English dictionary (glued o
 "asin'lly", "inmidnight", "self-sacr"); how many scene titles repeat an earlier scene's in
 their storyboard; and how many image prompts read as a sentence rather than a picture (a
 sentence mark, or a pronoun that a picture has no use for: "They're happy, but when"); how
-many narrations read out the video's title ("The End of the Dream. I'm a ghost") or quote the
+many pictures (subject and place) name none of the topic's nouns; how many times a name of
+the topic is written in lower case ("cyberpunk tokyo"); how many narrations read out the video's title ("The End of the Dream. I'm a ghost") or quote the
 whole topic after an earlier scene did ("The deep sea at midnight, …" again); how many of the
 narrations' sentences have fewer than three words ("Golden. Stars.") and how many of their
 clauses after a comma one word ("a place, where, he's,"); and which lights the pictures are
@@ -41,7 +42,7 @@ STOPWORDS = {
 GENERAL = {
     "form", "forms", "make", "makes", "made", "become", "becomes", "became", "learn", "learning",
     "deep", "small", "big", "great", "little", "rainy", "last", "new", "old", "long", "short",
-    "high", "low", "good", "best",
+    "high", "low", "good", "best", "life", "history", "story", "day", "night",
 }
 
 # Forms the dictionaries lack: irregular pasts and contractions a narration may well use.
@@ -115,7 +116,7 @@ def quotes(text, phrase):
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
     at_limit = repeated = sentences = read_title = requoted = fragments = one_word = 0
-    topic_clauses = general_only = topic_pictures = 0
+    topic_clauses = general_only = topic_pictures = unnamed_pictures = lower_names = 0
     lights = collections.Counter()
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
@@ -125,6 +126,19 @@ def judge(folder, words):
         content = {w for w in re.findall(r"\w+", re.sub(r"'s\b", "", board.get("topic", "").lower()))
                    if len(w) >= 3 and w not in STOPWORDS}
         nouns = (content - GENERAL) or content
+        names_of = lambda text: any(
+            w.startswith(n[:max(3, min(6, len(n) - 1))]) for n in nouns
+            for w in (w.strip("'") for w in re.findall(r"[\w']+", text.lower())))
+        # Runs of words capitalised after the topic's first ("Tokyo", "New York"; not
+        # "Cyberpunk"), as crates/studio/src/scenes.rs, topic_names, finds them.
+        names, run = [], []
+        for w in board.get("topic", "").split()[1:]:
+            bare = w.strip(",;:.!?\"()")
+            if bare[:1].isupper():
+                run.append(re.sub(r"'s$", "", bare))
+            if not bare[:1].isupper() or bare != w.rstrip("'"):
+                names, run = names + [" ".join(run)] * bool(run), []
+        names += [" ".join(run)] * bool(run)
         titles = set()
         quoted = False
         for scene in board["scenes"]:
@@ -147,6 +161,12 @@ def judge(folder, words):
             phrases = scene["image_prompt"].split(", ")
             # A picture whose subject is the whole topic ("the life of a monarch butterfly").
             topic_pictures += len(board["topic"].split()) >= 3 and quotes(phrases[0], board["topic"])
+            # A picture whose subject and place name none of the topic's nouns ("the sky, a
+            # mountain" for "How volcanoes form").
+            unnamed_pictures += bool(nouns) and not names_of(", ".join(phrases[:2]))
+            # A name of the topic written in lower case ("cyberpunk tokyo").
+            lower_names += sum(len(re.findall(r"\b" + re.escape(n.lower()) + r"\b", narration + " " + scene["image_prompt"]))
+                               for n in names)
             if len(phrases) >= 3:
                 lights[phrases[2].lower()] += 1
             at_limit += len(scene["narration"].split()) >= LIMIT
@@ -164,7 +184,8 @@ def judge(folder, words):
           f"({100 * at_limit / max(n, 1):.0f}%); scene titles repeating an earlier scene's: "
           f"{repeated}; image prompts that read as a sentence: {sentences} "
           f"({100 * sentences / max(n, 1):.0f}%); picture subjects quoting the whole topic: "
-          f"{topic_pictures}")
+          f"{topic_pictures}; pictures naming none of the topic's nouns: {unnamed_pictures}; "
+          f"topic's names in lower case: {lower_names}")
     print(f"  narration sentences under three words: {fragments}; clauses of one word: {one_word}; "
           f"clauses of the topic alone: {topic_clauses}; narrations naming the topic only by a "
           f"general word (\"form\", \"deep\"): {general_only}")

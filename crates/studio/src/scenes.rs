@@ -139,13 +139,15 @@ fn phrase_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
     })
 }
 
-/// Words a topic has that say how or what kind rather than what it is about: held to name
-/// one of the topic's words, SmolLM2 chose these and bent sentences around them ("The eruption
-/// begins, form in a volcano", "an old man deeps himself with his lamp").
+/// Words a topic has that say how, when or what kind rather than what it is about: held to
+/// name one of the topic's words, SmolLM2 chose these and bent sentences around them ("The
+/// eruption begins, form in a volcano", "an old man deeps himself with his lamp"), and
+/// pictures too ("the king's life" for "The life of a monarch butterfly", "Lemons have day
+/// love Eve" for "A rainy day in Paris").
 const GENERAL_WORDS: &[&str] = &[
     "form", "forms", "make", "makes", "made", "become", "becomes", "became", "learn", "learning",
     "deep", "small", "big", "great", "little", "rainy", "last", "new", "old", "long", "short",
-    "high", "low", "good", "best",
+    "high", "low", "good", "best", "life", "history", "story", "day", "night",
 ];
 
 /// The topic's words a narration or a line of the outline may name it by: its content words
@@ -161,20 +163,60 @@ fn naming_words(topic: &str) -> Vec<String> {
     if named.is_empty() { all } else { named }
 }
 
-/// A schema for words, as [`words_schema`], one of which is a word of the topic (or an obvious
-/// form of it: `bees`, `keeper's`, `Tokyo's`), at most `shape.before` words in, and whose last
-/// word ends a sentence; any words when the topic has none worth naming. A narration is held to
-/// it, so a small model cannot drift off the topic, and so is a line of the outline, which a
-/// small model otherwise lets wander ("The life of a monarch butterfly" became a king named Auk).
-fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_json::Value {
+/// The topic's names: its runs of words written capitalised after its first word ("Tokyo",
+/// "New York", "Roman"; not "Cyberpunk"), each word in lower case without a possessive's "'s".
+fn topic_names(topic: &str) -> Vec<Vec<String>> {
+    let mut names: Vec<Vec<String>> = Vec::new();
+    let mut in_name = false;
+    for written in topic.split_whitespace().skip(1) {
+        let word = written.trim_matches(|c: char| !c.is_alphanumeric());
+        if !word.chars().next().is_some_and(char::is_uppercase) {
+            in_name = false;
+            continue;
+        }
+        let word = word.to_lowercase().trim_end_matches("'s").to_string();
+        match names.last_mut() {
+            Some(name) if in_name => name.push(word),
+            _ => names.push(vec![word]),
+        }
+        // A mark ends the name ("Harlem, Tokyo" are two).
+        in_name = !written.ends_with(|c: char| c.is_ascii_punctuation() && c != '\'');
+    }
+    names
+}
+
+/// `text` with the topic's names ([`topic_names`]) capitalised where it wrote them in lower
+/// case: the constraint holds only the word that names the topic to a name's capital, and
+/// SmolLM2 wrote "the neon of cyberpunk tokyo". A name of several words is capitalised only
+/// where all of them come together ("new york", not the "new" of "a new day").
+fn with_names_capitalized(text: &str, topic: &str) -> String {
+    let names = topic_names(topic);
+    let mut words: Vec<String> = text.split(' ').map(str::to_string).collect();
+    let stem = |w: &str| bare_word(w).trim_end_matches("'s").to_string();
+    for i in 0..words.len() {
+        for name in &names {
+            let Some(run) = words.get(i..i + name.len()) else {
+                continue;
+            };
+            if run.iter().zip(name).all(|(w, n)| stem(w) == *n) {
+                for w in &mut words[i..i + name.len()] {
+                    let start = w.find(char::is_alphanumeric).unwrap_or(0);
+                    let rest = w.split_off(start);
+                    w.push_str(&capitalized(&rest));
+                }
+            }
+        }
+    }
+    words.join(" ")
+}
+
+/// A pattern for one of `topic_words` (each as [`number_forms`] gives it, its first letter in
+/// either case but a name's, which is capitalised only), then a plural's or a possessive's
+/// ending; none when the topic has no word worth naming.
+fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
     // A name (a word capitalised inside the topic: Tokyo, Paris) is written capitalised only.
-    let is_name = |w: &str| {
-        topic.split_whitespace().skip(1).any(|t| {
-            let t = t.trim_matches(|c: char| !c.is_alphanumeric());
-            t.to_lowercase().trim_end_matches("'s") == w
-                && t.chars().next().is_some_and(char::is_uppercase)
-        })
-    };
+    let names = topic_names(topic);
+    let is_name = |w: &str| names.iter().flatten().any(|n| n == w);
     let forms: Vec<String> = topic_words
         .iter()
         .map(|w| w.trim_end_matches("'s"))
@@ -192,11 +234,54 @@ fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_j
             }
         })
         .collect();
-    if forms.is_empty() {
+    (!forms.is_empty()).then(|| format!("(?:{})(?:s|es)?(?:'s)?", forms.join("|")))
+}
+
+/// How many words of a picture's subject may come before the topic's word: let it come last,
+/// SmolLM2 wrote a subject of its own and then had the word tacked on ("the sky in the
+/// morning colors moon", "two people looking at a person's moon").
+const PHRASE_BEFORE: usize = 2;
+
+/// A phrase's schema, as [`phrase_schema`], one of whose first [`PHRASE_BEFORE`] + 1 words is
+/// a word of the topic, as a narration's is ([`naming_schema`]); any phrase when the topic has
+/// none worth naming. A picture's subject is held to it: left free, SmolLM2 asked for "the old
+/// man kissing, a yoyo beach" in "Cyberpunk Tokyo" and "the sky, a mountain" in "How volcanoes
+/// form", pictures that belong to no topic at all (42 of 120 on the H100).
+fn naming_phrase_schema(
+    topic: &str,
+    topic_words: &[String],
+    words: std::ops::RangeInclusive<usize>,
+) -> serde_json::Value {
+    let Some(named) = topic_word_pattern(topic, topic_words) else {
+        return phrase_schema(words);
+    };
+    let (min, max) = (*words.start(), *words.end());
+    let branches: Vec<String> = (0..=PHRASE_BEFORE.min(max - 1))
+        .map(|before| {
+            let after_min = min.saturating_sub(before + 1);
+            let after_max = max - before - 1;
+            format!(
+                "(?:{PHRASE_WORD} ){{{before}}}{named}(?: {PHRASE_WORD}){{{after_min},{after_max}}}"
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "type": "string",
+        "pattern": format!("^(?:{})$", branches.join("|")),
+    })
+}
+
+/// A schema for words, as [`words_schema`], one of which is a word of the topic (or an obvious
+/// form of it: `bees`, `keeper's`, `Tokyo's`), at most `shape.before` words in, and whose last
+/// word ends a sentence; any words when the topic has none worth naming. A narration is held to
+/// it, so a small model cannot drift off the topic, and so is a line of the outline, which a
+/// small model otherwise lets wander ("The life of a monarch butterfly" became a king named Auk).
+fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_json::Value {
+    let Some(named) = topic_word_pattern(topic, topic_words) else {
         return words_schema(shape.words.clone());
-    }
+    };
     // The topic's word, a plural or a possessive, then a closing mark.
-    let topic = format!("(?:{})(?:s|es)?(?:'s)?[.,;:!?]?", forms.join("|"));
+    let topic = format!("{named}[.,;:!?]?");
     // One branch per count of words before the topic's, so the text may have its full count
     // of words wherever the topic's word comes (a later one does not cut it short, which the
     // wrap-up, counting to the field's limit, could not foresee: "…It is in fact the.").
@@ -467,7 +552,8 @@ mod example {
     /// model's own must.
     pub const NARRATION: &str =
         "The school bell rings and the village children burst out to build a snowman.";
-    pub const SUBJECT: &str = "children in red coats building a snowman";
+    /// Named by a word of its topic, as the model's own picture must be.
+    pub const SUBJECT: &str = "village children building a snowman";
     pub const PLACE: &str = "a snowy village square";
     /// After school, in winter: low sun.
     pub const LIGHT: &str = "golden hour";
@@ -615,11 +701,18 @@ struct Picture {
 }
 
 impl Picture {
-    /// The phrases' schema, as properties of the object the model writes; the light is one of
-    /// `lights`.
-    fn properties(lights: &[&str]) -> serde_json::Map<String, serde_json::Value> {
+    /// The phrases' schema, as properties of the object the model writes: the subject names
+    /// one of `topic_words` ([`naming_phrase_schema`]), and the light is one of `lights`.
+    fn properties(
+        topic: &str,
+        topic_words: &[String],
+        lights: &[&str],
+    ) -> serde_json::Map<String, serde_json::Value> {
         let mut p = serde_json::Map::new();
-        p.insert("subject".into(), phrase_schema(SUBJECT_WORDS));
+        p.insert(
+            "subject".into(),
+            naming_phrase_schema(topic, topic_words, SUBJECT_WORDS),
+        );
         p.insert("place".into(), phrase_schema(PLACE_WORDS));
         p.insert("light".into(), serde_json::json!({"enum": lights}));
         p
@@ -849,7 +942,10 @@ fn describe_picture(
     total: &mut Generation,
     on_token: &mut dyn FnMut(usize),
 ) -> Result<(String, Option<String>), ScenesError> {
-    let schema = in_topic_letters(object_schema(Picture::properties(lights)), topic);
+    let schema = in_topic_letters(
+        object_schema(Picture::properties(topic, &naming_words(topic), lights)),
+        topic,
+    );
     let ask = |narration: &str| {
         format!(
             "A scene of a narrated video about {topic}. Its narration: \"{narration}\"\n\
@@ -1263,7 +1359,7 @@ pub fn generate_storyboard(
             "narration".into(),
             naming_schema(topic, &naming, &NARRATION),
         );
-        properties.extend(Picture::properties(left));
+        properties.extend(Picture::properties(topic, &naming, left));
         // Whole seconds: a number with decimals lets a small model write digits forever.
         properties.insert(
             "duration_seconds".into(),
@@ -1386,9 +1482,18 @@ pub fn generate_storyboard(
         lights.extend(light);
         written.push(scene);
     }
+    for scene in &mut written {
+        for text in [
+            &mut scene.title,
+            &mut scene.narration,
+            &mut scene.image_prompt,
+        ] {
+            *text = with_names_capitalized(text, topic);
+        }
+    }
     let board = Storyboard {
         topic: topic.trim().to_string(),
-        title: plan.title.clone(),
+        title: with_names_capitalized(&plan.title, topic),
         scenes: written,
     };
     total.text = serde_json::to_string(&board).expect("a storyboard serializes");
@@ -1924,7 +2029,10 @@ mod tests {
             answer.starts_with("{\"narration\": \"The school bell"),
             "{answer}"
         );
-        assert!(answer.contains("\", \"subject\": \"children"), "{answer}");
+        assert!(
+            answer.contains("\", \"subject\": \"village children"),
+            "{answer}"
+        );
         let parsed: serde_json::Value = serde_json::from_str(answer).unwrap();
         assert_eq!(parsed["duration_seconds"], 6);
         // The question says what happens in the scene (its title is the plan's alone: a
@@ -1935,7 +2043,7 @@ mod tests {
         let example_words = crate::quality::content_words(example::TOPIC);
         let narration = regex_lite(&naming_schema(example::TOPIC, &example_words, &NARRATION));
         assert!(narration(example::NARRATION));
-        let picture = Picture::properties(LIGHTS);
+        let picture = Picture::properties(example::TOPIC, &naming_words(example::TOPIC), LIGHTS);
         for (field, text) in [("subject", example::SUBJECT), ("place", example::PLACE)] {
             assert!(regex_lite(&picture[field])(text), "{field}: {text}");
         }
@@ -1984,6 +2092,13 @@ mod tests {
         assert_eq!(naming_words("How volcanoes form"), ["volcanoes"]);
         assert_eq!(naming_words("A small bakery at dawn"), ["bakery", "dawn"]);
         assert_eq!(naming_words("The Great Barrier Reef"), ["barrier", "reef"]);
+        // Nor by when it happens or the frame it is told in.
+        assert_eq!(
+            naming_words("The life of a monarch butterfly"),
+            ["monarch", "butterfly"]
+        );
+        assert_eq!(naming_words("A rainy day in Paris"), ["paris"]);
+        assert_eq!(naming_words("The history of the bicycle"), ["bicycle"]);
         // Nothing but general words: they are all there is.
         assert_eq!(naming_words("Deep learning"), ["deep", "learning"]);
         for (word, forms) in [
@@ -2018,6 +2133,67 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn the_topics_names_are_capitalised_where_they_were_written_in_lower_case() {
+        assert_eq!(
+            topic_names("A jazz club in 1920s New York's Harlem, Tokyo and paris"),
+            [vec!["new", "york", "harlem"], vec!["tokyo"]]
+        );
+        assert!(topic_names("Cyberpunk Tokyo")[0] == ["tokyo"]);
+        let tokyo = |t: &str| with_names_capitalized(t, "Cyberpunk Tokyo");
+        assert_eq!(
+            tokyo("The neon of cyberpunk tokyo glows. tokyo's rain, \"tokyo\"!"),
+            "The neon of cyberpunk Tokyo glows. Tokyo's rain, \"Tokyo\"!"
+        );
+        // A word that only contains the name is left alone.
+        assert_eq!(tokyo("tokyoites"), "tokyoites");
+        let york = |t: &str| with_names_capitalized(t, "A jazz club in 1920s New York");
+        assert_eq!(
+            york("a new day in new york, and york alone"),
+            "a new day in New York, and york alone"
+        );
+        assert_eq!(york("the club in new"), "the club in new");
+    }
+
+    #[test]
+    fn a_pictures_subject_names_a_word_of_the_topic() {
+        let subject = |topic: &str| {
+            regex_lite(&naming_phrase_schema(
+                topic,
+                &naming_words(topic),
+                SUBJECT_WORDS,
+            ))
+        };
+        let tokyo = subject("Cyberpunk Tokyo");
+        assert!(tokyo("Tokyo street vendors"));
+        assert!(tokyo("Tokyo's neon towers"));
+        assert!(tokyo("cyberpunk riders racing through rain"));
+        // The word early, in two words to seven.
+        assert!(tokyo("the Tokyo skyline at night"));
+        assert!(tokyo("a neon Tokyo street with night vendors"));
+        assert!(!tokyo("a neon Tokyo street with many night vendors"));
+        assert!(!tokyo("a girl crossing Tokyo"));
+        assert!(!tokyo("Tokyo"));
+        // None of the topic's words; a name in lower case; a sentence.
+        assert!(!tokyo("the old man kissing"));
+        assert!(!tokyo("a street vendor in tokyo"));
+        assert!(!tokyo("Tokyo wakes. The rain"));
+        let volcanoes = subject("How volcanoes form");
+        assert!(volcanoes("a volcano erupting at night"));
+        assert!(volcanoes("Volcanoes of the north"));
+        assert!(!volcanoes("the sky"));
+        // "form" is a general word: it names nothing.
+        assert!(!volcanoes("a form of rock"));
+        let bees = subject("How bees make honey");
+        assert!(bees("bees in flight"));
+        assert!(bees("a honey jar"));
+        // A topic with no word worth naming holds a subject to nothing more than a phrase.
+        assert_eq!(
+            naming_phrase_schema("it is so", &naming_words("it is so"), SUBJECT_WORDS),
+            phrase_schema(SUBJECT_WORDS)
+        );
+    }
+
     /// A matcher for a words schema's pattern, by the regex crate llguidance also builds on.
     #[test]
     fn a_latin_topic_is_written_in_latin_letters_and_any_other_in_its_own() {
@@ -2042,7 +2218,14 @@ mod tests {
         let other = regex_lite(&narration("東京の雨 Paris"));
         assert!(other("In Paris, اسم بازرکتب, the rain falls on the river."));
         // Every field of a nested constraint is rewritten.
-        let nested = in_topic_letters(object_schema(Picture::properties(&["dawn light"])), "Paris");
+        let nested = in_topic_letters(
+            object_schema(Picture::properties(
+                "Paris",
+                &["paris".into()],
+                &["dawn light"],
+            )),
+            "Paris",
+        );
         assert!(!nested.to_string().contains("\\p{L}"), "{nested}");
     }
 
