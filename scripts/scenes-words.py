@@ -42,7 +42,7 @@ STOPWORDS = {
 GENERAL = {
     "form", "forms", "make", "makes", "made", "become", "becomes", "became", "learn", "learning",
     "deep", "small", "big", "great", "little", "rainy", "last", "new", "old", "long", "short",
-    "high", "low", "good", "best", "life", "history", "story", "day", "night",
+    "high", "low", "good", "best", "life", "history", "story",
 }
 
 # Forms the dictionaries lack: irregular pasts and contractions a narration may well use.

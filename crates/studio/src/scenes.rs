@@ -139,15 +139,16 @@ fn phrase_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
     })
 }
 
-/// Words a topic has that say how, when or what kind rather than what it is about: held to
-/// name one of the topic's words, SmolLM2 chose these and bent sentences around them ("The
-/// eruption begins, form in a volcano", "an old man deeps himself with his lamp"), and
-/// pictures too ("the king's life" for "The life of a monarch butterfly", "Lemons have day
-/// love Eve" for "A rainy day in Paris").
+/// Words a topic has that say how or what kind rather than what it is about: held to name
+/// one of the topic's words, SmolLM2 chose these and bent sentences around them ("The eruption
+/// begins, form in a volcano", "an old man deeps himself with his lamp"), and pictures too
+/// ("the king's life" for "The life of a monarch butterfly"). Not "day" or "night": "A
+/// lighthouse keeper's last night" is about that night (without it, SmolLM2 wrote "Lighthouse
+/// keeper and lighthouse keeper").
 const GENERAL_WORDS: &[&str] = &[
     "form", "forms", "make", "makes", "made", "become", "becomes", "became", "learn", "learning",
     "deep", "small", "big", "great", "little", "rainy", "last", "new", "old", "long", "short",
-    "high", "low", "good", "best", "life", "history", "story", "day", "night",
+    "high", "low", "good", "best", "life", "history", "story",
 ];
 
 /// The topic's words a narration or a line of the outline may name it by: its content words
@@ -2092,12 +2093,12 @@ mod tests {
         assert_eq!(naming_words("How volcanoes form"), ["volcanoes"]);
         assert_eq!(naming_words("A small bakery at dawn"), ["bakery", "dawn"]);
         assert_eq!(naming_words("The Great Barrier Reef"), ["barrier", "reef"]);
-        // Nor by when it happens or the frame it is told in.
+        // Nor by the frame it is told in.
         assert_eq!(
             naming_words("The life of a monarch butterfly"),
             ["monarch", "butterfly"]
         );
-        assert_eq!(naming_words("A rainy day in Paris"), ["paris"]);
+        assert_eq!(naming_words("A rainy day in Paris"), ["day", "paris"]);
         assert_eq!(naming_words("The history of the bicycle"), ["bicycle"]);
         // Nothing but general words: they are all there is.
         assert_eq!(naming_words("Deep learning"), ["deep", "learning"]);
