@@ -143,8 +143,8 @@ fn phrase_schema(words: std::ops::RangeInclusive<usize>) -> serde_json::Value {
 /// one of the topic's words, SmolLM2 chose these and bent sentences around them ("The eruption
 /// begins, form in a volcano", "an old man deeps himself with his lamp"), and pictures too
 /// ("the king's life" for "The life of a monarch butterfly"). Not "day" or "night": "A
-/// lighthouse keeper's last night" is about that night (without it, SmolLM2 wrote "Lighthouse
-/// keeper and lighthouse keeper").
+/// lighthouse keeper's last night" is about that night (the storyboard written with them
+/// general read "Lighthouse keeper and lighthouse keeper").
 const GENERAL_WORDS: &[&str] = &[
     "form", "forms", "make", "makes", "made", "become", "becomes", "became", "learn", "learning",
     "deep", "small", "big", "great", "little", "rainy", "last", "new", "old", "long", "short",
