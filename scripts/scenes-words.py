@@ -126,6 +126,7 @@ def judge(folder, words):
         content = {w for w in re.findall(r"\w+", re.sub(r"'s\b", "", board.get("topic", "").lower()))
                    if len(w) >= 3 and w not in STOPWORDS}
         nouns = (content - GENERAL) or content
+        # Whether `text` has a word that is one of the topic's nouns or begins as one does.
         names_of = lambda text: any(
             w.startswith(n[:max(3, min(6, len(n) - 1))]) for n in nouns
             for w in (w.strip("'") for w in re.findall(r"[\w']+", text.lower())))
@@ -143,9 +144,7 @@ def judge(folder, words):
         quoted = False
         for scene in board["scenes"]:
             narration = scene["narration"]
-            said = [w.strip("'") for w in re.findall(r"[\w']+", narration.lower())]
-            general_only += bool(nouns) and not any(
-                w.startswith(n[:max(3, min(6, len(n) - 1))]) for n in nouns for w in said)
+            general_only += bool(nouns) and not names_of(narration)
             for sentence in re.split(r"(?<=[.!?])\s", narration):
                 fragments += len(sentence.split()) < 3
                 clauses = [re.findall(r"[\w']+", c.lower()) for c in re.split(r"[,;:]", sentence)[1:]]

@@ -247,7 +247,7 @@ const PHRASE_BEFORE: usize = 2;
 /// a word of the topic, as a narration's is ([`naming_schema`]); any phrase when the topic has
 /// none worth naming. A picture's subject is held to it: left free, SmolLM2 asked for "the old
 /// man kissing, a yoyo beach" in "Cyberpunk Tokyo" and "the sky, a mountain" in "How volcanoes
-/// form", pictures that belong to no topic at all (42 of 120 on the H100).
+/// form", pictures that belong to no topic at all (44 of 120 on the H100).
 fn naming_phrase_schema(
     topic: &str,
     topic_words: &[String],

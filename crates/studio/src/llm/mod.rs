@@ -400,7 +400,7 @@ impl Llm {
             .filter(|&id| {
                 self.tokenizer.decode(&[id], false).is_ok_and(|t| {
                     let t = t.trim().to_lowercase();
-                    t.chars().filter(|c| c.is_alphabetic()).count() >= 4
+                    is_longer_word(&t)
                         && !keep.iter().any(|k| k.starts_with(&t) || t.starts_with(k))
                 })
             })
@@ -629,7 +629,7 @@ impl Llm {
                 && self
                     .tokenizer
                     .decode(&[next], false)
-                    .is_ok_and(|t| t.chars().filter(|c| c.is_alphabetic()).count() >= 4)
+                    .is_ok_and(|t| is_longer_word(&t))
             {
                 recalled.push(next);
             }
@@ -1100,6 +1100,13 @@ fn inside_string(written: &str) -> bool {
         }
     }
     inside
+}
+
+/// Whether a token's text is a longer word, one of four letters or more: the words
+/// [`Llm::word_tokens`] takes and [`Steering::recall`] keeps less likely. Shorter ones ("a",
+/// "the", "of") every sentence needs.
+fn is_longer_word(text: &str) -> bool {
+    text.chars().filter(|c| c.is_alphabetic()).count() >= 4
 }
 
 /// Small models loop: the words among the last [`REPEAT_WINDOW`] tokens of `out` are made
