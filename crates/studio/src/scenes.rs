@@ -218,24 +218,59 @@ fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
     // A name (a word capitalised inside the topic: Tokyo, Paris) is written capitalised only.
     let names = topic_names(topic);
     let is_name = |w: &str| names.iter().flatten().any(|n| n == w);
-    let forms: Vec<String> = topic_words
+    let modifiers = topic_modifiers(topic);
+    // The forms that may take a plural's ending, and those that may not.
+    let (mut plural, mut fixed) = (Vec::new(), Vec::new());
+    for word in topic_words
         .iter()
         .map(|w| w.trim_end_matches("'s"))
         .filter(|w| !w.is_empty() && w.chars().all(char::is_alphanumeric))
-        .flat_map(number_forms)
-        .map(|w| {
-            let w = w.as_str();
-            let mut c = w.chars();
+    {
+        let takes_plural = !is_name(word) && !modifiers.iter().any(|m| m == word);
+        for form in number_forms(word) {
+            let mut c = form.chars();
             let first = c.next().expect("content words are not empty");
             let rest: String = c.collect();
-            if is_name(w) {
+            let pattern = if is_name(&form) {
                 format!("{}{rest}", first.to_uppercase())
             } else {
                 format!("[{}{}]{rest}", first.to_lowercase(), first.to_uppercase())
+            };
+            if takes_plural {
+                &mut plural
+            } else {
+                &mut fixed
             }
+            .push(pattern);
+        }
+    }
+    if !plural.is_empty() {
+        fixed.insert(0, format!("(?:{})(?:s|es)?", plural.join("|")));
+    }
+    (!fixed.is_empty()).then(|| format!("(?:{})(?:'s)?", fixed.join("|")))
+}
+
+/// The topic's words that modify the word after them ("Cyberpunk Tokyo", "monarch butterfly",
+/// "moon landing", "volcanoes form"), in lower case: a narration may name the topic by them as
+/// they are, but not with a plural's ending, which made SmolLM2's "she leans in and cyberpunks
+/// one hand". A possessive ("keeper's last night") or a closing mark ends the phrase.
+fn topic_modifiers(topic: &str) -> Vec<String> {
+    let content = crate::quality::content_words(topic);
+    let written: Vec<&str> = topic.split_whitespace().collect();
+    written
+        .windows(2)
+        .filter(|pair| {
+            let bare = |w: &str| {
+                w.trim_matches(|c: char| !c.is_alphanumeric())
+                    .to_lowercase()
+            };
+            !pair[0].ends_with(|c: char| !c.is_alphanumeric())
+                && !pair[0].to_lowercase().ends_with("'s")
+                && content.contains(&bare(pair[0]))
+                && content.contains(&bare(pair[1]))
         })
-        .collect();
-    (!forms.is_empty()).then(|| format!("(?:{})(?:s|es)?(?:'s)?", forms.join("|")))
+        .map(|pair| pair[0].to_lowercase())
+        .collect()
 }
 
 /// How many words of a picture's subject may come before the topic's word: let it come last,
@@ -362,16 +397,26 @@ const _: () = {
     assert!(OUTLINE_LINE.before + OUTLINE_LINE.after_min + 2 <= *OUTLINE_LINE.words.end());
 };
 
+/// A word's letters: a letter, then letters or digits, with at most one short part after an
+/// apostrophe (`keeper's`, `they're`, `we'll`) or a hyphen (`x-ray`); or an elided word and the
+/// word it leans on (`o'clock`, `l'eau`, `qu'il`). An apostrophe part of any length let SmolLM2
+/// glue two words together ("the city'sbegin Tokyo", "the earths'bound landing").
+macro_rules! word_letters {
+    () => {
+        "(?:\\p{L}[\\p{L}\\p{N}]{0,11}(?:'\\p{L}{1,2}|-\\p{L}{1,6})?|\\p{L}{1,2}'\\p{L}{1,10})"
+    };
+}
+
 /// One word: at most `MAX_WORD` characters.
 /// It starts with a letter: a small model left free to write digits writes lists of them
 /// ("5, 1, 5, 1, 2, 3"), and numbers read better spelled out.
-const WORD: &str = "\\p{L}[\\p{L}\\p{N}]{0,11}(['-]\\p{L}{1,6})?[.,;:!?]?";
+const WORD: &str = concat!(word_letters!(), "[.,;:!?]?");
 const MAX_WORD: usize = 12 + 7 + 1;
 /// A phrase's word: as [`WORD`], without the closing mark.
-const PHRASE_WORD: &str = "\\p{L}[\\p{L}\\p{N}]{0,11}(['-]\\p{L}{1,6})?";
+const PHRASE_WORD: &str = word_letters!();
 const MAX_PHRASE_WORD: usize = MAX_WORD - 1;
 /// A sentence's last word: as [`WORD`], ending with a full stop, `!` or `?`.
-const LAST_WORD: &str = "\\p{L}[\\p{L}\\p{N}]{0,11}(['-]\\p{L}{1,6})?[.!?]";
+const LAST_WORD: &str = concat!(word_letters!(), "[.!?]");
 
 /// The longest text a words schema of `words` words admits.
 const fn longest(words: usize) -> usize {
@@ -2077,6 +2122,14 @@ mod tests {
             "his...his and then some more words to pass the floor"
         ));
         assert!(!words("The Last Hours of A','Thelax'','A"));
+        // Contractions, elisions and hyphens, but no two words glued at an apostrophe.
+        assert!(words(
+            "At ten o'clock the keeper's x-ray says they're fine, and l'eau we'll drink."
+        ));
+        assert!(!words(
+            "The lights of the city'sbegin to glow over the bay."
+        ));
+        assert!(!regex_lite(&picture["subject"])("the earths'bound landing"));
         // Words, but none of the topic's: no narration, and no line of the plan.
         let off_topic = "The bell rings and the children burst into the square to build a snowman.";
         assert!(words(off_topic));
@@ -2132,6 +2185,18 @@ mod tests {
         assert!(butterfly(
             "A cloud of butterflies rises over the field at noon."
         ));
+        assert!(butterfly("A monarch butterfly rests on a leaf at noon."));
+        let tokyo = narration("Cyberpunk Tokyo");
+        assert!(tokyo("Her cyberpunk hand goes still in the rain at dawn."));
+        assert!(tokyo("The rain of Tokyo's night falls on the street."));
+        // A word that modifies the next, and a name, take no plural's ending.
+        assert!(!tokyo("She leans in and cyberpunks one hand at dawn."));
+        assert!(!tokyo("The rain of Tokyos falls on the street."));
+        assert_eq!(
+            topic_modifiers("A lighthouse keeper's last night, the moon landing"),
+            ["lighthouse", "moon"]
+        );
+        assert_eq!(topic_modifiers("How volcanoes form"), ["volcanoes"]);
     }
 
     #[test]
