@@ -113,10 +113,23 @@ def quotes(text, phrase):
     return len(phrase.split()) > 0 and norm(phrase) in norm(text)
 
 
+# Words that may come twice around one other ("day by day"), as quality.rs's REPEATING_JOINS.
+REPEATING_JOINS = {"by", "after", "to", "and", "upon"}
+
+
+def stutters(sentence):
+    """A word said twice in a row or around one other in a sentence ("Tokyo's Tokyo's",
+    "Tokyo from Tokyo"), as crates/studio/src/quality.rs, stutters, counts them."""
+    stems = [re.sub(r"s$", "", re.sub(r"'s$", "", w.strip("'"))) for w in re.findall(r"[\w']+", sentence.lower())]
+    counted = lambda w: len(w) >= 3 and w not in STOPWORDS
+    return sum(counted(w) and (stems[i + 1:i + 2] == [w] or (stems[i + 2:i + 3] == [w] and stems[i + 1] not in REPEATING_JOINS))
+               for i, w in enumerate(stems))
+
+
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
     at_limit = repeated = sentences = read_title = requoted = fragments = one_word = 0
-    topic_clauses = general_only = topic_pictures = unnamed_pictures = lower_names = 0
+    topic_clauses = general_only = topic_pictures = unnamed_pictures = lower_names = stutter = 0
     lights = collections.Counter()
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
@@ -151,6 +164,7 @@ def judge(folder, words):
                 one_word += sum(len(c) <= 1 for c in clauses)
                 # The topic alone between commas ("…, the lights, Cyberpunk Tokyo, her eyes").
                 topic_clauses += sum(len(c) > 1 and all(w in content for w in c) for c in clauses)
+                stutter += stutters(sentence)
             # A title that is the topic's own words is named, not read out.
             if len(board["title"].split()) >= 2 and not quotes(board["topic"], board["title"]):
                 read_title += quotes(narration, board["title"])
@@ -186,7 +200,7 @@ def judge(folder, words):
           f"{topic_pictures}; pictures naming none of the topic's nouns: {unnamed_pictures}; "
           f"topic's names in lower case: {lower_names}")
     print(f"  narration sentences under three words: {fragments}; clauses of one word: {one_word}; "
-          f"clauses of the topic alone: {topic_clauses}; narrations naming the topic only by a "
+          f"clauses of the topic alone: {topic_clauses}; words said twice (stutters): {stutter}; narrations naming the topic only by a "
           f"general word (\"form\", \"deep\"): {general_only}")
     print(f"  narrations reading out the video's title: {read_title}; quoting the whole topic "
           f"after an earlier scene did: {requoted}; lights: "

@@ -132,6 +132,42 @@ pub fn filler_clauses(narration: &str, topic: &str) -> usize {
         .count()
 }
 
+/// Words that may come twice around one other ("day by day", "face to face", "again and
+/// again"): no [`stutters`].
+const REPEATING_JOINS: &[&str] = &["by", "after", "to", "and", "upon"];
+
+/// Places where a narration says the same word twice in a row, or twice around one other word
+/// ("Tokyo's Tokyo's after dark", "Tokyo from Tokyo"), a possessive or a plural's ending
+/// aside: how a small model held to name its topic early fills the words it did not have.
+/// Words of the [`STOPWORDS`] ("the day the bees") and short words are not counted, nor a
+/// word that begins the next sentence.
+/// `scripts/scenes-words.py` counts the same.
+pub fn stutters(narration: &str) -> usize {
+    let counted = |w: &str| w.chars().count() >= 3 && !STOPWORDS.contains(&w);
+    // Within a sentence: "Tokyo wakes. Tokyo sleeps." says it twice on purpose.
+    narration
+        .split(['.', '!', '?'])
+        .map(|sentence| {
+            let stems: Vec<String> = words(sentence)
+                .into_iter()
+                .map(|w| {
+                    let w = w.strip_suffix("'s").unwrap_or(&w);
+                    w.strip_suffix('s').unwrap_or(w).to_string()
+                })
+                .collect();
+            (0..stems.len())
+                .filter(|&i| {
+                    let w = stems[i].as_str();
+                    counted(w)
+                        && (stems.get(i + 1).is_some_and(|n| n == w)
+                            || stems.get(i + 2).is_some_and(|n| n == w)
+                                && !REPEATING_JOINS.contains(&stems[i + 1].as_str()))
+                })
+                .count()
+        })
+        .sum()
+}
+
 /// Words nearly every English sentence has, and few in other languages written in the same
 /// letters.
 const ENGLISH_WORDS: &[&str] = &[
@@ -292,6 +328,20 @@ mod tests {
             ("It is late, Tokyo. The end.", 1),
         ] {
             assert_eq!(filler_clauses(narration, topic), filler, "{narration}");
+        }
+    }
+
+    #[test]
+    fn a_word_said_twice_in_a_row_or_around_one_other_stutters() {
+        for (narration, count) in [
+            ("The world has changed, Tokyo's Tokyo's after dark.", 1),
+            ("The old woman, Tokyo from Tokyo, speaks to us.", 1),
+            ("Lanterns, lantern light and lanterns again.", 1),
+            ("Day by day and face to face, again and again.", 0),
+            ("The day the bees make honey, and the bees rest.", 0),
+            ("Tokyo wakes. Tokyo sleeps. Tokyo dreams.", 0),
+        ] {
+            assert_eq!(stutters(narration), count, "{narration}");
         }
     }
 

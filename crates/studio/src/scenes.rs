@@ -1567,14 +1567,17 @@ impl Rank {
 }
 
 /// A scene draft's filler ([`Rank::filler`]): its narration's
-/// [`filler_clauses`](crate::quality::filler_clauses), and one more when its picture's subject
-/// is the whole topic (of three words or more). SmolLM2 asked for four of six pictures of "The
-/// life of a monarch butterfly" as "the life of a monarch butterfly", which tells the image
-/// model nothing the topic did not.
+/// [`filler_clauses`](crate::quality::filler_clauses) and [`stutters`](crate::quality::stutters)
+/// ("The world has changed, Tokyo's Tokyo's after dark."), and one more when its picture's
+/// subject is the whole topic (of three words or more). SmolLM2 asked for four of six pictures
+/// of "The life of a monarch butterfly" as "the life of a monarch butterfly", which tells the
+/// image model nothing the topic did not.
 fn scene_filler(narration: &str, subject: &str, topic: &str) -> usize {
     let topic_subject =
         topic.split_whitespace().count() >= 3 && crate::quality::quotes(subject, topic);
-    crate::quality::filler_clauses(narration, topic) + usize::from(topic_subject)
+    crate::quality::filler_clauses(narration, topic)
+        + crate::quality::stutters(narration)
+        + usize::from(topic_subject)
 }
 
 /// How many first words of two narrations make them open alike.
