@@ -62,8 +62,14 @@ pub fn max_overlap(scenes: &[Scene]) -> f64 {
 pub fn content_words(topic: &str) -> Vec<String> {
     words(topic)
         .into_iter()
-        .filter(|w| w.chars().count() >= 3 && !STOPWORDS.contains(&w.as_str()))
+        .filter(|w| is_content_word(w))
         .collect()
+}
+
+/// True when `word` (in lower case) is a content word: three letters or more, and none of the
+/// [`STOPWORDS`].
+pub fn is_content_word(word: &str) -> bool {
+    word.chars().count() >= 3 && !STOPWORDS.contains(&word)
 }
 
 /// True when `text` uses `word` or an obvious form of it (`lighthouse`, `lighthouses`,
@@ -143,7 +149,6 @@ const REPEATING_JOINS: &[&str] = &["by", "after", "to", "and", "upon"];
 /// word that begins the next sentence.
 /// `scripts/scenes-words.py` counts the same.
 pub fn stutters(narration: &str) -> usize {
-    let counted = |w: &str| w.chars().count() >= 3 && !STOPWORDS.contains(&w);
     // Within a sentence: "Tokyo wakes. Tokyo sleeps." says it twice on purpose.
     narration
         .split(['.', '!', '?'])
@@ -158,7 +163,7 @@ pub fn stutters(narration: &str) -> usize {
             (0..stems.len())
                 .filter(|&i| {
                     let w = stems[i].as_str();
-                    counted(w)
+                    is_content_word(w)
                         && (stems.get(i + 1).is_some_and(|n| n == w)
                             || stems.get(i + 2).is_some_and(|n| n == w)
                                 && !REPEATING_JOINS.contains(&stems[i + 1].as_str()))
