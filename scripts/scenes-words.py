@@ -129,7 +129,7 @@ def stutters(sentence):
 def judge(folder, words):
     fields = {"narration": [0, 0, []], "title": [0, 0, []], "image_prompt": [0, 0, []]}
     at_limit = repeated = sentences = read_title = requoted = fragments = one_word = 0
-    topic_clauses = general_only = topic_pictures = unnamed_pictures = lower_names = stutter = 0
+    topic_clauses = general_only = topic_pictures = unnamed_pictures = lower_names = stutter = said_again = 0
     lights = collections.Counter()
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
         board = json.load(open(path))
@@ -155,6 +155,7 @@ def judge(folder, words):
         names += [" ".join(run)] * bool(run)
         titles = set()
         quoted = False
+        said = set()
         for scene in board["scenes"]:
             narration = scene["narration"]
             general_only += bool(nouns) and not names_of(narration)
@@ -165,6 +166,12 @@ def judge(folder, words):
                 # The topic alone between commas ("…, the lights, Cyberpunk Tokyo, her eyes").
                 topic_clauses += sum(len(c) > 1 and all(w in content for w in c) for c in clauses)
                 stutter += stutters(sentence)
+            # A sentence an earlier scene said word for word ("You see it."), as scenes.rs,
+            # said_before, counts them.
+            own = {tuple(re.findall(r"[\w']+", s.lower())) for s in re.split(r"(?<=[.!?])\s", narration)}
+            own = {s for s in own if len(s) >= 2}
+            said_again += len(own & said)
+            said |= own
             # A title that is the topic's own words is named, not read out.
             if len(board["title"].split()) >= 2 and not quotes(board["topic"], board["title"]):
                 read_title += quotes(narration, board["title"])
@@ -200,7 +207,7 @@ def judge(folder, words):
           f"{topic_pictures}; pictures naming none of the topic's nouns: {unnamed_pictures}; "
           f"topic's names in lower case: {lower_names}")
     print(f"  narration sentences under three words: {fragments}; clauses of one word: {one_word}; "
-          f"clauses of the topic alone: {topic_clauses}; words said twice (stutters): {stutter}; narrations naming the topic only by a "
+          f"clauses of the topic alone: {topic_clauses}; words said twice (stutters): {stutter}; sentences an earlier scene said: {said_again}; narrations naming the topic only by a "
           f"general word (\"form\", \"deep\"): {general_only}")
     print(f"  narrations reading out the video's title: {read_title}; quoting the whole topic "
           f"after an earlier scene did: {requoted}; lights: "
