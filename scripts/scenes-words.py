@@ -117,12 +117,16 @@ def quotes(text, phrase):
 REPEATING_JOINS = {"by", "after", "to", "and", "upon"}
 
 
+def is_content(word):
+    """A content word, as quality.rs's is_content_word: three letters or more, no stopword."""
+    return len(word) >= 3 and word not in STOPWORDS
+
+
 def stutters(sentence):
     """A word said twice in a row or around one other in a sentence ("Tokyo's Tokyo's",
     "Tokyo from Tokyo"), as crates/studio/src/quality.rs, stutters, counts them."""
     stems = [re.sub(r"s$", "", re.sub(r"'s$", "", w.strip("'"))) for w in re.findall(r"[\w']+", sentence.lower())]
-    counted = lambda w: len(w) >= 3 and w not in STOPWORDS
-    return sum(counted(w) and (stems[i + 1:i + 2] == [w] or (stems[i + 2:i + 3] == [w] and stems[i + 1] not in REPEATING_JOINS))
+    return sum(is_content(w) and (stems[i + 1:i + 2] == [w] or (stems[i + 2:i + 3] == [w] and stems[i + 1] not in REPEATING_JOINS))
                for i, w in enumerate(stems))
 
 
@@ -137,7 +141,7 @@ def judge(folder, words):
             continue
         topic = {w.lower() for w in re.findall(r"[A-Za-z]+", board.get("topic", ""))}
         content = {w for w in re.findall(r"\w+", re.sub(r"'s\b", "", board.get("topic", "").lower()))
-                   if len(w) >= 3 and w not in STOPWORDS}
+                   if is_content(w)}
         nouns = (content - GENERAL) or content
         # Whether `text` has a word that is one of the topic's nouns or begins as one does.
         names_of = lambda text: any(

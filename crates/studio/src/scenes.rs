@@ -175,7 +175,7 @@ fn topic_names(topic: &str) -> Vec<Vec<String>> {
             in_name = false;
             continue;
         }
-        let word = word.to_lowercase().trim_end_matches("'s").to_string();
+        let word = bare_stem(word);
         match names.last_mut() {
             Some(name) if in_name => name.push(word),
             _ => names.push(vec![word]),
@@ -193,13 +193,12 @@ fn topic_names(topic: &str) -> Vec<Vec<String>> {
 fn with_names_capitalized(text: &str, topic: &str) -> String {
     let names = topic_names(topic);
     let mut words: Vec<String> = text.split(' ').map(str::to_string).collect();
-    let stem = |w: &str| bare_word(w).trim_end_matches("'s").to_string();
     for i in 0..words.len() {
         for name in &names {
             let Some(run) = words.get(i..i + name.len()) else {
                 continue;
             };
-            if run.iter().zip(name).all(|(w, n)| stem(w) == *n) {
+            if run.iter().zip(name).all(|(w, n)| bare_stem(w) == *n) {
                 for w in &mut words[i..i + name.len()] {
                     let start = w.find(char::is_alphanumeric).unwrap_or(0);
                     let rest = w.split_off(start);
@@ -260,16 +259,12 @@ fn topic_modifiers(topic: &str) -> Vec<String> {
     written
         .windows(2)
         .filter(|pair| {
-            let bare = |w: &str| {
-                w.trim_matches(|c: char| !c.is_alphanumeric())
-                    .to_lowercase()
-            };
             !pair[0].ends_with(|c: char| !c.is_alphanumeric())
                 && !pair[0].to_lowercase().ends_with("'s")
-                && content.contains(&bare(pair[0]))
-                && content.contains(&bare(pair[1]))
+                && content.contains(&bare_word(pair[0]))
+                && content.contains(&bare_word(pair[1]))
         })
-        .map(|pair| pair[0].to_lowercase())
+        .map(|pair| bare_word(pair[0]))
         .collect()
 }
 
@@ -806,23 +801,25 @@ fn bare_word(word: &str) -> String {
         .to_lowercase()
 }
 
+/// [`bare_word`] without a possessive's "'s": the word a name or a doubled word is compared by
+/// ("Tokyo's" and "tokyo" are one).
+fn bare_stem(word: &str) -> String {
+    bare_word(word).trim_end_matches("'s").to_string()
+}
+
 /// `text` without the first of two words in a row that are one content word, a possessive and
 /// letter case aside: held to name its topic early, SmolLM2 said it twice ("The world has
 /// changed, Tokyo's tokyo's after dark.", "Japan's Tokyo's Tokyo Metro"), in three drafts of
 /// three. A word that ends in a mark ("Tokyo, Tokyo") is left, and a sentence's capital stays.
 fn without_doubled_words(text: &str) -> String {
     let words: Vec<&str> = text.split(' ').collect();
-    let stem = |w: &str| {
-        let bare = bare_word(w);
-        bare.strip_suffix("'s").unwrap_or(&bare).to_string()
-    };
     let mut kept: Vec<String> = Vec::with_capacity(words.len());
     let mut capital = false;
     for (i, word) in words.iter().enumerate() {
         let doubled = words.get(i + 1).is_some_and(|next| {
-            let own = stem(word);
+            let own = bare_stem(word);
             crate::quality::is_content_word(&own)
-                && own == stem(next)
+                && own == bare_stem(next)
                 && word.ends_with(|c: char| c.is_alphanumeric() || c == '\'')
         });
         if doubled {
@@ -1605,9 +1602,8 @@ impl Rank {
 /// [`filler_clauses`](crate::quality::filler_clauses), [`stutters`](crate::quality::stutters)
 /// ("The world has changed, Tokyo's Tokyo's after dark.") and sentences an earlier scene said
 /// ([`said_before`]), and one more when its picture's subject is the whole topic (of three
-/// words or more). SmolLM2 asked for four of six pictures
-/// of "The life of a monarch butterfly" as "the life of a monarch butterfly", which tells the
-/// image model nothing the topic did not.
+/// words or more). SmolLM2 asked for four of six pictures of "The life of a monarch butterfly"
+/// as "the life of a monarch butterfly", which tells the image model nothing the topic did not.
 fn scene_filler(narration: &str, subject: &str, topic: &str, written: &[Scene]) -> usize {
     let topic_subject =
         topic.split_whitespace().count() >= 3 && crate::quality::quotes(subject, topic);
