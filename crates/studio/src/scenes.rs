@@ -108,6 +108,11 @@ const MAX_STYLE: usize = 56;
 
 /// Tries a scene gets (new seed each) to come out unlike the scenes before it.
 const SCENE_TRIES: u64 = 3;
+/// Tries a scene gets when every one of its first [`SCENE_TRIES`] repeated an earlier scene:
+/// on an H200 three tries at the last scene of "The deep sea at midnight" all opened with the
+/// whole topic, as its first scene had, and the least repetitive kept shared 50% of its
+/// trigrams with it.
+const LAST_SCENE_TRY: u64 = 6;
 /// How far apart the outline drafts' seeds are (the first is the storyboard's own), away from
 /// the scenes' (1000 per scene) and the retitles' (100 per scene, from 7000).
 const OUTLINE_DRAFT_SEEDS: u64 = 97;
@@ -705,6 +710,18 @@ struct Outline {
 }
 
 impl Outline {
+    /// Every word it writes, for [`Llm::coined_words`].
+    fn words(&self) -> String {
+        std::iter::once(self.title.as_str())
+            .chain(
+                self.outline
+                    .iter()
+                    .flat_map(|p| [p.title.as_str(), p.happens.as_str()]),
+            )
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Its lines that repeat an earlier line (half of their word trigrams, as scenes repeat
     /// each other), hold a filler clause ([`filler_clauses`](crate::quality::filler_clauses)),
     /// or are not in English ([`not_english`](crate::quality::not_english)) when the topic is
@@ -1365,6 +1382,7 @@ pub fn generate_storyboard(
                 end_at_word_limit: true,
                 recall: true,
                 spared: &topic_tokens,
+                plain_words: Some(&topic_words),
                 ..Steering::default()
             },
             &mut total,
@@ -1372,9 +1390,11 @@ pub fn generate_storyboard(
         )?;
         let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
         let borrowed = crate::quality::quotes(topic, &outline.title);
-        let faults = outline.faults(topic);
+        // A word the model coined counts as a fault too: a scene's title is the outline's.
+        let coined = llm.coined_words(&outline.words(), &topic_words);
+        let faults = outline.faults(topic) + coined.len();
         tracing::debug!(
-            "outline, draft {}: \"{}\", fluency {fluency:.3}, {faults} faulty lines{}",
+            "outline, draft {}: \"{}\", fluency {fluency:.3}, {faults} faults (coined: {coined:?}){}",
             draft + 1,
             outline.title,
             if borrowed {
@@ -1476,10 +1496,11 @@ pub fn generate_storyboard(
             .collect::<Vec<_>>()
             .join(" ");
         let avoid = llm.word_tokens(&said, &topic_words);
-        // Tries until `drafts` scenes unlike the earlier ones are written (the most fluent
-        // is kept), or `SCENE_TRIES` tries repeated them (the least repetitive is kept).
-        // Each ranked by whether it opens unlike the scenes before it, then by how little
-        // filler it has ([`scene_filler`]), then by its fluency.
+        // Tries until `drafts` scenes unlike the earlier ones are written (the best is kept),
+        // or `SCENE_TRIES` tries repeated them and at least one did not, or `LAST_SCENE_TRY`
+        // all did (the least repetitive is kept). Each ranked by whether it opens unlike the
+        // scenes before it, then by how little filler it has and how few words it coined
+        // ([`Rank::filler`]), then by its fluency.
         let mut unlike: Vec<(Rank, Scene, Option<String>)> = Vec::new();
         let mut least_repetitive: Option<(f64, Scene, Option<String>)> = None;
         let mut repeats = 0;
@@ -1495,7 +1516,15 @@ pub fn generate_storyboard(
                 &schema,
                 &seeded,
                 // Harder after each repeat: the try found the earlier scenes' words again.
-                narration_steering(&avoid, AVOID_PENALTY + 0.4 * repeats as f32),
+                // The tries past SCENE_TRIES only with new seeds: steered harder still, a
+                // small model writes nonsense to escape.
+                Steering {
+                    plain_words: Some(&topic_words),
+                    ..narration_steering(
+                        &avoid,
+                        AVOID_PENALTY + 0.4 * repeats.min(SCENE_TRIES - 1) as f32,
+                    )
+                },
                 &mut total,
                 on_token,
             )?;
@@ -1515,9 +1544,19 @@ pub fn generate_storyboard(
                     attempt + 1,
                     scene.narration
                 );
+                let coined = llm.coined_words(
+                    &[&scene.narration, &w.picture.subject, &w.picture.place]
+                        .map(|t| t.as_str())
+                        .join(" "),
+                    &topic_words,
+                );
+                if !coined.is_empty() {
+                    tracing::debug!("scene {k}, try {}: coined {coined:?}", attempt + 1);
+                }
                 let rank = Rank {
                     fresh: !opens_like(&scene.narration, &written),
-                    filler: scene_filler(&scene.narration, &w.picture.subject, topic, &written),
+                    filler: scene_filler(&scene.narration, &w.picture.subject, topic, &written)
+                        + coined.len(),
                     fluency,
                 };
                 unlike.push((rank, scene, light));
@@ -1532,7 +1571,8 @@ pub fn generate_storyboard(
             if least_repetitive.as_ref().is_none_or(|(b, ..)| score < *b) {
                 least_repetitive = Some((score, scene, light));
             }
-            if repeats >= SCENE_TRIES {
+            // Drafts unlike the earlier scenes were found, or none after every try.
+            if repeats >= SCENE_TRIES && (!unlike.is_empty() || repeats >= LAST_SCENE_TRY) {
                 break;
             }
         }
@@ -1583,7 +1623,7 @@ pub fn generate_storyboard(
 struct Rank {
     /// It opens unlike every earlier scene ([`opens_like`]).
     fresh: bool,
-    /// Its [`scene_filler`].
+    /// Its [`scene_filler`], and the words it coined ([`Llm::coined_words`]: "the old kokoro").
     filler: usize,
     /// [`Generation::fluency`].
     fluency: f64,

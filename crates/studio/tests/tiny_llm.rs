@@ -350,3 +350,13 @@ fn a_prompt_longer_than_a_pass_is_computed_in_parts_to_the_same_logits() {
     // candle computes all of it in one pass: the same numbers up to summation order.
     assert!(worst < 1e-4, "logits differ by up to {worst}");
 }
+
+#[test]
+fn a_word_the_tokenizer_splits_into_three_pieces_after_a_space_is_coined() {
+    // The tiny tokenizer merges no letters: " a" is two pieces ("Ġ", "a"), " ab" three.
+    let (_dir, _path, llm) = tiny_llama(1);
+    assert_eq!(llm.coined_words("a ab, c-de", &[]), vec!["ab", "de"]);
+    // The topic's words and their forms are not counted, whatever their pieces.
+    let keep = vec!["abc".to_string()];
+    assert_eq!(llm.coined_words("a abcs xy", &keep), vec!["xy"]);
+}
