@@ -72,10 +72,54 @@ pub fn is_content_word(word: &str) -> bool {
     word.chars().count() >= 3 && !STOPWORDS.contains(&word)
 }
 
-/// True when `written` (a word in lower case) is `word` (any case) or an obvious form of it
-/// ([`uses`]).
-pub fn is_form_of(written: &str, word: &str) -> bool {
-    uses(&[written.to_string()], &word.to_lowercase())
+/// `word` and, when it is a plural, its singular; when it is a singular in -y, its plural in
+/// -ies: the schema adds -s and -es itself. A narration may then say "a volcano" for "How
+/// volcanoes form" and "butterflies" for "The life of a monarch butterfly", where only
+/// "volcanoes" and "butterflys" were open to it (SmolLM2 named "form" instead).
+pub fn number_forms(word: &str) -> Vec<String> {
+    let mut forms = vec![word.to_string()];
+    let consonant_before = |stem: &str| {
+        stem.chars()
+            .last()
+            .is_some_and(|c| c.is_alphabetic() && !"aeiou".contains(c))
+    };
+    if let Some(stem) = word.strip_suffix("ies").filter(|s| s.len() >= 2) {
+        forms.push(format!("{stem}y"));
+    } else if let Some(stem) = ["oes", "ches", "shes", "xes", "sses"]
+        .iter()
+        .find(|end| word.ends_with(*end))
+        .map(|_| &word[..word.len() - 2])
+    {
+        forms.push(stem.to_string());
+    } else if let Some(stem) = word
+        .strip_suffix('s')
+        .filter(|s| s.len() >= 3 && !s.ends_with(['s', 'u', 'i']))
+    {
+        forms.push(stem.to_string());
+    } else if let Some(stem) = word.strip_suffix('y').filter(|s| consonant_before(s)) {
+        forms.push(format!("{stem}ies"));
+    }
+    forms
+}
+
+/// The ways `word` (the topic's) may be written: each of its [`number_forms`], as it is or with
+/// -s or -es (a possessive's "'s" left off), in lower case.
+fn written_forms(word: &str) -> Vec<String> {
+    let word = word.to_lowercase();
+    number_forms(word.strip_suffix("'s").unwrap_or(&word))
+        .into_iter()
+        .flat_map(|f| ["", "s", "es"].map(|end| format!("{f}{end}")))
+        .collect()
+}
+
+/// True when `written` (a word in lower case, without a possessive) is one of the ways `word`
+/// may be written ([`written_forms`]: "volcano" for "volcanoes", "butterflies" for
+/// "butterfly"), or, when `partial`, the beginning of one. Not a word glued on: "lifeofa" is
+/// not "life".
+pub fn is_form_of(written: &str, word: &str, partial: bool) -> bool {
+    written_forms(word)
+        .iter()
+        .any(|f| f == written || (partial && f.starts_with(written)))
 }
 
 /// True when `text` uses `word` or an obvious form of it (`lighthouse`, `lighthouses`,
@@ -190,7 +234,7 @@ pub const COINED_PIECES: usize = 3;
 /// from the words people write. Each part between hyphens is a word; a possessive's "'s" or
 /// "'" is left off; capitalised words (names: "Kaito", "Nexus", and every word of a title) and
 /// the words of `keep` (the topic's, which may be rare: "wildebeest") in
-/// their obvious forms ([`uses`]: "volcano" for "volcanoes") are not counted.
+/// their forms ([`is_form_of`]: "volcano" for "volcanoes") are not counted.
 pub fn coined(text: &str, keep: &[String], pieces: impl Fn(&str) -> usize) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric() && c != '\'' && c != '-')
         .flat_map(|w| w.split('-'))
@@ -200,7 +244,7 @@ pub fn coined(text: &str, keep: &[String], pieces: impl Fn(&str) -> usize) -> Ve
         .filter(|w| w.chars().next().is_some_and(char::is_lowercase))
         .filter(|w| {
             let lower = w.to_lowercase();
-            !keep.iter().any(|k| is_form_of(&lower, k))
+            !keep.iter().any(|k| is_form_of(&lower, k, false))
         })
         .filter(|w| pieces(w) >= COINED_PIECES)
         .map(str::to_string)
@@ -386,17 +430,22 @@ mod tests {
 
     #[test]
     fn a_word_split_into_three_pieces_or_more_is_coined_unless_it_is_the_topics() {
-        // A stand-in tokenizer: a word of up to five letters is one piece, each five more
-        // another.
-        let pieces = |w: &str| w.chars().count().div_ceil(5);
-        let keep = vec!["wildebeest".to_string(), "volcanoes".to_string()];
+        // A stand-in tokenizer: a piece for every four letters.
+        let pieces = |w: &str| w.chars().count().div_ceil(4);
+        let keep = vec![
+            "wildebeests".to_string(),
+            "volcanoes".to_string(),
+            "butterfly".to_string(),
+        ];
+        // The topic's words in their forms are not counted, a word glued onto one is.
         assert_eq!(
             coined(
-                "The old kokorosanda's lifeofagoodday, the wildebeestsherds volcanoesmoking at sunrise.",
+                "The old kokorosanda's lifeofagoodday, the wildebeest's volcano, butterflies, \
+                 wildebeestsherds at sunrise.",
                 &keep,
                 pieces
             ),
-            vec!["kokorosanda", "lifeofagoodday"]
+            vec!["kokorosanda", "lifeofagoodday", "wildebeestsherds"]
         );
         // Hyphens part words; a possessive's ending and quote marks are left off.
         assert_eq!(

@@ -215,7 +215,7 @@ fn with_names_capitalized(text: &str, topic: &str) -> String {
     words.join(" ")
 }
 
-/// A pattern for one of `topic_words` (each as [`number_forms`] gives it, its first letter in
+/// A pattern for one of `topic_words` (each as [`number_forms`](crate::quality::number_forms) gives it, its first letter in
 /// either case but a name's, which is capitalised only), then a plural's or a possessive's
 /// ending; none when the topic has no word worth naming.
 fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
@@ -231,7 +231,7 @@ fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
         .filter(|w| !w.is_empty() && w.chars().all(char::is_alphanumeric))
     {
         let takes_plural = !is_name(word) && !modifiers.iter().any(|m| m == word);
-        for form in number_forms(word) {
+        for form in crate::quality::number_forms(word) {
             let mut c = form.chars();
             let first = c.next().expect("content words are not empty");
             let rest: String = c.collect();
@@ -336,36 +336,6 @@ fn naming_schema(topic: &str, topic_words: &[String], shape: &Naming) -> serde_j
         // comma by the word limit sounds broken.
         "pattern": format!("^(?:{}) {LAST_WORD}$", branches.join("|")),
     })
-}
-
-/// `word` and, when it is a plural, its singular; when it is a singular in -y, its plural in
-/// -ies: the schema adds -s and -es itself. A narration may then say "a volcano" for "How
-/// volcanoes form" and "butterflies" for "The life of a monarch butterfly", where only
-/// "volcanoes" and "butterflys" were open to it (SmolLM2 named "form" instead).
-fn number_forms(word: &str) -> Vec<String> {
-    let mut forms = vec![word.to_string()];
-    let consonant_before = |stem: &str| {
-        stem.chars()
-            .last()
-            .is_some_and(|c| c.is_alphabetic() && !"aeiou".contains(c))
-    };
-    if let Some(stem) = word.strip_suffix("ies").filter(|s| s.len() >= 2) {
-        forms.push(format!("{stem}y"));
-    } else if let Some(stem) = ["oes", "ches", "shes", "xes", "sses"]
-        .iter()
-        .find(|end| word.ends_with(*end))
-        .map(|_| &word[..word.len() - 2])
-    {
-        forms.push(stem.to_string());
-    } else if let Some(stem) = word
-        .strip_suffix('s')
-        .filter(|s| s.len() >= 3 && !s.ends_with(['s', 'u', 'i']))
-    {
-        forms.push(stem.to_string());
-    } else if let Some(stem) = word.strip_suffix('y').filter(|s| consonant_before(s)) {
-        forms.push(format!("{stem}ies"));
-    }
-    forms
 }
 
 /// Where a [`naming_schema`] puts the topic's word: at most `before` words come before it, and
@@ -2295,7 +2265,7 @@ mod tests {
             ("honey", vec!["honey"]),
             ("tokyo", vec!["tokyo"]),
         ] {
-            assert_eq!(number_forms(word), forms, "{word}");
+            assert_eq!(crate::quality::number_forms(word), forms, "{word}");
         }
         let narration =
             |topic: &str| regex_lite(&naming_schema(topic, &naming_words(topic), &NARRATION));

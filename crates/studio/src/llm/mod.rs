@@ -423,8 +423,9 @@ impl Llm {
 
     /// Whether the word `written` ends with, gone on with, would be coined
     /// ([`Steering::plain_words`]): it makes one piece fewer than
-    /// [`COINED_PIECES`](crate::quality::COINED_PIECES) or more, and is not the beginning of
-    /// one of the `keep` words nor a form of one.
+    /// [`COINED_PIECES`](crate::quality::COINED_PIECES) or more, is not capitalised, and is
+    /// not one of the `keep` words, a form of one, or the beginning of either
+    /// ([`is_form_of`](crate::quality::is_form_of)).
     fn coining(&self, written: &str, keep: &[String]) -> bool {
         let start = written
             .rfind(|c: char| !(c.is_alphanumeric() || c == '\''))
@@ -437,14 +438,15 @@ impl Llm {
             return false;
         }
         let lower = word.to_lowercase();
+        let bare = lower.trim_end_matches("'s").trim_end_matches('\'');
         let pieces = self
             .tokenizer
             .encode(format!(" {word}"), false)
             .map_or(0, |e| e.get_ids().len());
         pieces + 1 >= crate::quality::COINED_PIECES
-            && !keep.iter().any(|k| {
-                crate::quality::is_form_of(&lower, k) || k.to_lowercase().starts_with(&lower)
-            })
+            && !keep
+                .iter()
+                .any(|k| crate::quality::is_form_of(bare, k, true))
     }
 
     /// [`Llm::generate_json`], steered ([`Steering`]): the tokens in `avoid` made less likely,
@@ -953,8 +955,8 @@ pub struct Steering<'a> {
     /// Words held to the model's vocabulary: inside a string, once the word being written makes
     /// one piece fewer than [`COINED_PIECES`](crate::quality::COINED_PIECES) (taken after a
     /// space, as [`Llm::coined_words`] takes it), the tokens that would go on with it get
-    /// [`COINING`] less logit, unless a word of these (the topic's) begins with it or it uses
-    /// one, or it is capitalised (a name). SmolLM2, its likelier words made less likely, glued
+    /// [`COINING`] less logit, unless it is one of these (the topic's), a form of one or the
+    /// beginning of either, or it is capitalised (a name). SmolLM2, its likelier words made less likely, glued
     /// and made up words ("citys'n", "attheubilee", "the old kokoro").
     pub plain_words: Option<&'a [String]>,
 }
@@ -1304,6 +1306,9 @@ mod tests {
         // The beginning of a topic's word, or a form of one.
         assert!(!llm.coining("The ab", &keep));
         assert!(!llm.coining("The abcs", &keep));
+        assert!(!llm.coining("The abc's", &keep));
+        // Not a word glued onto one.
+        assert!(llm.coining("The abcof", &keep));
         assert!(llm.coining("The b", &keep));
         // A name.
         assert!(!llm.coining("The Ab", &[]));
