@@ -102,13 +102,45 @@ pub fn number_forms(word: &str) -> Vec<String> {
     forms
 }
 
+/// The plural's endings a form of a word ([`number_forms`]) may take, `|` between them: none
+/// for one that ends in -s or in a consonant and -y (a plural, or a singular whose plural is
+/// another form: "bakery", "bakeries"; SmolLM2 wrote "bakeriess" when any form took one), -es
+/// after -ss, -x, -z, -ch and -sh, either after -o, else -s.
+pub fn plural_endings(form: &str) -> &'static str {
+    let consonant_y = form
+        .strip_suffix('y')
+        .and_then(|stem| stem.chars().last())
+        .is_some_and(|c| c.is_alphabetic() && !"aeiou".contains(c));
+    if ["ss", "x", "z", "ch", "sh"]
+        .iter()
+        .any(|e| form.ends_with(e))
+    {
+        "es"
+    } else if form.ends_with('s') || consonant_y {
+        ""
+    } else if form.ends_with('o') {
+        "s|es"
+    } else {
+        "s"
+    }
+}
+
 /// The ways `word` (the topic's) may be written: each of its [`number_forms`], as it is or with
-/// -s or -es (a possessive's "'s" left off), in lower case.
+/// its [`plural_endings`] (a possessive's "'s" left off), in lower case.
 fn written_forms(word: &str) -> Vec<String> {
     let word = word.to_lowercase();
     number_forms(word.strip_suffix("'s").unwrap_or(&word))
         .into_iter()
-        .flat_map(|f| ["", "s", "es"].map(|end| format!("{f}{end}")))
+        .flat_map(|f| {
+            std::iter::once(String::new())
+                .chain(
+                    plural_endings(&f)
+                        .split('|')
+                        .filter(|e| !e.is_empty())
+                        .map(str::to_string),
+                )
+                .map(move |end| format!("{f}{end}"))
+        })
         .collect()
 }
 

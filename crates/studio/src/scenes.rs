@@ -216,15 +216,16 @@ fn with_names_capitalized(text: &str, topic: &str) -> String {
 }
 
 /// A pattern for one of `topic_words` (each as [`number_forms`](crate::quality::number_forms) gives it, its first letter in
-/// either case but a name's, which is capitalised only), then a plural's or a possessive's
-/// ending; none when the topic has no word worth naming.
+/// either case but a name's, which is capitalised only), then its plural's endings
+/// ([`plural_endings`](crate::quality::plural_endings); none for a name or a modifier) or a
+/// possessive's; none when the topic has no word worth naming.
 fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
     // A name (a word capitalised inside the topic: Tokyo, Paris) is written capitalised only.
     let names = topic_names(topic);
     let is_name = |w: &str| names.iter().flatten().any(|n| n == w);
     let modifiers = topic_modifiers(topic);
-    // The forms that may take a plural's ending, and those that may not.
-    let (mut plural, mut fixed) = (Vec::new(), Vec::new());
+    // Each form, with the plural's endings it may take ([`crate::quality::plural_endings`]).
+    let mut fixed = Vec::new();
     for word in topic_words
         .iter()
         .map(|w| w.trim_end_matches("'s"))
@@ -240,16 +241,13 @@ fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
             } else {
                 format!("[{}{}]{rest}", first.to_lowercase(), first.to_uppercase())
             };
-            if takes_plural {
-                &mut plural
+            let endings = crate::quality::plural_endings(&form);
+            fixed.push(if takes_plural && !endings.is_empty() {
+                format!("{pattern}(?:{endings})?")
             } else {
-                &mut fixed
-            }
-            .push(pattern);
+                pattern
+            });
         }
-    }
-    if !plural.is_empty() {
-        fixed.insert(0, format!("(?:{})(?:s|es)?", plural.join("|")));
     }
     (!fixed.is_empty()).then(|| format!("(?:{})(?:'s)?", fixed.join("|")))
 }
@@ -2284,6 +2282,30 @@ mod tests {
             "A cloud of butterflies rises over the field at noon."
         ));
         assert!(butterfly("A monarch butterfly rests on a leaf at noon."));
+        // A plural takes no second ending.
+        assert!(!butterfly(
+            "A cloud of butterfliess rises over the field at noon."
+        ));
+        assert!(!butterfly(
+            "A cloud of butterflys rises over the field at noon."
+        ));
+        let bakery = narration("A small bakery at dawn");
+        assert!(bakery("The bakeries of the old town open their doors."));
+        assert!(!bakery("The bakeriess of the old town open their doors."));
+        assert!(!volcanoes(
+            "The old volcanoeses sleep under the ice of the north."
+        ));
+        for (form, endings) in [
+            ("volcano", "s|es"),
+            ("bakery", ""),
+            ("bakeries", ""),
+            ("day", "s"),
+            ("beach", "es"),
+            ("press", "es"),
+            ("reef", "s"),
+        ] {
+            assert_eq!(crate::quality::plural_endings(form), endings, "{form}");
+        }
         let tokyo = narration("Cyberpunk Tokyo");
         assert!(tokyo("Her cyberpunk hand goes still in the rain at dawn."));
         assert!(tokyo("The rain of Tokyo's night falls on the street."));
