@@ -73,16 +73,11 @@ pub fn is_content_word(word: &str) -> bool {
 }
 
 /// `word` and, when it is a plural, its singular; when it is a singular in -y, its plural in
-/// -ies: the schema adds -s and -es itself. A narration may then say "a volcano" for "How
+/// -ies ([`plural_endings`] says which endings each may take). A narration may then say "a volcano" for "How
 /// volcanoes form" and "butterflies" for "The life of a monarch butterfly", where only
 /// "volcanoes" and "butterflys" were open to it (SmolLM2 named "form" instead).
 pub fn number_forms(word: &str) -> Vec<String> {
     let mut forms = vec![word.to_string()];
-    let consonant_before = |stem: &str| {
-        stem.chars()
-            .last()
-            .is_some_and(|c| c.is_alphabetic() && !"aeiou".contains(c))
-    };
     if let Some(stem) = word.strip_suffix("ies").filter(|s| s.len() >= 2) {
         forms.push(format!("{stem}y"));
     } else if let Some(stem) = ["oes", "ches", "shes", "xes", "sses"]
@@ -96,10 +91,17 @@ pub fn number_forms(word: &str) -> Vec<String> {
         .filter(|s| s.len() >= 3 && !s.ends_with(['s', 'u', 'i']))
     {
         forms.push(stem.to_string());
-    } else if let Some(stem) = word.strip_suffix('y').filter(|s| consonant_before(s)) {
+    } else if let Some(stem) = word.strip_suffix('y').filter(|_| consonant_y(word)) {
         forms.push(format!("{stem}ies"));
     }
     forms
+}
+
+/// Whether `word` ends in a consonant and -y ("bakery", not "day"), whose plural is in -ies.
+fn consonant_y(word: &str) -> bool {
+    word.strip_suffix('y')
+        .and_then(|stem| stem.chars().last())
+        .is_some_and(|c| c.is_alphabetic() && !"aeiou".contains(c))
 }
 
 /// The plural's endings a form of a word ([`number_forms`]) may take, `|` between them: none
@@ -107,16 +109,12 @@ pub fn number_forms(word: &str) -> Vec<String> {
 /// another form: "bakery", "bakeries"; SmolLM2 wrote "bakeriess" when any form took one), -es
 /// after -ss, -x, -z, -ch and -sh, either after -o, else -s.
 pub fn plural_endings(form: &str) -> &'static str {
-    let consonant_y = form
-        .strip_suffix('y')
-        .and_then(|stem| stem.chars().last())
-        .is_some_and(|c| c.is_alphabetic() && !"aeiou".contains(c));
     if ["ss", "x", "z", "ch", "sh"]
         .iter()
         .any(|e| form.ends_with(e))
     {
         "es"
-    } else if form.ends_with('s') || consonant_y {
+    } else if form.ends_with('s') || consonant_y(form) {
         ""
     } else if form.ends_with('o') {
         "s|es"

@@ -215,17 +215,17 @@ fn with_names_capitalized(text: &str, topic: &str) -> String {
     words.join(" ")
 }
 
-/// A pattern for one of `topic_words` (each as [`number_forms`](crate::quality::number_forms) gives it, its first letter in
-/// either case but a name's, which is capitalised only), then its plural's endings
-/// ([`plural_endings`](crate::quality::plural_endings); none for a name or a modifier) or a
-/// possessive's; none when the topic has no word worth naming.
+/// A pattern for one of `topic_words` (each as [`number_forms`](crate::quality::number_forms)
+/// gives it, its first letter in either case but a name's, which is capitalised only), then
+/// its plural's endings ([`plural_endings`](crate::quality::plural_endings); none for a name or
+/// a modifier) or a possessive's; none when the topic has no word worth naming.
 fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
     // A name (a word capitalised inside the topic: Tokyo, Paris) is written capitalised only.
     let names = topic_names(topic);
     let is_name = |w: &str| names.iter().flatten().any(|n| n == w);
     let modifiers = topic_modifiers(topic);
     // Each form, with the plural's endings it may take ([`crate::quality::plural_endings`]).
-    let mut fixed = Vec::new();
+    let mut forms = Vec::new();
     for word in topic_words
         .iter()
         .map(|w| w.trim_end_matches("'s"))
@@ -242,14 +242,14 @@ fn topic_word_pattern(topic: &str, topic_words: &[String]) -> Option<String> {
                 format!("[{}{}]{rest}", first.to_lowercase(), first.to_uppercase())
             };
             let endings = crate::quality::plural_endings(&form);
-            fixed.push(if takes_plural && !endings.is_empty() {
+            forms.push(if takes_plural && !endings.is_empty() {
                 format!("{pattern}(?:{endings})?")
             } else {
                 pattern
             });
         }
     }
-    (!fixed.is_empty()).then(|| format!("(?:{})(?:'s)?", fixed.join("|")))
+    (!forms.is_empty()).then(|| format!("(?:{})(?:'s)?", forms.join("|")))
 }
 
 /// The topic's words that modify the word after them ("Cyberpunk Tokyo", "monarch butterfly",

@@ -956,8 +956,8 @@ pub struct Steering<'a> {
     /// one piece fewer than [`COINED_PIECES`](crate::quality::COINED_PIECES) (taken after a
     /// space, as [`Llm::coined_words`] takes it), the tokens that would go on with it get
     /// [`COINING`] less logit, unless it is one of these (the topic's), a form of one or the
-    /// beginning of either, or it is capitalised (a name). SmolLM2, its likelier words made less likely, glued
-    /// and made up words ("citys'n", "attheubilee", "the old kokoro").
+    /// beginning of either, or it is capitalised (a name). SmolLM2, its likelier words made
+    /// less likely, glued and made up words ("citys'n", "attheubilee", "the old kokoro").
     pub plain_words: Option<&'a [String]>,
 }
 
