@@ -414,11 +414,14 @@ impl Llm {
     /// ([`quality::coined`](crate::quality::coined)), the words of `keep` (the topic's) aside:
     /// the tokenizer, built from what people write, serves as the model's dictionary.
     pub fn coined_words(&self, text: &str, keep: &[String]) -> Vec<String> {
-        crate::quality::coined(text, keep, |word| {
-            self.tokenizer
-                .encode(format!(" {word}"), false)
-                .map_or(0, |e| e.get_ids().len())
-        })
+        crate::quality::coined(text, keep, |word| self.pieces(word))
+    }
+
+    /// How many tokens the tokenizer makes of `word` after a space, as a word inside a text.
+    fn pieces(&self, word: &str) -> usize {
+        self.tokenizer
+            .encode(format!(" {word}"), false)
+            .map_or(0, |e| e.get_ids().len())
     }
 
     /// Whether the word `written` ends with, gone on with, would be coined
@@ -439,11 +442,7 @@ impl Llm {
         }
         let lower = word.to_lowercase();
         let bare = lower.trim_end_matches("'s").trim_end_matches('\'');
-        let pieces = self
-            .tokenizer
-            .encode(format!(" {word}"), false)
-            .map_or(0, |e| e.get_ids().len());
-        pieces + 1 >= crate::quality::COINED_PIECES
+        self.pieces(word) + 1 >= crate::quality::COINED_PIECES
             && !keep
                 .iter()
                 .any(|k| crate::quality::is_form_of(bare, k, true))
