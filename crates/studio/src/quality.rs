@@ -189,6 +189,22 @@ pub fn quotes(text: &str, phrase: &str) -> bool {
     !phrase.is_empty() && text.windows(phrase.len()).any(|w| w == phrase.as_slice())
 }
 
+/// True when two phrases are one (letter case, punctuation and a leading article aside): "a
+/// floating metropolis" and "Floating Metropolis".
+pub fn same_phrase(a: &str, b: &str) -> bool {
+    let bare = |text: &str| {
+        let mut w = words(text);
+        if w.first()
+            .is_some_and(|f| ["a", "an", "the"].contains(&f.as_str()))
+        {
+            w.remove(0);
+        }
+        w
+    };
+    let a = bare(a);
+    !a.is_empty() && a == bare(b)
+}
+
 /// Words that make an image prompt a sentence told to someone, not a picture: a personal
 /// pronoun has no one to point at in a picture ("I am in love with him, my fatherland").
 const PRONOUNS: &[&str] = &[
@@ -456,6 +472,21 @@ mod tests {
         ] {
             assert_eq!(stutters(narration), count, "{narration}");
         }
+    }
+
+    #[test]
+    fn phrases_are_one_whatever_their_case_marks_and_article() {
+        assert!(super::same_phrase(
+            "a floating metropolis",
+            "Floating Metropolis"
+        ));
+        assert!(super::same_phrase("The Tokyo skyline.", "tokyo skyline"));
+        assert!(!super::same_phrase(
+            "a floating metropolis",
+            "a floating city"
+        ));
+        assert!(!super::same_phrase("the", "a"));
+        assert!(!super::same_phrase("", ""));
     }
 
     #[test]

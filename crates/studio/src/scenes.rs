@@ -1435,6 +1435,12 @@ pub fn generate_storyboard(
     };
     let mut written: Vec<Scene> = Vec::with_capacity(scenes);
     let mut lights: Vec<String> = Vec::with_capacity(scenes);
+    // The phrases a picture should not be ([`picture_repeats`]): the titles, then each chosen
+    // picture's subject and place.
+    let mut phrases: Vec<String> = std::iter::once(&plan.title)
+        .chain(plan.outline.iter().map(|p| &p.title))
+        .cloned()
+        .collect();
     for k in 1..=scenes {
         // Each light is in at most `SAME_LIGHT` of a storyboard's pictures (SmolLM2 gave four
         // of six "sunset glow").
@@ -1469,8 +1475,8 @@ pub fn generate_storyboard(
         // all did (the least repetitive is kept). Each ranked by whether it opens unlike the
         // scenes before it, then by how little filler it has and how few words it coined
         // ([`Rank::filler`]), then by its fluency.
-        let mut unlike: Vec<(Rank, Scene, Option<String>)> = Vec::new();
-        let mut least_repetitive: Option<(f64, Scene, Option<String>)> = None;
+        let mut unlike: Vec<(Rank, Scene, Picture)> = Vec::new();
+        let mut least_repetitive: Option<(f64, Scene, Picture)> = None;
         let mut repeats = 0;
         for attempt in 0.. {
             let seeded = Sampler {
@@ -1503,7 +1509,6 @@ pub fn generate_storyboard(
                 image_prompt: w.picture.prompt(),
                 duration_seconds: f64::from(w.duration_seconds),
             };
-            let light = Some(w.picture.light.clone());
             let (score, why) = repeat_score(&scene, &written, topic, &plan.title);
             if score < crate::quality::MAX_OVERLAP {
                 let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
@@ -1524,10 +1529,11 @@ pub fn generate_storyboard(
                 let rank = Rank {
                     fresh: !opens_like(&scene.narration, &written),
                     filler: scene_filler(&scene.narration, &w.picture.subject, topic, &written)
-                        + coined.len(),
+                        + coined.len()
+                        + picture_repeats(&w.picture, &phrases),
                     fluency,
                 };
-                unlike.push((rank, scene, light));
+                unlike.push((rank, scene, w.picture));
                 if unlike.len() >= drafts.max(1) {
                     break;
                 }
@@ -1537,7 +1543,7 @@ pub fn generate_storyboard(
             tracing::debug!("scene {k}, try {}: {}", attempt + 1, scene.narration);
             repeats += 1;
             if least_repetitive.as_ref().is_none_or(|(b, ..)| score < *b) {
-                least_repetitive = Some((score, scene, light));
+                least_repetitive = Some((score, scene, w.picture));
             }
             // Drafts unlike the earlier scenes were found, or none after every try.
             if repeats >= SCENE_TRIES && (!unlike.is_empty() || repeats >= LAST_SCENE_TRY) {
@@ -1550,9 +1556,11 @@ pub fn generate_storyboard(
         let best = unlike
             .into_iter()
             .max_by(|a, b| a.0.cmp(&b.0))
-            .map(|(rank, scene, light)| (rank.fluency, scene, light))
+            .map(|(rank, scene, picture)| (rank.fluency, scene, picture))
             .or(least_repetitive);
-        let (_, mut scene, mut light) = best.expect("at least one try");
+        let (_, mut scene, picture) = best.expect("at least one try");
+        let mut light = Some(picture.light);
+        phrases.extend([picture.subject, picture.place]);
         if crate::quality::prompt_copies_narration(&scene) {
             (scene.image_prompt, light) = describe_picture(
                 llm,
@@ -1591,7 +1599,9 @@ pub fn generate_storyboard(
 struct Rank {
     /// It opens unlike every earlier scene ([`opens_like`]).
     fresh: bool,
-    /// Its [`scene_filler`], and the words it coined ([`Llm::coined_words`]: "the old kokoro").
+    /// Its [`scene_filler`], the words it coined ([`Llm::coined_words`]: "the old kokoro"),
+    /// and its picture's phrases that repeat a title or an earlier picture's
+    /// ([`picture_repeats`]).
     filler: usize,
     /// [`Generation::fluency`].
     fluency: f64,
@@ -1604,6 +1614,17 @@ impl Rank {
             .then(other.filler.cmp(&self.filler))
             .then(self.fluency.total_cmp(&other.fluency))
     }
+}
+
+/// How many of a picture's subject and place are one of `phrases` ([`same_phrase`](crate::quality::same_phrase)):
+/// a title (the video's or a scene's) or an earlier picture's subject or place. SmolLM2 asked
+/// for four of six pictures of "Cyberpunk Tokyo" in "a floating metropolis", and for one in
+/// "A Crystal Ball Shakes", the video's title.
+fn picture_repeats(picture: &Picture, phrases: &[String]) -> usize {
+    [&picture.subject, &picture.place]
+        .iter()
+        .filter(|p| phrases.iter().any(|q| crate::quality::same_phrase(p, q)))
+        .count()
 }
 
 /// A scene draft's filler ([`Rank::filler`]): its narration's
@@ -1950,6 +1971,45 @@ mod tests {
         // A topic of two words is a fine subject: "Cyberpunk Tokyo".
         assert_eq!(
             scene_filler(narration, "cyberpunk Tokyo", "Cyberpunk Tokyo", &[]),
+            0
+        );
+    }
+
+    #[test]
+    fn a_picture_phrase_that_is_a_title_or_an_earlier_pictures_counts_as_filler() {
+        let phrases = [
+            "A Crystal Ball Shakes".to_string(),
+            "a floating metropolis".to_string(),
+        ];
+        let picture = |subject: &str, place: &str| Picture {
+            subject: subject.into(),
+            place: place.into(),
+            light: "dawn light".into(),
+        };
+        assert_eq!(
+            picture_repeats(&picture("Tokyo street vendors", "a night market"), &phrases),
+            0
+        );
+        assert_eq!(
+            picture_repeats(
+                &picture("Tokyo street vendors", "Floating Metropolis"),
+                &phrases
+            ),
+            1
+        );
+        assert_eq!(
+            picture_repeats(
+                &picture("a crystal ball shakes", "the floating metropolis"),
+                &phrases
+            ),
+            2
+        );
+        // A phrase that holds one is its own.
+        assert_eq!(
+            picture_repeats(
+                &picture("Tokyo street vendors", "a floating metropolis at sea"),
+                &phrases
+            ),
             0
         );
     }

@@ -560,6 +560,7 @@ impl Llm {
                     }
                 }
             }
+            let odds_before = odds_of_going_on(&values, &self.continues_word);
             penalize_repeats(
                 &mut values,
                 &out,
@@ -575,6 +576,7 @@ impl Llm {
                     *v = if *v > 0.0 { *v / penalty } else { *v * penalty };
                 }
             }
+            keep_odds_of_going_on(&mut values, &self.continues_word, odds_before);
             let written = if steering.wrap_up.is_some()
                 || steering.end_at_word_limit
                 || steering.plain_words.is_some()
@@ -1198,6 +1200,43 @@ fn penalize_repeats(
     }
 }
 
+/// The log-odds that the next token goes on with the word being written (a token whose
+/// text begins inside a word) rather than anything else, over the finite `values`; `None` when
+/// either side has no allowed token.
+fn odds_of_going_on(values: &[f32], goes_on: &[bool]) -> Option<f32> {
+    let side = |on: bool| -> Vec<f32> {
+        values
+            .iter()
+            .zip(goes_on)
+            .filter(|&(v, &g)| g == on && v.is_finite())
+            .map(|(&v, _)| v)
+            .collect()
+    };
+    let (on, off) = (log_sum_exp(&side(true)), log_sum_exp(&side(false)));
+    (on.is_finite() && off.is_finite()).then_some(on - off)
+}
+
+/// The penalties choose the next word, not whether the word being written ends: where they
+/// made the word's going on likelier than `before` (the odds [`odds_of_going_on`] gave before
+/// them), the tokens that go on with it are made less likely by as much, so the odds are
+/// back where the model had them, and which word comes next is left to the penalties. With
+/// the words it would say next made less likely, SmolLM2 glued pieces onto the word it was
+/// writing instead ("I willne", "I havekyo", "citys'n"): the mass the penalties took from the
+/// next words went to the pieces.
+fn keep_odds_of_going_on(values: &mut [f32], goes_on: &[bool], before: Option<f32>) {
+    let (Some(before), Some(after)) = (before, odds_of_going_on(values, goes_on)) else {
+        return;
+    };
+    let excess = after - before;
+    if excess > 0.0 {
+        for (v, &g) in values.iter_mut().zip(goes_on) {
+            if g {
+                *v -= excess;
+            }
+        }
+    }
+}
+
 /// The logit added to the tokens that end a field at its word limit: enough to win over any
 /// letter the model would glue on.
 const WORD_LIMIT_END: f32 = 30.0;
@@ -1282,7 +1321,8 @@ fn log_sum_exp(values: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::{
-        Nudge, Piece, REPEAT_WINDOW, WrapUp, inside_string, log_sum_exp, penalize_repeats,
+        Nudge, Piece, REPEAT_WINDOW, WrapUp, inside_string, keep_odds_of_going_on, log_sum_exp,
+        odds_of_going_on, penalize_repeats,
     };
 
     #[test]
@@ -1353,6 +1393,42 @@ mod tests {
         let large = [1000.0_f32, 1000.0];
         assert!((log_sum_exp(&large) - (1000.0 + 2f32.ln())).abs() < 1e-3);
         assert_eq!(log_sum_exp(&[f32::NEG_INFINITY]), f32::NEG_INFINITY);
+    }
+
+    #[test]
+    fn penalties_leave_the_odds_of_a_word_going_on_where_the_model_had_them() {
+        // Tokens: two next words (" will", " be"), two pieces that go on with the word ("ne",
+        // "kyo"), and one the constraint refused.
+        let goes_on = [false, false, true, true, false];
+        let model = [3.0_f32, 2.5, 1.0, 0.5, f32::NEG_INFINITY];
+        let before = odds_of_going_on(&model, &goes_on);
+        let softmax = |v: &[f32]| {
+            let z = log_sum_exp(v);
+            v.iter().map(|x| (x - z).exp()).collect::<Vec<f32>>()
+        };
+        let going_on = |v: &[f32]| softmax(v)[2] + softmax(v)[3];
+        // Both next words penalised hard: the pieces would take most of the mass.
+        let mut penalised = [3.0_f32 / 4.0, 2.5 / 4.0, 1.0, 0.5, f32::NEG_INFINITY];
+        assert!(going_on(&penalised) > 0.5);
+        keep_odds_of_going_on(&mut penalised, &goes_on, before);
+        assert!((going_on(&penalised) - going_on(&model)).abs() < 1e-5);
+        // Which next word comes is still the penalties' choice, and which piece the model's.
+        assert_eq!(penalised[0], 0.75);
+        assert_eq!(penalised[1], 0.625);
+        assert!((penalised[2] - penalised[3] - 0.5).abs() < 1e-6);
+        assert_eq!(penalised[4], f32::NEG_INFINITY);
+        // A penalty on the pieces themselves is left alone: the word may end sooner.
+        let mut pieces_penalised = [3.0_f32, 2.5, 0.25, 0.5, f32::NEG_INFINITY];
+        keep_odds_of_going_on(&mut pieces_penalised, &goes_on, before);
+        assert_eq!(
+            pieces_penalised,
+            [3.0_f32, 2.5, 0.25, 0.5, f32::NEG_INFINITY]
+        );
+        // With no piece allowed there are no odds to keep.
+        assert_eq!(
+            odds_of_going_on(&[1.0, 2.0, f32::NEG_INFINITY], &[false, false, true]),
+            None
+        );
     }
 
     #[test]
