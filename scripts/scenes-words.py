@@ -113,6 +113,14 @@ def quotes(text, phrase):
     return len(phrase.split()) > 0 and norm(phrase) in norm(text)
 
 
+def borrows(topic, title):
+    """`title` is `topic`'s own words, its leading article aside (quality.rs's `borrows`)."""
+    words = re.findall(r"[\w']+", title.lower())
+    if words and words[0] in ("a", "an", "the"):
+        words = words[1:]
+    return bool(words) and quotes(topic, " ".join(words))
+
+
 # Words that may come twice around one other ("day by day"), as quality.rs's REPEATING_JOINS.
 REPEATING_JOINS = {"by", "after", "to", "and", "upon"}
 
@@ -177,7 +185,7 @@ def judge(folder, words):
             said_again += len(own & said)
             said |= own
             # A title that is the topic's own words is named, not read out.
-            if len(board["title"].split()) >= 2 and not quotes(board["topic"], board["title"]):
+            if len(board["title"].split()) >= 2 and not borrows(board["topic"], board["title"]):
                 read_title += quotes(narration, board["title"])
             if len(board["topic"].split()) >= 3 and quotes(narration, board["topic"]):
                 requoted += quoted

@@ -238,6 +238,12 @@ pub struct PipelineArgs {
     pub json: bool,
 }
 
+/// The storyboard writer's sampling temperature. SmolLM2-135M at 0.7 (the default until
+/// session 44) made words up and wrote looser sentences; at 0.4 its drafts of a scene came out
+/// word for word the same, which left the drafts nothing to choose from (docs/scenes.md,
+/// "A cooler default").
+pub const SCENES_TEMPERATURE: f64 = 0.5;
+
 #[derive(Debug, Args)]
 pub struct ScenesArgs {
     /// What the storyboard is about.
@@ -257,8 +263,9 @@ pub struct ScenesArgs {
     /// The same seed, model and topic write the same storyboard.
     #[arg(long, env = "BATON_SEED", default_value_t = 42)]
     pub seed: u64,
-    /// Sampling temperature; 0 always takes the most likely token.
-    #[arg(long, default_value_t = 0.7)]
+    /// Sampling temperature; 0 always takes the most likely token. Lower writes plainer,
+    /// likelier words; higher, more varied ones (and, from a small model, more made-up ones).
+    #[arg(long, env = "BATON_SCENES_TEMPERATURE", default_value_t = SCENES_TEMPERATURE)]
     pub temperature: f64,
     /// Nucleus sampling: keep the most likely tokens up to this much probability.
     #[arg(long, default_value_t = 0.9)]
@@ -828,7 +835,7 @@ pub struct BenchScenesArgs {
     pub scenes: usize,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = SCENES_TEMPERATURE)]
     pub temperature: f64,
     #[arg(long, default_value_t = 1.15)]
     pub repeat_penalty: f32,

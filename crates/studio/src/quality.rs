@@ -189,20 +189,29 @@ pub fn quotes(text: &str, phrase: &str) -> bool {
     !phrase.is_empty() && text.windows(phrase.len()).any(|w| w == phrase.as_slice())
 }
 
+/// `text`'s [`words`] without a leading article.
+fn words_past_article(text: &str) -> Vec<String> {
+    let mut w = words(text);
+    if w.first()
+        .is_some_and(|f| ["a", "an", "the"].contains(&f.as_str()))
+    {
+        w.remove(0);
+    }
+    w
+}
+
 /// True when two phrases are one (letter case, punctuation and a leading article aside): "a
 /// floating metropolis" and "Floating Metropolis".
 pub fn same_phrase(a: &str, b: &str) -> bool {
-    let bare = |text: &str| {
-        let mut w = words(text);
-        if w.first()
-            .is_some_and(|f| ["a", "an", "the"].contains(&f.as_str()))
-        {
-            w.remove(0);
-        }
-        w
-    };
-    let a = bare(a);
-    !a.is_empty() && a == bare(b)
+    let a = words_past_article(a);
+    !a.is_empty() && a == words_past_article(b)
+}
+
+/// True when `title` is the topic's own words, as [`quotes`] tells, its leading article aside:
+/// "The Street Food Market" for "A street food market in Bangkok". Such a title is named by
+/// every narration that names the topic, not read out.
+pub fn borrows(topic: &str, title: &str) -> bool {
+    quotes(topic, &words_past_article(title).join(" "))
 }
 
 /// Words that make an image prompt a sentence told to someone, not a picture: a personal
@@ -487,6 +496,16 @@ mod tests {
         ));
         assert!(!super::same_phrase("the", "a"));
         assert!(!super::same_phrase("", ""));
+    }
+
+    #[test]
+    fn a_title_borrows_the_topics_words_whatever_its_article() {
+        let topic = "A street food market in Bangkok";
+        assert!(super::borrows(topic, "The Street Food Market"));
+        assert!(super::borrows(topic, "A Street Food Market in"));
+        assert!(super::borrows(topic, "Bangkok"));
+        assert!(!super::borrows(topic, "The Market at Dawn"));
+        assert!(!super::borrows(topic, "The"));
     }
 
     #[test]

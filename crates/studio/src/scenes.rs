@@ -1357,7 +1357,7 @@ pub fn generate_storyboard(
             on_token,
         )?;
         let fluency = fluency.unwrap_or(f64::NEG_INFINITY);
-        let borrowed = crate::quality::quotes(topic, &outline.title);
+        let borrowed = crate::quality::borrows(topic, &outline.title);
         // A word the model coined counts as a fault too: a scene's title is the outline's.
         let coined = llm.coined_words(&outline.words(), &topic_words);
         let faults = outline.faults(topic) + coined.len();
@@ -1710,9 +1710,9 @@ fn repeat_score(scene: &Scene, written: &[Scene], topic: &str, title: &str) -> (
         (
             title.split_whitespace().count() >= 2
                 && quotes(&scene.narration, title)
-                // A title that is the topic's own words ("The Great Barrier Reef") is named,
-                // not read out.
-                && !quotes(topic, title),
+                // A title that is the topic's own words ("The Great Barrier Reef", "The Street
+                // Food Market") is named, not read out.
+                && !crate::quality::borrows(topic, title),
             1.0,
             "reads out the video's title",
         ),
