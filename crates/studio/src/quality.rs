@@ -278,6 +278,66 @@ pub fn stutters(narration: &str) -> usize {
         .sum()
 }
 
+/// Words no storyboard says, in any word that holds them: slurs and profanity with no
+/// innocent word around them. SmolLM2 titled a scene of "A jazz club in 1920s New York" with a
+/// racial slur.
+const UNSAYABLE_INSIDE: &[&str] = &[
+    "fuck", "nigger", "nigga", "cunt", "shit", "faggot", "bitch", "whore", "asshole", "arsehole",
+    "dickhead", "wanker", "motherf",
+];
+
+/// Words no storyboard says as a whole word (or its plural): slurs and profanity that are
+/// letters of innocent words ("coon" of "raccoon", "jap" of "Japan", "negro" of "Negroni").
+const UNSAYABLE_WORDS: &[&str] = &[
+    "negro",
+    "negress",
+    "chink",
+    "spic",
+    "spick",
+    "kike",
+    "gook",
+    "wetback",
+    "coon",
+    "retard",
+    "retarded",
+    "tranny",
+    "fag",
+    "slut",
+    "dyke",
+    "beaner",
+    "raghead",
+    "towelhead",
+    "jap",
+    "paki",
+    "twat",
+    "bastard",
+    "piss",
+    "pissed",
+    "bollocks",
+];
+
+/// True when a word (letters only, lower case) is one no storyboard says
+/// ([`UNSAYABLE_INSIDE`], [`UNSAYABLE_WORDS`]), or, with `partial`, when it is the beginning
+/// of one of four letters or more ("nigg"): a word being written that can only become one.
+pub fn unsayable(word: &str, partial: bool) -> bool {
+    UNSAYABLE_INSIDE.iter().any(|u| word.contains(u))
+        || UNSAYABLE_WORDS.iter().any(|u| {
+            word.strip_prefix(u)
+                .is_some_and(|rest| ["", "s", "es"].contains(&rest))
+        })
+        || (partial && word.len() >= 4 && UNSAYABLE_INSIDE.iter().any(|u| u.starts_with(word)))
+}
+
+/// Whether a token's letters (`letters`, lower case) could be part of a word [`unsayable`]
+/// tells: one of those words holds them, or they hold one.
+pub fn could_be_unsayable(letters: &str) -> bool {
+    !letters.is_empty()
+        && UNSAYABLE_INSIDE
+            .iter()
+            .chain(UNSAYABLE_WORDS)
+            .any(|u| u.contains(letters) || letters.contains(u))
+}
+
 /// Tokens a model's tokenizer splits a word into (after a space) from which the word counts as
 /// [`coined`]: SmolLM2's 49k pieces make 98.6% of the dictionary words its storyboards used one
 /// or two, and most of the words it invented three or more ("k|ok|oro", "life|of|a").
@@ -496,6 +556,41 @@ mod tests {
         ));
         assert!(!super::same_phrase("the", "a"));
         assert!(!super::same_phrase("", ""));
+    }
+
+    #[test]
+    fn slurs_and_profanity_are_unsayable_but_the_words_that_hold_their_letters_are_not() {
+        use super::{could_be_unsayable, unsayable};
+        for word in [
+            "nigger",
+            "niggers",
+            "fucking",
+            "motherfucker",
+            "negro",
+            "negroes",
+            "coon",
+        ] {
+            assert!(unsayable(word, false), "{word}");
+        }
+        for word in [
+            "negroni",
+            "raccoon",
+            "japan",
+            "japanese",
+            "spice",
+            "scoundrel",
+            "dyked",
+        ] {
+            assert!(!unsayable(word, false), "{word}");
+        }
+        // A word being written that can only become one.
+        assert!(unsayable("nigg", true));
+        assert!(!unsayable("nigg", false));
+        assert!(!unsayable("shi", true));
+        assert!(could_be_unsayable("igger"));
+        assert!(could_be_unsayable("fucking"));
+        assert!(!could_be_unsayable("tokyo"));
+        assert!(!could_be_unsayable(""));
     }
 
     #[test]

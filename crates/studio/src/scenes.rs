@@ -678,13 +678,16 @@ struct Outline {
 }
 
 impl Outline {
-    /// Every word it writes, for [`Llm::coined_words`].
+    /// Every word it writes, for [`Llm::coined_words`], its titles in lower case: every word of
+    /// a title is capitalised, and a capitalised word is a name, which is never coined; so
+    /// SmolLM2's titles kept their made-up words ("Lightskeelen's Last Night", "A Lone
+    /// Starlitke"). A name in a title counts too (rarely: most are one or two pieces).
     fn words(&self) -> String {
-        std::iter::once(self.title.as_str())
+        std::iter::once(self.title.to_lowercase())
             .chain(
                 self.outline
                     .iter()
-                    .flat_map(|p| [p.title.as_str(), p.happens.as_str()]),
+                    .flat_map(|p| [p.title.to_lowercase(), p.happens.clone()]),
             )
             .collect::<Vec<_>>()
             .join(" ")
@@ -1972,6 +1975,23 @@ mod tests {
         assert_eq!(
             scene_filler(narration, "cyberpunk Tokyo", "Cyberpunk Tokyo", &[]),
             0
+        );
+    }
+
+    #[test]
+    fn an_outlines_titles_are_checked_for_coined_words_in_lower_case() {
+        let outline = Outline {
+            title: "A Lone Starlitke".into(),
+            outline: vec![Planned {
+                title: "LIGHTNESSKEL Enters".into(),
+                happens: "Kaito walks to the lighthouse.".into(),
+            }],
+        };
+        // The titles lose their capitals (a made-up word there is not a name); the lines keep
+        // theirs (Kaito is).
+        assert_eq!(
+            outline.words(),
+            "a lone starlitke lightnesskel enters Kaito walks to the lighthouse."
         );
     }
 

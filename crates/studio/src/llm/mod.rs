@@ -98,6 +98,10 @@ pub struct Llm {
     continues_word: Vec<bool>,
     /// Tokens that begin a new word: a space, then a letter.
     begins_word: Vec<bool>,
+    /// The tokens whose letters could be part of a word no storyboard says
+    /// ([`could_be_unsayable`](crate::quality::could_be_unsayable)): each with its leading
+    /// letters in lower case, and whether it begins a word.
+    unsayable_pieces: Vec<(u32, String, bool)>,
     /// The constraint engine over this model's tokenizer, built on the first constrained
     /// generation and kept: building it walks the whole vocabulary, which costs more than a
     /// scene's generation on a CPU, and a storyboard is written in many parts.
@@ -231,6 +235,19 @@ impl Llm {
                 )
             })
             .unzip();
+        let unsayable_pieces = (0..n_vocab as u32)
+            .filter_map(|id| {
+                let text = spaced(id);
+                let begins = text.starts_with(' ');
+                let letters: String = text
+                    .trim_start_matches(' ')
+                    .chars()
+                    .take_while(|c| c.is_alphabetic())
+                    .flat_map(char::to_lowercase)
+                    .collect();
+                crate::quality::could_be_unsayable(&letters).then_some((id, letters, begins))
+            })
+            .collect();
         let endings = (0..n_vocab as u32)
             .filter(|&id| ends_sentence[id as usize] || ends_clause[id as usize])
             .map(|id| (id, Piece::new(&spaced(id))))
@@ -244,6 +261,7 @@ impl Llm {
             closes_string,
             continues_word,
             begins_word,
+            unsayable_pieces,
             bos_text: token_text(text.bos),
             eos_text: token_text(Some(text.eos)),
             tokenizer: text.tokenizer,
@@ -448,6 +466,46 @@ impl Llm {
                 .any(|k| crate::quality::is_form_of(bare, k, true))
     }
 
+    /// Makes every token that would write a word no storyboard says
+    /// ([`unsayable`](crate::quality::unsayable)) after `written` impossible, but for the words
+    /// of `keep` (the topic's, which a user may ask about) and where nothing else is allowed (the
+    /// constraint's choice). Part of every constrained generation, not a steering to turn off.
+    fn unsay(&self, values: &mut [f32], written: &str, keep: &[String]) {
+        let partial: String = written
+            .chars()
+            .rev()
+            .take_while(|c| c.is_alphabetic())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .flat_map(char::to_lowercase)
+            .collect();
+        let kept = |word: &str| {
+            keep.iter().any(|k| {
+                let k = k.to_lowercase();
+                k.starts_with(word) || word.starts_with(&k)
+            })
+        };
+        let unsaid: Vec<usize> = self
+            .unsayable_pieces
+            .iter()
+            .filter(|(id, ..)| values[*id as usize].is_finite())
+            .filter_map(|(id, letters, begins)| {
+                let word = if *begins {
+                    letters.clone()
+                } else {
+                    format!("{partial}{letters}")
+                };
+                (crate::quality::unsayable(&word, true) && !kept(&word)).then_some(*id as usize)
+            })
+            .collect();
+        if unsaid.len() < values.iter().filter(|v| v.is_finite()).count() {
+            for id in unsaid {
+                values[id] = f32::NEG_INFINITY;
+            }
+        }
+    }
+
     /// [`Llm::generate_json`], steered ([`Steering`]): the tokens in `avoid` made less likely,
     /// and a word-counted field brought to a sentence's end before its limit forces one.
     pub fn generate_json_steered(
@@ -577,14 +635,7 @@ impl Llm {
                 }
             }
             keep_odds_of_going_on(&mut values, &self.continues_word, odds_before);
-            let written = if steering.wrap_up.is_some()
-                || steering.end_at_word_limit
-                || steering.plain_words.is_some()
-            {
-                self.tokenizer.decode(&out, false).unwrap_or_default()
-            } else {
-                String::new()
-            };
+            let written = self.tokenizer.decode(&out, false).unwrap_or_default();
             // The model has finished its word and would begin another (or write what the
             // constraint refuses), but the constraint admits no other word in this string: the
             // field is at its word limit. End it here (close the string, or end the sentence
@@ -662,6 +713,11 @@ impl Llm {
                     }
                 }
             }
+            self.unsay(
+                &mut values,
+                &written,
+                steering.plain_words.unwrap_or_default(),
+            );
             let masked = Tensor::new(values.as_slice(), &Device::Cpu)?;
             let next = sampler.sample(&masked)?;
             if allowed > 1 {
@@ -1352,6 +1408,39 @@ mod tests {
         assert!(llm.coining("The b", &keep));
         // A name.
         assert!(!llm.coining("The Ab", &[]));
+    }
+
+    #[test]
+    fn a_word_no_storyboard_says_cannot_be_written_unless_it_is_the_topics() {
+        // The tiny tokenizer merges no letters: a word is written a letter at a time.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        crate::llm::tiny::write_tiny_llama(&path, 1).unwrap();
+        let llm = super::Llm::load(&path, &candle_core::Device::Cpu, None).unwrap();
+        let id = |letter: &str| llm.tokenizer.token_to_id(letter).unwrap() as usize;
+        let after = |written: &str, keep: &[String]| {
+            let mut values = vec![0.0_f32; llm.n_vocab];
+            llm.unsay(&mut values, written, keep);
+            values
+        };
+        // The fourth letter of a slur, and the last of a profanity, are refused; another is not.
+        let values = after("{\"narration\": \"The nig", &[]);
+        assert_eq!(values[id("g")], f32::NEG_INFINITY);
+        assert_eq!(values[id("h")], 0.0);
+        assert_eq!(after("The fuc", &[])[id("k")], f32::NEG_INFINITY);
+        // Innocent words that hold their letters are written: "raccoon", "Negroni".
+        assert_eq!(after("A racco", &[])[id("n")], 0.0);
+        assert_eq!(after("A negron", &[])[id("i")], 0.0);
+        assert_eq!(after("The coo", &[])[id("n")], f32::NEG_INFINITY);
+        // A topic's word is the user's to ask about.
+        let keep = ["negro".to_string()];
+        assert_eq!(after("The negr", &[])[id("o")], f32::NEG_INFINITY);
+        assert_eq!(after("The negr", &keep)[id("o")], 0.0);
+        // Where the constraint allows nothing else, it is its choice.
+        let mut only = vec![f32::NEG_INFINITY; llm.n_vocab];
+        only[id("k")] = 0.0;
+        llm.unsay(&mut only, "The fuc", &[]);
+        assert_eq!(only[id("k")], 0.0);
     }
 
     #[test]
