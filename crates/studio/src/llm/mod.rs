@@ -1382,13 +1382,19 @@ mod tests {
         odds_of_going_on, penalize_repeats,
     };
 
-    #[test]
-    fn a_word_one_piece_short_of_coined_is_held_unless_it_is_the_topics() {
-        // The tiny tokenizer merges no letters: " a" is two pieces ("Ġ", "a"), " ab" three.
+    /// The tiny random llama ([`write_tiny_llama`](crate::llm::tiny::write_tiny_llama)),
+    /// loaded on the CPU. Its tokenizer merges no letters.
+    fn tiny_llama() -> super::Llm {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
         crate::llm::tiny::write_tiny_llama(&path, 1).unwrap();
-        let llm = super::Llm::load(&path, &candle_core::Device::Cpu, None).unwrap();
+        super::Llm::load(&path, &candle_core::Device::Cpu, None).unwrap()
+    }
+
+    #[test]
+    fn a_word_one_piece_short_of_coined_is_held_unless_it_is_the_topics() {
+        // The tiny tokenizer merges no letters: " a" is two pieces ("Ġ", "a"), " ab" three.
+        let llm = tiny_llama();
         let keep = ["abc".to_string()];
         // The word the text ends with: after a space, a quote, a hyphen, or at the start.
         assert!(llm.coining("{\"narration\": \"The a", &[]));
@@ -1413,10 +1419,7 @@ mod tests {
     #[test]
     fn a_word_no_storyboard_says_cannot_be_written_unless_it_is_the_topics() {
         // The tiny tokenizer merges no letters: a word is written a letter at a time.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tiny.gguf");
-        crate::llm::tiny::write_tiny_llama(&path, 1).unwrap();
-        let llm = super::Llm::load(&path, &candle_core::Device::Cpu, None).unwrap();
+        let llm = tiny_llama();
         let id = |letter: &str| llm.tokenizer.token_to_id(letter).unwrap() as usize;
         let after = |written: &str, keep: &[String]| {
             let mut values = vec![0.0_f32; llm.n_vocab];
