@@ -496,7 +496,7 @@ impl Llm {
                 } else {
                     format!("{partial}{letters}")
                 };
-                (crate::quality::unsayable(&word, true) && !kept(&word)).then_some(*id as usize)
+                (crate::quality::unsayable(&word) && !kept(&word)).then_some(*id as usize)
             })
             .collect();
         if unsaid.len() < values.iter().filter(|v| v.is_finite()).count() {
@@ -1426,13 +1426,16 @@ mod tests {
             llm.unsay(&mut values, written, keep);
             values
         };
-        // The fourth letter of a slur, and the last of a profanity, are refused; another is not.
-        let values = after("{\"narration\": \"The nig", &[]);
-        assert_eq!(values[id("g")], f32::NEG_INFINITY);
-        assert_eq!(values[id("h")], 0.0);
+        // The last letter of a slur, and of a profanity, are refused; another is not.
+        let values = after("{\"narration\": \"The nigge", &[]);
+        assert_eq!(values[id("r")], f32::NEG_INFINITY);
+        assert_eq!(values[id("d")], 0.0);
         assert_eq!(after("The fuc", &[])[id("k")], f32::NEG_INFINITY);
-        // Innocent words that hold their letters are written: "raccoon", "Negroni".
+        // Innocent words that hold their letters are written: "niggle", "raccoon", "Negroni",
+        // "mother" (of "motherfucker").
+        assert_eq!(after("A nigg", &[])[id("l")], 0.0);
         assert_eq!(after("A racco", &[])[id("n")], 0.0);
+        assert_eq!(after("A mothe", &[])[id("r")], 0.0);
         assert_eq!(after("A negron", &[])[id("i")], 0.0);
         assert_eq!(after("The coo", &[])[id("n")], f32::NEG_INFINITY);
         // A topic's word is the user's to ask about.
