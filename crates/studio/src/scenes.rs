@@ -670,6 +670,13 @@ fn compact_json(value: &serde_json::Value) -> String {
     out
 }
 
+/// How many faults an outline draft titled with the topic's own words counts for that
+/// ([`quality::borrows`](crate::quality::borrows)). Until session 44 such a draft was kept only
+/// when every draft was one, however faulty the others: "A lighthouse keeper's last night"
+/// chose an outline of seven faults ("Lightskeelen's last night", "stands by his lonesome" three
+/// times) over "The Last Night" with one.
+const BORROWED_TITLE_FAULTS: usize = 2;
+
 /// The plan of a storyboard: its title, and per scene its title and what happens in it.
 #[derive(serde::Deserialize)]
 struct Outline {
@@ -1321,12 +1328,12 @@ pub fn generate_storyboard(
         })),
         topic,
     );
-    // Of `drafts` outlines (the outline holds the storyboard together), one titled with the
-    // topic's own words only when all are: with the topic and such a title both in every
-    // scene's question, SmolLM2 began narration after narration with them ("The life of a
-    // monarch butterfly…" under "The Life of a Monarch", six of six). Then the one with the
-    // fewest faulty lines ([`Outline::faults`]), then the most fluent.
-    type OutlineRank = ((bool, std::cmp::Reverse<usize>), f64);
+    // Of `drafts` outlines (the outline holds the storyboard together), the one with the
+    // fewest faults ([`Outline::faults`] and its coined words), a title of the topic's own
+    // words counting [`BORROWED_TITLE_FAULTS`] (with the topic and such a title both in every
+    // scene's question, SmolLM2 began narration after narration with them: "The life of a
+    // monarch butterfly…" under "The Life of a Monarch", six of six); then the most fluent.
+    type OutlineRank = (std::cmp::Reverse<usize>, f64);
     // Spared by the outline's recall, in either case: every line names the topic. A space
     // first, so the first word is taken after one too ([`Llm::word_tokens`]).
     let topic_tokens = {
@@ -1377,7 +1384,7 @@ pub fn generate_storyboard(
         for (i, p) in outline.outline.iter().enumerate() {
             tracing::debug!("  {}. {}: {}", i + 1, p.title, p.happens);
         }
-        let rank = (!borrowed, std::cmp::Reverse(faults));
+        let rank = std::cmp::Reverse(faults + BORROWED_TITLE_FAULTS * usize::from(borrowed));
         let better = |(r, f): &OutlineRank| rank.cmp(r).then(fluency.total_cmp(f)).is_gt();
         if plan.as_ref().is_none_or(|(best, _)| better(best)) {
             plan = Some(((rank, fluency), outline));
