@@ -73,9 +73,9 @@ pub fn is_content_word(word: &str) -> bool {
 }
 
 /// `word` and, when it is a plural, its singular; when it is a singular in -y, its plural in
-/// -ies ([`plural_endings`] says which endings each may take). A narration may then say "a volcano" for "How
-/// volcanoes form" and "butterflies" for "The life of a monarch butterfly", where only
-/// "volcanoes" and "butterflys" were open to it (SmolLM2 named "form" instead).
+/// -ies ([`plural_endings`] says which endings each may take). A narration may then say "a
+/// volcano" for "How volcanoes form" and "butterflies" for "The life of a monarch butterfly",
+/// where only "volcanoes" and "butterflys" were open to it (SmolLM2 named "form" instead).
 pub fn number_forms(word: &str) -> Vec<String> {
     let mut forms = vec![word.to_string()];
     if let Some(stem) = word.strip_suffix("ies").filter(|s| s.len() >= 2) {

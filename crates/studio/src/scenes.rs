@@ -1626,10 +1626,10 @@ impl Rank {
     }
 }
 
-/// How many of a picture's subject and place are one of `phrases` ([`same_phrase`](crate::quality::same_phrase)):
-/// a title (the video's or a scene's) or an earlier picture's subject or place. SmolLM2 asked
-/// for four of six pictures of "Cyberpunk Tokyo" in "a floating metropolis", and for one in
-/// "A Crystal Ball Shakes", the video's title.
+/// How many of a picture's subject and place are one of `phrases`
+/// ([`same_phrase`](crate::quality::same_phrase)): a title (the video's or a scene's) or an
+/// earlier picture's subject or place. SmolLM2 asked for four of six pictures of "Cyberpunk
+/// Tokyo" in "a floating metropolis", and for one in "A Crystal Ball Shakes", the video's title.
 fn picture_repeats(picture: &Picture, phrases: &[String]) -> usize {
     [&picture.subject, &picture.place]
         .iter()

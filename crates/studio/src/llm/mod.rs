@@ -224,9 +224,10 @@ impl Llm {
                 None => text.tokenizer.decode(&[id], false).unwrap_or_default(),
             }
         };
-        let (continues_word, begins_word) = (0..n_vocab as u32)
-            .map(|id| {
-                let t = spaced(id);
+        let texts: Vec<String> = (0..n_vocab as u32).map(spaced).collect();
+        let (continues_word, begins_word) = texts
+            .iter()
+            .map(|t| {
                 let mut c = t.chars();
                 let (first, second) = (c.next().unwrap_or('"'), c.next());
                 (
@@ -236,8 +237,8 @@ impl Llm {
             })
             .unzip();
         let unsayable_pieces = (0..n_vocab as u32)
-            .filter_map(|id| {
-                let text = spaced(id);
+            .zip(&texts)
+            .filter_map(|(id, text)| {
                 let begins = text.starts_with(' ');
                 let letters: String = text
                     .trim_start_matches(' ')
@@ -250,7 +251,7 @@ impl Llm {
             .collect();
         let endings = (0..n_vocab as u32)
             .filter(|&id| ends_sentence[id as usize] || ends_clause[id as usize])
-            .map(|id| (id, Piece::new(&spaced(id))))
+            .map(|id| (id, Piece::new(&texts[id as usize])))
             .collect();
         Ok(Llm {
             weights,
